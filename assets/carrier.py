@@ -1,0 +1,51 @@
+"""Carrier tracking: poll Kuaidi100 for the waybills that are due."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import dagster as dg
+
+from order_pipeline.kuaidi100 import Kuaidi100Error
+from order_pipeline.tracking_store import due_waybills, store_poll_errors, store_tracking_answers
+
+from .common import CLOCK, KUAIDI100, SOURCES_GROUP, WAREHOUSE, raw_asset_key
+
+RAW_TRACKING = dg.AssetKey("raw_tracking")
+
+
+def carrier_tracking_asset(poll_interval: timedelta, max_polls_per_run: int) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=RAW_TRACKING,
+        group_name=SOURCES_GROUP,
+        deps=[raw_asset_key("shipments"), raw_asset_key("orders")],
+        kinds={"kuaidi100"},
+        required_resource_keys={WAREHOUSE, CLOCK, KUAIDI100},
+        description=(f"Kuaidi100 state and events per waybill. Polls unsigned waybills not polled for "
+                     f"{poll_interval}, at most {max_polls_per_run} a run; pushed callbacks land here too."),
+    )
+    def raw_tracking(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        res = context.resources
+        engine, now = res.warehouse.engine, res.clock.now()
+        with engine.connect() as conn:
+            due = due_waybills(conn, now, poll_interval, max_polls_per_run + 1)
+        backlog = len(due) > max_polls_per_run
+        due = due.head(max_polls_per_run)
+        answers, errors = [], {}
+        for row in due.itertuples(index=False):
+            try:
+                answers.append(res.kuaidi100.query(row.carrier_code, row.waybill_no, row.phone))
+            except Kuaidi100Error as e:
+                errors[row.waybill_no] = f"{e.return_code or 'transport'}: {e.message}"
+        store_tracking_answers(engine, answers, via="poll", now=now)
+        store_poll_errors(engine, errors, now)
+        if errors:
+            context.log.warning(f"{len(errors)} of {len(due)} waybills got no answer; they wait for the next poll. "
+                                f"First: {next(iter(errors.items()))}")
+        if backlog:
+            context.log.info(f"more than {max_polls_per_run} waybills are due; the rest wait for the next run")
+        return dg.MaterializeResult(metadata={
+            "waybills_polled": len(due), "answers": len(answers), "poll_errors": len(errors), "backlog": backlog,
+        })
+
+    return raw_tracking

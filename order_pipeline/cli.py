@@ -1,0 +1,141 @@
+"""`order-pipeline`: build the demo company, run the pipeline, open the UI, serve the pages."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from .config import CONFIG_ENV, Config, ConfigError, load_config
+
+DEMO_KEY_ENV = "ORDER_PIPELINE_DEMO_KUAIDI100_KEY"
+DEMO_KEY = "demo-key"  # the carrier sandbox's key; only ever used with a sandbox:// endpoint
+
+
+def _now(value: str | None) -> datetime:
+    if not value:
+        return datetime.now(timezone.utc).replace(microsecond=0)
+    try:
+        ts = pd.Timestamp(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a time; write e.g. 2026-11-25T10:00:00+08:00") from None
+    return (ts.tz_localize("Asia/Shanghai") if ts.tzinfo is None else ts).tz_convert("UTC").to_pydatetime()
+
+
+def _config(path: str | None) -> Config:
+    os.environ.setdefault(DEMO_KEY_ENV, DEMO_KEY)
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _step(name: str, seconds: float) -> None:
+    click.echo(f"  ✓ {name:<28} {seconds:6.1f} s")
+
+
+def _run(config: Config, now: datetime | None, full_refresh: bool) -> None:
+    from .runner import dagster_instance, run_pipeline
+
+    click.echo("Running the pipeline: extract each source, poll the carrier, unify, publish …")
+    outcome = run_pipeline(config, dagster_instance(config), now=now.isoformat() if now else None,
+                           full_refresh=full_refresh, on_step=_step)
+    if not outcome.success:
+        raise click.ClickException("the run failed:\n  " + "\n  ".join(outcome.failures))
+    click.echo(f"  run {outcome.run_id} succeeded")
+
+
+def _summary(config: Config) -> None:
+    from .summary import summarize
+    from .warehouse import Warehouse
+
+    click.echo("")
+    click.echo(summarize(Warehouse(config.warehouse_url.resolve()).engine))
+
+
+@click.group()
+def main() -> None:
+    """order-pipeline: one order lifecycle view across ERP, finance, WMS and carrier."""
+
+
+config_option = click.option("--config", "config_path", envvar=CONFIG_ENV, type=click.Path(dir_okay=False),
+                             help=f"Config file (default: ${CONFIG_ENV} or ./order_pipeline.yaml).")
+now_option = click.option("--now", help="Pin the clock (ISO time; naive means Asia/Shanghai) for a reproducible run.")
+
+
+@main.command()
+@click.option("--dir", "target", default="data/demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--orders", default=5000, show_default=True, type=click.IntRange(min=50))
+@click.option("--days", default=30, show_default=True, type=click.IntRange(min=2))
+@click.option("--seed", default=7, show_default=True)
+@now_option
+def demo(target: str, orders: int, days: int, seed: int, now: str | None) -> None:
+    """Build the demo company, run the pipeline once and print what it found."""
+    from .demo import build_demo_company
+
+    pinned = _now(now)
+    target_path = Path(target).resolve()
+    click.echo(f"Building the demo company in {target_path}: {orders} orders over {days} days, now = {pinned.isoformat()}")
+    started = time.perf_counter()
+    company = build_demo_company(target_path, orders=orders, days=days, now=pinned, seed=seed,
+                                 progress=lambda msg: click.echo(f"  … {msg}"))
+    click.echo(f"  ✓ sources written in {time.perf_counter() - started:.1f} s")
+    for stale in ("warehouse.db", "warehouse.db-wal", "warehouse.db-shm"):
+        (target_path / stale).unlink(missing_ok=True)  # a demo starts from an empty warehouse
+    config = _config(str(company.config_path))
+    _run(config, pinned, full_refresh=True)
+    _summary(config)
+    click.echo(f"""
+Tables: {config.warehouse_url.resolve()}
+  order_tracking_snapshot, order_tracking_parcels, order_tracking_events, pipeline_rejects
+Config: {company.config_path}
+Open the Dagster UI:   order-pipeline ui --config {company.config_path}
+Run again (incremental): order-pipeline run --config {company.config_path} --now {pinned.isoformat()}""")
+
+
+@main.command()
+@config_option
+@now_option
+@click.option("--full-refresh", is_flag=True, help="Rebuild everything instead of the orders that changed.")
+def run(config_path: str | None, now: str | None, full_refresh: bool) -> None:
+    """Run the pipeline once (incremental by default)."""
+    config = _config(config_path)
+    _run(config, _now(now) if now else None, full_refresh)
+    _summary(config)
+
+
+@main.command()
+@config_option
+@click.option("--port", default=3000, show_default=True)
+def ui(config_path: str | None, port: int) -> None:
+    """Start `dagster dev` (webserver + daemon) on this config."""
+    config = _config(config_path)
+    os.environ[CONFIG_ENV] = str(config.path)
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(config.data_dir / "dagster_home")))
+    home.mkdir(parents=True, exist_ok=True)
+    workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
+    args = ["dagster", "dev", "-p", str(port)]
+    args += ["-w", str(workspace)] if workspace.exists() else ["-m", "order_pipeline.definitions"]
+    click.echo(f"DAGSTER_HOME={home}  {CONFIG_ENV}={config.path}\n$ {' '.join(args)}")
+    os.execvp(args[0], args)
+
+
+@main.command("carrier-sandbox")
+@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False), help="The demo's carrier.db.")
+@click.option("--port", default=8765, show_default=True)
+def carrier_sandbox(db: str, port: int) -> None:
+    """Serve the Kuaidi100 stand-in on loopback (POST /poll/query.do)."""
+    import uvicorn
+
+    from .carrier_sandbox import app
+
+    uvicorn.run(app(db, "DEMO", os.environ.get(DEMO_KEY_ENV, DEMO_KEY)), host="127.0.0.1", port=port)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

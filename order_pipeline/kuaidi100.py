@@ -1,0 +1,278 @@
+"""The Kuaidi100 protocol: signing, the query form, answers, push callbacks.
+
+Pure functions over strings and dicts, no I/O: the HTTP client lives in
+`resources.kuaidi100`, the stand-in service in `order_pipeline.carrier_sandbox`.
+
+Error answers of POST poll/query.do come as HTTP 200 with
+`{"result": false, "returnCode": ..., "message": ...}`:
+
+| returnCode | message (zh)                          | meaning                                        | retry        |
+|------------|---------------------------------------|------------------------------------------------|--------------|
+| 400        | 找不到对应公司 / 提交的数据不完整       | unknown `com`, bad form, account not enabled   | no: fix it   |
+| 408        | 快递公司参数异常：验证码错误            | `phone` missing or wrong (顺丰, 丰网, ...)      | no: fix it   |
+| 500        | 查询无结果，请隔段时间再查               | the carrier has no record (yet) of the waybill | later        |
+| 501        | 服务器错误                             | intermittent fault at Kuaidi100                 | now, backoff |
+| 502        | 服务器繁忙                             | Kuaidi100 overloaded                            | now, backoff |
+| 503        | 验证签名失败                           | sign is not MD5(param + key + customer)        | no: fix it   |
+| 601        | key已过期                              | no query quota left: the account needs topping | no: fix it   |
+
+"Later" means the next poll: Kuaidi100 asks that one waybill be queried at most
+every 30 minutes, so asking again within seconds only repeats the same answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+DEFAULT_TZ = "Asia/Shanghai"
+
+# Asked with every query: area and status per event, and a finer `state` (see `base_state`).
+RESULTV2 = "4"
+
+# 顺丰速运, 顺丰快运 and 丰网 answer only when `phone` (the recipient's mobile or its last
+# 4 digits) is sent.
+PHONE_REQUIRED = frozenset({"shunfeng", "shunfengkuaiyun", "fengwang"})
+
+SERVER_FAULTS = frozenset({"501", "502"})  # worth retrying within the same call
+NOT_YET = frozenset({"500"})  # worth asking again at the next poll
+
+STATE_CATEGORY: dict[int, str] = {
+    0: "in_transit",
+    1: "shipped",  # picked up by the courier
+    2: "exception",
+    3: "signed",
+    4: "exception",
+    5: "in_transit",
+    6: "exception",
+    7: "in_transit",
+    8: "in_transit",
+    10: "in_transit",
+    11: "in_transit",
+    12: "in_transit",
+    13: "in_transit",
+    14: "exception",
+}
+
+STATE_LABEL: dict[int, str] = {
+    0: "在途",
+    1: "揽收",
+    2: "疑难",
+    3: "签收",
+    4: "退签",
+    5: "派件",
+    6: "退回",
+    7: "转投",
+    8: "清关",
+    10: "待清关",
+    11: "清关中",
+    12: "已清关",
+    13: "清关异常",
+    14: "拒签",
+    # With resultv2=4 Kuaidi100 may answer a finer state; `base_state` maps it to one above.
+    101: "已下单",
+    102: "待揽收",
+    103: "已揽收",
+    1001: "到达派件城市",
+    1002: "干线",
+    1003: "转递",
+    201: "超时未签收",
+    202: "超时未更新",
+    203: "拒收",
+    204: "派件异常",
+    205: "柜或驿站超时未取",
+    206: "无法联系",
+    207: "超区",
+    208: "滞留",
+    209: "破损",
+    210: "销单",
+    301: "本人签收",
+    302: "派件异常后签收",
+    303: "代签",
+    304: "投柜或站签收",
+    401: "已销单",
+    501: "投柜或驿站",
+}
+
+OUT_FOR_DELIVERY = frozenset({5})
+
+UNKNOWN_CATEGORY = "in_transit"  # an unknown state never claims delivery or trouble
+
+
+class Kuaidi100Error(Exception):
+    """A failed query or push: an error answer, a malformed answer, or a transport failure.
+
+    `return_code` is Kuaidi100's own code when it sent one; `retryable` says whether the
+    same request may succeed later (see the table in the module docstring).
+    """
+
+    def __init__(self, message: str, return_code: str | None = None, retryable: bool = False):
+        self.message = message
+        self.return_code = return_code
+        self.retryable = retryable
+        super().__init__(f"Kuaidi100 {return_code}: {message}" if return_code else f"Kuaidi100: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class TrackingEvent:
+    at: datetime  # UTC
+    context: str
+    area: str | None
+    status: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TrackingAnswer:
+    waybill_no: str
+    carrier_code: str
+    state: int  # as Kuaidi100 sent it, possibly a finer resultv2 state such as 304
+    is_signed: bool
+    events: tuple[TrackingEvent, ...]  # oldest first
+
+    @property
+    def category(self) -> str:
+        return category(self.state)
+
+    @property
+    def out_for_delivery(self) -> bool:
+        return base_state(self.state) in OUT_FOR_DELIVERY
+
+
+@dataclass(frozen=True, slots=True)
+class PushUpdate:
+    status: str  # polling | shutdown | abort | updateall
+    message: str
+    answer: TrackingAnswer | None  # None when the push carries no tracking (e.g. abort)
+
+
+def sign(param: str, key: str, customer: str) -> str:
+    return _md5_upper(param + key + customer)
+
+
+def query_form(com: str, num: str, phone: str | None, customer: str, key: str) -> dict[str, str]:
+    """The form of POST poll/query.do; the sign covers exactly the `param` string sent."""
+    fields = {"com": com, "num": num}
+    if phone:
+        fields["phone"] = phone
+    fields["resultv2"] = RESULTV2
+    param = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    return {"customer": customer, "param": param, "sign": sign(param, key, customer)}
+
+
+def base_state(state: int) -> int:
+    """The basic state (0-14) behind a finer resultv2 state: 304 -> 3, 1002 -> 0."""
+    if 1000 <= state <= 1099:
+        return 0
+    if 100 <= state <= 999:
+        return state // 100
+    return state
+
+
+def category(state: int) -> str:
+    return STATE_CATEGORY.get(base_state(state), UNKNOWN_CATEGORY)
+
+
+def label(state: int) -> str:
+    return STATE_LABEL.get(state) or STATE_LABEL.get(base_state(state)) or f"状态{state}"
+
+
+def exception_reason(state: int, latest_context: str | None) -> str | None:
+    """Why a parcel is in trouble, e.g. "拒签: 收件人拒收", or None when it is not."""
+    if category(state) != "exception":
+        return None
+    return f"{label(state)}: {latest_context}" if latest_context else label(state)
+
+
+def parse_answer(payload: Any, tz: str = DEFAULT_TZ) -> TrackingAnswer:
+    """A query answer (or a push's `lastResult`) -> TrackingAnswer; raises Kuaidi100Error."""
+    if not isinstance(payload, dict):
+        raise Kuaidi100Error(f"malformed answer: expected a JSON object, got {type(payload).__name__}")
+    if payload.get("result") is False or ("returnCode" in payload and "data" not in payload):
+        code = str(payload.get("returnCode", "")) or None
+        raise Kuaidi100Error(str(payload.get("message", "")), code, retryable=code in SERVER_FAULTS | NOT_YET)
+    missing = [name for name in ("state", "data", "nu", "com") if name not in payload]
+    if missing:
+        raise Kuaidi100Error(f"malformed answer: no {', '.join(missing)}")
+    try:
+        state = int(payload["state"])
+    except (TypeError, ValueError):
+        raise Kuaidi100Error(f"malformed answer: state {payload['state']!r} is not a number") from None
+    if not isinstance(payload["data"], list):
+        raise Kuaidi100Error("malformed answer: data is not a list")
+    zone = ZoneInfo(tz)
+    return TrackingAnswer(
+        waybill_no=str(payload["nu"]),
+        carrier_code=str(payload["com"]),
+        state=state,
+        is_signed=str(payload.get("ischeck", "0")) == "1",
+        events=_normalize([_event(item, zone) for item in payload["data"]]),
+    )
+
+
+def verify_push(param: str, sign: str, salt: str) -> bool:
+    """True when the push's sign is MD5(param + salt), upper-case.
+
+    Without a salt anyone could compute the sign, so an empty salt verifies nothing.
+    """
+    if not salt:
+        return False
+    return hmac.compare_digest(_md5_upper(param + salt).encode(), sign.strip().upper().encode())
+
+
+def parse_push(param: str, tz: str = DEFAULT_TZ) -> PushUpdate:
+    try:
+        body = json.loads(param)
+    except ValueError:
+        raise Kuaidi100Error("malformed push: param is not JSON") from None
+    if not isinstance(body, dict) or not isinstance(body.get("status"), str) or not isinstance(body.get("message"), str):
+        raise Kuaidi100Error("malformed push: param needs string fields status and message")
+    last = body.get("lastResult")
+    # abort/shutdown pushes may carry an empty lastResult: that is news, not tracking.
+    answer = parse_answer(last, tz) if isinstance(last, dict) and "data" in last else None
+    return PushUpdate(status=body["status"], message=body["message"], answer=answer)
+
+
+PUSH_OK: dict[str, Any] = {"result": True, "returnCode": "200", "message": "成功"}
+
+
+def push_reply(ok: bool, message: str) -> dict[str, Any]:
+    """The receiver's answer; anything but returnCode 200 makes Kuaidi100 push again."""
+    return {"result": ok, "returnCode": "200" if ok else "500", "message": message}
+
+
+def _md5_upper(text: str) -> str:
+    return hashlib.md5(text.encode("utf-8")).hexdigest().upper()
+
+
+def _event(item: Any, zone: ZoneInfo) -> TrackingEvent:
+    if not isinstance(item, dict):
+        raise Kuaidi100Error("malformed answer: an event is not an object")
+    stamp = item.get("ftime") or item.get("time")
+    try:
+        at = datetime.fromisoformat(str(stamp))
+    except ValueError:
+        raise Kuaidi100Error(f"malformed answer: event time {stamp!r}") from None
+    if at.tzinfo is None:  # Kuaidi100 times are China local wall-clock times
+        at = at.replace(tzinfo=zone)
+    return TrackingEvent(
+        at=at.astimezone(UTC),
+        context=str(item.get("context") or ""),
+        area=item.get("areaName") or None,
+        status=item.get("status") or None,
+    )
+
+
+def _normalize(newest_first: list[TrackingEvent]) -> tuple[TrackingEvent, ...]:
+    """Oldest first without exact repeats; events at the same second keep the carrier's order."""
+    seen: set[tuple[datetime, str]] = set()
+    events: list[TrackingEvent] = []
+    for event in reversed(newest_first):
+        if (event.at, event.context) not in seen:
+            seen.add((event.at, event.context))
+            events.append(event)
+    return tuple(sorted(events, key=lambda e: e.at))

@@ -1,0 +1,57 @@
+"""Run the pipeline job in process against a Dagster instance, as the CLI does."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+from .config import Config
+from .definitions import NOW_ENV, PIPELINE_JOB, build_definitions
+
+DAGSTER_HOME = "DAGSTER_HOME"
+# Assets that take `full_refresh` from run config (see assets.common.LoadConfig).
+FULL_REFRESH_OPS = ("unified_orders", "published_tracking_tables")
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    success: bool
+    run_id: str
+    step_seconds: dict[str, float]
+    failures: list[str]
+
+
+def dagster_instance(config: Config) -> dg.DagsterInstance:
+    """The instance in $DAGSTER_HOME, or one under the data directory, so `order-pipeline ui` shows the runs."""
+    home = Path(os.environ.setdefault(DAGSTER_HOME, str(config.data_dir / "dagster_home")))
+    home.mkdir(parents=True, exist_ok=True)
+    return dg.DagsterInstance.get()
+
+
+def run_config(config: Config, full_refresh: bool) -> dict:
+    if not full_refresh:
+        return {}
+    ops = [f"raw_{name}" for name in config.sources] + list(FULL_REFRESH_OPS)
+    return {"ops": {op: {"config": {"full_refresh": True}} for op in ops}}
+
+
+def run_pipeline(config: Config, instance: dg.DagsterInstance, *, now: str | None = None, full_refresh: bool = False,
+                 on_step: Callable[[str, float], None] | None = None) -> RunOutcome:
+    if now:
+        os.environ[NOW_ENV] = now
+    job = build_definitions(config).resolve_job_def(PIPELINE_JOB)
+    result = job.execute_in_process(instance=instance, run_config=run_config(config, full_refresh),
+                                    raise_on_error=False)
+    steps, failures = {}, []
+    for event in result.all_events:
+        if event.event_type == dg.DagsterEventType.STEP_SUCCESS:
+            steps[event.step_key] = event.event_specific_data.duration_ms / 1000
+            if on_step:
+                on_step(event.step_key, steps[event.step_key])
+        elif event.event_type == dg.DagsterEventType.STEP_FAILURE:
+            failures.append(f"{event.step_key}: {event.event_specific_data.error.message.strip()}")
+    return RunOutcome(result.success, result.run_id, steps, failures)

@@ -1,0 +1,44 @@
+"""What every endpoint needs, built once by `create_app` and kept on `app.state.web`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from starlette.requests import Request
+
+from ..config import Config
+from .pages import Pages
+from .ratelimit import RateLimiter
+from .settings import WebSettings
+
+
+@dataclass
+class WebContext:
+    config: Config
+    settings: WebSettings
+    engine: Engine
+    clock: Callable[[], datetime]
+    pages: Pages
+    push_salt: str | None
+    ip_limiter: RateLimiter = field(init=False)
+    order_limiter: RateLimiter = field(init=False)
+    login_limiter: RateLimiter = field(init=False)
+    cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        limits = self.settings.rate_limits
+        self.ip_limiter = RateLimiter(limits.per_ip)
+        self.order_limiter = RateLimiter(limits.per_order)
+        self.login_limiter = RateLimiter(limits.login)
+
+    @property
+    def tz(self) -> str:
+        return self.settings.timezone
+
+
+def web_context(request: Request) -> WebContext:
+    return request.app.state.web

@@ -1,0 +1,58 @@
+"""POST /hooks/kuaidi100: Kuaidi100's subscription callback.
+
+The form carries `param` (JSON) and `sign` = upper-case MD5(param + salt). A
+verified push is stored like a polled answer and acknowledged with
+`{"result": true, "returnCode": "200", "message": "成功"}`; anything else is
+refused with `result: false`, logged, and nothing is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from ..kuaidi100 import Kuaidi100Error, parse_push, push_reply, verify_push
+from ..tracking_store import store_tracking_answers
+from .audit import client_ip
+from .context import web_context
+from .forms import FormError, read_form
+
+log = logging.getLogger(__name__)
+
+
+def refusal(status: int, message: str) -> JSONResponse:
+    return JSONResponse({**push_reply(False, message), "returnCode": str(status)}, status_code=status)
+
+
+async def kuaidi100_push(request: Request) -> JSONResponse:
+    web = web_context(request)
+    sender = client_ip(request)
+    try:
+        form = await read_form(request)
+    except FormError as e:
+        log.warning("Kuaidi100 push from %s refused: %s", sender, e)
+        return refusal(400, "请求格式错误: expected a form with param and sign")
+    param, sign = form.get("param", ""), form.get("sign", "")
+    if not param or not sign:
+        log.warning("Kuaidi100 push from %s refused: param or sign missing", sender)
+        return refusal(400, "缺少 param 或 sign (param and sign are required)")
+    if not web.push_salt:
+        log.error("Kuaidi100 push from %s refused: carrier.push_salt is not configured", sender)
+        return refusal(403, "接收方未配置 salt (push receiver has no salt configured)")
+    if not verify_push(param, sign, web.push_salt):
+        log.warning("Kuaidi100 push from %s refused: bad sign", sender)
+        return refusal(403, "签名验证失败 (bad sign)")
+    try:
+        update = parse_push(param, tz=web.tz)
+    except Kuaidi100Error as e:
+        log.warning("Kuaidi100 push from %s refused: %s", sender, e)
+        return refusal(400, f"数据格式错误 ({e.message})")
+    if update.status == "abort":
+        log.warning("Kuaidi100 stopped tracking a waybill (abort: %s); it needs a new subscription later", update.message)
+    if update.answer is not None:
+        await run_in_threadpool(store_tracking_answers, web.engine, [update.answer], via="push", now=web.clock())
+        log.info("Kuaidi100 push stored for waybill %s (state %s)", update.answer.waybill_no, update.answer.state)
+    return JSONResponse(push_reply(True, "成功"))

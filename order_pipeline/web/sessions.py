@@ -1,0 +1,80 @@
+"""Staff sessions and CSRF tokens: signed values, no server-side state.
+
+A session cookie is `<payload>.<signature>`, the payload being URL-safe base64
+JSON `{"u": user, "exp": unix seconds, "n": nonce}`. The CSRF token of a form is
+derived from the session's nonce, so it changes with every login. The login form
+itself is protected the same way with a nonce in a short-lived pre-login cookie.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+SESSION_COOKIE = "ops_session"
+LOGIN_COOKIE = "ops_login"
+
+_SESSION = b"ops-session\x00"
+_CSRF = b"ops-csrf\x00"
+_LOGIN_CSRF = b"ops-login-csrf\x00"
+
+
+@dataclass(frozen=True)
+class Session:
+    username: str
+    expires: int  # Unix seconds
+    nonce: str
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(secret: bytes, purpose: bytes, data: str) -> str:
+    return _b64(hmac.new(secret, purpose + data.encode("utf-8"), hashlib.sha256).digest())
+
+
+def new_nonce() -> str:
+    return secrets.token_urlsafe(16)
+
+
+def sign_session(session: Session, secret: bytes) -> str:
+    payload = _b64(json.dumps({"u": session.username, "exp": session.expires, "n": session.nonce},
+                              separators=(",", ":")).encode("utf-8"))
+    return f"{payload}.{_mac(secret, _SESSION, payload)}"
+
+
+def read_session(cookie: str | None, secret: bytes, now: datetime) -> Session | None:
+    """The session in a cookie, or None when it is missing, forged, malformed or expired."""
+    payload, dot, sig = (cookie or "").partition(".")
+    if not dot or len(cookie) > 4096:
+        return None
+    if not hmac.compare_digest(_mac(secret, _SESSION, payload).encode(), sig.encode("ascii", "replace")):
+        return None
+    try:
+        data = json.loads(_unb64(payload))
+        session = Session(str(data["u"]), int(data["exp"]), str(data["n"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+    return session if now.timestamp() < session.expires else None
+
+
+def csrf_token(session: Session, secret: bytes) -> str:
+    return _mac(secret, _CSRF, session.nonce)
+
+
+def login_csrf_token(login_nonce: str, secret: bytes) -> str:
+    return _mac(secret, _LOGIN_CSRF, login_nonce)
+
+
+def tokens_match(expected: str, given: str | None) -> bool:
+    return bool(given) and hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace"))

@@ -1,0 +1,216 @@
+"""The `web:` section of the configuration, checked once at start-up.
+
+    web:
+      base_url: https://track.example.com      # what customer links start with
+      link_secret_env: ORDER_LINK_SECRET        # or link_secret_file: secrets/link.key
+      link_ttl: 7d
+      session_secret_env: OPS_SESSION_SECRET    # optional; defaults to the link secret
+      session_ttl: 12h
+      rate_limits: {per_ip: 120/1m, per_order: 30/1m, login: 10/1m}
+      support_contact: 客服热线 400-800-1234
+      trusted_proxies: 127.0.0.1                # whose X-Forwarded-For is believed
+      staff:
+        - {username: alice, password_hash: "scrypt$16384$8$1$...$..."}
+
+Secrets never sit in the file: an entry names the environment variable or the
+file (relative to the config file) that holds them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, ConfigError, parse_duration
+from .passwords import parse_password_hash
+from .ratelimit import Rate
+
+DEFAULT_LINK_SECRET_ENV = "ORDER_PIPELINE_LINK_SECRET"
+MIN_SECRET_LEN = 16
+_GENERATE = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+FIELDS = {
+    "base_url", "link_secret_env", "link_secret_file", "link_ttl", "session_secret_env", "session_secret_file",
+    "session_ttl", "rate_limits", "staff", "support_contact", "trusted_proxies",
+}
+RATE_FIELDS = {"per_ip", "per_order", "login"}
+STAFF_FIELDS = {"username", "password_hash"}
+_USERNAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    per_ip: Rate | None = Rate(120, timedelta(minutes=1))
+    per_order: Rate | None = Rate(30, timedelta(minutes=1))
+    login: Rate | None = Rate(10, timedelta(minutes=1))
+
+
+@dataclass(frozen=True)
+class StaffUser:
+    username: str
+    password_hash: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    link_secret: bytes = field(repr=False)
+    session_secret: bytes = field(repr=False)
+    base_url: str = "http://127.0.0.1:8080"
+    link_ttl: timedelta = timedelta(days=7)
+    session_ttl: timedelta = timedelta(hours=12)
+    rate_limits: RateLimits = RateLimits()
+    staff: tuple[StaffUser, ...] = ()
+    timezone: str = "Asia/Shanghai"
+    support_contact: str | None = None
+    trusted_proxies: str = "127.0.0.1"
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.base_url.startswith("https://")
+
+    def staff_user(self, username: str) -> StaffUser | None:
+        return next((u for u in self.staff if u.username == username), None)
+
+    @classmethod
+    def from_config(cls, config: Config) -> WebSettings:
+        return _Parser(config).parse()
+
+
+def parse_rate(text: Any) -> Rate | None:
+    """'60/1m' -> 60 per minute; '60/m' works too; 'off' disables the limit. Raises ValueError."""
+    if text is None or text is False or str(text).strip().lower() == "off":
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\S+)\s*", str(text))
+    if not m or int(m.group(1)) < 1:
+        raise ValueError(f"{text!r} is not a rate")
+    period = m.group(2)
+    period = parse_duration(f"1{period}" if period in ("s", "m", "h", "d") else period)
+    if period.total_seconds() <= 0:
+        raise ValueError(f"{text!r} has an empty period")
+    return Rate(int(m.group(1)), period)
+
+
+class _Parser:
+    def __init__(self, config: Config):
+        self.config = config
+        self.base = config.path.parent
+
+    def fail(self, entry: str, problem: str, fix: str):
+        raise ConfigError(self.config.path, f"web.{entry}" if entry else "web", problem, fix)
+
+    def mapping(self, value, entry: str, allowed: set[str]) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(entry, "must be a mapping", "write `key: value` lines indented under it")
+        for key in value:
+            if key not in allowed:
+                if key in ("link_secret", "session_secret"):
+                    self.fail(f"{entry + '.' if entry else ''}{key}", "a secret must not be written in the file",
+                              f"remove it and set `{key}_env:` (an environment variable) or `{key}_file:` instead")
+                self.fail(f"{entry + '.' if entry else ''}{key}", "unknown setting", f"use one of: {', '.join(sorted(allowed))}")
+        return value
+
+    def duration(self, value, entry: str) -> timedelta:
+        try:
+            d = parse_duration(value)
+        except ValueError:
+            self.fail(entry, f"{value!r} is not a duration", "write a number and a unit, e.g. 30m, 12h, 7d")
+        if d.total_seconds() <= 0:
+            self.fail(entry, "must be longer than zero", "write e.g. 7d")
+        return d
+
+    def secret(self, web: dict, name: str, fallback_env: str | None) -> bytes | None:
+        env, file = web.get(f"{name}_env"), web.get(f"{name}_file")
+        if env is not None and file is not None:
+            self.fail(f"{name}_env", f"both `{name}_env` and `{name}_file` are set", "keep one of them")
+        if file is not None:
+            path = Path(str(file))
+            path = path if path.is_absolute() else self.base / path
+            if not path.is_file():
+                self.fail(f"{name}_file", f"file {path} does not exist",
+                          f"create it, e.g. `{_GENERATE} > {path}`, or correct the path (read from the config file's folder)")
+            value, entry, where = path.read_text(encoding="utf-8").strip(), f"{name}_file", f"the file {path}"
+        else:
+            env = env if env is not None else fallback_env
+            if env is None:
+                return None
+            if not isinstance(env, str) or not _ENV_NAME.fullmatch(env):
+                self.fail(f"{name}_env", f"{env!r} is not an environment variable name", "write a name such as ORDER_LINK_SECRET")
+            if not os.environ.get(env):
+                self.fail(f"{name}_env", f"environment variable {env} is not set",
+                          f"export {env}=$({_GENERATE}) before starting, or set web.{name}_file")
+            value, entry, where = os.environ[env].strip(), f"{name}_env", f"${env}"
+        if len(value) < MIN_SECRET_LEN:
+            self.fail(entry, f"the secret in {where} is shorter than {MIN_SECRET_LEN} characters", f"generate one with {_GENERATE}")
+        return value.encode("utf-8")
+
+    def rate(self, value, entry: str, default: Rate | None) -> Rate | None:
+        if value is ...:
+            return default
+        try:
+            return parse_rate(value)
+        except ValueError:
+            self.fail(entry, f"{value!r} is not a rate", "write a count and a period, e.g. 60/1m or 1000/1h, or `off`")
+
+    def rate_limits(self, value) -> RateLimits:
+        r = self.mapping(value, "rate_limits", RATE_FIELDS)
+        d = RateLimits()
+        return RateLimits(*(self.rate(r.get(k, ...), f"rate_limits.{k}", getattr(d, k)) for k in ("per_ip", "per_order", "login")))
+
+    def staff(self, value) -> tuple[StaffUser, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.fail("staff", "must be a list", "write one `- {username: ..., password_hash: ...}` line per person")
+        users: list[StaffUser] = []
+        for i, item in enumerate(value):
+            entry = f"staff[{i}]"
+            if not isinstance(item, dict):
+                self.fail(entry, "must be a mapping", 'write `- {username: alice, password_hash: "scrypt$..."}`')
+            if "password" in item:
+                self.fail(f"{entry}.password", "plain passwords are not allowed in the file",
+                          "run `order-pipeline hash-password` and put its output in `password_hash:`")
+            item = self.mapping(item, entry, STAFF_FIELDS)
+            name = str(item.get("username", ""))
+            if not _USERNAME.fullmatch(name):
+                self.fail(f"{entry}.username", f"{name!r} is not a user name", "use 1-64 letters, digits or . _ @ -")
+            if any(u.username == name for u in users):
+                self.fail(f"{entry}.username", f"{name!r} is listed twice", "keep one entry per person")
+            stored = item.get("password_hash")
+            try:
+                parse_password_hash(stored)
+            except ValueError as e:
+                self.fail(f"{entry}.password_hash", f"not a valid scrypt hash ({e})",
+                          "run `order-pipeline hash-password` and paste its output, quoted")
+            users.append(StaffUser(name, str(stored)))
+        return tuple(users)
+
+    def parse(self) -> WebSettings:
+        web = self.mapping(self.config.sections.get("web"), "", FIELDS)
+        base_url = str(web.get("base_url", WebSettings.base_url))
+        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", base_url):
+            self.fail("base_url", f"{base_url!r} is not an http(s) URL", "write e.g. https://track.example.com")
+        link_secret = self.secret(web, "link_secret", DEFAULT_LINK_SECRET_ENV)
+        session_secret = self.secret(web, "session_secret", None) or link_secret
+        proxies = web.get("trusted_proxies", WebSettings.trusted_proxies)
+        if isinstance(proxies, list):
+            proxies = ",".join(str(p) for p in proxies)
+        contact = web.get("support_contact")
+        return WebSettings(
+            link_secret=link_secret,
+            session_secret=session_secret,
+            base_url=base_url.rstrip("/"),
+            link_ttl=self.duration(web.get("link_ttl", "7d"), "link_ttl"),
+            session_ttl=self.duration(web.get("session_ttl", "12h"), "session_ttl"),
+            rate_limits=self.rate_limits(web.get("rate_limits")),
+            staff=self.staff(web.get("staff")),
+            timezone=self.config.timezone,
+            support_contact=None if contact is None else str(contact),
+            trusted_proxies=str(proxies),
+        )
