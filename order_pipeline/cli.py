@@ -125,6 +125,49 @@ def ui(config_path: str | None, port: int) -> None:
     os.execvp(args[0], args)
 
 
+def _web_settings(config: Config):
+    from .web.settings import WebSettings
+
+    try:
+        return WebSettings.from_config(config)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@main.command()
+@config_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True)
+def serve(config_path: str | None, host: str, port: int) -> None:
+    """Serve the customer tracking page and the ops board (reads the published tables)."""
+    from .web.server import serve as serve_web
+
+    config = _config(config_path)
+    _web_settings(config)  # fail on a bad `web:` section before binding the port
+    serve_web(config, host=host, port=port)
+
+
+@main.command()
+@config_option
+@now_option
+@click.argument("order_no")
+def link(config_path: str | None, now: str | None, order_no: str) -> None:
+    """Print a signed, expiring tracking link for ORDER_NO."""
+    from .web.links import customer_link
+
+    config = _config(config_path)
+    click.echo(customer_link(_web_settings(config), order_no, _now(now)))
+
+
+@main.command("hash-password")
+@click.password_option()
+def hash_password(password: str) -> None:
+    """Print a scrypt hash for a staff user's `password_hash:` in the config."""
+    from .web.passwords import hash_password as make_hash
+
+    click.echo(make_hash(password))
+
+
 @main.command("carrier-sandbox")
 @click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False), help="The demo's carrier.db.")
 @click.option("--port", default=8765, show_default=True)

@@ -23,6 +23,7 @@ from .context import WebContext, web_context
 from .customer_view import customer_view
 from .i18n import pick_lang
 from .links import TokenCheck, verify_token
+from .ratelimit import client_key
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ async def order_page(request: Request) -> Response:
     web = web_context(request)
     visit = _Visit(web, request)
     try:
-        wait = web.ip_limiter.hit(visit.ip, visit.now.timestamp())
+        wait = web.ip_limiter.hit(client_key(visit.ip), visit.now.timestamp())
         if wait:
             return await visit.refuse(429, "rate_limited", {"Retry-After": str(wait)}, seconds=wait)
         if not valid_order_no(visit.order_no):

@@ -26,7 +26,9 @@ def timeline(order: Mapping, lang: str, tz: str) -> list[dict]:
             state = "done"
         else:
             state = "todo"
-        steps.append({"code": code, "label": STAGE_LABELS[lang][code], "time": local_time(at, tz), "state": state})
+        time = local_time(at, tz)
+        steps.append({"code": code, "label": STAGE_LABELS[lang][code], "state": state,
+                      "when": time or (TEXT[lang]["pending"] if state == "todo" else "")})
     return steps
 
 
@@ -42,15 +44,11 @@ def eta_line(order: Mapping, lang: str, tz: str) -> dict | None:
     return None
 
 
-def next_step(order: Mapping, lang: str, tz: str) -> str:
+def next_step(order: Mapping, lang: str) -> str:
     text = TEXT[lang]
     stage = order["stage"]
-    if stage == "in_transit":
-        if order.get("out_for_delivery"):
-            return text["next.in_transit.out"]
-        eta = order.get("eta") or order.get("promised_date")
-        phrase = text["eta_phrase"].format(date=local_date(eta, tz)) if eta is not None else text["eta_unknown"]
-        return text["next.in_transit"].format(eta=phrase)
+    if stage == "in_transit" and order.get("out_for_delivery"):
+        return text["next.in_transit.out"]
     return text.get(f"next.{stage}", "")
 
 
@@ -60,7 +58,7 @@ def off_path_banner(order: Mapping, lang: str) -> str | None:
         return text["cancelled_banner"]
     if order["stage"] == "exception":
         reason = mask_phones_in_text(order.get("exception_reason"))
-        return f"{text['exception_banner']}{'：' if lang == 'zh' else ': '}{reason}" if reason else text["exception_banner"]
+        return f"{text['exception_banner']}{text['colon']}{reason}" if reason else text["exception_banner"]
     return None
 
 
@@ -110,7 +108,7 @@ def customer_view(order: Mapping, parcels: Sequence[Mapping], events: Sequence[M
         "address": mask_address(order.get("ship_address")),
         "steps": timeline(order, lang, tz),
         "eta": eta_line(order, lang, tz),
-        "next_step": next_step(order, lang, tz),
+        "next_step": next_step(order, lang),
         "parcels": parcel_rows(parcels, lang, tz),
         "events": event_rows(events, carriers, lang, tz),
         "updated": local_time(order.get("published_at"), tz),

@@ -53,6 +53,10 @@ async def kuaidi100_push(request: Request) -> JSONResponse:
     if update.status == "abort":
         log.warning("Kuaidi100 stopped tracking a waybill (abort: %s); it needs a new subscription later", update.message)
     if update.answer is not None:
-        await run_in_threadpool(store_tracking_answers, web.engine, [update.answer], via="push", now=web.clock())
+        try:
+            await run_in_threadpool(store_tracking_answers, web.engine, [update.answer], via="push", now=web.clock())
+        except Exception:  # Kuaidi100 pushes again when the answer is not a success
+            log.exception("Kuaidi100 push for waybill %s could not be stored", update.answer.waybill_no)
+            return refusal(500, "暂时无法保存，请稍后重推 (could not store, push again later)")
         log.info("Kuaidi100 push stored for waybill %s (state %s)", update.answer.waybill_no, update.answer.state)
     return JSONResponse(push_reply(True, "成功"))

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from ..stages import HAPPY_PATH
+from ..stages import STAGE_LABELS as PIPELINE_STAGE_LABELS
+
 LANGS = ("zh", "en")
 
-STAGES = ("ordered", "paid", "locked", "shipped", "in_transit", "delivered")
+STAGES = HAPPY_PATH
 OFF_PATH = ("cancelled", "exception")
 
 STAGE_LABELS = {
-    "zh": {"ordered": "下单完成", "paid": "支付确认", "locked": "库存锁定", "shipped": "打包出库",
-           "in_transit": "配送中", "delivered": "签收完成", "cancelled": "已取消", "exception": "配送异常"},
+    "zh": dict(PIPELINE_STAGE_LABELS),
     "en": {"ordered": "Order placed", "paid": "Payment confirmed", "locked": "Stock reserved", "shipped": "Packed and shipped",
            "in_transit": "In transit", "delivered": "Delivered", "cancelled": "Cancelled", "exception": "Delivery problem"},
 }
@@ -35,13 +37,12 @@ TEXT = {
         "next.paid": "付款已确认，仓库正在为您锁定库存。",
         "next.locked": "商品已为您预留，仓库正在打包，出库后这里会显示运单号。",
         "next.shipped": "包裹已打包出库，正在等待快递公司揽收。",
-        "next.in_transit": "包裹正在运输途中，{eta}。",
+        "next.in_transit": "包裹正在运输途中，到达您所在的城市后会安排派送。",
         "next.in_transit.out": "快递员正在派送您的包裹，请保持电话畅通。",
         "next.delivered": "包裹已签收。如有任何问题，请联系客服。",
         "next.cancelled": "订单已取消，不会再发货。如有疑问，请联系客服。",
         "next.exception": "客服会跟进处理并尽快与您联系，您无需做任何操作。",
-        "eta_phrase": "预计 {date} 送达", "eta_unknown": "到达后快递员会与您联系",
-        "contact": "客服：{contact}",
+        "contact": "客服：{contact}", "colon": "：",
     },
     "en": {
         "title": "Order tracking", "order_no": "Order no.", "recipient": "Recipient", "phone": "Phone", "address": "Delivery area",
@@ -54,13 +55,12 @@ TEXT = {
         "next.paid": "Your payment is confirmed. The warehouse is reserving your items.",
         "next.locked": "Your items are reserved and being packed. The waybill number appears here once the parcel leaves.",
         "next.shipped": "Your parcel is packed and waiting to be picked up by the carrier.",
-        "next.in_transit": "Your parcel is on its way; {eta}.",
+        "next.in_transit": "Your parcel is on its way and will be delivered once it reaches your city.",
         "next.in_transit.out": "A courier is delivering your parcel now. Please keep your phone at hand.",
         "next.delivered": "Your parcel has been delivered. If anything is wrong, please contact customer service.",
         "next.cancelled": "The order is cancelled and will not be shipped. Contact customer service with any questions.",
         "next.exception": "Customer service is looking into it and will contact you soon; you do not need to do anything.",
-        "eta_phrase": "expected on {date}", "eta_unknown": "the courier will contact you on arrival",
-        "contact": "Customer service: {contact}",
+        "contact": "Customer service: {contact}", "colon": ": ",
     },
 }
 

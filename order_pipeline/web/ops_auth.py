@@ -17,6 +17,7 @@ from .audit import client_ip, ip_hash, logged_order_no, user_agent
 from .context import WebContext, web_context
 from .forms import FormError, read_form
 from .passwords import dummy_hash, verify_password
+from .ratelimit import client_key
 from .sessions import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
@@ -105,7 +106,7 @@ async def login_form(request: Request) -> Response:
 async def login(request: Request) -> Response:
     web = web_context(request)
     ip = client_ip(request)
-    wait = web.login_limiter.hit(ip, web.clock().timestamp())
+    wait = web.login_limiter.hit(client_key(ip), web.clock().timestamp())
     if wait:
         log.warning("login attempts from one address over the limit; retry in %ss", wait)
         return web.pages.error(429, headers={"Retry-After": str(wait)}, seconds=wait)

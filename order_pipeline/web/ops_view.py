@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
+from .. import kuaidi100
+from ..stages import MISSING_FACTS, MISSING_LABELS
 from .i18n import OFF_PATH, STAGE_LABELS, STAGES, carrier_name
 from .timefmt import age, age_text, as_utc, local_time
 
@@ -15,19 +17,24 @@ ROLE_LABELS = {
     "customer": "客户", "customer_service": "客服", "ops_lead": "运营主管", "purchasing": "采购",
 }
 
-# (label, column, kind) per stage: the key facts of the design's stage table.
-STAGE_FACTS: dict[str, list[tuple[str, str, str]]] = {
-    "ordered": [("下单时间", "ordered_at", "time"), ("金额", "amount", "money"), ("商品行数", "line_count", "plain"),
-                ("总数量", "total_qty", "plain"), ("承诺送达", "promised_date", "date")],
-    "paid": [("付款时间", "paid_at", "time"), ("已付金额", "paid_amount", "money"), ("已退金额", "refunded_amount", "money"),
-             ("付款凭证", "voucher_no", "plain")],
-    "locked": [("锁定时间", "locked_at", "time")],
-    "shipped": [("出库时间", "shipped_at", "time"), ("运单号", "waybill_nos", "plain"), ("快递公司", "carrier_codes", "plain"),
-                ("重量 (kg)", "total_weight_kg", "plain"), ("包裹数", "parcel_count", "plain")],
-    "in_transit": [("开始运输", "in_transit_at", "time"), ("当前位置", "latest_event_area", "plain"),
-                   ("最新动态", "latest_event_context", "plain"), ("动态时间", "latest_event_at", "time"),
-                   ("预计送达", "eta", "time"), ("派送中", "out_for_delivery", "bool"), ("快递100 状态", "carrier_state", "plain")],
-    "delivered": [("签收时间", "delivered_at", "time"), ("签收人", "signer", "plain"), ("已签收包裹", "parcels_signed", "plain")],
+# (label, column, kind, key fact) per stage, after the design's stage table; an empty key fact of
+# a reached stage is flagged, an empty optional one is not.
+STAGE_FACTS: dict[str, list[tuple[str, str, str, bool]]] = {
+    "ordered": [("下单时间", "ordered_at", "time", True), ("金额", "amount", "money", True),
+                ("商品行数", "line_count", "plain", True), ("总数量", "total_qty", "plain", False),
+                ("承诺送达", "promised_date", "date", False)],
+    "paid": [("付款时间", "paid_at", "time", True), ("付款凭证", "voucher_no", "plain", True),
+             ("已付金额", "paid_amount", "money", False), ("已退金额", "refunded_amount", "money", False)],
+    "locked": [("锁定时间", "locked_at", "time", True), ("锁定数量", "total_qty", "plain", False)],
+    "shipped": [("出库时间", "shipped_at", "time", True), ("运单号", "waybill_nos", "plain", True),
+                ("快递公司", "carrier_codes", "carriers", True), ("重量 (kg)", "total_weight_kg", "plain", True),
+                ("包裹数", "parcel_count", "plain", False)],
+    "in_transit": [("开始运输", "in_transit_at", "time", True), ("当前位置", "latest_event_area", "plain", True),
+                   ("预计送达", "eta", "time", True), ("最新动态", "latest_event_context", "plain", False),
+                   ("动态时间", "latest_event_at", "time", False), ("派送中", "out_for_delivery", "bool", False),
+                   ("快递100 状态", "carrier_state", "carrier_state", False)],
+    "delivered": [("签收时间", "delivered_at", "time", True), ("签收人", "signer", "plain", True),
+                  ("已签收包裹", "parcels_signed", "of_parcels", False)],
 }
 
 
@@ -53,26 +60,43 @@ def fact_value(order: Mapping, column: str, kind: str, tz: str) -> str:
         return f"{value:,.2f} {order.get('currency') or ''}".strip()
     if kind == "bool":
         return "是" if value else "否"
+    if kind == "carriers":
+        return ", ".join(f"{carrier_name(c.strip(), 'zh')} ({c.strip()})" for c in str(value).split(",") if c.strip())
+    if kind == "carrier_state":
+        return f"{value} {kuaidi100.label(int(value))}"
+    if kind == "of_parcels":
+        return f"{value} / {order.get('parcel_count') or 0}"
     return str(value)
 
 
 def stage_blocks(order: Mapping, tz: str) -> list[dict]:
     """Every stage with its facts; a fact of a reached stage that is empty is flagged as missing."""
     reached = STAGES.index(order["stage"]) if order["stage"] in STAGES else -1
+    missing = missing_codes(order.get("missing_info"))
     blocks = []
     for i, code in enumerate(STAGES):
         done = i <= reached or order.get(f"{code}_at") is not None
         facts = []
-        for label, column, kind in STAGE_FACTS[code]:
+        for label, column, kind, key_fact in STAGE_FACTS[code]:
             value = fact_value(order, column, kind, tz)
-            facts.append({"label": label, "value": value or "—", "missing": done and not value})
-        blocks.append({"code": code, "label": STAGE_LABELS["zh"][code], "done": done, "current": code == order["stage"],
-                       "facts": facts})
+            facts.append({"label": label, "value": value or "—", "css": "missing" if done and key_fact and not value else ""})
+        current = code == order["stage"]
+        blocks.append({"code": code, "label": STAGE_LABELS["zh"][code], "facts": facts,
+                       "css": "current" if current else ("done" if done else ""),
+                       "missing": [missing_text(m) for m in missing if MISSING_FACTS.get(m, ("",))[0] == code]})
     return blocks
 
 
+def missing_codes(missing_info: str | None) -> list[str]:
+    return [code.strip() for code in (missing_info or "").split(";") if code.strip()]
+
+
+def missing_text(code: str) -> str:
+    return f"{MISSING_LABELS[code]} ({code})" if code in MISSING_LABELS else code
+
+
 def missing_list(order: Mapping) -> list[str]:
-    return [item.strip() for item in (order.get("missing_info") or "").split(";") if item.strip()]
+    return [missing_text(code) for code in missing_codes(order.get("missing_info"))]
 
 
 def order_summary(order: Mapping, now: datetime, tz: str) -> dict:
@@ -98,7 +122,8 @@ def parcel_rows(parcels: Sequence[Mapping], tz: str) -> list[dict]:
     return [
         {"waybill_no": p["waybill_no"], "carrier": carrier_name(p.get("carrier_code"), "zh"),
          "weight": "" if p.get("weight_kg") is None else f"{p['weight_kg']:g}",
-         "shipped_at": local_time(p.get("shipped_at"), tz), "state": "" if p.get("carrier_state") is None else str(p["carrier_state"]),
+         "shipped_at": local_time(p.get("shipped_at"), tz),
+         "state": "" if p.get("carrier_state") is None else f"{p['carrier_state']} {kuaidi100.label(int(p['carrier_state']))}",
          "signed": "是" if p.get("is_signed") else "否", "signer": p.get("signer") or "",
          "signed_at": local_time(p.get("signed_at"), tz),
          "latest": p.get("latest_event_context") or "", "latest_at": local_time(p.get("latest_event_at"), tz)}
@@ -117,8 +142,8 @@ def alert_rows(alerts: Sequence[Mapping], tz: str) -> list[dict]:
         {"rule": a["rule_id"], "severity": a["severity"], "message": a["message"], "entity": a.get("entity_key") or "",
          "order_no": a.get("order_no") or "", "first_seen": local_time(a.get("first_seen"), tz),
          "last_seen": local_time(a.get("last_seen"), tz), "notified_at": local_time(a.get("notified_at"), tz),
-         "escalation": a.get("escalation_level") or 0, "resolved_at": local_time(a.get("resolved_at"), tz),
-         "open": a.get("resolved_at") is None}
+         "escalation": a.get("escalation_level") or 0,
+         "state": "未处理" if a.get("resolved_at") is None else f"已解决 {local_time(a['resolved_at'], tz)}"}
         for a in alerts
     ]
 
@@ -137,7 +162,8 @@ def stage_bars(counts: Mapping[str, int]) -> list[dict]:
     """One bar per stage, widths relative to the largest stage (a CSS bar chart)."""
     codes = [*STAGES, *OFF_PATH, *sorted(set(counts) - set(STAGES) - set(OFF_PATH))]
     top = max(counts.values(), default=0) or 1
-    return [{"code": c, "label": stage_label(c), "count": counts.get(c, 0), "pct": round(100 * counts.get(c, 0) / top)}
+    return [{"code": c, "label": stage_label(c), "count": counts.get(c, 0), "pct": round(100 * counts.get(c, 0) / top),
+             "css": "off" if c in OFF_PATH else ""}
             for c in codes]
 
 
@@ -151,7 +177,7 @@ def oldest_by_role(rows: Sequence[Mapping], now: datetime, tz: str, per_role: in
         out.append({"role": role_label(role), "role_code": role, "orders": [
             {"order_no": r["order_no"], "stage_label": stage_label(r["stage"]),
              "waiting_since": local_time(r["waiting_since"], tz), "waiting_for": age_text(age(r["waiting_since"], now)),
-             "missing": r.get("missing_info") or ""}
+             "missing": "、".join(missing_list(r))}
             for r in oldest]})
     return out
 

@@ -35,7 +35,7 @@ class Pages:
         )
 
     def html(self, template: str, context: Mapping, status: int = 200, headers: Mapping[str, str] | None = None) -> HTMLResponse:
-        body = self.env.get_template(template).render(**context)
+        body = self.env.get_template(template).render({"lang": "zh", **context})
         return HTMLResponse(body, status_code=status, headers={**SECURITY_HEADERS, **(headers or {})})
 
     def error(self, status: int, lang: str = "zh", *, headers: Mapping[str, str] | None = None,

@@ -7,6 +7,7 @@ refill rate. Time is passed in, so tests drive it with a fake clock.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,6 +27,19 @@ class Rate:
 class Bucket:
     tokens: float
     at: float  # Unix seconds of the last update
+
+
+def client_key(ip: str) -> str:
+    """The rate-limit key of a client: its IPv4 address, or its IPv6 /64 (one household or phone)."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if addr.version == 4:
+        return str(addr)
+    if addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{addr}/64", strict=False))
 
 
 def take(bucket: Bucket | None, now: float, rate: Rate) -> tuple[Bucket, int]:

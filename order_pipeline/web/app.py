@@ -1,0 +1,87 @@
+"""The web app: customer tracking page, ops board, Kuaidi100 push receiver.
+
+    create_app(config)                       # reads config.warehouse_url
+    create_app(config, engine=e, clock=f)    # tests: an engine and a fake clock
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from sqlalchemy.engine import Engine
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from ..config import Config
+from . import customer, hooks, ops_auth, ops_board, ops_orders
+from .context import WebContext, web_context
+from .db import make_engine
+from .i18n import pick_lang
+from .pages import Pages
+from .settings import WebSettings
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 2_000_000  # a Kuaidi100 push with a long history is well below this
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+async def health(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+ROUTES = [
+    Route("/order/{order_no}", customer.order_page, methods=["GET"], name="order"),
+    Route("/hooks/kuaidi100", hooks.kuaidi100_push, methods=["POST"], name="kuaidi100_push"),
+    Route("/ops", ops_board.ops_root, methods=["GET"]),
+    Route("/ops/", ops_board.overview, methods=["GET"], name="ops_overview"),
+    Route("/ops/login", ops_auth.login_form, methods=["GET"], name="ops_login_form"),
+    Route("/ops/login", ops_auth.login, methods=["POST"], name="ops_login"),
+    Route("/ops/logout", ops_auth.logout, methods=["POST"], name="ops_logout"),
+    Route("/ops/search", ops_orders.search, methods=["GET"], name="ops_search"),
+    Route("/ops/orders", ops_board.order_list, methods=["GET"], name="ops_orders"),
+    Route("/ops/orders.csv", ops_board.export_csv, methods=["GET"], name="ops_export"),
+    Route("/ops/order/{order_no}", ops_orders.order_view, methods=["GET"], name="ops_order"),
+    Route("/ops/order/{order_no}/link", ops_orders.issue_link, methods=["POST"], name="ops_issue_link"),
+    Route("/healthz", health, methods=["GET"], name="health"),
+]
+
+
+async def http_error(request: Request, exc: HTTPException) -> Response:
+    """404, 405, 413 and the like, as a page in the visitor's language."""
+    web = web_context(request)
+    return web.pages.error(exc.status_code if exc.status_code in (400, 404, 405, 413) else 400,
+                           pick_lang(request.query_params.get("lang")), headers=getattr(exc, "headers", None))
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    """Any unhandled error: logged in full here, a plain page without details for the visitor."""
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return web_context(request).pages.error(500, pick_lang(request.query_params.get("lang")))
+
+
+def create_app(config: Config, *, engine: Engine | None = None, clock: Callable[[], datetime] | None = None) -> Starlette:
+    settings = WebSettings.from_config(config)
+    web = WebContext(
+        config=config,
+        settings=settings,
+        engine=engine if engine is not None else make_engine(config.warehouse_url.resolve()),
+        clock=clock or utc_now,
+        pages=Pages(),
+        push_salt=config.carrier.push_salt.resolve(),
+    )
+    app = Starlette(
+        routes=ROUTES,
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+        max_body_size=MAX_BODY_BYTES,
+    )
+    app.state.web = web
+    return app

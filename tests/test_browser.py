@@ -1,0 +1,160 @@
+"""The real thing in a real browser: uvicorn serving the app, headless Chromium clicking through it.
+
+Needs Debian's Chromium (`apt-get install -y chromium fonts-wqy-microhei`). Without it the tests
+skip, unless REQUIRE_BROWSER=1, where they fail. Screenshots go to test-output/screenshots/.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+
+from order_pipeline.web.links import make_token
+from web_fixtures import LINK_SECRET, ORDER_IN_TRANSIT, PHONE_TAIL, STAFF_PASSWORD, STAFF_USER, build_world
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-output" / "screenshots"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _unavailable(reason: str):
+    if os.environ.get("REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{reason} (REQUIRE_BROWSER=1)")
+    pytest.skip(f"{reason}; set REQUIRE_BROWSER=1 to make this a failure")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        _unavailable(f"{CHROMIUM} is not installed (apt-get install -y chromium fonts-wqy-microhei)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("the playwright package is not installed")
+    with sync_playwright() as p:
+        try:
+            b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        except Exception as e:  # noqa: BLE001 - any launch failure means no browser here
+            _unavailable(f"Chromium does not start: {str(e).splitlines()[0]}")
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The app under uvicorn in its own process, on a free loopback port."""
+    world = build_world(tmp_path_factory.mktemp("browser"))
+    port = _free_port()
+    env = {**os.environ, **world.env}
+    log = (world.root / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "order_pipeline.web.server", "--config", str(world.config_path), "--port", str(port)],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).text == "ok":
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                pytest.fail(f"the web server did not start:\n{(world.root / 'server.log').read_text()}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        world.engine.dispose()
+
+
+def _link(base: str, order_no: str, expires: datetime) -> str:
+    return f"{base}/order/{order_no}?t={make_token(order_no, expires, LINK_SECRET.encode())}"
+
+
+def _shot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+@pytest.fixture
+def phone_page(browser):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, locale="zh-CN")
+    yield context.new_page()
+    context.close()
+
+
+def test_customer_link_shows_timeline_and_masked_phone(server, phone_page):
+    now = datetime.now(timezone.utc)
+    response = phone_page.goto(_link(server, ORDER_IN_TRANSIT, now + timedelta(days=7)))
+    assert response.status == 200
+    steps = phone_page.locator("ol.steps li")
+    assert steps.count() == 6
+    assert phone_page.locator("ol.steps li.current").inner_text().startswith("配送中")
+    assert "138****5678" in phone_page.locator("body").inner_text()
+    assert phone_page.locator("ul.events li").count() == 3
+    _shot(phone_page, "customer-zh")
+    phone_page.get_by_text("English").click()
+    assert "In transit" in phone_page.locator("ol.steps li.current").inner_text()
+    _shot(phone_page, "customer-en")
+
+
+def test_expired_link_shows_410_page(server, phone_page):
+    now = datetime.now(timezone.utc)
+    response = phone_page.goto(_link(server, ORDER_IN_TRANSIT, now - timedelta(hours=1)))
+    assert response.status == 410
+    assert "链接已过期" in phone_page.locator("h1").inner_text()
+    assert "新的查询链接" in phone_page.locator("body").inner_text()
+    _shot(phone_page, "customer-expired")
+
+
+def test_staff_login_search_by_phone_tail_and_open_order(server, browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN")
+    page = context.new_page()
+    try:
+        page.goto(f"{server}/ops/")
+        assert "/ops/login" in page.url
+        _shot(page, "ops-login")
+        page.fill("#username", STAFF_USER)
+        page.fill("#password", STAFF_PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{server}/ops/")
+        assert "各阶段订单" in page.locator("main").inner_text()
+        _shot(page, "ops-overview")
+        page.fill("input[name=q]", PHONE_TAIL)
+        page.press("input[name=q]", "Enter")
+        page.wait_for_url("**/ops/search?q=5678")
+        assert "2 个订单" in page.locator("main").inner_text()
+        _shot(page, "ops-search")
+        page.click(f"a[href='/ops/order/{ORDER_IN_TRANSIT}']")
+        page.wait_for_url(f"**/ops/order/{ORDER_IN_TRANSIT}")
+        text = page.locator("main").inner_text()
+        assert "13812345678" in text and "顺丰速运" in text
+        _shot(page, "ops-order")
+    finally:
+        context.close()

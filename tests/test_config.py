@@ -1,0 +1,163 @@
+"""Config mistakes fail at load time, naming the file, the entry and the fix."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from order_pipeline.canonical import SOURCE_ENTITIES
+from order_pipeline.config import ConfigError, load_config, parse_duration
+
+
+def write_sources(folder: Path) -> dict:
+    """One SQLite source per entity, with the canonical column names, and a config that maps them."""
+    sources = {}
+    for name, entity in SOURCE_ENTITIES.items():
+        if entity.optional:
+            continue
+        with sqlite3.connect(folder / f"{name}.db") as conn:
+            conn.execute(f"CREATE TABLE {name} ({', '.join(entity.column_names)})")
+        sources[name] = {"url": f"sqlite:///{name}.db", "table": name,
+                         "columns": {c: c for c in entity.column_names}}
+    return {"timezone": "Asia/Shanghai", "sources": sources}
+
+
+@pytest.fixture
+def doc(tmp_path):
+    return write_sources(tmp_path)
+
+
+def load(tmp_path: Path, doc: dict):
+    path = tmp_path / "order_pipeline.yaml"
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    return load_config(path)
+
+
+def error(tmp_path: Path, doc: dict) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, doc)
+    assert str(tmp_path / "order_pipeline.yaml") in str(info.value)
+    return info.value
+
+
+def test_a_valid_config_loads_with_relative_paths_resolved(tmp_path, doc):
+    config = load(tmp_path, doc)
+    assert config.sources["orders"].url.resolve() == f"sqlite:///{tmp_path / 'orders.db'}"
+    assert config.warehouse_url.resolve() == f"sqlite:///{tmp_path / 'data' / 'warehouse.db'}"
+    assert config.carrier.poll_interval == timedelta(hours=2)
+
+
+def test_unknown_canonical_column(tmp_path, doc):
+    doc["sources"]["orders"]["columns"]["order_number"] = "order_no"
+    e = error(tmp_path, doc)
+    assert e.entry == "sources.orders.columns.order_number"
+    assert "unknown setting" in e.problem and "customer_phone" in e.fix
+
+
+def test_missing_required_mapping(tmp_path, doc):
+    del doc["sources"]["payments"]["columns"]["paid_at"]
+    e = error(tmp_path, doc)
+    assert e.entry == "sources.payments.columns.paid_at"
+    assert "paid_at: <the source's column name>" in e.fix
+
+
+def test_mapping_to_a_column_the_source_lacks(tmp_path, doc):
+    doc["sources"]["orders"]["columns"]["order_no"] = "FBillNo"
+    e = error(tmp_path, doc)
+    assert e.entry == "sources.orders.columns.order_no" and "'FBillNo'" in e.problem
+    assert "order_no" in e.fix  # lists what the source does have
+
+
+def test_missing_database_file(tmp_path, doc):
+    doc["sources"]["shipments"]["url"] = "sqlite:///nowhere/wms.db"
+    e = error(tmp_path, doc)
+    assert e.entry == "sources.shipments.url" and "does not exist" in e.problem
+
+
+def test_unreachable_database_server(tmp_path, doc):
+    doc["sources"]["payments"]["url"] = "postgresql+psycopg2://postgres@127.0.0.1:1/finance"
+    e = error(tmp_path, doc)
+    assert e.entry == "sources.payments.url" and "cannot reach" in e.problem and "server is up" in e.fix
+
+
+def test_unknown_table(tmp_path, doc):
+    doc["sources"]["inventory"]["table"] = "stock"
+    e = error(tmp_path, doc)
+    assert e.entry.startswith("sources.inventory") and "stock" in e.problem
+
+
+@pytest.mark.parametrize("value", ["2 hours", "h", "-1h", "10x", ""])
+def test_bad_duration(tmp_path, doc, value):
+    doc["carrier"] = {"poll_interval": value}
+    e = error(tmp_path, doc)
+    assert e.entry == "carrier.poll_interval" and "90s, 30m, 2h, 1d" in e.fix
+
+
+@pytest.mark.parametrize("text, expected", [("90s", timedelta(seconds=90)), ("30m", timedelta(minutes=30)),
+                                            ("2h", timedelta(hours=2)), ("48h", timedelta(hours=48)),
+                                            ("1d", timedelta(days=1)), ("1.5h", timedelta(minutes=90))])
+def test_durations(text, expected):
+    assert parse_duration(text) == expected
+
+
+def test_missing_required_source(tmp_path, doc):
+    del doc["sources"]["reservations"]
+    e = error(tmp_path, doc)
+    assert e.entry == "sources.reservations" and "add `reservations:`" in e.fix
+
+
+def test_secret_in_the_file_is_refused(tmp_path, doc):
+    doc["carrier"] = {"key": "abc123"}
+    e = error(tmp_path, doc)
+    assert e.entry == "carrier.key" and "key_env" in e.fix
+
+
+def test_url_from_an_unset_environment_variable(tmp_path, doc, monkeypatch):
+    monkeypatch.delenv("ERP_DATABASE_URL", raising=False)
+    doc["sources"]["orders"] = {**doc["sources"]["orders"], "url_env": "ERP_DATABASE_URL"}
+    del doc["sources"]["orders"]["url"]
+    e = error(tmp_path, doc)
+    assert e.entry == "sources.orders.url_env" and "export ERP_DATABASE_URL" in e.fix
+
+
+def test_url_from_an_environment_variable(tmp_path, doc, monkeypatch):
+    monkeypatch.setenv("ERP_DATABASE_URL", f"sqlite:///{tmp_path / 'orders.db'}")
+    doc["sources"]["orders"] = {**doc["sources"]["orders"], "url_env": "ERP_DATABASE_URL"}
+    del doc["sources"]["orders"]["url"]
+    assert load(tmp_path, doc).sources["orders"].url.env == "ERP_DATABASE_URL"
+
+
+def test_table_and_query_together(tmp_path, doc):
+    doc["sources"]["orders"]["query"] = "SELECT * FROM orders"
+    e = error(tmp_path, doc)
+    assert e.entry == "sources.orders" and "exactly one" in e.problem
+
+
+def test_unknown_top_level_key(tmp_path, doc):
+    doc["warehuose"] = {"url": "sqlite:///x.db"}
+    assert error(tmp_path, doc).entry == "warehuose"
+
+
+def test_missing_file_says_how_to_get_one(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "absent.yaml")
+    assert "order-pipeline demo" in info.value.fix
+
+
+def test_invalid_yaml(tmp_path):
+    path = tmp_path / "order_pipeline.yaml"
+    path.write_text("sources: [unclosed", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "not valid YAML" in info.value.problem
+
+
+def test_config_path_from_environment(tmp_path, doc, monkeypatch):
+    path = tmp_path / "elsewhere.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    monkeypatch.setenv("ORDER_PIPELINE_CONFIG", str(path))
+    assert load_config().path == path
