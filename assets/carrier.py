@@ -1,6 +1,5 @@
 """Carrier tracking: poll Kuaidi100 for the waybills that are due."""
 
-from __future__ import annotations
 
 from datetime import timedelta
 

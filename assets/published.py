@@ -1,6 +1,5 @@
 """The tracking tables downstream apps read, published together in one transaction."""
 
-from __future__ import annotations
 
 import dagster as dg
 import sqlalchemy as sa

@@ -1,6 +1,5 @@
 """One asset per configured source, landing its extract into `raw_<entity>`."""
 
-from __future__ import annotations
 
 import dagster as dg
 

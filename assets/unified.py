@@ -1,6 +1,5 @@
 """The unified order: one row per order with its stage, gaps and owner."""
 
-from __future__ import annotations
 
 import dagster as dg
 import sqlalchemy as sa

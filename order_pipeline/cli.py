@@ -50,6 +50,37 @@ def _run(config: Config, now: datetime | None, full_refresh: bool) -> None:
     click.echo(f"  run {outcome.run_id} succeeded")
 
 
+def _dispatch(config: Config, now: datetime, *, show: int = 5) -> None:
+    """Evaluate every rule and freshness SLA, send what is due, and print it grouped by recipient."""
+    from .definitions import alert_runtime
+    from .warehouse import Warehouse
+
+    alerting, dispatcher = alert_runtime(config, Warehouse(config.warehouse_url.resolve()).engine)
+    ev = alerting.evaluate(now)
+    drained = dispatcher.drain(now)
+    click.echo("")
+    click.echo(f"告警 alerts at {now.isoformat()}:")
+    for rule in alerting.settings.rules:
+        click.echo(f"  {rule.id:<26}{ev.breaching.get(rule.id, 0):>6} now  {rule.title}")
+    stale = [f"{a.source} (newest {a.newest.isoformat() if a.newest else 'never'})" for a in ev.sources if a.stale]
+    click.echo(f"  {'source_freshness':<26}{len(stale):>6} stale{': ' + ', '.join(stale) if stale else ''}")
+    click.echo(f"  queued {ev.queued} messages, delivered {drained.delivered}, failed {drained.failed}, "
+               f"waiting for a rate limit {drained.waiting}")
+    groups: dict[tuple[str, str], list] = {}
+    for sent in drained.sent:
+        groups.setdefault((sent.targets, sent.channel), []).append(sent)
+    for (targets, channel), items in groups.items():
+        ok = sum(s.alerts for s in items if s.ok)
+        click.echo(f"  → {targets or channel} via {channel}: {ok} sent" +
+                   (f", {sum(s.alerts for s in items if not s.ok)} failed" if ok < sum(s.alerts for s in items) else ""))
+        for s in items[:show]:
+            click.echo(f"      {'✓' if s.ok else '✗'} {s.title}" + (f"  ({s.error})" if s.error else ""))
+        if len(items) > show:
+            click.echo(f"      … and {len(items) - show} more")
+    if any(s.channel == "outbox" for s in drained.sent):
+        click.echo("  (outbox: what would have been sent is in table alert_outbox and the log)")
+
+
 def _summary(config: Config) -> None:
     from .summary import summarize
     from .warehouse import Warehouse
@@ -90,9 +121,12 @@ def demo(target: str, orders: int, days: int, seed: int, now: str | None) -> Non
     config = _config(str(company.config_path))
     _run(config, pinned, full_refresh=True)
     _summary(config)
+    _dispatch(config, pinned)
     click.echo(f"""
 Tables: {config.warehouse_url.resolve()}
-  order_tracking_snapshot, order_tracking_parcels, order_tracking_events, pipeline_rejects
+  order_tracking_snapshot, order_tracking_parcels, order_tracking_events, pipeline_rejects,
+  order_alerts (ledger), alert_deliveries, alert_outbox
+Open alerts:           order-pipeline alerts --config {company.config_path}
 Config: {company.config_path}
 Open the Dagster UI:   order-pipeline ui --config {company.config_path}
 Run again (incremental): order-pipeline run --config {company.config_path} --now {pinned.isoformat()}""")
@@ -103,10 +137,55 @@ Run again (incremental): order-pipeline run --config {company.config_path} --now
 @now_option
 @click.option("--full-refresh", is_flag=True, help="Rebuild everything instead of the orders that changed.")
 def run(config_path: str | None, now: str | None, full_refresh: bool) -> None:
-    """Run the pipeline once (incremental by default)."""
+    """Run the pipeline once (incremental by default), then evaluate every rule and freshness check and send the alerts."""
     config = _config(config_path)
-    _run(config, _now(now) if now else None, full_refresh)
+    pinned = _now(now)
+    _run(config, pinned if now else None, full_refresh)
     _summary(config)
+    _dispatch(config, pinned)
+
+
+@main.command()
+@config_option
+@now_option
+@click.option("--all", "show_all", is_flag=True, help="Include resolved alerts.")
+@click.option("--rule", "rule_ids", multiple=True, help="Only this rule (repeatable).")
+def alerts(config_path: str | None, now: str | None, show_all: bool, rule_ids: tuple[str, ...]) -> None:
+    """List the open alerts of the ledger (order_alerts)."""
+    import sqlalchemy as sa
+
+    from .alert_ledger import ensure_schema
+    from .alert_messages import local_time, waited_text
+    from .schema import order_alerts
+    from .warehouse import Warehouse, read_frame
+
+    config = _config(config_path)
+    engine = Warehouse(config.warehouse_url.resolve()).engine
+    ensure_schema(engine)
+    a = order_alerts
+    q = sa.select(a)
+    if not show_all:
+        q = q.where(a.c.resolved_at.is_(None))
+    if rule_ids:
+        q = q.where(a.c.rule_id.in_(rule_ids))
+    with engine.connect() as conn:
+        rows = read_frame(conn, q.order_by(a.c.rule_id, a.c.first_seen, a.c.entity_key),
+                          ["first_seen", "last_seen", "notified_at", "resolved_at"])
+    if rows.empty:
+        click.echo("No open alerts." if not show_all else "The ledger is empty.")
+        return
+    at, tz = _now(now), config.timezone
+    click.echo(f"{len(rows)} {'alerts' if show_all else 'open alerts'} ({config.warehouse_url.resolve()}, table order_alerts)")
+    for rule_id, group in rows.groupby("rule_id", sort=False):
+        click.echo(f"\n{rule_id} ({len(group)})")
+        for r in group.itertuples(index=False):
+            state = f"resolved {local_time(r.resolved_at, tz)}" if pd.notna(r.resolved_at) else \
+                f"open {waited_text(pd.Timestamp(at) - r.first_seen)}"
+            told = f"notified {local_time(r.notified_at, tz)}" if pd.notna(r.notified_at) else "not yet notified"
+            level = f", escalated ×{r.escalation_level}" if r.escalation_level else ""
+            risk = ", high risk" if r.risk == "high" else ""
+            click.echo(f"  [{r.severity}] {r.entity_key}: {state}, {told}{level}{risk}, {r.attempts} attempt(s)")
+            click.echo(f"      {r.message}")
 
 
 @main.command()

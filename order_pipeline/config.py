@@ -238,7 +238,9 @@ class _Parser:
         return sc
 
     def reachable(self, sc: SourceConfig, entry: str) -> None:
-        url = sc.url.resolve()
+        from .warehouse import driver_url
+
+        url = driver_url(sc.url.resolve())
         parsed = sa.engine.make_url(url)
         if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
             if not Path(parsed.database).exists():

@@ -17,7 +17,7 @@ all randomness comes from one seeded generator and `now` is an argument, never t
 
 Times are whole seconds of Shanghai wall-clock time (the sources store naive local times).
 The bulk is built as numpy arrays, one element per order, line, payment, parcel or carrier
-event, and written with one executemany per table: a million orders take about a minute.
+event, and written with one executemany per table: a million orders take under a minute.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import IntEnum
+from functools import partial
 from itertools import chain
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -46,14 +47,16 @@ DEMO_KEY = "demo-key"
 DEMO_KEY_ENV = "ORDER_PIPELINE_DEMO_KUAIDI100_KEY"
 
 MIN_ORDERS = 100  # fewer cannot give every case its minimum count
-MIN_DAYS = 10  # the oldest pinned case (a stuck parcel) reaches about nine days back
+MIN_DAYS = 10  # how far back the pinned cases (PINS) reach
 
-MINUTE, HOUR, DAY = 60, 3_600, 86_400
+HOUR, DAY = 3_600, 86_400
 EVENT_CHUNK = 200_000  # parcels per batch of rendered carrier events: bounds memory at a million orders
 
 
 @dataclass(frozen=True)
 class DemoCompany:
+    """What `build_demo_company` wrote."""
+
     erp_db: Path
     finance_db: Path
     wms_db: Path
@@ -102,6 +105,7 @@ QUOTAS: dict[Case, tuple[float, int]] = {
 ORDERED, PAID, LOCKED, SHIPPED = 0, 1, 2, 3  # then SHIPPED + k is the parcel's k-th carrier event
 PICKUP, AT_ORIGIN_HUB, LEFT_ORIGIN_HUB, AT_DEST_HUB, DISPATCH, SIGNED = 1, 2, 3, 4, 5, 6
 EVENTS_TO_STATE = np.array([-1, 1, 0, 0, 0, 5, 3])  # Kuaidi100 state after k events (-1: no record)
+EVENT_COLUMNS = [f"event_{k}" for k in range(1, 7)]  # per parcel: seconds from shipped to its k-th event
 
 # Cases pinned to a point of their timeline at a time before now: (point, hours ago from, to).
 # NATURAL orders are spread over the whole window instead; points of STUCK and EXCEPTION vary.
@@ -159,6 +163,15 @@ CARRIERS = (
     ("jd", "京东快递", "JDVA", 2, 10, 0.12),  # JDVA21234567890
     ("ems", "EMS", "", 98, 11, 0.08),  # 9812345678901
 )
+# Lookups by index, for rendering whole arrays at once.
+CITY = np.array([c[1] for c in CITIES])
+AREA = np.array([c[1] if c[0] == c[1] else f"{c[0]},{c[1]}" for c in CITIES])  # Kuaidi100 areaName
+HUB = np.array([c[1].removesuffix("市") + "转运中心" for c in CITIES])
+DISTRICT = np.array([c[2] for c in CITIES])
+WAREHOUSE_CITY = np.array([w[0] for w in WAREHOUSES])
+WAREHOUSE_DISTRICT = np.array([w[1] for w in WAREHOUSES])
+CARRIER_CODE = np.array([c[0] for c in CARRIERS])
+CARRIER_NAME = np.array([c[1] for c in CARRIERS])
 WAYBILL_STEP = 2_654_435_761  # coprime with 10: spreads waybill numbers without repeating one
 
 SURNAMES = list("王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹")
@@ -202,6 +215,21 @@ SOURCE_INDEXES = {
 }
 
 Table = dict[str, list]  # column name -> values, in the table's column order
+BadRows = Callable[[Table], list[dict]]  # the rows to add to a rendered table
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything random, drawn up front in a fixed order; rendering and writing only read it."""
+
+    clock: int  # now, in local wall-clock seconds
+    skus: dict[str, np.ndarray]
+    orders: pd.DataFrame
+    lines: dict[str, np.ndarray]
+    payments: pd.DataFrame
+    locks: np.ndarray  # per order line: whether it holds a stock lock
+    parcels: pd.DataFrame
+    customers: dict[str, np.ndarray]
 
 
 def build_demo_company(
@@ -216,6 +244,8 @@ def build_demo_company(
 ) -> DemoCompany:
     """Write the demo sources and their config into `target`, replacing an earlier demo there.
 
+    `orders` are placed over the `days` days before `now`; `seed` picks the company; `bad_rows`
+    adds a handful of rows that break the source contract; `progress` hears about each step.
     The pipeline's own `warehouse.db` in `target` is removed too: it would hold the rows and
     high-water marks of the sources being replaced.
     """
@@ -232,45 +262,47 @@ def build_demo_company(
         for suffix in ("", "-journal", "-wal", "-shm"):
             (target / f"{name}{suffix}").unlink(missing_ok=True)
 
-    rng = np.random.Generator(np.random.PCG64(seed))
-    clock = _local_seconds(now)
-    skus = _plan_skus(rng, orders)
-    o = _plan_orders(rng, orders, days, clock)
-    lines = _plan_lines(rng, o, len(skus))
-    o["amount"] = np.bincount(lines["order"], lines["qty"] * skus["price"][lines["sku"]], minlength=len(o)).astype(np.int64)
-    payments = _plan_payments(rng, o)
-    locks = _plan_locks(o, lines)
-    parcels = _plan_parcels(rng, o, clock)
-    say(f"planned {len(o):,} orders, {len(lines):,} lines, {len(payments):,} payments, {len(parcels):,} parcels")
-
-    customers = _customers(rng, len(o))
-    tables = {
-        "T_SAL_ORDER": _order_table(o, customers),
-        "T_SAL_ORDERENTRY": _line_table(o, lines, skus),
-        "收款单": _payment_table(o, payments),
-        "inv_stock": _stock_table(rng, o, lines, locks, skus, clock),
-        "inv_lock": _lock_table(o, lines, locks, skus),
-        "outbound": _outbound_table(o, parcels),
-        "pod": _pod_table(parcels),
-    }
-    if bad_rows:
-        _add_bad_rows(tables, o, lines, payments, parcels, skus, clock)
-
-    counts: dict[str, int] = {}
-    for db, schemas in SOURCE_TABLES.items():
-        with closing(_open(target / db)) as conn:
-            for name, schema in schemas.items():
-                counts[name] = _write_table(conn, name, schema, tables.pop(name))
-        say(f"{db}: " + ", ".join(f"{counts[name]:,} rows in {name}" for name in schemas))
-
+    plan = _plan(np.random.Generator(np.random.PCG64(seed)), orders, days, _local_seconds(now))
+    say(f"planned {len(plan.orders):,} orders, {len(plan.lines['order']):,} lines, "
+        f"{len(plan.payments):,} payments, {len(plan.parcels):,} parcels")
+    bad = _bad_rows(plan) if bad_rows else {}
     carrier_db = target / "carrier.db"
-    counts |= _write_carrier(carrier_db, parcels, customers)
-    say(f"carrier.db: {counts['carrier_waybills']:,} waybills, {counts['carrier_events']:,} events")
+    jobs = {db: partial(_write_source, target / db, tables, plan, bad) for db, tables in SOURCE_TABLES.items()}
+    jobs[carrier_db.name] = partial(_write_carrier, carrier_db, plan)
+    counts: dict[str, int] = {}
+    for db, write in jobs.items():
+        written = write()
+        counts |= written
+        say(f"{db}: " + ", ".join(f"{count:,} rows in {table}" for table, count in written.items()))
 
     config_path = target / CONFIG_NAME
-    config_path.write_text(_config_text(carrier_db, max_polls=len(parcels)), encoding="utf-8")
+    config_path.write_text(_config_text(carrier_db, max_polls=len(plan.parcels)), encoding="utf-8")
     say(f"wrote {config_path}")
     return DemoCompany(target / "erp.db", target / "finance.db", target / "wms.db", carrier_db, config_path, counts)
+
+
+def _plan(rng: np.random.Generator, orders: int, days: int, clock: int) -> _Plan:
+    # One statement per draw: the order of the draws is what makes the demo reproducible.
+    skus = _plan_skus(rng, orders)
+    o = _plan_orders(rng, orders, days, clock)
+    lines = _plan_lines(rng, o, len(skus["code"]))
+    o["amount"] = np.bincount(lines["order"], lines["qty"] * skus["price"][lines["sku"]], len(o)).astype(np.int64)
+    payments = _plan_payments(rng, o)
+    parcels = _plan_parcels(rng, o, clock)
+    customers = _plan_customers(rng, len(o))
+    return _Plan(clock, skus, o, lines, payments, _plan_locks(o, lines), parcels, customers)
+
+
+def _write_source(path: Path, tables: dict[str, dict[str, str]], plan: _Plan, bad: dict[str, BadRows]
+                  ) -> dict[str, int]:
+    counts = {}
+    with closing(_open(path)) as conn:
+        for name, schema in tables.items():
+            table = RENDER[name](plan)
+            for row in bad[name](table) if name in bad else ():
+                _append(table, row)
+            counts[name] = _write_table(conn, name, schema, table)
+    return counts
 
 
 # --- the plan: numbers only, one row per order, line, payment, lock and parcel ---------------------------
@@ -279,7 +311,15 @@ def build_demo_company(
 def _plan_skus(rng: np.random.Generator, orders: int) -> dict[str, np.ndarray]:
     n = int(np.clip(orders // 50, 60, 5000))
     price = np.round(np.exp(rng.normal(4.2, 0.7, n))).astype(np.int64) * 100 - 10  # cents, e.g. 66.90
-    return {"code": np.strings.add("M", (100_001 + np.arange(n)).astype(str)), "price": np.maximum(price, 490)}
+    safety = rng.integers(5, 60, n)
+    return {
+        "code": np.strings.add("M", (100_001 + np.arange(n)).astype(str)),
+        "price": np.maximum(price, 490),
+        "safety": safety,
+        "available": safety + rng.integers(10, 400, n),  # on hand minus reserved, normally
+        "short_of": (safety * rng.random(n)).astype(np.int64),  # the same for a SKU that runs short
+        "counted_ago": _hours(rng, n, 0.02, 6),  # since the WMS last touched the row
+    }
 
 
 def _assign_cases(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -294,7 +334,7 @@ def _assign_cases(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def _parcel_gaps(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Hours between carrier events: shipped -> picked up -> hub -> left -> dest hub -> dispatch -> signed.
+    """Seconds between carrier events: shipped -> picked up -> hub -> left -> dest hub -> dispatch -> signed.
 
     No gap reaches 48 h, so only STUCK parcels ever wait that long for an update.
     """
@@ -306,7 +346,8 @@ def _plan_orders(rng: np.random.Generator, n: int, days: int, clock: int) -> pd.
     case = _assign_cases(rng, n)
     variant = pd.Series(case).groupby(case).cumcount().to_numpy()  # the n-th order of its case
     n_lines = rng.choice(np.arange(1, 5), n, p=LINE_MIX)
-    n_lines = np.where(case == Case.SPLIT, np.maximum(n_lines, 2 + variant % 2), n_lines)  # one parcel per line at most
+    # A split order ships a parcel per line at most: give it the lines for 2 or 3 parcels.
+    n_lines = np.where(case == Case.SPLIT, np.maximum(n_lines, 2 + variant % 2), n_lines)
 
     lags = np.column_stack([
         np.zeros(n, np.int64),
@@ -316,16 +357,7 @@ def _plan_orders(rng: np.random.Generator, n: int, days: int, clock: int) -> pd.
         _parcel_gaps(rng, n),  # the first parcel's carrier events
     ])
     offset = np.cumsum(lags, axis=1)  # from ordered to each point of the chain
-
-    point = np.full(n, ORDERED)
-    ago = _hours(rng, n, 0, 24 * days)
-    for c, (at, lo, hi) in PINS.items():
-        mask = case == c
-        point[mask] = at
-        ago[mask] = _hours(rng, int(mask.sum()), lo, hi)
-    stuck, exception = case == Case.STUCK, case == Case.EXCEPTION
-    point[stuck] = SHIPPED + np.array(STUCK_AFTER)[variant[stuck] % len(STUCK_AFTER)]
-    point[exception] = SHIPPED + np.array([slot for _, slot in EXCEPTIONS])[variant[exception] % len(EXCEPTIONS)]
+    point, ago = _pins(rng, case, variant, days)
     ordered = clock - ago - offset[np.arange(n), point]
     times = ordered[:, None] + offset
 
@@ -338,8 +370,8 @@ def _plan_orders(rng: np.random.Generator, n: int, days: int, clock: int) -> pd.
     cancelled_at = np.where(case == Case.CANCELLED_UNPAID, times[:, ORDERED], times[:, PAID]) + _hours(rng, n, 1, 24)
 
     today = clock // DAY * DAY
-    promise = np.where(paid & natural & (rng.random(n) < 0.4),
-                       ordered // DAY * DAY + rng.integers(4, 8, n) * DAY, -1)  # never due before it can ship
+    # 4-7 days out: a natural order ships within a day, so only PROMISE_SOON orders trip rule 4.
+    promise = np.where(paid & natural & (rng.random(n) < 0.4), ordered // DAY * DAY + rng.integers(4, 8, n) * DAY, -1)
     promise = np.where(case == Case.PROMISE_SOON, today + variant % 2 * DAY, promise)
 
     o = pd.DataFrame({
@@ -348,12 +380,30 @@ def _plan_orders(rng: np.random.Generator, n: int, days: int, clock: int) -> pd.
         "paid": paid, "locked": locked, "shipped": shipped, "cancelled": cancelled,
         "cancelled_at": np.where(cancelled, cancelled_at, -1), "promise": promise,
         "event_point": np.where(case == Case.NATURAL, -1, point),
-        **{f"event_{k}": offset[:, SHIPPED + k] - offset[:, SHIPPED] for k in range(1, 7)},
+        **dict(zip(EVENT_COLUMNS, (offset[:, SHIPPED + 1:] - offset[:, [SHIPPED]]).T)),  # the first parcel's
     })
     # ERP rows and order numbers run in time order, as in a real ERP.
     o = o.sort_values("ordered", kind="stable").reset_index(drop=True)
     o["order_no"] = _daily_ids("SO", o["ordered"].to_numpy())
     return o
+
+
+def _pins(rng: np.random.Generator, case: np.ndarray, variant: np.ndarray, days: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per order, the point of its timeline that is pinned, and how many seconds before now it lies.
+
+    A natural order's placing lies anywhere in the window; a case's point lies where PINS says.
+    """
+    n = len(case)
+    point = np.full(n, ORDERED)
+    ago = _hours(rng, n, 0, 24 * days)
+    for c, (at, lo, hi) in PINS.items():
+        mask = case == c
+        point[mask] = at
+        ago[mask] = _hours(rng, int(mask.sum()), lo, hi)
+    stuck, exception = case == Case.STUCK, case == Case.EXCEPTION
+    point[stuck] = SHIPPED + np.array(STUCK_AFTER)[variant[stuck] % len(STUCK_AFTER)]
+    point[exception] = SHIPPED + np.array([slot for _, slot in EXCEPTIONS])[variant[exception] % len(EXCEPTIONS)]
+    return point, ago
 
 
 def _plan_lines(rng: np.random.Generator, o: pd.DataFrame, n_skus: int) -> dict[str, np.ndarray]:
@@ -373,10 +423,10 @@ def _plan_payments(rng: np.random.Generator, o: pd.DataFrame) -> pd.DataFrame:
     n = len(o)
     case, amount = o["case"].to_numpy(), o["amount"].to_numpy()
     ordered, at = o["ordered"].to_numpy(), o["paid_at"].to_numpy()
-    natural = (case == Case.NATURAL) & o["paid"].to_numpy()
-    in_full = np.isin(case, list(PAID_IN_FULL - {Case.REFUNDED})) | natural
-    deposit = natural & (rng.random(n) < 0.05)  # paid in two parts: a deposit, then the rest
-    retried = natural & (rng.random(n) < 0.03)  # a failed attempt before the successful one
+    natural_paid = (case == Case.NATURAL) & o["paid"].to_numpy()
+    in_full = np.isin(case, list(PAID_IN_FULL - {Case.REFUNDED})) | natural_paid
+    deposit = natural_paid & (rng.random(n) < 0.05)  # paid in two parts: a deposit, then the rest
+    retried = natural_paid & (rng.random(n) < 0.03)  # a failed attempt before the successful one
     deposit_cents = (amount * rng.uniform(0.2, 0.5, n)).astype(np.int64)
     short_cents = np.maximum(100, (amount * rng.uniform(0.05, 0.3, n)).astype(np.int64))
     later = at + _hours(rng, n, 0.2, 6)
@@ -413,54 +463,60 @@ def _plan_locks(o: pd.DataFrame, lines: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def _plan_parcels(rng: np.random.Generator, o: pd.DataFrame, clock: int) -> pd.DataFrame:
-    case, variant = o["case"].to_numpy(), o["variant"].to_numpy()
-    natural = case == Case.NATURAL
-    count = o["shipped"].to_numpy().astype(np.int64)
-    count += natural & (count > 0) & (o["n_lines"].to_numpy() >= 2) & (rng.random(len(o)) < 0.05)
-    count = np.where(case == Case.SPLIT, np.minimum(o["n_lines"].to_numpy(), 2 + variant % 2), count)
-
-    order = np.repeat(np.arange(len(o)), count)
-    first = _ranks(count) == 0
-    p_case = case[order]
-    offsets = np.where(first[:, None], o[[f"event_{k}" for k in range(1, 7)]].to_numpy()[order],
-                       np.cumsum(_parcel_gaps(rng, len(order)), axis=1))
-    shipped = o["shipped_at"].to_numpy()[order]
-    # A natural order's second parcel leaves a little later; a split order's others left recently.
-    shipped = np.where(first, shipped, np.where(p_case == Case.SPLIT, clock - _hours(rng, len(order), 4, 20),
-                                                shipped + _hours(rng, len(order), 0.2, 4)))
-    keep = shipped <= clock  # a second parcel may still be on the packing table
-    order, first, p_case, offsets, shipped = order[keep], first[keep], p_case[keep], offsets[keep], shipped[keep]
+    order, first, shipped, offsets = _parcel_timelines(rng, o, clock)
+    n_events, exception_state = _carrier_progress(o, order, first, shipped, offsets, clock)
     n = len(order)
-
-    n_events = (shipped[:, None] + offsets <= clock).sum(axis=1)
-    pinned = first & (p_case != Case.NATURAL)
-    n_events = np.where(pinned, o["event_point"].to_numpy()[order] - SHIPPED, n_events)
-    n_events = np.where((p_case == Case.SPLIT) & ~first, np.minimum(n_events, AT_DEST_HUB), n_events)
-    trouble = np.array([state for state, _ in EXCEPTIONS])[o["variant"].to_numpy()[order] % len(EXCEPTIONS)]
-    exception_state = np.where(first & (p_case == Case.EXCEPTION), trouble, 0)
-    state = np.where(exception_state > 0, exception_state, EVENTS_TO_STATE[n_events])
-
     shares = np.array([c[5] for c in CARRIERS])
     weight = np.round(rng.uniform(0.3, 6.0, n), 2)
     return pd.DataFrame({
-        "order": order, "shipped": shipped, "n_events": n_events, "state": state,
-        "exception_state": exception_state, **{f"event_{k}": offsets[:, k - 1] for k in range(1, 7)},
+        "order": order, "shipped": shipped, "n_events": n_events, "exception_state": exception_state,
+        "state": np.where(exception_state > 0, exception_state, EVENTS_TO_STATE[n_events]),
+        **dict(zip(EVENT_COLUMNS, offsets.T)),
         "carrier": rng.choice(len(CARRIERS), n, p=shares / shares.sum()),
         "weight": np.where(rng.random(n) < 0.02, np.nan, weight),  # some parcels leave unweighed
         "warehouse": rng.integers(0, len(WAREHOUSES), n),
         "courier": rng.integers(0, len(SURNAMES), n),
         "courier_phone": _mobiles(rng, n),
         "signer": rng.integers(0, len(SIGNERS), n),
-        "with_pod": rng.random(n) < 0.6,  # the WMS has proof of delivery for part of the signed parcels
-    }).assign(waybill=lambda p: _waybills(p["carrier"].to_numpy(), 1 + np.arange(n)))
+        "with_pod": rng.random(n) < 0.85,  # the WMS has proof of delivery for most signed parcels
+        "serial": 1 + rng.permutation(n),  # makes the waybill number
+    }).assign(waybill=lambda p: _waybills(p["carrier"].to_numpy(), p["serial"].to_numpy()))
 
 
-# --- rendering: the plan in each system's own names and formats ----------------------------------------
+def _parcel_timelines(rng: np.random.Generator, o: pd.DataFrame, clock: int):
+    """Parcels that left the warehouse by now: order, first of its order?, shipped at, event offsets."""
+    case, n_lines = o["case"].to_numpy(), o["n_lines"].to_numpy()
+    count = o["shipped"].to_numpy().astype(np.int64)
+    count += (case == Case.NATURAL) & (count > 0) & (n_lines >= 2) & (rng.random(len(o)) < 0.05)
+    count = np.where(case == Case.SPLIT, np.minimum(n_lines, 2 + o["variant"].to_numpy() % 2), count)
+
+    order = np.repeat(np.arange(len(o)), count)
+    first = _ranks(count) == 0
+    later_gaps = _parcel_gaps(rng, len(order))
+    offsets = np.where(first[:, None], o[EVENT_COLUMNS].to_numpy()[order], np.cumsum(later_gaps, axis=1))
+    # A natural order's second parcel leaves a little later; a split order's others left recently.
+    shipped = np.where(first, o["shipped_at"].to_numpy()[order],
+                       np.where(case[order] == Case.SPLIT, clock - _hours(rng, len(order), 4, 20),
+                                o["shipped_at"].to_numpy()[order] + _hours(rng, len(order), 0.2, 4)))
+    keep = shipped <= clock  # a second parcel may still be on the packing table
+    return order[keep], first[keep], shipped[keep], offsets[keep]
 
 
-def _customers(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
-    names = np.strings.add(np.array(SURNAMES)[:, None, None],
-                           np.strings.add(np.array(GIVEN_NAMES)[None, :, None], np.array(["", *GIVEN_NAMES])[None, None, :]))
+def _carrier_progress(o: pd.DataFrame, order: np.ndarray, first: np.ndarray, shipped: np.ndarray,
+                      offsets: np.ndarray, clock: int) -> tuple[np.ndarray, np.ndarray]:
+    """How many carrier events each parcel has had by now, and the Kuaidi100 trouble state (0: none) of the last."""
+    case, point, variant = (o[c].to_numpy()[order] for c in ("case", "event_point", "variant"))
+    n_events = (shipped[:, None] + offsets <= clock).sum(axis=1)
+    # A pinned case's first parcel stops at its pinned event; a split order's others do not get delivered yet.
+    n_events = np.where(first & (case != Case.NATURAL), point - SHIPPED, n_events)
+    n_events = np.where((case == Case.SPLIT) & ~first, np.minimum(n_events, AT_DEST_HUB), n_events)
+    trouble = np.array([state for state, _ in EXCEPTIONS])[variant % len(EXCEPTIONS)]
+    return n_events, np.where(first & (case == Case.EXCEPTION), trouble, 0)
+
+
+def _plan_customers(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    names = _join(np.array(SURNAMES)[:, None, None], np.array(GIVEN_NAMES)[None, :, None],
+                  np.array(["", *GIVEN_NAMES])[None, None, :])
     city = rng.integers(0, len(CITIES), n)
     district = rng.integers(0, 3, n)
     return {
@@ -475,14 +531,14 @@ def _customers(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
 
 
 def _addresses(rng: np.random.Generator, city: np.ndarray, district: np.ndarray) -> np.ndarray:
-    """浙江省杭州市西湖区文三路123号, sometimes with 5幢1203室."""
+    """浙江省杭州市西湖区文三路123号, half of them with a unit such as 5幢1203室."""
     prefix = np.array([[[_place(c) + d + s for s in c[3]] for d in c[2]] for c in CITIES])
     n = len(city)
-    number = np.strings.add(rng.integers(1, 800, n).astype(str), "号")
-    unit = np.strings.add(np.strings.add(rng.integers(1, 30, n).astype(str), "幢"),
-                          np.strings.add((rng.integers(1, 30, n) * 100 + rng.integers(1, 6, n)).astype(str), "室"))
+    number = rng.integers(1, 800, n).astype(str)
+    unit = _join(rng.integers(1, 30, n).astype(str), "幢",
+                 (rng.integers(1, 30, n) * 100 + rng.integers(1, 6, n)).astype(str), "室")
     unit = np.where(rng.random(n) < 0.5, unit, "")
-    return np.strings.add(np.strings.add(prefix[city, district, rng.integers(0, 3, n)], number), unit)
+    return _join(prefix[city, district, rng.integers(0, 3, n)], number, "号", unit)
 
 
 def _id_cards(rng: np.random.Generator, city: np.ndarray, district: np.ndarray) -> np.ndarray:
@@ -497,7 +553,11 @@ def _id_cards(rng: np.random.Generator, city: np.ndarray, district: np.ndarray) 
     return np.strings.add(body.astype(str), check)
 
 
-def _order_table(o: pd.DataFrame, customers: dict[str, np.ndarray]) -> Table:
+# --- rendering: the plan in each system's own names and formats ----------------------------------------
+
+
+def _order_table(plan: _Plan) -> Table:
+    o, customers = plan.orders, plan.customers
     promise = o["promise"].to_numpy()
     modified = np.maximum(o["ordered"].to_numpy(), o["cancelled_at"].to_numpy())
     return {
@@ -515,35 +575,57 @@ def _order_table(o: pd.DataFrame, customers: dict[str, np.ndarray]) -> Table:
     }
 
 
-def _line_table(o: pd.DataFrame, lines: dict[str, np.ndarray], skus: dict[str, np.ndarray]) -> Table:
+def _line_table(plan: _Plan) -> Table:
+    lines, skus = plan.lines, plan.skus
     return {
         "FEntryID": (1 + np.arange(len(lines["order"]))).tolist(),
-        "FBillNo": o["order_no"].to_numpy()[lines["order"]].tolist(),
+        "FBillNo": plan.orders["order_no"].to_numpy()[lines["order"]].tolist(),
         "FMaterialId": skus["code"][lines["sku"]].tolist(),
         "FQty": lines["qty"].astype(float).tolist(),
         "FPrice": (skus["price"][lines["sku"]] / 100).tolist(),
     }
 
 
-def _payment_table(o: pd.DataFrame, pay: pd.DataFrame) -> Table:
+def _payment_table(plan: _Plan) -> Table:
+    pay = plan.payments
     booked = pay["status"].ne("failed").to_numpy()
     voucher = np.full(len(pay), "", dtype=object)
     voucher[booked] = _daily_ids("记", pay["at"].to_numpy()[booked])
-    status = pay["status"].map({"paid": "已收款", "refunded": "已退款", "failed": "失败"})
     # A few booked payments lack their voucher number, a fact the pipeline reports as missing.
     has_voucher = booked & (np.arange(len(pay)) % 50 != 7)
     return {
         "收款单号": pay["payment_id"].tolist(),
-        "订单编号": o["order_no"].to_numpy()[pay["order"].to_numpy()].tolist(),
+        "订单编号": plan.orders["order_no"].to_numpy()[pay["order"].to_numpy()].tolist(),
         "金额": (pay["cents"] / 100).tolist(),
         "收款时间": _timestamps(pay["at"].to_numpy()).tolist(),
         "凭证号": _nullable(voucher, has_voucher),
-        "状态": status.tolist(),
+        "状态": pay["status"].map({"paid": "已收款", "refunded": "已退款", "failed": "失败"}).tolist(),
         "修改时间": _timestamps(pay["modified"].to_numpy()).tolist(),
     }
 
 
-def _lock_table(o: pd.DataFrame, lines: dict[str, np.ndarray], locks: np.ndarray, skus: dict[str, np.ndarray]) -> Table:
+def _stock_table(plan: _Plan) -> Table:
+    """Stock per SKU; reserved is what active locks hold back for orders still in the warehouse."""
+    o, lines, skus = plan.orders, plan.lines, plan.skus
+    order = lines["order"]
+    held = plan.locks & ~o["shipped"].to_numpy()[order] & ~o["cancelled"].to_numpy()[order]
+    reserved = np.bincount(lines["sku"][held], lines["qty"][held], minlength=len(skus["code"])).astype(np.int64)
+    # The SKUs NOT_LOCKED orders wait for run short: available below safety stock (rule 2).
+    waiting = (o["case"].to_numpy()[order] == Case.NOT_LOCKED) & (lines["line_no"] == 0)
+    short = pd.unique(lines["sku"][waiting])[:max(2, len(skus["code"]) // 20)]
+    available = skus["available"].copy()
+    available[short] = skus["short_of"][short]
+    return {
+        "item_code": skus["code"].tolist(),
+        "qty_on_hand": (reserved + available).tolist(),
+        "qty_reserved": reserved.tolist(),
+        "safety_qty": skus["safety"].tolist(),
+        "last_modified": _timestamps(plan.clock - skus["counted_ago"]).tolist(),
+    }
+
+
+def _lock_table(plan: _Plan) -> Table:
+    o, lines, locks = plan.orders, plan.lines, plan.locks
     order = lines["order"][locks]
     at = o["locked_at"].to_numpy()[order] + lines["line_no"][locks]  # one line a second
     released = o["cancelled"].to_numpy()[order]
@@ -551,7 +633,7 @@ def _lock_table(o: pd.DataFrame, lines: dict[str, np.ndarray], locks: np.ndarray
     return {
         "lock_id": _daily_ids("LK", at).tolist(),
         "ref_order": o["order_no"].to_numpy()[order].tolist(),
-        "item_code": skus["code"][lines["sku"][locks]].tolist(),
+        "item_code": plan.skus["code"][lines["sku"][locks]].tolist(),
         "lock_qty": lines["qty"][locks].tolist(),
         "lock_status": np.where(released, "RELEASED", "LOCKED").tolist(),
         "lock_time": _timestamps(at).tolist(),
@@ -559,33 +641,12 @@ def _lock_table(o: pd.DataFrame, lines: dict[str, np.ndarray], locks: np.ndarray
     }
 
 
-def _stock_table(rng: np.random.Generator, o: pd.DataFrame, lines: dict[str, np.ndarray], locks: np.ndarray,
-                 skus: dict[str, np.ndarray], clock: int) -> Table:
-    """Stock per SKU: reserved is what active locks hold back for orders still in the warehouse."""
-    n = len(skus["code"])
-    order = lines["order"]
-    held = locks & ~o["shipped"].to_numpy()[order] & ~o["cancelled"].to_numpy()[order]
-    reserved = np.bincount(lines["sku"][held], lines["qty"][held], minlength=n).astype(np.int64)
-    safety = rng.integers(5, 60, n)
-    available = safety + rng.integers(10, 400, n)
-    # The SKUs that NOT_LOCKED orders wait for run short: available below safety stock (rule 2).
-    waiting = (o["case"].to_numpy()[order] == Case.NOT_LOCKED) & (lines["line_no"] == 0)
-    short = pd.unique(lines["sku"][waiting])[:max(2, n // 20)]
-    available[short] = rng.integers(0, safety[short])
-    return {
-        "item_code": skus["code"].tolist(),
-        "qty_on_hand": (reserved + available).tolist(),
-        "qty_reserved": reserved.tolist(),
-        "safety_qty": safety.tolist(),
-        "last_modified": _timestamps(clock - _hours(rng, n, 0.02, 6)).tolist(),
-    }
-
-
-def _outbound_table(o: pd.DataFrame, parcels: pd.DataFrame) -> Table:
+def _outbound_table(plan: _Plan) -> Table:
+    parcels = plan.parcels
     shipped = _timestamps(parcels["shipped"].to_numpy()).tolist()
     weight = parcels["weight"].to_numpy()
     return {
-        "ref_order": o["order_no"].to_numpy()[parcels["order"].to_numpy()].tolist(),
+        "ref_order": plan.orders["order_no"].to_numpy()[parcels["order"].to_numpy()].tolist(),
         "tracking_no": parcels["waybill"].tolist(),
         "express_company": CARRIER_CODE[parcels["carrier"].to_numpy()].tolist(),
         "gross_weight": _nullable(weight, ~np.isnan(weight)),
@@ -594,8 +655,8 @@ def _outbound_table(o: pd.DataFrame, parcels: pd.DataFrame) -> Table:
     }
 
 
-def _pod_table(parcels: pd.DataFrame) -> Table:
-    p = parcels[(parcels["state"] == 3) & parcels["with_pod"]]
+def _pod_table(plan: _Plan) -> Table:
+    p = plan.parcels[(plan.parcels["state"] == 3) & plan.parcels["with_pod"]]
     waybill = p["waybill"].to_numpy().astype(str)
     return {
         "tracking_no": waybill.tolist(),
@@ -605,34 +666,55 @@ def _pod_table(parcels: pd.DataFrame) -> Table:
     }
 
 
-def _add_bad_rows(tables: dict[str, Table], o: pd.DataFrame, lines: dict[str, np.ndarray],
-                  payments: pd.DataFrame, parcels: pd.DataFrame, skus: dict[str, np.ndarray], clock: int) -> None:
-    """Rows that break the source contract, as real systems deliver now and then, around one shipped order."""
+RENDER: dict[str, Callable[[_Plan], Table]] = {
+    "T_SAL_ORDER": _order_table,
+    "T_SAL_ORDERENTRY": _line_table,
+    "收款单": _payment_table,
+    "inv_stock": _stock_table,
+    "inv_lock": _lock_table,
+    "outbound": _outbound_table,
+    "pod": _pod_table,
+}
+
+
+def _bad_rows(plan: _Plan) -> dict[str, BadRows]:
+    """Rows that break the source contract, as real systems deliver now and then, around one shipped order.
+
+    Per table, a function of the rendered rows: most bad rows are a good row with one thing wrong.
+    """
+    o = plan.orders
     victim = int(np.flatnonzero((o["case"] == Case.NATURAL) & o["shipped"] & (o["n_lines"] == 1))[0])
-    stamp = str(_timestamps(np.array([clock - HOUR]))[0])
+    line = int(np.flatnonzero(plan.lines["order"] == victim)[0])
+    payment = int(np.flatnonzero(plan.payments["order"].to_numpy() == victim)[0])
+    parcel = int(np.flatnonzero(plan.parcels["order"].to_numpy() == victim)[0])
+    stamp = str(_timestamps(np.array([plan.clock - HOUR]))[0])
     unknown_order = _successor(o["order_no"].iloc[-1])
-    orders, entries, receipts, outbound = (tables[t] for t in ("T_SAL_ORDER", "T_SAL_ORDERENTRY", "收款单", "outbound"))
+    other_sku = str(plan.skus["code"][(plan.lines["sku"][line] + 1) % len(plan.skus["code"])])
+    # A serial past the last parcel's: a waybill number no parcel has.
+    stray_waybill = str(_waybills(plan.parcels["carrier"].to_numpy()[[parcel]], np.array([len(plan.parcels) + 1]))[0])
 
-    i = victim
-    _append(orders, _row(orders, i) | {"FBillNo": "", "FModifyDate": stamp})
-    _append(orders, _row(orders, i) | {"FBillNo": unknown_order, "FDate": f"{stamp[:4]}-13-45 99:00",
-                                       "FModifyDate": stamp})
+    def receipts(t: Table) -> list[dict]:
+        good = _row(t, payment)
+        new_id = _successor(max(t["收款单号"]))
+        return [good | {"收款单号": new_id, "金额": -50.0, "修改时间": stamp},
+                good | {"收款单号": _successor(new_id), "状态": "处理中", "修改时间": stamp},
+                # The same 收款单号 and 修改时间 with another amount: a contradiction, not an update.
+                good | {"金额": good["金额"] + 100}]
 
-    j = int(np.flatnonzero(lines["order"] == victim)[0])
-    other_sku = skus["code"][(lines["sku"][j] + 1) % len(skus["code"])]
-    _append(entries, _row(entries, j) | {"FEntryID": len(entries["FEntryID"]) + 1, "FMaterialId": str(other_sku),
-                                         "FQty": -1.0})
-
-    k = int(np.flatnonzero(payments["order"].to_numpy() == victim)[0])
-    next_id = _successor(max(receipts["收款单号"]))
-    _append(receipts, _row(receipts, k) | {"收款单号": next_id, "金额": -50.0, "修改时间": stamp})
-    _append(receipts, _row(receipts, k) | {"收款单号": _successor(next_id), "状态": "处理中", "修改时间": stamp})
-    _append(receipts, _row(receipts, k) | {"金额": receipts["金额"][k] + 100, "修改时间": stamp})
-
-    s = int(np.flatnonzero(parcels["order"].to_numpy() == victim)[0])
-    waybill = _waybills(parcels["carrier"].to_numpy()[s:s + 1], np.array([len(parcels) + 1]))[0]
-    _append(outbound, _row(outbound, s) | {"ref_order": _successor(unknown_order), "tracking_no": str(waybill),
-                                           "last_modified": stamp})
+    return {
+        "T_SAL_ORDER": lambda t: [
+            _row(t, victim) | {"FBillNo": "", "FModifyDate": stamp},
+            _row(t, victim) | {"FBillNo": unknown_order, "FDate": f"{stamp[:4]}-13-45 99:00", "FModifyDate": stamp},
+        ],
+        "T_SAL_ORDERENTRY": lambda t: [
+            _row(t, line) | {"FEntryID": len(t["FEntryID"]) + 1, "FMaterialId": other_sku, "FQty": -1.0},
+        ],
+        "收款单": receipts,
+        "outbound": lambda t: [
+            _row(t, parcel) | {"ref_order": _successor(unknown_order), "tracking_no": stray_waybill,
+                               "last_modified": stamp},
+        ],
+    }
 
 
 def _row(table: Table, i: int) -> dict:
@@ -653,11 +735,11 @@ def _successor(number: str) -> str:
 # --- the carrier sandbox --------------------------------------------------------------------------------
 
 
-def _write_carrier(path: Path, parcels: pd.DataFrame, customers: dict[str, np.ndarray]
-                   ) -> dict[str, int]:
+def _write_carrier(path: Path, plan: _Plan) -> dict[str, int]:
     """Waybills the carrier knows (at least one event) and their events; the rest answer 'no record'."""
-    tracked = parcels[parcels["n_events"] > 0].reset_index(drop=True)
+    tracked = plan.parcels[plan.parcels["n_events"] > 0].reset_index(drop=True)
     order = tracked["order"].to_numpy()
+    customers = plan.customers
     with closing(_open(path)) as conn:
         carrier_sandbox.create_schema(conn)
         # Filling is faster without the index; create_schema puts it back afterwards.
@@ -704,32 +786,39 @@ def _event_rows(p: pd.DataFrame, dest: np.ndarray, district: np.ndarray) -> Iter
 
 
 def _event_text(kind: int, q: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Context and areaName of one kind of event, worded as Chinese carriers do; some carry the courier's mobile."""
-    origin_city = WAREHOUSE_CITY[q["warehouse"]]
-    at_origin = _join("【", CITY[origin_city], "】")
-    at_dest = _join("【", CITY[q["dest"]], "】")
-    origin_area, dest_area = AREA[origin_city], AREA[q["dest"]]
-    courier = _join("快递员", np.array(SURNAMES)[q["courier"]], "师傅")
+    """Context and areaName of one kind of event, worded as Chinese carriers do; some carry the courier's mobile.
+
+    `kind` is the event's place on the way (PICKUP ... SIGNED), or minus the Kuaidi100 state of carrier trouble.
+    """
+    origin, dest = WAREHOUSE_CITY[q["warehouse"]], q["dest"]
+    at_origin, at_dest = _join("【", CITY[origin], "】"), _join("【", CITY[dest], "】")
+
+    def courier() -> np.ndarray:
+        return _join("快递员", np.array(SURNAMES)[q["courier"]], "师傅")
+
     if kind == PICKUP:
-        return _join(at_origin, CARRIER_NAME[q["carrier"]], " ", WAREHOUSE_DISTRICT[q["warehouse"]], "营业部 已揽收"), origin_area
+        site = WAREHOUSE_DISTRICT[q["warehouse"]]
+        return _join(at_origin, CARRIER_NAME[q["carrier"]], " ", site, "营业部 已揽收"), AREA[origin]
     if kind == AT_ORIGIN_HUB:
-        return _join(at_origin, "快件已到达 ", HUB[origin_city]), origin_area
+        return _join(at_origin, "快件已到达 ", HUB[origin]), AREA[origin]
     if kind == LEFT_ORIGIN_HUB:
-        return _join(at_origin, "快件已从 ", HUB[origin_city], " 发出，下一站 ", HUB[q["dest"]]), origin_area
+        return _join(at_origin, "快件已从 ", HUB[origin], " 发出，下一站 ", HUB[dest]), AREA[origin]
     if kind == AT_DEST_HUB:
-        return _join(at_dest, "快件已到达 ", HUB[q["dest"]]), dest_area
+        return _join(at_dest, "快件已到达 ", HUB[dest]), AREA[dest]
     if kind == DISPATCH:
-        return _join(at_dest, DISTRICT[q["dest"], q["district"]], "营业部 ", courier, "正在派件，电话：", q["phone"]), dest_area
+        site = DISTRICT[dest, q["district"]]
+        return _join(at_dest, site, "营业部 ", courier(), "正在派件，电话：", q["phone"]), AREA[dest]
     if kind == SIGNED:
-        return _join(at_dest, "快件已签收，签收人：", np.array(SIGNERS)[q["signer"]], "。如有疑问请联系", courier, "，电话：",
-                     q["phone"]), dest_area
+        signer = np.array(SIGNERS)[q["signer"]]
+        return _join(at_dest, "快件已签收，签收人：", signer, "。如有疑问请联系", courier(), "，电话：", q["phone"]), AREA[dest]
     if kind == -2:
-        return _join(at_dest, "收件人电话无人接听，快件暂存", DISTRICT[q["dest"], q["district"]], "营业部，待联系后再派送"), dest_area
+        site = DISTRICT[dest, q["district"]]
+        return _join(at_dest, "收件人电话无人接听，快件暂存", site, "营业部，待联系后再派送"), AREA[dest]
     if kind == -4:
-        return _join(at_origin, "退回件已由寄件人签收，原因：收件人拒收"), origin_area
+        return _join(at_origin, "退回件已由寄件人签收，原因：收件人拒收"), AREA[origin]
     if kind == -6:
-        return _join(at_dest, "收件地址不详，快件正在退回寄件人"), dest_area
-    return _join(at_dest, "收件人拒收，原因：不想要了。", courier, "电话：", q["phone"]), dest_area  # -14
+        return _join(at_dest, "收件地址不详，快件正在退回寄件人"), AREA[dest]
+    return _join(at_dest, "收件人拒收，原因：不想要了。", courier(), "电话：", q["phone"]), AREA[dest]  # -14
 
 
 # --- the config -----------------------------------------------------------------------------------------
@@ -768,8 +857,8 @@ warehouse:
   url: sqlite:///warehouse.db
 
 pipeline:
-  # Rows that break the source contract go to the pipeline_rejects table; when one load rejects
-  # more than this many, the source's asset check fails.
+  # Rows that break the source contract are kept in the pipeline_rejects table, with the reason.
+  # An asset check fails while more than this many source rows stand rejected.
   reject_threshold: 100
 
 # One entry per canonical entity, each with
@@ -906,7 +995,7 @@ carrier:
 """
 
 
-# --- helpers ----------------------------------------------------------------------------------------------
+# --- small utilities --------------------------------------------------------------------------------------
 
 
 def _place(city: tuple) -> str:
@@ -915,15 +1004,6 @@ def _place(city: tuple) -> str:
     return name if province == name else province + name
 
 
-CITY = np.array([c[1] for c in CITIES])
-AREA = np.array([c[1] if c[0] == c[1] else f"{c[0]},{c[1]}" for c in CITIES])  # Kuaidi100 areaName
-HUB = np.array([c[1].removesuffix("市") + "转运中心" for c in CITIES])
-DISTRICT = np.array([c[2] for c in CITIES])
-WAREHOUSE_CITY = np.array([w[0] for w in WAREHOUSES])
-WAREHOUSE_DISTRICT = np.array([w[1] for w in WAREHOUSES])
-CARRIER_CODE = np.array([c[0] for c in CARRIERS])
-CARRIER_NAME = np.array([c[1] for c in CARRIERS])
-EVENT_COLUMNS = [f"event_{k}" for k in range(1, 7)]
 
 
 def _open(path: Path) -> sqlite3.Connection:
@@ -935,13 +1015,14 @@ def _open(path: Path) -> sqlite3.Connection:
 
 
 def _write_table(conn: sqlite3.Connection, name: str, schema: dict[str, str], table: Table) -> int:
-    conn.execute(f'CREATE TABLE "{name}" ({", ".join(f"{column} {kind}" for column, kind in schema.items())})')
+    columns = ", ".join(f'"{column}" {kind}' for column, kind in schema.items())
+    conn.execute(f'CREATE TABLE "{name}" ({columns})')
     marks = ", ".join("?" * len(schema))
     with conn:
         count = conn.executemany(f'INSERT INTO "{name}" VALUES ({marks})', zip(*(table[c] for c in schema))).rowcount
     # Indexed after loading: building an index once is faster than keeping it up to date row by row.
     for column in SOURCE_INDEXES.get(name, ()):
-        conn.execute(f'CREATE INDEX "ix_{name}_{column}" ON "{name}" ({column})')
+        conn.execute(f'CREATE INDEX "ix_{name}_{column}" ON "{name}" ("{column}")')
     return count
 
 

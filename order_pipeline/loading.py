@@ -15,8 +15,8 @@ import sqlalchemy as sa
 
 from .canonical import SOURCE_ENTITIES, Entity
 from .config import SourceConfig
-from .schema import BATCH, RAW_TABLES, pipeline_rejects
-from .validation import validate
+from .schema import BATCH, RAW_TABLES
+from .validation import record_keys, validate
 from .warehouse import (clear_rejects, delete_keys, get_state, insert_frame, next_batch, read_frame, record_rejects,
                         replace_keys, set_state)
 
@@ -143,11 +143,7 @@ def _load_children(wh: sa.Engine, src: sa.Engine, sc: SourceConfig, entity: Enti
 
 def _record(conn, entity: Entity, good: pd.DataFrame, rejects: pd.DataFrame, now: datetime) -> None:
     """Rejects of this load in; earlier rejects whose key now arrived in good shape out."""
-    open_keys = set(conn.execute(sa.select(pipeline_rejects.c.record_key)
-                                 .where(pipeline_rejects.c.source == entity.name)).scalars())
-    if open_keys and len(good):
-        keys = good[list(entity.key)].astype(str).agg("/".join, axis=1)
-        clear_rejects(conn, entity.name, keys[keys.isin(open_keys)])
+    clear_rejects(conn, entity.name, record_keys(good, entity.key))
     record_rejects(conn, entity.name, rejects, now)
 
 

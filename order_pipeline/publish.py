@@ -87,7 +87,8 @@ def _event_rows() -> list[tuple[sa.Select, sa.Column]]:
     ]
     parts.append((
         sa.select(u.c.order_no, u.c.source_updated_at.label("event_at"), sa.literal("stage").label("kind"),
-                  sa.literal("cancelled").label("stage"), null, null, null)
+                  sa.literal("cancelled").label("stage"), null.label("waybill_no"), null.label("context"),
+                  null.label("area"))
         .where(u.c.stage == "cancelled").where(u.c.source_updated_at.is_not(None)), u.c.order_no))
     parts.append((
         sa.select(s.c.order_no, e.c.event_at, sa.literal("carrier").label("kind"), null.label("stage"),

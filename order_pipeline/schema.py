@@ -200,6 +200,10 @@ order_alerts = sa.Table(
     sa.Column("resolved_at", sa.DateTime(timezone=True)),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("last_error", sa.Text),
+    # Added with the dispatch queue; `alert_ledger.ensure_columns` adds them to older warehouses.
+    sa.Column("title", sa.Text),
+    sa.Column("risk", sa.Text),  # "high" when the rule marks the order high risk
+    sa.Column("queued_at", sa.DateTime(timezone=True)),  # last notification queued: the cool-down counts from it
 )
 
 alert_deliveries = sa.Table(
@@ -213,7 +217,46 @@ alert_deliveries = sa.Table(
     sa.Column("attempted_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("ok", sa.Boolean, nullable=False),
     sa.Column("error", sa.Text),
+    sa.Column("queue_id", sa.BigInteger),  # the alert_queue row the attempt delivered
     sa.Index("ix_alert_deliveries_entity", "rule_id", "entity_key"),
+    sa.Index("ix_alert_deliveries_time", "attempted_at"),
+)
+
+# Messages waiting for (or done with) delivery, one row per alert, kind and channel. A row is
+# queued in the same transaction that updates the ledger, claimed before it is sent and marked
+# sent after: a claim that never got its mark is in doubt and is sent again once it expires.
+alert_queue = sa.Table(
+    "alert_queue",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("rule_id", sa.Text, nullable=False),
+    sa.Column("entity_key", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),  # notify | escalate | resolve | link
+    sa.Column("level", sa.Integer, nullable=False, default=0),  # escalation level of an "escalate"
+    sa.Column("target", sa.Text, nullable=False),  # the group or channel the rule names
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),  # JSON: title, bodies, mentions, severity
+    sa.Column("status", sa.Text, nullable=False),  # pending | sent | superseded
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("hold", sa.Float, nullable=False),  # seconds a claim stays valid: the rule's cool-down
+    sa.Column("claim_token", sa.Text),
+    sa.Column("claimed_at", sa.DateTime(timezone=True)),
+    sa.Column("claim_expires_at", sa.DateTime(timezone=True)),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True)),  # after a failure: not before this
+    sa.Column("sent_at", sa.DateTime(timezone=True)),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("last_error", sa.Text),
+    sa.Index("ix_alert_queue_status", "status", "channel"),
+    sa.Index("ix_alert_queue_entity", "rule_id", "entity_key"),
+)
+
+# Customer tracking links already queued: one per order, ever.
+tracking_link_sends = sa.Table(
+    "tracking_link_sends",
+    metadata,
+    sa.Column("order_no", sa.Text, primary_key=True),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("queued_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 # Local outbox channel: what would have been sent, for the demo and for audits.

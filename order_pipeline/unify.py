@@ -7,15 +7,17 @@ load batch newer than the one the last unified run saw.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 
 import pandas as pd
 import sqlalchemy as sa
 
-from .canonical import ORDER_KEYED
+from .canonical import ORDER_KEYED, SOURCE_ENTITIES
 from .schema import BATCH, RAW_TABLES, raw_tracking, unified_orders
 from .stages import OrderInputs, derive_orders
+from .validation import record_keys
 from .warehouse import clear_rejects, current_batch, delete_keys, get_state, insert_frame, read_frame, record_rejects, set_state
 
 STATE_KEY = "unified_batch"
@@ -26,7 +28,8 @@ _TS = {
     "shipments": ["shipped_at"],
     "deliveries": ["signed_at"],
 }
-_CHILDREN = tuple(e for e in ORDER_KEYED if e != "orders")
+ORPHAN_REASON = {"order_lines": "order line", "payments": "payment", "reservations": "reservation",
+                 "shipments": "shipment"}
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,10 @@ def unify(engine: sa.Engine, now: datetime, transit_days: int = 3, full: bool = 
         full = full or since == 0
         only = None if full else touched_orders(since)
         inputs = load_inputs(conn, only)
-    derived = derive_orders(inputs, transit_days)
-    orphans = _orphans(inputs)
+    if len(inputs.orders):
+        derived = derive_orders(inputs, transit_days)
+    else:  # nothing touched, or only rows of orders the ERP does not have
+        derived = pd.DataFrame(columns=[c.name for c in unified_orders.c if c.name != BATCH])
     with engine.begin() as conn:
         if full:
             conn.execute(unified_orders.delete())
@@ -89,47 +94,33 @@ def unify(engine: sa.Engine, now: datetime, transit_days: int = 3, full: bool = 
             delete_keys(conn, unified_orders, derived[["order_no"]], ["order_no"])
         derived[BATCH] = batch
         insert_frame(conn, unified_orders, derived)
-        _record_orphans(conn, orphans, inputs, now)
+        orphans = _record_orphans(conn, inputs, now)
         set_state(conn, STATE_KEY, str(batch), now)
-    return UnifyResult(derived.drop(columns=[BATCH]), full, sum(len(f) for f in orphans.values()))
+    return UnifyResult(derived.drop(columns=[BATCH]), full, orphans)
 
 
-def _orphans(inp: OrderInputs) -> dict[str, pd.DataFrame]:
-    """Rows that name an order the ERP does not have: kept in raw, reported as rejects."""
-    known = set(inp.orders["order_no"])
-    frames = {"order_lines": inp.lines, "payments": inp.payments, "reservations": inp.reservations,
-              "shipments": inp.shipments}
-    return {name: f[~f["order_no"].isin(known)] for name, f in frames.items()}
-
-
-def _record_orphans(conn: sa.Connection, orphans: dict[str, pd.DataFrame], inp: OrderInputs, now: datetime) -> None:
-    from .canonical import SOURCE_ENTITIES
-
-    for name, rows in orphans.items():
-        key = list(SOURCE_ENTITIES[name].key)
-        # Rows of orders that exist now are no longer orphans.
-        known = inp.orders["order_no"].astype(str)
-        clear_rejects(conn, name, known.rename("record_key") if key == ["order_no"] else
-                      _keys(_frame_of(inp, name)[_frame_of(inp, name)["order_no"].isin(known)], key))
-        if rows.empty:
-            continue
-        record_rejects(conn, name, pd.DataFrame({
-            "record_key": _keys(rows, key),
-            "reason": f"{name.rstrip('s').replace('_', ' ')} for unknown order",
-            "raw_row": rows.astype(str).to_dict("records"),
-        }).assign(raw_row=lambda f: f["raw_row"].map(_json)), now)
-
-
-def _frame_of(inp: OrderInputs, name: str) -> pd.DataFrame:
+def _children(inp: OrderInputs) -> dict[str, pd.DataFrame]:
     return {"order_lines": inp.lines, "payments": inp.payments, "reservations": inp.reservations,
-            "shipments": inp.shipments}[name]
+            "shipments": inp.shipments}
 
 
-def _keys(rows: pd.DataFrame, key: list[str]) -> pd.Series:
-    return rows[key].astype(str).agg("/".join, axis=1)
+def _record_orphans(conn: sa.Connection, inp: OrderInputs, now: datetime) -> int:
+    """Rows that name an order the ERP does not have stay in raw and are reported as rejects.
 
-
-def _json(row: dict) -> str:
-    import json
-
-    return json.dumps(row, ensure_ascii=False, sort_keys=True)
+    When the order arrives later, the same rows join it and their rejects are cleared.
+    """
+    known = inp.orders["order_no"]
+    orphans = 0
+    for name, rows in _children(inp).items():
+        keys = record_keys(rows, SOURCE_ENTITIES[name].key)
+        orphan = ~rows["order_no"].isin(known)
+        clear_rejects(conn, name, keys[~orphan])
+        if orphan.any():
+            orphans += int(orphan.sum())
+            record_rejects(conn, name, pd.DataFrame({
+                "record_key": keys[orphan],
+                "reason": f"{ORPHAN_REASON[name]} for unknown order",
+                "raw_row": [json.dumps(r, ensure_ascii=False, sort_keys=True, default=str)
+                            for r in rows[orphan].to_dict("records")],
+            }), now)
+    return orphans

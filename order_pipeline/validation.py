@@ -80,12 +80,18 @@ def validate(entity: Entity, frame: pd.DataFrame, tz: str, source_names: dict[st
         out[col.name] = value
 
     key = list(entity.key)
+    # Two versions of a row with different watermarks are an update history: the newest wins.
+    # Two different versions at the same watermark contradict each other: neither is trusted.
+    version = key + ([entity.watermark] if entity.watermark else [])
     keyed = reasons.eq("")
-    conflicting = _conflicting_duplicates(out[keyed], key)
+    conflicting = _conflicting_duplicates(out[keyed], version)
     flag(keyed & out.index.isin(conflicting), f"duplicate {'/'.join(key)} with conflicting values")
 
     bad = reasons.ne("")
-    good = out[~bad].drop_duplicates(subset=key, keep="first").reset_index(drop=True)
+    good = out[~bad]
+    if entity.watermark:
+        good = good.sort_values(entity.watermark, kind="stable")
+    good = good.drop_duplicates(subset=key, keep="last").sort_index().reset_index(drop=True)
     rejects = pd.DataFrame({
         "record_key": _record_keys(frame[bad], out[bad], key),
         "reason": reasons[bad],
@@ -104,6 +110,13 @@ def _conflicting_duplicates(frame: pd.DataFrame, key: list[str]) -> pd.Index:
     keys = pd.MultiIndex.from_frame(dup[key].astype(str)) if len(key) > 1 else dup[key[0]].astype(str)
     wanted = conflicted if len(key) > 1 else conflicted.astype(str)
     return dup.index[keys.isin(wanted)]
+
+
+def record_keys(rows: pd.DataFrame, key) -> pd.Series:
+    """The key of each row as one string, the way `pipeline_rejects.record_key` names it."""
+    if len(key) == 1:
+        return rows[key[0]].astype(str)
+    return rows[list(key)].astype(str).agg("/".join, axis=1)
 
 
 def _record_keys(raw: pd.DataFrame, typed: pd.DataFrame, key: list[str]) -> pd.Series:

@@ -27,7 +27,13 @@ def utc(ts: datetime) -> datetime:
     return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
 
 
+def driver_url(url: str) -> str:
+    """SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the installed driver is psycopg2."""
+    return "postgresql+psycopg2://" + url.split("://", 1)[1] if url.startswith(("postgresql://", "postgres://")) else url
+
+
 def create_engine(url: str) -> sa.Engine:
+    url = driver_url(url)
     if url.startswith("sqlite"):
         engine = sa.create_engine(url)
 
@@ -173,10 +179,18 @@ def record_rejects(conn: sa.Connection, source: str, rejects: pd.DataFrame, now:
     return len(frame)
 
 
-def clear_rejects(conn: sa.Connection, source: str, record_keys: pd.Series) -> None:
-    """A key that now arrives in good shape is no longer rejected."""
-    keys = pd.DataFrame({"source": source, "record_key": record_keys.astype(str)}).drop_duplicates()
-    delete_keys(conn, pipeline_rejects, keys, ["source", "record_key"])
+def clear_rejects(conn: sa.Connection, source: str, good_keys: pd.Series) -> None:
+    """Rows that now arrive in good shape are no longer rejected.
+
+    Only the source's open rejects are looked at, so a 2M-row load does not
+    become a 2M-key delete.
+    """
+    open_keys = set(conn.execute(sa.select(pipeline_rejects.c.record_key)
+                                 .where(pipeline_rejects.c.source == source)).scalars())
+    settled = good_keys[good_keys.isin(open_keys)] if open_keys else good_keys.iloc[:0]
+    if len(settled):
+        keys = pd.DataFrame({"source": source, "record_key": settled.astype(str).to_numpy()}).drop_duplicates()
+        delete_keys(conn, pipeline_rejects, keys, ["source", "record_key"])
 
 
 def _timestamp_strings(col: pd.Series) -> pd.Series:

@@ -9,7 +9,7 @@ import pandas as pd
 import sqlalchemy as sa
 from pydantic import PrivateAttr
 
-from order_pipeline.warehouse import Warehouse
+from order_pipeline.warehouse import Warehouse, driver_url
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -35,7 +35,7 @@ class SourceDatabase(dg.ConfigurableResource):
     @property
     def engine(self) -> sa.Engine:
         if self._engine is None:
-            self._engine = sa.create_engine(self.url)
+            self._engine = sa.create_engine(driver_url(self.url))
         return self._engine
 
 

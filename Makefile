@@ -1,0 +1,30 @@
+# The two commands a new user needs: `make demo` and `make test`.
+VENV    := .venv
+BIN     := $(VENV)/bin
+PYTHON  ?= python3
+STAMP   := $(VENV)/.installed
+
+.PHONY: demo test ui bench install
+
+install: $(STAMP)
+
+# The project lives in its own virtual environment, as a Dagster code location does.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/order-pipeline demo $(ARGS)
+
+ui: $(STAMP)
+	$(BIN)/order-pipeline ui --config data/demo/order_pipeline.yaml
+
+test: $(STAMP)
+	scripts/test-services
+	$(BIN)/pytest $(ARGS)
+
+bench: $(STAMP)
+	scripts/test-services
+	$(BIN)/python benchmarks/bench_pipeline.py $(ARGS)

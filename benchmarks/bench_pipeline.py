@@ -1,0 +1,257 @@
+"""Pipeline benchmark: full rebuild, I/O floor and a 1 % incremental run, on SQLite and PostgreSQL.
+
+    .venv/bin/python benchmarks/bench_pipeline.py --sizes 10000,100000,1000000 --targets sqlite,postgres
+
+For each size a demo company is generated once (cached under benchmarks/out/) and its carrier
+events are landed in the warehouse as the carrier feed would have over time. Then, each in its
+own process so that peak RSS is that step's alone:
+
+- full rebuild: every source extracted, `unified_orders` derived, the tracking tables published;
+- I/O floor: the same source rows only read, and the same number of snapshot rows only written;
+- incremental: 1 % of the orders changed in the ERP, then the same steps as an incremental run.
+
+The steps are the functions the Dagster assets call, without Dagster's per-run overhead
+(process start, code load, run storage: a few seconds, the same at every size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import sqlalchemy as sa
+import yaml
+
+ROOT = Path(__file__).resolve().parent
+OUT = ROOT / "out"
+NOW = datetime(2026, 11, 25, 2, 0, tzinfo=timezone.utc)
+LATER = NOW + timedelta(minutes=5)
+PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+SOURCE_ORDER = ("orders", "order_lines", "payments", "inventory", "reservations", "shipments", "deliveries")
+
+
+# -- steps, each run in a child process -------------------------------------------------------
+
+def _load_all(config, engine, now, full) -> dict[str, float]:
+    from order_pipeline.loading import load_source
+    from order_pipeline.publish import publish
+    from order_pipeline.unify import unify
+
+    times = {}
+    for name in SOURCE_ORDER:
+        if name not in config.sources:
+            continue
+        sc = config.sources[name]
+        started = time.perf_counter()
+        load_source(engine, sa.create_engine(sc.url.resolve()), sc, now, full=full)
+        times[f"extract {name}"] = time.perf_counter() - started
+    started = time.perf_counter()
+    result = unify(engine, now, config.carrier.transit_days, full=full)
+    times["unified_orders"] = time.perf_counter() - started
+    started = time.perf_counter()
+    published = publish(engine, now, full=full)
+    times["publish"] = time.perf_counter() - started
+    times["orders recomputed"] = result.touched
+    times["events published"] = published.events
+    return times
+
+
+def step_full(config, engine) -> dict:
+    return _load_all(config, engine, NOW, full=True)
+
+
+def step_incremental(config, engine) -> dict:
+    return _load_all(config, engine, LATER, full=False)
+
+
+def step_floor(config, engine) -> dict:
+    """Read every source row, write as many snapshot rows: what no implementation can skip."""
+    import pandas as pd
+
+    from order_pipeline.loading import read_source
+    from order_pipeline.schema import order_tracking_snapshot, unified_orders
+    from order_pipeline.warehouse import insert_frame, read_frame
+
+    with engine.connect() as conn:  # untimed: the rows to write, as the rebuild produced them
+        rows = read_frame(conn, sa.select(*(c for c in unified_orders.c if c.name != "_batch")))
+    rows["published_at"] = pd.Timestamp(NOW)
+    floor = order_tracking_snapshot.to_metadata(sa.MetaData(), name="bench_floor_snapshot")
+    floor.drop(engine, checkfirst=True)
+    floor.create(engine)
+    started = time.perf_counter()
+    read = 0
+    for name in SOURCE_ORDER:
+        if name in config.sources:
+            sc = config.sources[name]
+            read += len(read_source(sa.create_engine(sc.url.resolve()), sc))
+    read_seconds = time.perf_counter() - started
+    with engine.begin() as conn:
+        insert_frame(conn, floor, rows)
+    total = time.perf_counter() - started
+    floor.drop(engine)
+    return {"read sources": read_seconds, "write snapshot": total - read_seconds, "rows read": read}
+
+
+STEPS = {"full": step_full, "incremental": step_incremental, "floor": step_floor}
+
+
+def child(step: str, config_path: str) -> None:
+    from order_pipeline.config import load_config
+    from order_pipeline.warehouse import Warehouse
+
+    config = load_config(config_path, check_sources=False)
+    wh = Warehouse(config.warehouse_url.resolve())
+    wh.create_schema()
+    started = time.perf_counter()
+    times = STEPS[step](config, wh.engine)
+    times["total"] = time.perf_counter() - started
+    times["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(times))
+
+
+def run_child(step: str, config_path: Path) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", step, str(config_path)],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- setup ------------------------------------------------------------------------------------
+
+def company(orders: int) -> Path:
+    from order_pipeline.demo import build_demo_company
+
+    target = OUT / f"company-{orders}"
+    marker = target / ".complete"
+    if not marker.exists():
+        print(f"  generating the demo company with {orders:,} orders …", flush=True)
+        started = time.perf_counter()
+        build_demo_company(target, orders=orders, days=30, now=NOW, seed=7, bad_rows=False)
+        marker.write_text(f"{time.perf_counter() - started:.1f}")
+    return target
+
+
+def warehouse_config(target: Path, kind: str, orders: int) -> Path:
+    """The demo config pointed at a fresh warehouse of the given kind."""
+    doc = yaml.safe_load((target / "order_pipeline.yaml").read_text(encoding="utf-8"))
+    if kind == "sqlite":
+        db = target / "bench_warehouse.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        doc["warehouse"] = {"url": f"sqlite:///{db}"}
+    else:
+        name = f"order_pipeline_bench_{orders}"
+        admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        admin.dispose()
+        doc["warehouse"] = {"url": sa.engine.make_url(PG_ADMIN).set(database=name).render_as_string(False)}
+    path = target / f"bench-{kind}.yaml"
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def land_carrier_feed(config_path: Path, carrier_db: Path) -> float:
+    """Put the carrier's answers into the warehouse, as polls and pushes would have over the month."""
+    import pandas as pd
+
+    from order_pipeline.config import load_config
+    from order_pipeline.schema import raw_tracking, raw_tracking_events
+    from order_pipeline.validation import parse_timestamps
+    from order_pipeline.warehouse import Warehouse, insert_frame
+
+    started = time.perf_counter()
+    config = load_config(config_path, check_sources=False)
+    wh = Warehouse(config.warehouse_url.resolve())
+    wh.create_schema()
+    with sqlite3.connect(carrier_db) as src:
+        events = pd.read_sql("SELECT waybill_no, time, context, area_name AS area, status FROM carrier_events", src)
+        waybills = pd.read_sql("SELECT waybill_no, com AS carrier_code, state, ischeck FROM carrier_waybills", src)
+    events["event_at"] = parse_timestamps(events.pop("time"), "Asia/Shanghai")
+    events = events.drop_duplicates(["waybill_no", "event_at", "context"]).sort_values(["waybill_no", "event_at"])
+    first = events.groupby("waybill_no", sort=False).head(1).set_index("waybill_no")
+    last = events.groupby("waybill_no", sort=False).tail(1).set_index("waybill_no")
+    w = waybills.set_index("waybill_no")
+    tracking = pd.DataFrame({
+        "waybill_no": w.index, "carrier_code": w["carrier_code"].to_numpy(), "state": w["state"].to_numpy(),
+        "is_signed": (w["ischeck"] == 1).to_numpy(),
+        "first_event_at": first["event_at"].reindex(w.index).to_numpy(),
+        "last_event_at": last["event_at"].reindex(w.index).to_numpy(),
+        "last_context": last["context"].reindex(w.index).to_numpy(),
+        "last_area": last["area"].reindex(w.index).to_numpy(),
+        "polled_at": pd.Timestamp(NOW), "via": "push", "_batch": 1,
+    })
+    with wh.engine.begin() as conn:
+        insert_frame(conn, raw_tracking, tracking)
+        insert_frame(conn, raw_tracking_events, events)
+    return time.perf_counter() - started
+
+
+def change_one_percent(target: Path) -> int:
+    """Touch every 100th order in the ERP, as a day of edits would."""
+    stamp = LATER.astimezone(timezone(timedelta(hours=8))).strftime("%Y-%m-%d %H:%M:%S")
+    with sqlite3.connect(target / "erp.db") as erp:
+        changed = erp.execute("UPDATE T_SAL_ORDER SET FAmount = FAmount + 1, FModifyDate = ? WHERE rowid % 100 = 0",
+                              (stamp,)).rowcount
+    return changed
+
+
+def undo_change(target: Path) -> None:
+    with sqlite3.connect(target / "erp.db") as erp:
+        erp.execute("UPDATE T_SAL_ORDER SET FAmount = FAmount - 1 WHERE rowid % 100 = 0")
+
+
+# -- report -----------------------------------------------------------------------------------
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--targets", default="sqlite,postgres")
+    parser.add_argument("--child", nargs=2, metavar=("STEP", "CONFIG"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(*args.child)
+    OUT.mkdir(exist_ok=True)
+    rows = []
+    for orders in (int(s) for s in args.sizes.split(",")):
+        target = company(orders)
+        for kind in args.targets.split(","):
+            print(f"\n== {orders:,} orders → {kind} ==", flush=True)
+            config_path = warehouse_config(target, kind, orders)
+            feed = land_carrier_feed(config_path, target / "carrier.db")
+            print(f"  carrier feed landed in {feed:.1f} s (setup, not timed below)")
+            full = run_child("full", config_path)
+            floor = run_child("floor", config_path)
+            changed = change_one_percent(target)
+            try:
+                inc = run_child("incremental", config_path)
+            finally:
+                undo_change(target)
+            floor_total = floor["read sources"] + floor["write snapshot"]
+            for name, value in full.items():
+                if name not in ("total", "peak_rss_mb"):
+                    print(f"  full  {name:<22}{value:>10.1f}" if isinstance(value, float) else
+                          f"  full  {name:<22}{value:>10,}")
+            print(f"  floor read {floor['read sources']:.1f} s ({floor['rows read']:,} rows) + "
+                  f"write {floor['write snapshot']:.1f} s = {floor_total:.1f} s")
+            print(f"  incremental: {changed:,} orders changed, {inc['orders recomputed']:,} recomputed "
+                  f"in {inc['total']:.2f} s")
+            rows.append((orders, kind, full["total"], full["peak_rss_mb"], floor_total, full["total"] / floor_total,
+                         changed, inc["total"], inc["peak_rss_mb"]))
+    print("\n| orders | warehouse | full rebuild s | peak RSS MB | I/O floor s | rebuild / floor |"
+          " changed orders | incremental s | incr. peak RSS MB |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r[0]:,} | {r[1]} | {r[2]:.1f} | {r[3]:.0f} | {r[4]:.1f} | {r[5]:.2f}× | {r[6]:,} | {r[7]:.2f} |"
+              f" {r[8]:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""The alert sensor, and the run-status sensors that alert the data team.
+
+The alert sensor evaluates every rule and freshness SLA on the published snapshot, updates the
+ledger, queues what is due and drains the queue. Its cursor remembers which published batch it
+last evaluated and when something next falls due (a cool-down, an escalation, a retry, the
+periodic re-evaluation for rules that become true with time): a tick with nothing to do reads
+one row of `pipeline_state` and skips. Sending twice is prevented by the ledger, not by the
+cursor, so a failed tick (its cursor not saved) is harmless.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import dagster as dg
+
+from order_pipeline.alerting import Alerting, Evaluation, run_entity
+from order_pipeline.config import Config
+from resources.warehouse import PipelineClock, WarehouseResource
+
+from .dispatch import Dispatcher, DrainResult
+from .runtime import alerting_runtime
+
+ALERT_SENSOR = "alert_dispatch"
+RUN_FAILURE_SENSOR = "run_failure_alerts"
+RUN_SUCCESS_SENSOR = "run_success_resolves_alerts"
+INTERVAL_SECONDS = 30
+
+Runtime = Callable[[Config, str], tuple[Alerting, Dispatcher]]
+
+
+@dataclass(frozen=True)
+class AlertCursor:
+    batch: str | None = None  # the published batch last evaluated
+    evaluated_at: datetime | None = None
+    due_at: datetime | None = None  # evaluate again at this time even if nothing was published
+
+    @classmethod
+    def parse(cls, text: str | None) -> AlertCursor:
+        if not text:
+            return cls()
+        doc = json.loads(text)
+        at = lambda k: datetime.fromisoformat(doc[k]) if doc.get(k) else None  # noqa: E731
+        return cls(doc.get("batch"), at("evaluated_at"), at("due_at"))
+
+    def dump(self) -> str:
+        iso = lambda t: t.isoformat() if t else None  # noqa: E731
+        return json.dumps({"batch": self.batch, "evaluated_at": iso(self.evaluated_at), "due_at": iso(self.due_at)})
+
+
+def describe(ev: Evaluation, drained: DrainResult) -> str:
+    breaching = ", ".join(f"{rule} {n}" for rule, n in ev.breaching.items())
+    stale = [a.source for a in ev.sources if a.stale]
+    text = f"evaluated at {ev.now.isoformat()}: {breaching}"
+    if stale:
+        text += f"; stale sources: {', '.join(stale)}"
+    text += f"; queued {ev.queued}, delivered {drained.delivered}, failed {drained.failed}, waiting {drained.waiting}"
+    return text
+
+
+def alert_sensor(config: Config, interval: int = INTERVAL_SECONDS, runtime: Runtime = alerting_runtime
+                 ) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=ALERT_SENSOR,
+        minimum_interval_seconds=interval,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Evaluates the SLA rules and source freshness on the published snapshot and sends the alerts "
+                    "that are due (ledger: order_alerts, attempts: alert_deliveries).",
+    )
+    def alert_dispatch(context: dg.SensorEvaluationContext, warehouse: WarehouseResource, clock: PipelineClock):
+        now = clock.now()
+        alerting, dispatcher = runtime(config, warehouse.url)
+        cursor = AlertCursor.parse(context.cursor)
+        batch = alerting.published_batch()
+        if batch is None:
+            return dg.SkipReason("nothing published yet: the rules read order_tracking_snapshot")
+        if batch == cursor.batch and cursor.due_at and now < cursor.due_at:
+            return dg.SkipReason(f"snapshot unchanged since {cursor.evaluated_at.isoformat()} and nothing due "
+                                 f"before {cursor.due_at.isoformat()}")
+        ev = alerting.evaluate(now)
+        drained = dispatcher.drain(now)
+        due = now + alerting.settings.evaluate_every
+        if ev.next_due is not None:
+            due = min(due, max(ev.next_due, now + timedelta(seconds=interval)))
+        context.update_cursor(AlertCursor(batch, now, due).dump())
+        context.log.info(describe(ev, drained))
+        return dg.SkipReason(describe(ev, drained))
+
+    return alert_dispatch
+
+
+def _failure_text(context: dg.RunFailureSensorContext) -> str:
+    steps = context.get_step_failure_events()
+    for event in steps:
+        error = event.event_specific_data.error if event.event_specific_data else None
+        if error is not None:
+            return f"{event.step_key}: {error.message.strip()}"
+    return context.failure_event.message or "the run failed"
+
+
+def _entity(run) -> str:
+    keys = [k.to_user_string() for k in (run.asset_selection or ())]
+    return run_entity(run.job_name, keys)
+
+
+def run_failure_sensor(config: Config, runtime: Runtime = alerting_runtime) -> dg.SensorDefinition:
+    @dg.run_failure_sensor(name=RUN_FAILURE_SENSOR, default_status=dg.DefaultSensorStatus.RUNNING,
+                           description="A failed run alerts the data team (alerts.run_failures_to).")
+    def run_failure_alerts(context: dg.RunFailureSensorContext, warehouse: WarehouseResource, clock: PipelineClock):
+        now = clock.now()
+        alerting, dispatcher = runtime(config, warehouse.url)
+        run = context.dagster_run
+        alerting.run_failed(_entity(run), run.job_name, run.run_id, _failure_text(context), now)
+        drained = dispatcher.drain(now)
+        context.log.info(f"run {run.run_id} failed: alerted, {drained.delivered} delivered, {drained.failed} failed")
+
+    return run_failure_alerts
+
+
+def run_success_sensor(config: Config, runtime: Runtime = alerting_runtime) -> dg.SensorDefinition:
+    @dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, name=RUN_SUCCESS_SENSOR,
+                          default_status=dg.DefaultSensorStatus.RUNNING,
+                          description="A successful run resolves the failure alert of the same job or assets.")
+    def run_success_resolves_alerts(context: dg.RunStatusSensorContext, warehouse: WarehouseResource,
+                                    clock: PipelineClock):
+        now = clock.now()
+        alerting, dispatcher = runtime(config, warehouse.url)
+        result = alerting.run_succeeded(_entity(context.dagster_run), now)
+        if result.resolved:
+            dispatcher.drain(now)
+
+    return run_success_resolves_alerts

@@ -1,0 +1,67 @@
+"""The carrier feed: a poll schedule on its own SLA, and pushed answers made visible to automation.
+
+Kuaidi100 pushes land in `raw_tracking` through the web hook, outside any Dagster run. The push
+sensor notices them (the newest push batch moved) and records a materialization of
+`raw_tracking`, so `unified_orders` follows a push exactly as it follows a poll.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import dagster as dg
+import sqlalchemy as sa
+
+from assets.carrier import RAW_TRACKING
+from order_pipeline.schema import BATCH, raw_tracking
+from resources.warehouse import WarehouseResource
+
+from .runtime import warehouse_engine
+
+POLL_SCHEDULE = "carrier_poll"
+PUSH_SENSOR = "carrier_push_received"
+
+
+def poll_cron(interval: timedelta) -> str:
+    """A cron that fires every `interval` (minutes dividing an hour, or hours dividing a day)."""
+    minutes = int(interval.total_seconds() // 60)
+    if 0 < minutes < 60 and 60 % minutes == 0:
+        return f"*/{minutes} * * * *"
+    hours = minutes // 60
+    if minutes % 60 == 0 and 0 < hours <= 24 and 24 % hours == 0:
+        return "0 0 * * *" if hours == 24 else f"0 */{hours} * * *"
+    return "0 * * * *"  # anything else: hourly; the asset polls only the waybills that are due
+
+
+def carrier_poll_schedule(interval: timedelta, timezone: str) -> dg.ScheduleDefinition:
+    return dg.ScheduleDefinition(
+        name=POLL_SCHEDULE,
+        cron_schedule=poll_cron(interval),
+        execution_timezone=timezone,
+        target=[RAW_TRACKING],
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Polls Kuaidi100 for the waybills not heard of for {interval} (the carrier's update SLA).",
+    )
+
+
+def carrier_push_sensor(interval: int = 30) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=PUSH_SENSOR,
+        minimum_interval_seconds=interval,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Records a raw_tracking materialization when Kuaidi100 pushed new answers, so automation follows.",
+    )
+    def _sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource):
+        engine = warehouse_engine(warehouse.url)
+        with engine.connect() as conn:
+            newest = conn.execute(sa.select(sa.func.max(raw_tracking.c[BATCH])).where(raw_tracking.c.via == "push")).scalar()
+        if newest is None:
+            return dg.SkipReason("no Kuaidi100 push received yet")
+        if context.cursor and int(context.cursor) >= int(newest):
+            return dg.SkipReason(f"no Kuaidi100 push since batch {context.cursor}")
+        return dg.SensorResult(
+            asset_events=[dg.AssetMaterialization(RAW_TRACKING, metadata={"via": "push", "batch": int(newest)})],
+            cursor=str(newest),
+        )
+
+    return _sensor

@@ -1,0 +1,380 @@
+"""The alert ledger and dispatch: dedup, cool-down, escalation, resolution, failing channels, rate limits,
+crashes between the steps, freshness, run failures and customer tracking links. Time is passed in, never slept."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+
+import httpx
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from order_pipeline import alert_ledger
+from order_pipeline.alerting import Alerting
+from order_pipeline.config import SourceConfig, Secret
+from order_pipeline.schema import alert_deliveries, alert_outbox, alert_queue, order_alerts
+from order_pipeline.warehouse import Warehouse, set_state
+from resources.channels import OutboxChannel, WeComRobot
+from sensors.dispatch import Dispatcher, build_channels
+
+from conftest import NOW
+from test_rules import D, H, S, TZ, engine, make_config, order, publish_rows, warehouse_url  # noqa: F401
+
+M = timedelta(minutes=1)
+GROUPS = {
+    "channels": {"wh_box": {"type": "outbox"}, "lead_box": {"type": "outbox"}, "cs_box": {"type": "outbox"},
+                 "data_box": {"type": "outbox"}},
+    "alerts": {"cooldown": "2h", "escalate_after": "4h", "escalate_to": ["ops_lead"], "max_escalations": 1,
+               "groups": {"warehouse": {"channels": ["wh_box"], "mentions": ["13800000000"]},
+                          "ops_lead": {"channels": ["lead_box"]}, "customer_service": {"channels": ["cs_box"]},
+                          "data": {"channels": ["data_box"]}}},
+}
+
+
+def runtime(tmp_path, engine, channels=None, **sections):
+    config = make_config(tmp_path, str(engine.url), **{**GROUPS, **sections})
+    alerting = Alerting(config, engine)
+    built = build_channels(alerting.settings, engine) if channels is None else channels
+    return alerting, Dispatcher(engine, built, sleep=lambda s: None)
+
+
+def tick(alerting, dispatcher, now):
+    ev = alerting.evaluate(now)
+    return ev, dispatcher.drain(now)
+
+
+def outbox(engine) -> pd.DataFrame:
+    with engine.connect() as conn:
+        return pd.read_sql(sa.select(alert_outbox).order_by(alert_outbox.c.id), conn)
+
+
+def ledger_row(engine, rule_id, key) -> dict:
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.select(order_alerts).where(order_alerts.c.rule_id == rule_id)
+                                 .where(order_alerts.c.entity_key == key)).mappings().one())
+
+
+def deliveries(engine) -> pd.DataFrame:
+    with engine.connect() as conn:
+        return pd.read_sql(sa.select(alert_deliveries).order_by(alert_deliveries.c.id), conn)
+
+
+def paid_order(no="SO-1", hours=3):
+    return order(no, "paid", paid_at=NOW - hours * H, responsible_role="warehouse")
+
+
+# --- dedup, cool-down, escalation, resolution ----------------------------------------------------------
+
+
+def test_sent_once_resent_after_the_cooldown_escalated_then_resolved(tmp_path, engine):
+    publish_rows(engine, [paid_order()])
+    alerting, dispatcher = runtime(tmp_path, engine)
+
+    ev, drained = tick(alerting, dispatcher, NOW)
+    assert ev.breaching["paid_not_locked"] == 1
+    sent = outbox(engine)
+    assert sent["channel"].tolist() == ["wh_box"]
+    assert sent["recipient"].tolist() == ["13800000000"]
+    first = ledger_row(engine, "paid_not_locked", "SO-1")
+    assert first["attempts"] == 1 and first["escalation_level"] == 0 and first["resolved_at"] is None
+    assert pd.Timestamp(first["notified_at"]).tz_localize(None) >= pd.Timestamp(NOW).tz_localize(None)
+
+    for later in (M, 2 * H - S):  # within the cool-down: nothing new
+        tick(alerting, dispatcher, NOW + later)
+    assert len(outbox(engine)) == 1
+
+    tick(alerting, dispatcher, NOW + 2 * H)  # the cool-down passed: re-sent once
+    assert outbox(engine)["channel"].tolist() == ["wh_box", "wh_box"]
+    tick(alerting, dispatcher, NOW + 2 * H + M)
+    assert len(outbox(engine)) == 2
+
+    tick(alerting, dispatcher, NOW + 4 * H)  # open for escalate_after: the ops lead hears, and the group again
+    sent = outbox(engine)
+    assert sent["channel"].tolist()[2:] == ["wh_box", "lead_box"]
+    assert sent["title"].iloc[-1].startswith("【升级】")
+    assert ledger_row(engine, "paid_not_locked", "SO-1")["escalation_level"] == 1
+    tick(alerting, dispatcher, NOW + 8 * H + M)  # max_escalations is 1: no second escalation
+    assert "lead_box" not in outbox(engine)["channel"].tolist()[4:]
+
+    publish_rows(engine, [order("SO-1", "locked", paid_at=NOW - 3 * H, locked_at=NOW + 9 * H)], batch=2)
+    tick(alerting, dispatcher, NOW + 9 * H)
+    row = ledger_row(engine, "paid_not_locked", "SO-1")
+    assert row["resolved_at"] is not None
+    notes = outbox(engine).iloc[-2:]
+    assert set(notes["channel"]) == {"wh_box", "lead_box"}  # told where it was heard, escalation included
+    assert all(t.startswith("【已恢复】") for t in notes["title"])
+    count = len(outbox(engine))
+    tick(alerting, dispatcher, NOW + 9 * H + M)
+    assert len(outbox(engine)) == count
+
+
+def test_a_flapping_condition_waits_out_its_cooldown(tmp_path, engine):
+    publish_rows(engine, [paid_order()])
+    alerting, dispatcher = runtime(tmp_path, engine, alerts={**GROUPS["alerts"], "resolve_note": False})
+    tick(alerting, dispatcher, NOW)
+    publish_rows(engine, [order("SO-1", "locked", paid_at=NOW - 3 * H, locked_at=NOW)], batch=2)
+    tick(alerting, dispatcher, NOW + M)
+    publish_rows(engine, [paid_order()], batch=3)  # released again
+    tick(alerting, dispatcher, NOW + 2 * M)
+    row = ledger_row(engine, "paid_not_locked", "SO-1")
+    assert row["resolved_at"] is None and len(outbox(engine)) == 1
+    tick(alerting, dispatcher, NOW + 2 * H)
+    assert len(outbox(engine)) == 2
+
+
+def test_dedup_across_orders_and_ticks(tmp_path, engine):
+    publish_rows(engine, [paid_order("A"), paid_order("B"), order("C", "locked", locked_at=NOW)])
+    alerting, dispatcher = runtime(tmp_path, engine)
+    for minutes in range(3):
+        tick(alerting, dispatcher, NOW + minutes * M)
+    assert sorted(outbox(engine)["title"].str.split().str[-1]) == ["A", "B"]
+    assert deliveries(engine)["ok"].all()
+
+
+# --- the message ---------------------------------------------------------------------------------------
+
+
+def test_message_is_short_chinese_with_order_stage_wait_owner_and_link(tmp_path, engine):
+    publish_rows(engine, [paid_order(hours=3)])
+    alerting, dispatcher = runtime(tmp_path, engine, alerts={**GROUPS["alerts"], "board_url": "https://ops.example.com"})
+    tick(alerting, dispatcher, NOW + 15 * M)
+    body = outbox(engine)["body"].iloc[0]
+    assert "SO-1" in body and "支付确认" in body and "已等待：3小时15分" in body and "负责人：仓库" in body
+    assert "https://ops.example.com/ops/order/SO-1" in body
+    assert len(body.encode()) < 600
+
+
+def test_stuck_parcel_marks_the_order_high_risk(tmp_path, engine):
+    publish_rows(engine, [order("SO-9", "in_transit", shipped_at=NOW - 3 * D, latest_event_at=NOW - 50 * H,
+                                parcel_count=1, waybill_nos="YT123")])
+    alerting, dispatcher = runtime(tmp_path, engine)
+    tick(alerting, dispatcher, NOW)
+    row = ledger_row(engine, "stuck_parcel", "SO-9")
+    assert row["risk"] == "high" and row["severity"] == "critical"
+    assert outbox(engine)["channel"].tolist() == ["cs_box"]
+    assert "风险：高" in outbox(engine)["body"].iloc[0]
+
+
+# --- failing channels ------------------------------------------------------------------------------------
+
+
+class WeComStub:
+    """Answers like the WeCom robot: `codes` in turn, then errcode 0; records every payload."""
+
+    def __init__(self, *codes):
+        self.codes, self.posts = list(codes), []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.posts.append(json.loads(request.content))
+        code = self.codes.pop(0) if self.codes else 0
+        return httpx.Response(200, json={"errcode": code, "errmsg": "ok" if code == 0 else "refused"})
+
+
+def wecom_runtime(tmp_path, engine, stub):
+    channels = {"wecom_wh": WeComRobot("https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=k", name="wecom_wh",
+                                       transport=httpx.MockTransport(stub)),
+                "wh_box": OutboxChannel(engine, name="wh_box")}
+    alerts = {**GROUPS["alerts"], "groups": {**GROUPS["alerts"]["groups"],
+                                             "warehouse": {"channels": ["wecom_wh", "wh_box"]}}}
+    sections = {"channels": {**GROUPS["channels"], "wecom_wh": {"type": "outbox"}}, "alerts": alerts}
+    config = make_config(tmp_path, str(engine.url), **sections)
+    alerting = Alerting(config, engine)
+    return alerting, Dispatcher(engine, channels, sleep=lambda s: None)
+
+
+def test_a_failing_channel_is_recorded_retried_later_and_does_not_hold_up_the_others(tmp_path, engine):
+    publish_rows(engine, [paid_order()])
+    stub = WeComStub(93000)  # a wrong key: not worth retrying at once
+    alerting, dispatcher = wecom_runtime(tmp_path, engine, stub)
+    _, drained = tick(alerting, dispatcher, NOW)
+    assert outbox(engine)["channel"].tolist() == ["wh_box"]  # the other channel got it
+    d = deliveries(engine)
+    failed = d[~d["ok"]]
+    assert failed["channel"].tolist() == ["wecom_wh"] and "93000" in failed["error"].iloc[0]
+    assert ledger_row(engine, "paid_not_locked", "SO-1")["attempts"] == 2
+    with engine.connect() as conn:
+        q = conn.execute(sa.select(alert_queue).where(alert_queue.c.channel == "wecom_wh")).mappings().one()
+    assert q["status"] == "pending" and q["next_attempt_at"] is not None
+
+    dispatcher.drain(NOW + M)  # not yet: it waits for its retry time
+    assert len(stub.posts) == 1
+    drained = dispatcher.drain(NOW + 5 * M)  # the key was fixed meanwhile: delivered, not lost
+    assert drained.delivered == 1 and len(stub.posts) == 2
+    assert stub.posts[-1]["msgtype"] == "markdown" and "SO-1" in stub.posts[-1]["markdown"]["content"]
+    assert deliveries(engine)["ok"].tolist()[-1]
+
+
+def test_a_rate_limited_robot_is_retried_with_backoff_within_the_send(tmp_path, engine):
+    publish_rows(engine, [paid_order()])
+    stub = WeComStub(45009, 45009)
+    alerting, dispatcher = wecom_runtime(tmp_path, engine, stub)
+    tick(alerting, dispatcher, NOW)
+    d = deliveries(engine)
+    wecom = d[d["channel"] == "wecom_wh"]
+    assert wecom["ok"].tolist() == [False, False, True]
+    assert "45009" in wecom["error"].iloc[0]
+
+
+def test_a_burst_becomes_digests_within_twenty_messages_a_minute(tmp_path, engine):
+    publish_rows(engine, [paid_order(f"SO-{i:03d}") for i in range(120)])
+    stub = WeComStub()
+    alerting, dispatcher = wecom_runtime(tmp_path, engine, stub)
+    # The robot already took 18 messages this minute (recorded by earlier sends).
+    with engine.begin() as conn:
+        conn.execute(alert_deliveries.insert(), [
+            {"rule_id": "x", "entity_key": str(i), "channel": "wecom_wh", "kind": "notify",
+             "attempted_at": NOW - timedelta(seconds=50 - i), "ok": True} for i in range(18)])
+    _, drained = tick(alerting, dispatcher, NOW)
+    assert len(stub.posts) == 2  # 20 a minute: two posts left, each a digest
+    assert all("条告警汇总" in p["markdown"]["content"] for p in stub.posts)
+    assert all(len(p["markdown"]["content"].encode()) <= 4096 for p in stub.posts)
+    assert drained.waiting > 0
+
+    for minutes in range(1, 6):  # the rest goes out in later minutes, nothing dropped, nothing twice
+        dispatcher.drain(NOW + minutes * M + S)
+    with engine.connect() as conn:
+        statuses = dict(conn.execute(sa.select(alert_queue.c.status, sa.func.count())
+                                     .where(alert_queue.c.channel == "wecom_wh").group_by(alert_queue.c.status)).all())
+    assert statuses == {"sent": 120}
+    text = "".join(p["markdown"]["content"] for p in stub.posts)
+    assert all(text.count(f"SO-{i:03d} ") >= 1 for i in range(120))
+
+
+# --- crashes between the steps ----------------------------------------------------------------------------
+
+
+class Crash(BaseException):
+    """The process dies: nothing after this point runs."""
+
+
+def test_a_crash_between_send_and_record_never_sends_twice_within_the_cooldown(tmp_path, engine, monkeypatch):
+    publish_rows(engine, [paid_order()])
+    alerting, dispatcher = runtime(tmp_path, engine)
+
+    def crash(*args, **kwargs):
+        raise Crash()
+
+    with monkeypatch.context() as m:
+        m.setattr(alert_ledger, "record_outcome", crash)
+        with pytest.raises(Crash):
+            tick(alerting, dispatcher, NOW)
+    assert len(outbox(engine)) == 1  # it went out, but the ledger never heard
+    assert deliveries(engine).empty
+
+    for later in (M, H, 2 * H - S):  # restarted: the claim is in doubt, so nothing is sent again
+        tick(alerting, dispatcher, NOW + later)
+    assert len(outbox(engine)) == 1
+
+    tick(alerting, dispatcher, NOW + 2 * H)  # a cool-down later: sent once more, not twice
+    assert len(outbox(engine)) == 2
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(alert_queue.c.status)).scalars().all()
+    assert sorted(rows) == ["sent", "superseded"]
+
+
+def test_a_crash_between_claim_and_send_delays_but_never_loses(tmp_path, engine, monkeypatch):
+    publish_rows(engine, [paid_order()])
+    alerting, dispatcher = runtime(tmp_path, engine)
+    import sensors.dispatch as dispatch
+
+    def crash(*args, **kwargs):
+        raise Crash()
+
+    alerting.evaluate(NOW)
+    with monkeypatch.context() as m:
+        m.setattr(dispatch, "deliver", crash)
+        with pytest.raises(Crash):
+            dispatcher.drain(NOW)
+    assert outbox(engine).empty
+    dispatcher.drain(NOW + H)
+    assert outbox(engine).empty  # in doubt until the claim expires
+    dispatcher.drain(NOW + 2 * H)
+    assert len(outbox(engine)) == 1
+
+
+# --- freshness, run failures -------------------------------------------------------------------------------
+
+
+def test_a_stale_source_alerts_the_data_owner_and_resolves_when_fresh(tmp_path, engine):
+    config_sources = {"inventory": SourceConfig("inventory", Secret(value="sqlite://"), "inv", None, {}, TZ)}
+    config = make_config(tmp_path, str(engine.url), **GROUPS)
+    config = type(config)(**{**config.__dict__, "sources": config_sources})
+    alerting = Alerting(config, engine)
+    dispatcher = Dispatcher(engine, build_channels(alerting.settings, engine), sleep=lambda s: None)
+    publish_rows(engine, [])
+    with engine.begin() as conn:
+        set_state(conn, "watermark:inventory", (NOW - 30 * M).isoformat(), NOW)
+    ev, _ = tick(alerting, dispatcher, NOW)  # exactly 30 minutes: still fresh
+    assert [a.stale for a in ev.sources if a.source == "inventory"] == [False]
+    assert outbox(engine).empty
+    ev, _ = tick(alerting, dispatcher, NOW + S)
+    sent = outbox(engine)
+    assert sent["channel"].tolist() == ["data_box"]
+    assert "inventory" in sent["title"].iloc[0] and "30分钟" in sent["body"].iloc[0]
+    assert ledger_row(engine, "source_freshness", "raw_inventory")["scope"] == "source"
+    with engine.begin() as conn:
+        set_state(conn, "watermark:inventory", (NOW + M).isoformat(), NOW + M)
+    tick(alerting, dispatcher, NOW + 2 * M)
+    assert ledger_row(engine, "source_freshness", "raw_inventory")["resolved_at"] is not None
+    assert outbox(engine)["title"].iloc[-1].startswith("【已恢复】")
+
+
+def test_a_failed_run_alerts_the_data_team_once_and_a_success_resolves_it(tmp_path, engine):
+    alerting, dispatcher = runtime(tmp_path, engine)
+    for minutes in (0, 5):
+        alerting.run_failed("assets:raw_orders", "__ASSET_JOB", f"run-{minutes}", "raw_orders: cannot reach ERP",
+                            NOW + minutes * M)
+        dispatcher.drain(NOW + minutes * M)
+    sent = outbox(engine)
+    assert sent["channel"].tolist() == ["data_box"] and "cannot reach ERP" in sent["body"].iloc[0]
+    alerting.run_succeeded("assets:raw_orders", NOW + 10 * M)
+    dispatcher.drain(NOW + 10 * M)
+    assert ledger_row(engine, "run_failure", "assets:raw_orders")["resolved_at"] is not None
+    assert outbox(engine)["title"].iloc[-1].startswith("【已恢复】")
+
+
+# --- customer tracking links ---------------------------------------------------------------------------------
+
+
+def test_each_new_order_gets_one_tracking_link(tmp_path, engine, monkeypatch):
+    monkeypatch.setenv("TEST_LINK_SECRET", "s" * 32)
+    publish_rows(engine, [
+        order("NEW-1", "ordered", ordered_at=NOW - H),
+        order("OLD-1", "ordered", ordered_at=NOW - 3 * D),
+        order("GONE-1", "cancelled", ordered_at=NOW - H),
+    ])
+    web = {"base_url": "https://track.example.com", "link_secret_env": "TEST_LINK_SECRET"}
+    alerting, dispatcher = runtime(tmp_path, engine, web=web)
+    ev, _ = tick(alerting, dispatcher, NOW)
+    assert ev.links_queued == 1
+    tick(alerting, dispatcher, NOW + M)
+    links = outbox(engine)
+    links = links[links["title"].str.contains("物流查询链接")]
+    assert len(links) == 1 and "NEW-1" in links["title"].iloc[0]
+    assert "https://track.example.com/order/NEW-1?t=" in links["body"].iloc[0]
+    assert links["recipient"].iloc[0] == "138****5678"  # the log and the outbox see a masked phone
+
+
+def test_without_a_web_section_links_are_skipped_and_logged(tmp_path, engine, caplog):
+    publish_rows(engine, [order("NEW-1", "ordered", ordered_at=NOW - H)])
+    with caplog.at_level(logging.INFO, logger="order_pipeline.alerting"):
+        alerting, dispatcher = runtime(tmp_path, engine)
+    ev, _ = tick(alerting, dispatcher, NOW)
+    assert ev.links_queued == 0
+    assert "tracking links are not sent" in caplog.text
+
+
+def test_a_warehouse_from_before_the_queue_gets_its_new_columns(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = Warehouse(url).engine
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE order_alerts (rule_id TEXT, entity_key TEXT, scope TEXT, order_no TEXT, "
+                             "severity TEXT, message TEXT, details TEXT, first_seen TIMESTAMP, last_seen TIMESTAMP, "
+                             "notified_at TIMESTAMP, escalation_level INTEGER, resolved_at TIMESTAMP, attempts INTEGER, "
+                             "last_error TEXT, PRIMARY KEY (rule_id, entity_key))")
+    alert_ledger.ensure_schema(engine)
+    cols = {c["name"] for c in sa.inspect(engine).get_columns("order_alerts")}
+    assert {"title", "risk", "queued_at"} <= cols

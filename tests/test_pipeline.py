@@ -1,0 +1,193 @@
+"""The whole pipeline in process on the demo company: materialize, rejects, incremental runs, PostgreSQL."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import timedelta
+
+import dagster as dg
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from order_pipeline.config import load_config
+from order_pipeline.definitions import NOW_ENV
+from order_pipeline.runner import run_pipeline
+from order_pipeline.schema import RAW_TABLES, order_tracking_events, order_tracking_snapshot, pipeline_rejects, unified_orders
+from order_pipeline.warehouse import Warehouse
+
+from conftest import NOW
+
+
+def local(ts) -> str:
+    """A naive Asia/Shanghai text timestamp, as the demo sources store them."""
+    return pd.Timestamp(ts).tz_convert("Asia/Shanghai").strftime("%Y-%m-%d %H:%M:%S")
+
+
+def run(config, monkeypatch, now=NOW, full=False, instance=None):
+    monkeypatch.setenv(NOW_ENV, now.isoformat())
+    outcome = run_pipeline(config, instance or dg.DagsterInstance.ephemeral(), full_refresh=full)
+    assert outcome.success, outcome.failures
+    return outcome
+
+
+def snapshot(engine) -> pd.DataFrame:
+    with engine.connect() as conn:
+        frame = pd.read_sql(sa.select(order_tracking_snapshot), conn)
+    return frame.drop(columns=["published_at"]).sort_values("order_no").reset_index(drop=True)
+
+
+def recomputed(engine, batch_after: int) -> set[str]:
+    with engine.connect() as conn:
+        return set(conn.execute(sa.select(unified_orders.c.order_no).where(unified_orders.c._batch > batch_after)).scalars())
+
+
+def max_batch(engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.max(unified_orders.c._batch))).scalar()
+
+
+@pytest.fixture
+def config(demo_company):
+    return load_config(demo_company / "order_pipeline.yaml")
+
+
+@pytest.fixture
+def engine(config):
+    return Warehouse(config.warehouse_url.resolve()).engine
+
+
+def test_all_assets_materialize_and_checks_pass(config, engine, monkeypatch):
+    with dg.instance_for_test() as instance:
+        run(config, monkeypatch, instance=instance)
+        for key in ("raw_orders", "raw_tracking", "unified_orders", "order_tracking_snapshot", "order_tracking_events"):
+            assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None, key
+        checks = {
+            key.name: record
+            for key, record in instance.event_log_storage.get_latest_asset_check_execution_by_key(
+                [dg.AssetCheckKey(dg.AssetKey("order_tracking_snapshot"), name) for name in (
+                    "snapshot_order_no_unique", "snapshot_covers_open_orders", "rejects_below_threshold")]).items()
+        }
+        assert {name: c.status.value for name, c in checks.items()} == {
+            "snapshot_order_no_unique": "SUCCEEDED", "snapshot_covers_open_orders": "SUCCEEDED",
+            "rejects_below_threshold": "SUCCEEDED"}
+        meta = instance.get_latest_materialization_event(dg.AssetKey("unified_orders")).asset_materialization.metadata
+        assert meta["orders_total"].value == meta["orders_recomputed"].value > 300
+    with engine.connect() as conn:
+        orders = conn.execute(sa.select(sa.func.count()).select_from(RAW_TABLES["orders"])).scalar()
+        stages = dict(conn.execute(sa.select(order_tracking_snapshot.c.stage, sa.func.count())
+                                   .group_by(order_tracking_snapshot.c.stage)).all())
+        events = conn.execute(sa.select(sa.func.count()).select_from(order_tracking_events)
+                              .where(order_tracking_events.c.kind == "carrier")).scalar()
+    assert sum(stages.values()) == orders
+    assert set(stages) >= {"ordered", "paid", "locked", "shipped", "in_transit", "delivered", "cancelled", "exception"}
+    assert events > 0
+
+
+def test_bad_rows_are_quarantined_with_reasons_and_the_rest_is_published(config, engine, monkeypatch):
+    run(config, monkeypatch)
+    with engine.connect() as conn:
+        rejects = pd.read_sql(sa.select(pipeline_rejects), conn)
+        published = set(conn.execute(sa.select(order_tracking_snapshot.c.order_no)).scalars())
+    reasons = set(zip(rejects["source"], rejects["reason"]))
+    assert ("orders", "missing order_no") in reasons
+    assert ("orders", "unparseable ordered_at") in reasons
+    assert ("payments", "negative amount") in reasons
+    assert ("payments", "unknown status") in reasons
+    assert ("order_lines", "negative qty") in reasons
+    assert ("shipments", "shipment for unknown order") in reasons
+    assert any(s == "payments" and r.startswith("duplicate payment_id") for s, r in reasons)
+    # The raw row is kept as the source sent it, under the source's own column names.
+    negative = rejects[rejects["reason"] == "negative amount"].iloc[0]
+    assert "金额" in negative["raw_row"]
+    assert len(published) > 300
+
+
+def _bump(company, now):
+    """Change three orders in three different sources, as the systems would."""
+    stamp = local(now)
+    with sqlite3.connect(company / "erp.db") as erp:
+        open_orders = [r[0] for r in erp.execute(
+            "SELECT FBillNo FROM T_SAL_ORDER WHERE FStatus = 'A' AND FBillNo <> '' ORDER BY FBillNo LIMIT 3")]
+        erp.execute("UPDATE T_SAL_ORDER SET FStatus = 'C', FModifyDate = ? WHERE FBillNo = ?", (stamp, open_orders[0]))
+    with sqlite3.connect(company / "finance.db") as fin:
+        fin.execute("INSERT INTO 收款单 (收款单号, 订单编号, 金额, 收款时间, 凭证号, 状态, 修改时间) "
+                    "VALUES ('SK-TEST-1', ?, 1.0, ?, 'V-TEST', '已收款', ?)", (open_orders[1], stamp, stamp))
+    with sqlite3.connect(company / "wms.db") as wms:
+        wms.execute("INSERT INTO outbound (ref_order, tracking_no, express_company, gross_weight, outbound_time, "
+                    "last_modified) VALUES (?, 'YT9999999999999', 'yuantong', 1.0, ?, ?)", (open_orders[2], stamp, stamp))
+    return set(open_orders)
+
+
+def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(config, engine, demo_company,
+                                                                             monkeypatch):
+    run(config, monkeypatch)
+    before = max_batch(engine)
+    later = NOW + timedelta(minutes=10)
+    changed = _bump(demo_company, later)
+
+    run(config, monkeypatch, now=later)
+    assert recomputed(engine, before) == changed
+    incremental = snapshot(engine)
+
+    run(config, monkeypatch, now=later, full=True)
+    full = snapshot(engine)
+    pd.testing.assert_frame_equal(incremental, full)
+    row = full.set_index("order_no")
+    first, *_ = sorted(changed)
+    assert row.loc[first, "stage"] == "cancelled"
+
+
+def test_a_run_with_no_source_change_recomputes_nothing(config, engine, monkeypatch):
+    run(config, monkeypatch)
+    before = max_batch(engine)
+    run(config, monkeypatch, now=NOW + timedelta(minutes=1))
+    assert recomputed(engine, before) == set()
+
+
+@pytest.mark.postgres
+def test_postgres_warehouse_publishes_the_same_snapshot(config, engine, demo_company, pg_database, monkeypatch):
+    run(config, monkeypatch)
+    sqlite_snapshot = snapshot(engine)
+
+    pg_url = pg_database()
+    monkeypatch.setenv("ORDER_PIPELINE_TEST_WAREHOUSE", pg_url)
+    text = (demo_company / "order_pipeline.yaml").read_text(encoding="utf-8")
+    pg_config_path = demo_company / "pg.yaml"
+    pg_config_path.write_text(_with_warehouse_env(text, "ORDER_PIPELINE_TEST_WAREHOUSE"), encoding="utf-8")
+    pg_config = load_config(pg_config_path)
+    run(pg_config, monkeypatch)
+    pg_engine = Warehouse(pg_url).engine
+    assert pg_engine.dialect.name == "postgresql"
+    pd.testing.assert_frame_equal(snapshot(pg_engine), sqlite_snapshot, check_dtype=False)
+    pg_engine.dispose()
+
+
+def _with_warehouse_env(config_text: str, env: str) -> str:
+    import yaml
+
+    doc = yaml.safe_load(config_text)
+    doc["warehouse"] = {"url_env": env}
+    return yaml.safe_dump(doc, allow_unicode=True)
+
+
+@pytest.mark.postgres
+def test_dagster_instance_storage_on_postgres(config, pg_database, tmp_path, monkeypatch):
+    """The shipped deploy/dagster.yaml puts runs and events into the real PostgreSQL server."""
+    from pathlib import Path
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shipped = Path(__file__).resolve().parent.parent / "deploy" / "dagster.yaml"
+    (home / "dagster.yaml").write_text(shipped.read_text(encoding="utf-8"), encoding="utf-8")
+    url = pg_database()  # postgresql+psycopg2://…: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3
+    monkeypatch.setenv("DAGSTER_PG_URL", url)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        outcome = run(config, monkeypatch, instance=instance)
+        assert instance.get_run_by_id(outcome.run_id).is_success
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT count(*) FROM runs WHERE run_id = :r"), {"r": outcome.run_id}).scalar()
+        events = conn.execute(sa.text("SELECT count(*) FROM event_logs WHERE run_id = :r"), {"r": outcome.run_id}).scalar()
+    engine.dispose()
+    assert stored == 1 and events > 10
