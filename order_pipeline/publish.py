@@ -40,11 +40,20 @@ def publish(engine: sa.Engine, now: datetime, full: bool = False) -> PublishResu
         def scope(col):
             return sa.true() if touched is None else col.in_(touched)
 
-        for table in (order_tracking_snapshot, order_tracking_parcels, order_tracking_events):
+        tables = (order_tracking_snapshot, order_tracking_parcels, order_tracking_events)
+        for table in tables:
             conn.execute(table.delete().where(scope(table.c.order_no)))
+        if full:  # building an index once over sorted rows beats updating it row by row
+            for table in tables:
+                for index in table.indexes:
+                    index.drop(conn)
         orders = _insert(conn, order_tracking_snapshot, _snapshot_rows(now).where(scope(unified_orders.c.order_no)))
         _insert(conn, order_tracking_parcels, _parcel_rows().where(scope(RAW_TABLES["shipments"].c.order_no)))
         events = sum(_insert(conn, order_tracking_events, q.where(scope(col))) for q, col in _event_rows())
+        if full:
+            for table in tables:
+                for index in table.indexes:
+                    index.create(conn)
         set_state(conn, STATE_KEY, str(upto), now)
         counts = dict(conn.execute(sa.select(order_tracking_snapshot.c.stage, sa.func.count())
                                    .group_by(order_tracking_snapshot.c.stage)).all())

@@ -114,9 +114,10 @@ def _conflicting_duplicates(frame: pd.DataFrame, key: list[str]) -> pd.Index:
 
 def record_keys(rows: pd.DataFrame, key) -> pd.Series:
     """The key of each row as one string, the way `pipeline_rejects.record_key` names it."""
-    if len(key) == 1:
-        return rows[key[0]].astype(str)
-    return rows[list(key)].astype(str).agg("/".join, axis=1)
+    keys = rows[key[0]].astype(str)
+    for part in key[1:]:
+        keys = keys + "/" + rows[part].astype(str)
+    return keys
 
 
 def _record_keys(raw: pd.DataFrame, typed: pd.DataFrame, key: list[str]) -> pd.Series:

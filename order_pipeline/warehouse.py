@@ -154,8 +154,10 @@ def delete_keys(conn: sa.Connection, table: sa.Table, keys: pd.DataFrame, key: S
     conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {tmp} ({', '.join(f'{k} TEXT' for k in key)})")
     keys_table = sa.Table(tmp, sa.MetaData(), *(sa.Column(k, sa.Text) for k in key))
     insert_frame(conn, keys_table, keys[list(key)].astype(str))
-    match = " AND ".join(f"{tmp}.{k} = {table.name}.{k}" for k in key)
-    conn.exec_driver_sql(f"DELETE FROM {table.name} WHERE EXISTS (SELECT 1 FROM {tmp} WHERE {match})")
+    # A row-value IN lets both SQLite and PostgreSQL drive the delete from the (small) key set
+    # through the table's primary key, instead of probing the key set once per table row.
+    cols = ", ".join(key)
+    conn.exec_driver_sql(f"DELETE FROM {table.name} WHERE ({cols}) IN (SELECT {cols} FROM {tmp})")
     conn.exec_driver_sql(f"DROP TABLE {tmp}")
 
 
@@ -201,15 +203,21 @@ def _timestamp_strings(col: pd.Series) -> pd.Series:
 
 
 def _sqlite_rows(frame: pd.DataFrame, table: sa.Table) -> list[tuple]:
-    frame = frame.copy()
+    """Rows as tuples of plain Python values (None for missing), built column by column."""
+    columns = []
     for col in frame.columns:
         kind = table.c[col].type
+        values = frame[col]
         if isinstance(kind, sa.DateTime):
-            frame[col] = _timestamp_strings(frame[col])
+            values = _timestamp_strings(values)
         elif isinstance(kind, sa.Date):
-            frame[col] = pd.to_datetime(frame[col]).dt.strftime("%Y-%m-%d")
-    frame = frame.astype(object).where(frame.notna(), None)
-    return list(frame.itertuples(index=False, name=None))
+            values = pd.to_datetime(values).dt.strftime("%Y-%m-%d")
+        missing = values.isna().to_numpy()
+        data = values.to_numpy(dtype=object, copy=True)
+        if missing.any():
+            data[missing] = None
+        columns.append(data.tolist())
+    return list(zip(*columns))
 
 
 def _pg_frame(frame: pd.DataFrame, table: sa.Table) -> pd.DataFrame:
