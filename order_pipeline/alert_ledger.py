@@ -145,41 +145,44 @@ def sync(conn: sa.Connection, spec: AlertSpec, breaches: pd.DataFrame, now: date
                 queue += _queue_rows(spec, r["entity_key"], RESOLVE, 0, targets, msg, route, now)
         result.resolved = len(cleared)
 
-    # New (or back after being resolved): a fresh ledger row. A reopened alert keeps when it was
-    # last queued and delivered, so a flapping condition still waits out its cool-down.
+    # New (or back after being resolved): a fresh ledger row, queued at once unless it is a
+    # reopened alert still within the cool-down of its last notification (a flapping condition).
     reopened = _existing(conn, spec.rule_id, new_keys)
     if new_keys:
         frame = breaches.iloc[[rows_by_key[k] for k in new_keys]]
-        summaries = [render(row, NOTIFY, now)[0] for row in frame.to_dict("records")]
         old = reopened.set_index("entity_key").reindex(new_keys)
+        carried = pd.to_datetime(old["queued_at"], utc=True)
+        due_new = (carried.isna() | (carried <= now - spec.cooldown)).to_numpy()
+        summaries = []
+        for key, row, due_now in zip(new_keys, frame.to_dict("records"), due_new):
+            summary, msg = render(row, NOTIFY, now)
+            summaries.append(summary)
+            if due_now:
+                queue += _queue_rows(spec, key, NOTIFY, 0, spec.notify, msg, route, now)
         if len(reopened):
+            keys = reopened["entity_key"].tolist()
+            _supersede(conn, spec.rule_id, keys, (NOTIFY, ESCALATE))
             conn.execute(a.delete().where(a.c.rule_id == spec.rule_id).where(a.c.entity_key == sa.bindparam("k")),
-                         [{"k": k} for k in reopened["entity_key"]])
+                         [{"k": k} for k in keys])
+        queued_at = carried.where(~due_new, pd.Timestamp(now))
         insert_frame(conn, a, pd.DataFrame({
             "rule_id": spec.rule_id, "entity_key": new_keys, "scope": spec.scope,
             "order_no": frame["order_no"].where(frame["order_no"].notna(), None).to_numpy(),
             "severity": spec.severity, "title": spec.title, "message": summaries,
             "details": [_details(r) for r in frame.to_dict("records")],
-            "first_seen": now, "last_seen": now,
-            "notified_at": old["notified_at"].to_numpy() if len(reopened) else None,
-            "queued_at": old["queued_at"].to_numpy() if len(reopened) else None,
-            "escalation_level": 0, "resolved_at": None,
-            "attempts": old["attempts"].fillna(0).astype(int).to_numpy() if len(reopened) else 0,
-            "risk": spec.risk,
+            "first_seen": now, "last_seen": now, "notified_at": old["notified_at"].to_numpy(),
+            "queued_at": queued_at.to_numpy(), "escalation_level": 0, "resolved_at": None,
+            "attempts": old["attempts"].fillna(0).astype(int).to_numpy(), "risk": spec.risk,
         }))
         result.opened = len(new_keys)
-        new_rows = pd.DataFrame({"entity_key": new_keys, "first_seen": now, "escalation_level": 0,
-                                 "queued_at": old["queued_at"].to_numpy() if len(reopened) else pd.NaT})
+        new_rows = pd.DataFrame({"entity_key": new_keys, "first_seen": pd.Timestamp(now), "escalation_level": 0,
+                                 "queued_at": queued_at.to_numpy()})
     else:
         new_rows = pd.DataFrame(columns=["entity_key", "first_seen", "escalation_level", "queued_at"])
 
+    # Still open and a cool-down since it was last queued: notify again, with today's numbers.
     still = open_rows[open_rows["entity_key"].isin(rows_by_key.keys())]
-    current = pd.concat([still[new_rows.columns], new_rows], ignore_index=True)
-    current["queued_at"] = pd.to_datetime(current["queued_at"], utc=True)
-    current["first_seen"] = pd.to_datetime(current["first_seen"], utc=True)
-
-    # Due for a (re-)notification: never queued, or queued a cool-down ago.
-    due = current[current["queued_at"].isna() | (current["queued_at"] <= now - spec.cooldown)]
+    due = still[still["queued_at"].isna() | (still["queued_at"] <= now - spec.cooldown)]
     if len(due):
         keys = due["entity_key"].tolist()
         _supersede(conn, spec.rule_id, keys, (NOTIFY,))
@@ -190,7 +193,12 @@ def sync(conn: sa.Connection, spec: AlertSpec, breaches: pd.DataFrame, now: date
             updates.append({"k": key, "m": summary})
         conn.execute(a.update().where(a.c.rule_id == spec.rule_id).where(a.c.entity_key == sa.bindparam("k"))
                      .values(queued_at=now, message=sa.bindparam("m")), updates)
-        current.loc[due.index, "queued_at"] = pd.Timestamp(now)
+        still = still.copy()
+        still.loc[due.index, "queued_at"] = pd.Timestamp(now)
+
+    current = pd.concat([still[new_rows.columns], new_rows], ignore_index=True)
+    current["queued_at"] = pd.to_datetime(current["queued_at"], utc=True)
+    current["first_seen"] = pd.to_datetime(current["first_seen"], utc=True)
 
     # Due for escalation: open for escalate_after × (level + 1).
     if spec.escalate_after and spec.max_escalations and spec.escalate_to:
@@ -336,6 +344,15 @@ def claim(engine: sa.Engine, rows: pd.DataFrame, now: datetime) -> list[int]:
         return sorted(int(i) for i in won)
 
 
+def release(engine: sa.Engine, ids: Sequence[int], retry_at: datetime) -> None:
+    """Give back claimed rows that were not sent (the channel is down): they wait until `retry_at`."""
+    q = alert_queue
+    with engine.begin() as conn:
+        for i in range(0, len(ids), CHUNK):
+            conn.execute(q.update().where(q.c.id.in_(list(ids[i:i + CHUNK]))).where(q.c.status == PENDING)
+                         .values(claim_token=None, claim_expires_at=None, next_attempt_at=_utc(retry_at)))
+
+
 def record_outcome(engine: sa.Engine, rows: pd.DataFrame, channel: str, attempts: Sequence[AttemptLike],
                    now: datetime) -> None:
     """After a send: every attempt into `alert_deliveries`, the queue rows marked, the ledger updated."""
@@ -353,9 +370,9 @@ def record_outcome(engine: sa.Engine, rows: pd.DataFrame, channel: str, attempts
         if last.ok:
             values = dict(status=SENT, sent_at=_utc(last.at), last_error=None, claim_token=None, claim_expires_at=None)
         else:
-            tries = int(rows["attempts"].max()) + len(attempts)
+            earlier = int(rows["attempts"].max())  # attempts of earlier rounds: 1 min, then 2, 4, ... up to 30
             hold = timedelta(seconds=float(rows["hold"].min()))
-            delay = min(timedelta(minutes=1) * 2 ** min(tries, 10), MAX_RETRY_DELAY, hold)
+            delay = min(timedelta(minutes=1) * 2 ** min(earlier, 5), MAX_RETRY_DELAY, hold)
             values = dict(last_error=last.error, next_attempt_at=now + delay, claim_token=None, claim_expires_at=None)
         for i in range(0, len(ids), CHUNK):
             conn.execute(q.update().where(q.c.id.in_(ids[i:i + CHUNK]))

@@ -119,9 +119,6 @@ class AlertSettings:
         g = self.group(target)
         return [(ch, g.mentions) for ch in g.channels]
 
-    def target_label(self, target: str) -> str:
-        return self.group(target).label if target not in self.channel_names or target in self.groups else target
-
 
 def load_alert_settings(config: Config) -> AlertSettings:
     return _Parser(config).parse()
@@ -162,7 +159,8 @@ class _Parser:
             self.fail(entry, f"{value!r} is not a list of {what}", f"write e.g. `[{next(iter(sorted(known)), 'x')}]`")
         for v in value:
             if v not in known:
-                self.fail(entry, f"unknown {what.rstrip('s')} {v!r}", f"use one of: {', '.join(sorted(known))}")
+                one = "group or channel" if what == "groups or channels" else what.rstrip("s")
+                self.fail(entry, f"unknown {one} {v!r}", f"use one of: {', '.join(sorted(known))}")
         return tuple(dict.fromkeys(value))
 
     def parse(self) -> AlertSettings:

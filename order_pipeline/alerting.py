@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 FRESHNESS_RULE = "source_freshness"
 RUN_FAILURE_RULE = "run_failure"
 TRACKING_LINK = "tracking_link"
+ASSETS_PREFIX = "assets:"
 PUBLISHED_STATE = "published_batch"  # order_pipeline.publish.STATE_KEY
 LINK_HOLD = timedelta(days=1)  # an in-doubt tracking link is sent again after a day at the earliest
 
@@ -115,9 +116,13 @@ class Alerting:
                     conn, self.freshness_spec(age.sla.owner), rows, now, self._freshness_render(age, now), s.route,
                     s.board_url, scope_keys=[key])
             links = self._queue_links(conn, now)
-            ready_at = ledger.next_ready_at(conn, now)
-        dues = [r.next_due for r in results.values() if r.next_due] + ([ready_at] if ready_at else [])
+        dues = [r.next_due for r in results.values() if r.next_due]
         return Evaluation(now, {r: b.count for r, b in found.items()}, results, ages, links, min(dues) if dues else None)
+
+    def queue_ready_at(self, now: datetime) -> datetime | None:
+        """When a queued message can next go out (now, a retry time or an expiring claim); None: queue empty."""
+        with self.engine.connect() as conn:
+            return ledger.next_ready_at(conn, now)
 
     def _rule_render(self, rule: Rule, now: datetime):
         tz, board = self.config.timezone, self.settings.board_url
@@ -146,12 +151,18 @@ class Alerting:
             return ledger.sync(conn, self.run_spec(), rows, now, lambda row, kind, fs: (summary, msg),
                                self.settings.route, self.settings.board_url, scope_keys=[entity])
 
-    def run_succeeded(self, entity: str, now: datetime) -> ledger.SyncResult:
-        """A later successful run of the same job resolves its failure alert."""
+    def run_succeeded(self, job: str, asset_keys: list[str] | None, now: datetime) -> ledger.SyncResult:
+        """A later successful run resolves the failure alerts it covers: the same job, or for asset
+        runs every failure whose assets it materialized again."""
+        done = set(asset_keys or ())
+        with self.engine.connect() as conn:
+            open_keys = ledger.open_alerts(conn, [RUN_FAILURE_RULE])["entity_key"].tolist()
+        covered = [k for k in open_keys
+                   if k == job or (k.startswith(ASSETS_PREFIX) and set(k[len(ASSETS_PREFIX):].split(",")) <= done)]
         empty = pd.DataFrame(columns=["entity_key", "order_no"])
         with self.engine.begin() as conn:
             return ledger.sync(conn, self.run_spec(), empty, _utc(now), lambda row, kind, fs: ("", None),
-                               self.settings.route, self.settings.board_url, scope_keys=[entity])
+                               self.settings.route, self.settings.board_url, scope_keys=covered)
 
     # -- customer tracking links ----------------------------------------------------------------
 
@@ -193,9 +204,9 @@ class Alerting:
 
 
 def run_entity(job_name: str, asset_keys: list[str] | None) -> str:
-    """The ledger key of a run: its job, or for ad-hoc asset runs the assets it materialized."""
-    if asset_keys and job_name.startswith("__ASSET_JOB"):
-        return "assets:" + ",".join(sorted(asset_keys))
+    """The ledger key of a run: its job, or for ad-hoc asset runs the assets it was to materialize."""
+    if asset_keys and job_name.startswith("__"):
+        return ASSETS_PREFIX + ",".join(sorted(asset_keys))
     return job_name
 
 

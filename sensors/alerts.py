@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import dagster as dg
 
@@ -83,8 +83,9 @@ def alert_sensor(config: Config, interval: int = INTERVAL_SECONDS, runtime: Runt
         ev = alerting.evaluate(now)
         drained = dispatcher.drain(now)
         due = now + alerting.settings.evaluate_every
-        if ev.next_due is not None:
-            due = min(due, max(ev.next_due, now + timedelta(seconds=interval)))
+        for t in (ev.next_due, alerting.queue_ready_at(now)):  # a cool-down, an escalation, a retry, a rate limit
+            if t is not None:
+                due = min(due, t)
         context.update_cursor(AlertCursor(batch, now, due).dump())
         context.log.info(describe(ev, drained))
         return dg.SkipReason(describe(ev, drained))
@@ -96,14 +97,11 @@ def _failure_text(context: dg.RunFailureSensorContext) -> str:
     steps = context.get_step_failure_events()
     for event in steps:
         error = event.event_specific_data.error if event.event_specific_data else None
+        while error is not None and error.cause is not None:  # the user's exception, not Dagster's wrapper
+            error = error.cause
         if error is not None:
             return f"{event.step_key}: {error.message.strip()}"
     return context.failure_event.message or "the run failed"
-
-
-def _entity(run) -> str:
-    keys = [k.to_user_string() for k in (run.asset_selection or ())]
-    return run_entity(run.job_name, keys)
 
 
 def run_failure_sensor(config: Config, runtime: Runtime = alerting_runtime) -> dg.SensorDefinition:
@@ -113,7 +111,10 @@ def run_failure_sensor(config: Config, runtime: Runtime = alerting_runtime) -> d
         now = clock.now()
         alerting, dispatcher = runtime(config, warehouse.url)
         run = context.dagster_run
-        alerting.run_failed(_entity(run), run.job_name, run.run_id, _failure_text(context), now)
+        keys = sorted(k.to_user_string() for k in (run.asset_selection or ()))
+        label = run.job_name if not keys or not run.job_name.startswith("__") else \
+            keys[0] + (f" 等{len(keys)}个资产" if len(keys) > 1 else "")
+        alerting.run_failed(run_entity(run.job_name, keys), label, run.run_id, _failure_text(context), now)
         drained = dispatcher.drain(now)
         context.log.info(f"run {run.run_id} failed: alerted, {drained.delivered} delivered, {drained.failed} failed")
 
@@ -128,7 +129,8 @@ def run_success_sensor(config: Config, runtime: Runtime = alerting_runtime) -> d
                                     clock: PipelineClock):
         now = clock.now()
         alerting, dispatcher = runtime(config, warehouse.url)
-        result = alerting.run_succeeded(_entity(context.dagster_run), now)
+        run = context.dagster_run
+        result = alerting.run_succeeded(run.job_name, [k.to_user_string() for k in (run.asset_selection or ())], now)
         if result.resolved:
             dispatcher.drain(now)
 

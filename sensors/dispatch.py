@@ -23,7 +23,10 @@ from resources.channels import AlertMessage, Attempt, Channel, RateBudget, deliv
 
 log = logging.getLogger(__name__)
 
-UNLIMITED = 1_000_000
+# Channels without a platform limit (outbox, e-mail, a plain webhook) still fold a flood into
+# digests rather than writing thousands of single messages in one round.
+DEFAULT_PER_MINUTE = 120
+RETRY_AFTER_OUTAGE = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ class Dispatcher:
 
     def _drain_channel(self, channel: Channel, group: pd.DataFrame, used: int, now: datetime,
                        clock: Callable[[], datetime], result: DrainResult) -> None:
-        budget = RateBudget(channel.max_per_minute or UNLIMITED, clock=time.monotonic)
+        budget = RateBudget(channel.max_per_minute or DEFAULT_PER_MINUTE, clock=time.monotonic)
         budget.record(min(used, budget.per_minute))
         messages = [_message(r) for r in group.itertuples(index=False)]
         batch = plan(channel, messages, budget)
@@ -86,7 +89,7 @@ class Dispatcher:
         if won != planned:  # another dispatcher took some: send only ours
             batch = plan(channel, [m for m in messages if int(m.keys[0]) in won], budget)
         result.waiting += len(group) - len(won)
-        for piece in batch:
+        for n, piece in enumerate(batch):
             ids = [int(k) for k in piece.keys]
             try:
                 attempts = deliver(channel, piece, retries=self.retries, backoff=self.backoff, sleep=self.sleep,
@@ -102,6 +105,13 @@ class Dispatcher:
             if not last.ok:
                 log.warning("alert %r via %s failed after %d attempt(s): %s", piece.title, channel.name,
                             len(attempts), last.error)
+                if last.retryable and n + 1 < len(batch):
+                    # The platform is down or throttling: the rest waits for the next round
+                    # instead of each message sitting through its own retries now.
+                    rest = [int(k) for m in batch[n + 1:] for k in m.keys]
+                    ledger.release(self.engine, rest, now + RETRY_AFTER_OUTAGE)
+                    result.waiting += len(rest)
+                    break
 
 
 def _message(row) -> AlertMessage:

@@ -199,7 +199,7 @@ def test_a_failing_channel_is_recorded_retried_later_and_does_not_hold_up_the_ot
         q = conn.execute(sa.select(alert_queue).where(alert_queue.c.channel == "wecom_wh")).mappings().one()
     assert q["status"] == "pending" and q["next_attempt_at"] is not None
 
-    dispatcher.drain(NOW + M)  # not yet: it waits for its retry time
+    dispatcher.drain(NOW + 30 * S)  # not yet: it waits for its retry time (a minute after a first failure)
     assert len(stub.posts) == 1
     drained = dispatcher.drain(NOW + 5 * M)  # the key was fixed meanwhile: delivered, not lost
     assert drained.delivered == 1 and len(stub.posts) == 2
@@ -216,6 +216,25 @@ def test_a_rate_limited_robot_is_retried_with_backoff_within_the_send(tmp_path, 
     wecom = d[d["channel"] == "wecom_wh"]
     assert wecom["ok"].tolist() == [False, False, True]
     assert "45009" in wecom["error"].iloc[0]
+
+
+def test_a_robot_that_is_down_holds_up_one_message_not_the_round(tmp_path, engine):
+    publish_rows(engine, [paid_order(f"SO-{i}") for i in range(3)])
+    down = {"on": True}
+    posts = []
+
+    def server(request):
+        posts.append(request)
+        return httpx.Response(502 if down["on"] else 200, json={"errcode": 0, "errmsg": "ok"})
+
+    alerting, dispatcher = wecom_runtime(tmp_path, engine, server)
+    _, drained = tick(alerting, dispatcher, NOW)
+    assert len(posts) == 4  # one message and its three retries; the other two wait for the next round
+    assert drained.waiting == 2 and drained.failed == 1
+    assert len(outbox(engine)) == 3  # the outbox channel was not held up
+    down["on"] = False
+    drained = dispatcher.drain(NOW + 5 * M)
+    assert drained.delivered == 3 and drained.failed == 0
 
 
 def test_a_burst_becomes_digests_within_twenty_messages_a_minute(tmp_path, engine):
@@ -324,15 +343,18 @@ def test_a_stale_source_alerts_the_data_owner_and_resolves_when_fresh(tmp_path, 
 
 def test_a_failed_run_alerts_the_data_team_once_and_a_success_resolves_it(tmp_path, engine):
     alerting, dispatcher = runtime(tmp_path, engine)
+    failed = "assets:raw_order_lines,raw_orders"
     for minutes in (0, 5):
-        alerting.run_failed("assets:raw_orders", "__ASSET_JOB", f"run-{minutes}", "raw_orders: cannot reach ERP",
+        alerting.run_failed(failed, "raw_order_lines 等2个资产", f"run-{minutes}", "raw_orders: cannot reach ERP",
                             NOW + minutes * M)
         dispatcher.drain(NOW + minutes * M)
     sent = outbox(engine)
     assert sent["channel"].tolist() == ["data_box"] and "cannot reach ERP" in sent["body"].iloc[0]
-    alerting.run_succeeded("assets:raw_orders", NOW + 10 * M)
+    alerting.run_succeeded("__ASSET_JOB", ["raw_orders"], NOW + 8 * M)  # covers only part of it
+    assert ledger_row(engine, "run_failure", failed)["resolved_at"] is None
+    alerting.run_succeeded("__ASSET_JOB", ["raw_orders", "raw_order_lines", "unified_orders"], NOW + 10 * M)
     dispatcher.drain(NOW + 10 * M)
-    assert ledger_row(engine, "run_failure", "assets:raw_orders")["resolved_at"] is not None
+    assert ledger_row(engine, "run_failure", failed)["resolved_at"] is not None
     assert outbox(engine)["title"].iloc[-1].startswith("【已恢复】")
 
 

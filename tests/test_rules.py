@@ -24,7 +24,7 @@ TZ = "Asia/Shanghai"
 H, S, D = timedelta(hours=1), timedelta(seconds=1), timedelta(days=1)
 
 
-# --- helpers shared with test_alerting and test_sensors -------------------------------------------
+# --- building blocks shared with test_alerting and test_sensors -----------------------------------
 
 
 def order(order_no: str, stage: str, **fields) -> dict:
@@ -282,3 +282,30 @@ def test_default_rules_text_is_valid_yaml_with_four_entries():
 
 def test_the_rule_tables_exist_in_the_schema():
     assert {"order_alerts", "alert_deliveries", "alert_queue", "alert_outbox", "tracking_link_sends"} <= set(metadata.tables)
+
+
+@pytest.mark.parametrize("sections, entry, problem", [
+    ({"alerts": {"cooldwn": "2h"}}, "alerts.cooldwn", "unknown setting"),
+    ({"alerts": {"cooldown": "two hours"}}, "alerts.cooldown", "'two hours' is not a duration"),
+    ({"alerts": {"groups": {"warehouse": {"channels": ["wecom_wh"]}}}}, "alerts.groups.warehouse.channels",
+     "unknown channel 'wecom_wh'"),
+    ({"alerts": {"escalate_to": ["ops_leed"]}}, "alerts.escalate_to", "unknown group or channel 'ops_leed'"),
+    ({"freshness": {"carrier": "2 hours"}}, "freshness.carrier", "'2 hours' is not a duration"),
+    ({"freshness": {"orders": "5m"}}, "freshness.orders", "source 'orders' is not configured"),
+    ({"alerts": {"tracking_links": {"channel": "sms"}}}, "alerts.tracking_links.channel", "unknown channel 'sms'"),
+])
+def test_alert_section_mistakes_name_the_entry(tmp_path, sections, entry, problem):
+    with pytest.raises(ConfigError) as err:
+        load_alert_settings(make_config(tmp_path, "sqlite://", **sections))
+    assert err.value.entry == entry
+    assert problem in err.value.problem
+
+
+def test_without_configuration_every_group_goes_to_the_outbox(tmp_path):
+    settings = load_alert_settings(make_config(tmp_path, "sqlite://"))
+    assert [r.id for r in settings.rules] == ["paid_not_locked", "stock_below_safety", "stuck_parcel",
+                                              "promise_due_not_shipped"]
+    for group in ("warehouse", "purchasing", "customer_service", "ops_lead", "data"):
+        assert settings.route(group) == [("outbox", ())]
+    assert [s.source for s in settings.freshness] == ["carrier"]  # sources come with their config
+    assert settings.tracking_links is not None and not settings.web_configured

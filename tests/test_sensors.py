@@ -1,0 +1,258 @@
+"""Sensors against a real Dagster instance: source changes, the alert sensor across ticks (dedup,
+cool-down, escalation, resolution, a crash between send and record), run failures, carrier pushes."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from datetime import datetime, timedelta
+
+import dagster as dg
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from order_pipeline import alert_ledger
+from order_pipeline.config import Secret, SourceConfig
+from order_pipeline.schema import BATCH, alert_outbox, order_alerts, raw_tracking
+from resources.warehouse import PipelineClock, WarehouseResource
+from sensors import runtime
+from sensors.alerts import AlertCursor, alert_sensor, run_failure_sensor, run_success_sensor
+from sensors.carrier import carrier_push_sensor, poll_cron
+from sensors.sources import source_change_sensor
+
+from conftest import NOW
+from test_alerting import GROUPS, paid_order
+from test_rules import H, S, TZ, make_config, order, publish_rows, warehouse_url  # noqa: F401
+from order_pipeline.warehouse import Warehouse
+
+M = timedelta(minutes=1)
+
+
+@pytest.fixture(autouse=True)
+def fresh_runtime():
+    yield
+    runtime.forget()
+
+
+@pytest.fixture
+def engine(warehouse_url):
+    wh = Warehouse(warehouse_url)
+    wh.create_schema()
+    yield wh.engine
+    wh.engine.dispose()
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def resources(url: str, now: datetime) -> dict:
+    return {"warehouse": WarehouseResource(url=url), "clock": PipelineClock(now_iso=now.isoformat())}
+
+
+# --- source-change sensors ----------------------------------------------------------------------------
+
+
+def erp(tmp_path):
+    path = tmp_path / "erp.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE T_SAL_ORDER (FBillNo TEXT, FModifyDate TEXT)")
+    return path
+
+
+def orders_source(path, query: bool = False) -> SourceConfig:
+    columns = {"order_no": "FBillNo", "updated_at": "FModifyDate"}
+    if query:
+        return SourceConfig("orders", Secret(value=f"sqlite:///{path}"), None,
+                            "SELECT FBillNo, FModifyDate FROM T_SAL_ORDER WHERE FBillNo <> ''", columns, TZ)
+    return SourceConfig("orders", Secret(value=f"sqlite:///{path}"), "T_SAL_ORDER", None, columns, TZ)
+
+
+@pytest.mark.parametrize("query", [False, True])
+def test_source_sensor_requests_a_load_only_when_the_watermark_moves(tmp_path, instance, query):
+    path = erp(tmp_path)
+    sensor = source_change_sensor(orders_source(path, query), followers=["order_lines"])
+
+    def tick(cursor):
+        return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor))
+
+    empty = tick(None)
+    assert not empty.run_requests and "no rows yet" in empty.skip_message
+    with sqlite3.connect(path) as conn:
+        conn.executemany("INSERT INTO T_SAL_ORDER VALUES (?, ?)",
+                         [("SO1", "2026-11-25 09:58:00"), ("SO2", "2026-11-25 09:59:30")])
+    first = tick(None)
+    [request] = first.run_requests
+    assert request.run_key == "orders:2026-11-25 09:59:30"
+    assert request.asset_selection == [dg.AssetKey("raw_orders"), dg.AssetKey("raw_order_lines")]
+    assert first.cursor == "2026-11-25 09:59:30"
+
+    same = tick(first.cursor)
+    assert not same.run_requests
+    assert same.skip_message == "no new rows in orders since 2026-11-25 09:59:30"
+
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE T_SAL_ORDER SET FModifyDate = '2026-11-25 10:00:05' WHERE FBillNo = 'SO1'")
+    moved = tick(same.cursor or first.cursor)
+    assert [r.run_key for r in moved.run_requests] == ["orders:2026-11-25 10:00:05"]
+
+
+# --- the alert sensor across ticks ---------------------------------------------------------------------
+
+
+class Ticks:
+    """Evaluates the alert sensor as the daemon would: the cursor is kept only when a tick succeeds."""
+
+    def __init__(self, sensor, instance, url):
+        self.sensor, self.instance, self.url, self.cursor = sensor, instance, url, None
+
+    def __call__(self, now: datetime):
+        ctx = dg.build_sensor_context(instance=self.instance, cursor=self.cursor, resources=resources(self.url, now))
+        data = self.sensor.evaluate_tick(ctx)
+        self.cursor = data.cursor
+        return data
+
+
+def outbox(engine) -> pd.DataFrame:
+    with engine.connect() as conn:
+        return pd.read_sql(sa.select(alert_outbox).order_by(alert_outbox.c.id), conn)
+
+
+def alert(engine, rule_id="paid_not_locked", key="SO-1") -> dict:
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.select(order_alerts).where(order_alerts.c.rule_id == rule_id)
+                                 .where(order_alerts.c.entity_key == key)).mappings().one())
+
+
+@pytest.fixture
+def ticks(tmp_path, engine, instance):
+    config = make_config(tmp_path, str(engine.url), **GROUPS)
+    return Ticks(alert_sensor(config), instance, str(engine.url))
+
+
+def test_nothing_published_yet_is_a_reason_to_skip(ticks):
+    assert "nothing published yet" in ticks(NOW).skip_message
+
+
+def test_alert_sensor_dedups_resends_escalates_and_resolves_across_ticks(ticks, engine):
+    publish_rows(engine, [paid_order()])
+    first = ticks(NOW)
+    assert "paid_not_locked 1" in first.skip_message and not first.run_requests
+    assert outbox(engine)["channel"].tolist() == ["wh_box"]
+    cursor = AlertCursor.parse(ticks.cursor)
+    assert cursor.batch.startswith("1@") and cursor.due_at == NOW + timedelta(minutes=5)
+
+    idle = ticks(NOW + 30 * S)
+    assert idle.skip_message.startswith("snapshot unchanged")
+    for minutes in (5, 60, 119):  # re-evaluated, but within the cool-down: nothing sent
+        ticks(NOW + minutes * M)
+    assert len(outbox(engine)) == 1
+
+    ticks(NOW + 2 * H)
+    assert len(outbox(engine)) == 2
+    ticks(NOW + 4 * H)
+    assert outbox(engine)["channel"].tolist()[-1] == "lead_box" and alert(engine)["escalation_level"] == 1
+
+    publish_rows(engine, [order("SO-1", "locked", paid_at=NOW - 3 * H, locked_at=NOW + 4 * H)], batch=2)
+    resolved = ticks(NOW + 4 * H + 30 * S)  # a new batch is evaluated at once, whatever was due
+    assert "paid_not_locked 0" in resolved.skip_message
+    assert alert(engine)["resolved_at"] is not None
+    assert outbox(engine)["title"].iloc[-1].startswith("【已恢复】")
+    count = len(outbox(engine))
+    ticks(NOW + 4 * H + M)
+    ticks(NOW + 5 * H)
+    assert len(outbox(engine)) == count
+
+
+def test_a_crash_between_send_and_record_across_ticks(ticks, engine, monkeypatch):
+    publish_rows(engine, [paid_order()])
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("the code server was killed here")
+
+    with monkeypatch.context() as m:
+        m.setattr(alert_ledger, "record_outcome", killed)
+        with pytest.raises(Exception, match="killed"):
+            ticks(NOW)
+    assert ticks.cursor is None  # the failed tick kept no cursor
+    assert len(outbox(engine)) == 1  # but the message went out
+
+    for later in (30 * S, 5 * M, H, 2 * H - S):  # restarted daemon, ticks go on: nothing is sent twice
+        ticks(NOW + later)
+    assert len(outbox(engine)) == 1
+    ticks(NOW + 2 * H)  # a cool-down after the in-doubt send: sent once more
+    assert len(outbox(engine)) == 2
+    ticks(NOW + 2 * H + M)
+    assert len(outbox(engine)) == 2
+
+
+def test_an_idle_tick_is_cheap(ticks, engine):
+    publish_rows(engine, [paid_order(f"SO-{i}") for i in range(200)])
+    ticks(NOW)
+    timings = []
+    for i in range(1, 6):
+        started = time.perf_counter()
+        data = ticks(NOW + i * 10 * S)
+        timings.append(time.perf_counter() - started)
+        assert data.skip_message.startswith("snapshot unchanged")
+    assert sorted(timings)[2] < 0.2, timings
+
+
+# --- run failures -------------------------------------------------------------------------------------
+
+
+def test_a_failed_run_alerts_the_data_team_and_a_success_resolves_it(tmp_path, engine, instance):
+    config = make_config(tmp_path, str(engine.url), **GROUPS)
+    healthy = {"ok": False}
+
+    @dg.asset(name="raw_orders")
+    def raw_orders():
+        if not healthy["ok"]:
+            raise RuntimeError("cannot reach the ERP database")
+
+    def status_context(result, event_type):
+        run = instance.get_run_by_id(result.run_id)
+        event = next(e for e in result.all_events if e.event_type == event_type)
+        return dg.build_run_status_sensor_context(sensor_name="s", dagster_event=event, dagster_instance=instance,
+                                                  dagster_run=run, resources=resources(str(engine.url), NOW))
+
+    failed = dg.materialize([raw_orders], instance=instance, raise_on_error=False)
+    run_failure_sensor(config)(status_context(failed, dg.DagsterEventType.RUN_FAILURE).for_run_failure())
+    sent = outbox(engine)
+    assert sent["channel"].tolist() == ["data_box"]
+    assert "cannot reach the ERP database" in sent["body"].iloc[0]
+    entity = alert(engine, "run_failure", failed.job_def.name)
+    assert entity["scope"] == "run" and entity["severity"] == "critical"
+
+    healthy["ok"] = True
+    ok = dg.materialize([raw_orders], instance=instance)
+    run_success_sensor(config)(status_context(ok, dg.DagsterEventType.RUN_SUCCESS))
+    assert alert(engine, "run_failure", failed.job_def.name)["resolved_at"] is not None
+
+
+# --- the carrier -----------------------------------------------------------------------------------------
+
+
+def test_a_kuaidi100_push_is_recorded_as_a_raw_tracking_update(engine, instance):
+    sensor = carrier_push_sensor()
+    res = {"warehouse": WarehouseResource(url=str(engine.url))}
+    first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=res))
+    assert "no Kuaidi100 push" in first.skip_message
+    with engine.begin() as conn:
+        conn.execute(raw_tracking.insert().values(waybill_no="SF1", is_signed=False, via="push", **{BATCH: 7}))
+    pushed = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=res))
+    [event] = pushed.asset_events
+    assert event.asset_key == dg.AssetKey("raw_tracking") and pushed.cursor == "7"
+    again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=pushed.cursor, resources=res))
+    assert not again.asset_events and "since batch 7" in again.skip_message
+
+
+@pytest.mark.parametrize("every, cron", [
+    (timedelta(hours=2), "0 */2 * * *"), (timedelta(minutes=30), "*/30 * * * *"), (timedelta(days=1), "0 0 * * *"),
+    (timedelta(hours=5), "0 * * * *"),
+])
+def test_poll_cadence(every, cron):
+    assert poll_cron(every) == cron
