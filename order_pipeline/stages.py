@@ -186,22 +186,31 @@ def _parcels(inp: OrderInputs, idx: pd.Index) -> pd.DataFrame:
     d = inp.deliveries.drop_duplicates("waybill_no").set_index("waybill_no")
     p = s[["order_no", "waybill_no", "carrier_code", "weight_kg", "shipped_at"]].reset_index(drop=True)
     w = p["waybill_no"]
-    state = pd.to_numeric(w.map(t["state"]), errors="coerce")
+
+    def tracking(col: str) -> pd.Series:
+        return _lookup(t[col], w)
+
+    state = pd.to_numeric(tracking("state"), errors="coerce")
     pod = w.isin(d.index)
     p["state"] = state
     p["tracked"] = w.isin(t.index) & state.notna()
-    p["signed"] = state.eq(SIGNED_STATE) | w.map(t["is_signed"]).astype("boolean").fillna(False).astype(bool) | pod
+    p["signed"] = state.eq(SIGNED_STATE) | tracking("is_signed").astype("boolean").fillna(False).astype(bool) | pod
     p["exception"] = state.isin(EXCEPTION_STATES) & ~p["signed"]
     p["moving"] = state.isin(TRANSIT_STATES)
     p["out_for_delivery"] = state.eq(OUT_FOR_DELIVERY_STATE)
-    p["first_event_at"] = _utc(w.map(t["first_event_at"]))
-    p["last_event_at"] = _utc(w.map(t["last_event_at"]))
-    p["last_context"] = w.map(t["last_context"])
-    p["last_area"] = w.map(t["last_area"])
-    p["signer"] = w.map(d["signer"])
+    p["first_event_at"] = _utc(tracking("first_event_at"))
+    p["last_event_at"] = _utc(tracking("last_event_at"))
+    p["last_context"] = tracking("last_context")
+    p["last_area"] = tracking("last_area")
+    p["signer"] = _lookup(d["signer"], w)
     # A proof of delivery gives the signing time; otherwise the carrier's last event.
-    p["signed_at"] = _utc(w.map(d["signed_at"])).fillna(p["last_event_at"].where(p["signed"]))
+    p["signed_at"] = _utc(_lookup(d["signed_at"], w)).fillna(p["last_event_at"].where(p["signed"]))
     return p
+
+
+def _lookup(values: pd.Series, keys: pd.Series) -> pd.Series:
+    """values[key] for each key (NaN/NaT when absent), keeping the values' dtype even when empty."""
+    return values.reindex(keys.to_numpy()).set_axis(keys.index)
 
 
 def _utc(values: pd.Series) -> pd.Series:

@@ -88,22 +88,15 @@ def current_batch(conn: sa.Connection) -> int:
 # -- reading -----------------------------------------------------------------------------
 
 def read_frame(conn: sa.Connection, query: sa.Executable, datetime_cols: Iterable[str] = ()) -> pd.DataFrame:
-    """Run a SELECT through the raw driver cursor and parse timestamps vectorized.
+    """Run a SELECT and read its rows straight from the driver cursor; parse timestamps vectorized.
 
-    Going around SQLAlchemy's per-row result processing is what keeps a 10M-row
-    read in seconds rather than minutes.
+    Skipping SQLAlchemy's per-row result processing is what keeps a 10M-row read in
+    seconds rather than minutes.
     """
-    compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
-    params = compiled.construct_params()
-    if compiled.positiontup is not None:
-        params = tuple(params[name] for name in compiled.positiontup)
-    cur = conn.connection.driver_connection.cursor()
-    try:
-        cur.execute(str(compiled), params)
-        names = [d[0] for d in cur.description]
-        frame = pd.DataFrame.from_records(cur.fetchall(), columns=names, coerce_float=True)
-    finally:
-        cur.close()
+    result = conn.execute(query)  # SQLAlchemy binds the parameters the way it stores values
+    names = list(result.keys())
+    frame = pd.DataFrame.from_records(result.cursor.fetchall(), columns=names, coerce_float=True)
+    result.close()
     for col in datetime_cols:
         frame[col] = pd.to_datetime(frame[col], utc=True, format="ISO8601")
     return frame

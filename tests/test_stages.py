@@ -238,3 +238,18 @@ def test_many_orders_at_once_keep_their_own_facts():
                                     reservations=pd.DataFrame(a.reservations))).set_index("order_no")
     assert out.loc["SO1", "stage"] == "locked"
     assert out.loc["SO2", "stage"] == "ordered" and out.loc["SO2", "missing_info"] == "order_lines"
+
+
+def test_typed_but_empty_carrier_frames_are_no_carrier_facts():
+    """An incremental run reads typed, empty frames for parcels nobody has tracked or signed yet."""
+    o = paid_locked().ship()
+    ts = pd.Series([], dtype="datetime64[us, UTC]")
+    tracking = pd.DataFrame({"waybill_no": pd.Series([], dtype=object), "state": pd.Series([], dtype=float),
+                             "is_signed": pd.Series([], dtype=bool), "first_event_at": ts, "last_event_at": ts,
+                             "last_context": pd.Series([], dtype=object), "last_area": pd.Series([], dtype=object)})
+    deliveries = pd.DataFrame({"waybill_no": pd.Series([], dtype=object), "signer": pd.Series([], dtype=object),
+                               "signed_at": ts})
+    r = derive_orders(OrderInputs(orders=pd.DataFrame([o.order]), lines=pd.DataFrame(o.lines),
+                                  payments=pd.DataFrame(o.payments), reservations=pd.DataFrame(o.reservations),
+                                  shipments=pd.DataFrame(o.shipments), tracking=tracking, deliveries=deliveries)).iloc[0]
+    assert r["stage"] == "shipped" and r["missing_info"] == "carrier_tracking"
