@@ -12,9 +12,7 @@ import click
 import pandas as pd
 
 from .config import CONFIG_ENV, Config, ConfigError, load_config
-
-DEMO_KEY_ENV = "ORDER_PIPELINE_DEMO_KUAIDI100_KEY"
-DEMO_KEY = "demo-key"  # the carrier sandbox's key; only ever used with a sandbox:// endpoint
+from .demo import DEMO_KEY, DEMO_KEY_ENV, MIN_DAYS, MIN_ORDERS
 
 
 def _now(value: str | None) -> datetime:
@@ -28,6 +26,7 @@ def _now(value: str | None) -> datetime:
 
 
 def _config(path: str | None) -> Config:
+    # The demo config names this variable for the sandbox's key; a real config names its own.
     os.environ.setdefault(DEMO_KEY_ENV, DEMO_KEY)
     try:
         return load_config(path)
@@ -101,8 +100,8 @@ now_option = click.option("--now", help="Pin the clock (ISO time; naive means As
 
 @main.command()
 @click.option("--dir", "target", default="data/demo", show_default=True, type=click.Path(file_okay=False))
-@click.option("--orders", default=5000, show_default=True, type=click.IntRange(min=50))
-@click.option("--days", default=30, show_default=True, type=click.IntRange(min=2))
+@click.option("--orders", default=5000, show_default=True, type=click.IntRange(min=MIN_ORDERS))
+@click.option("--days", default=30, show_default=True, type=click.IntRange(min=MIN_DAYS))
 @click.option("--seed", default=7, show_default=True)
 @now_option
 def demo(target: str, orders: int, days: int, seed: int, now: str | None) -> None:
@@ -116,8 +115,6 @@ def demo(target: str, orders: int, days: int, seed: int, now: str | None) -> Non
     company = build_demo_company(target_path, orders=orders, days=days, now=pinned, seed=seed,
                                  progress=lambda msg: click.echo(f"  … {msg}"))
     click.echo(f"  ✓ sources written in {time.perf_counter() - started:.1f} s")
-    for stale in ("warehouse.db", "warehouse.db-wal", "warehouse.db-shm"):
-        (target_path / stale).unlink(missing_ok=True)  # a demo starts from an empty warehouse
     config = _config(str(company.config_path))
     _run(config, pinned, full_refresh=True)
     _summary(config)
@@ -255,8 +252,9 @@ def carrier_sandbox(db: str, port: int) -> None:
     import uvicorn
 
     from .carrier_sandbox import app
+    from .demo import DEMO_CUSTOMER
 
-    uvicorn.run(app(db, "DEMO", os.environ.get(DEMO_KEY_ENV, DEMO_KEY)), host="127.0.0.1", port=port)
+    uvicorn.run(app(db, DEMO_CUSTOMER, os.environ.get(DEMO_KEY_ENV, DEMO_KEY)), host="127.0.0.1", port=port)
 
 
 if __name__ == "__main__":

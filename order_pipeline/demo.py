@@ -23,6 +23,7 @@ event, and written with one executemany per table: a million orders take under a
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 from collections.abc import Callable, Iterable
 from contextlib import closing
@@ -46,6 +47,8 @@ DEMO_CUSTOMER = "DEMO"
 DEMO_KEY = "demo-key"
 DEMO_KEY_ENV = "ORDER_PIPELINE_DEMO_KUAIDI100_KEY"
 
+LINK_SECRET_FILE = "secrets/link.key"
+DEMO_STAFF = ("ops", "demo-ops")  # the demo's ops board login
 MIN_ORDERS = 100  # fewer cannot give every case its minimum count
 MIN_DAYS = 10  # how far back the pinned cases (PINS) reach
 
@@ -276,6 +279,7 @@ def build_demo_company(
         say(f"{db}: " + ", ".join(f"{count:,} rows in {table}" for table, count in written.items()))
 
     config_path = target / CONFIG_NAME
+    _write_link_secret(target)
     config_path.write_text(_config_text(carrier_db, max_polls=len(plan.parcels)), encoding="utf-8")
     say(f"wrote {config_path}")
     return DemoCompany(target / "erp.db", target / "finance.db", target / "wms.db", carrier_db, config_path, counts)
@@ -825,9 +829,21 @@ def _event_text(kind: int, q: dict[str, np.ndarray]) -> tuple[np.ndarray, np.nda
 
 
 def _config_text(carrier_db: Path, max_polls: int) -> str:
+    from .web.passwords import hash_password
+
     # The sandbox path is written absolute: the config resolves relative paths in database URLs only.
     return CONFIG_TEMPLATE.format(endpoint=json.dumps(f"sandbox://{carrier_db}"), max_polls=max_polls,
-                                  customer=DEMO_CUSTOMER, key_env=DEMO_KEY_ENV, key=DEMO_KEY)
+                                  customer=DEMO_CUSTOMER, key_env=DEMO_KEY_ENV, key=DEMO_KEY,
+                                  link_secret=LINK_SECRET_FILE, staff_user=DEMO_STAFF[0],
+                                  staff_password=DEMO_STAFF[1], staff_hash=hash_password(DEMO_STAFF[1]))
+
+
+def _write_link_secret(target: Path) -> None:
+    """A fresh random secret for signing the demo's tracking links, readable by its owner only."""
+    path = target / LINK_SECRET_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(secrets.token_urlsafe(32), encoding="utf-8")
+    path.chmod(0o600)
 
 
 CONFIG_TEMPLATE = """\
@@ -992,6 +1008,27 @@ carrier:
   timeout: 10s
   retries: 3                 # further attempts after a server fault (returnCode 501/502) or a timeout
   transit_days: 3            # ETA when the carrier gives none: shipped_at + this many days
+
+# The customer tracking page and the ops board: `order-pipeline serve --config <this file>`.
+# Links are signed with a secret kept outside this file: in production
+#   link_secret_env: ORDER_PIPELINE_LINK_SECRET
+# and the demo writes a random one into {link_secret}. Staff log in with a scrypt hash
+# made by `order-pipeline hash-password`; the demo's login is {staff_user} / {staff_password}.
+web:
+  base_url: http://127.0.0.1:8080
+  link_secret_file: {link_secret}
+  link_ttl: 7d
+  rate_limits: {{per_ip: 120/1m, per_order: 30/1m, login: 10/1m}}
+  staff:
+    - {{username: {staff_user}, password_hash: "{staff_hash}"}}
+
+# Alerts: the four SLA rules of the design are the defaults (see README, "Alerts"). Without
+# channels every group goes to the local outbox (table alert_outbox and the log), as here.
+alerts:
+  board_url: http://127.0.0.1:8080
+  cooldown: 2h
+  escalate_after: 4h
+  tracking_links: {{channel: outbox, within: 24h}}   # a link for each new order
 """
 
 

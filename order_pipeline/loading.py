@@ -7,6 +7,7 @@ high-water mark; order lines follow the orders that changed.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,8 +18,8 @@ from .canonical import SOURCE_ENTITIES, Entity
 from .config import SourceConfig
 from .schema import BATCH, RAW_TABLES
 from .validation import record_keys, validate
-from .warehouse import (clear_rejects, delete_keys, get_state, insert_frame, next_batch, read_frame, record_rejects,
-                        replace_keys, set_state)
+from .warehouse import (clear_rejects, delete_keys, get_state, insert_frame, next_batch, read_frame, rebuilding,
+                        record_rejects, replace_keys, set_state)
 
 IN_CHUNK = 500  # keys per IN (...) list when reading a source by order numbers
 
@@ -76,18 +77,21 @@ def load_source(wh: sa.Engine, src: sa.Engine, sc: SourceConfig, now: datetime, 
     hwm_key = f"hwm:{entity.name}"
     with wh.connect() as conn:
         since = None if full else get_state(conn, hwm_key)
+    full = since is None  # a first load is a full one
     frame = read_source(src, sc, since)
-    good, rejects = validate(entity, frame, sc.timezone, _inverse(sc))
+    good, rejects = validate(entity, frame, sc.timezone, sc.columns)
     raw_wm = frame[entity.watermark].dropna()
     table = RAW_TABLES[entity.name]
     with wh.begin() as conn:
         if since is not None:
             good = _skip_reread_boundary(conn, table, entity, good, frame, since)
         batch = next_batch(conn, now)
-        if full:
-            conn.execute(table.delete())
         good[BATCH] = batch
-        replace_keys(conn, table, good, entity.key)
+        if full:
+            with rebuilding(conn, table):
+                insert_frame(conn, table, good)
+        else:
+            replace_keys(conn, table, good, entity.key)
         _record(conn, entity, good, rejects, now)
         if len(raw_wm):
             set_state(conn, hwm_key, str(raw_wm.max()), now)
@@ -126,16 +130,15 @@ def _load_children(wh: sa.Engine, src: sa.Engine, sc: SourceConfig, entity: Enti
             seen = int(get_state(conn, state_key, "0"))
             order_nos = [r[0] for r in conn.execute(sa.select(parent.c.order_no).where(parent.c[BATCH] > seen))]
     frame = read_source(src, sc, order_nos=order_nos)
-    good, rejects = validate(entity, frame, sc.timezone, _inverse(sc))
+    good, rejects = validate(entity, frame, sc.timezone, sc.columns)
     table = RAW_TABLES[entity.name]
     with wh.begin() as conn:
         batch = next_batch(conn, now)
-        if full:
-            conn.execute(table.delete())
-        else:
-            delete_keys(conn, table, pd.DataFrame({"order_no": order_nos}), ["order_no"])
         good[BATCH] = batch
-        insert_frame(conn, table, good)
+        with rebuilding(conn, table) if full else nullcontext():
+            if not full:
+                delete_keys(conn, table, pd.DataFrame({"order_no": order_nos}), ["order_no"])
+            insert_frame(conn, table, good)
         _record(conn, entity, good, rejects, now)
         set_state(conn, state_key, str(parent_batch), now)
     return LoadResult(entity.name, len(frame), len(good), len(rejects), batch, None)
@@ -145,7 +148,3 @@ def _record(conn, entity: Entity, good: pd.DataFrame, rejects: pd.DataFrame, now
     """Rejects of this load in; earlier rejects whose key now arrived in good shape out."""
     clear_rejects(conn, entity.name, record_keys(good, entity.key))
     record_rejects(conn, entity.name, rejects, now)
-
-
-def _inverse(sc: SourceConfig) -> dict[str, str]:
-    return {canon: source for canon, source in sc.columns.items()}

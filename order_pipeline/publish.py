@@ -8,6 +8,7 @@ and no row travels through Python.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -15,7 +16,7 @@ import sqlalchemy as sa
 
 from .schema import (BATCH, RAW_TABLES, order_tracking_events, order_tracking_parcels, order_tracking_snapshot,
                      raw_tracking, raw_tracking_events, unified_orders)
-from .warehouse import get_state, set_state
+from .warehouse import get_state, rebuilding, set_state
 
 STATE_KEY = "published_batch"
 STAGE_TIMES = (("ordered", "ordered_at"), ("paid", "paid_at"), ("locked", "locked_at"), ("shipped", "shipped_at"),
@@ -41,19 +42,13 @@ def publish(engine: sa.Engine, now: datetime, full: bool = False) -> PublishResu
             return sa.true() if touched is None else col.in_(touched)
 
         tables = (order_tracking_snapshot, order_tracking_parcels, order_tracking_events)
-        for table in tables:
-            conn.execute(table.delete().where(scope(table.c.order_no)))
-        if full:  # building an index once over sorted rows beats updating it row by row
-            for table in tables:
-                for index in table.indexes:
-                    index.drop(conn)
-        orders = _insert(conn, order_tracking_snapshot, _snapshot_rows(now).where(scope(unified_orders.c.order_no)))
-        _insert(conn, order_tracking_parcels, _parcel_rows().where(scope(RAW_TABLES["shipments"].c.order_no)))
-        events = sum(_insert(conn, order_tracking_events, q.where(scope(col))) for q, col in _event_rows())
-        if full:
-            for table in tables:
-                for index in table.indexes:
-                    index.create(conn)
+        with rebuilding(conn, *tables) if full else nullcontext():
+            if not full:
+                for table in tables:
+                    conn.execute(table.delete().where(scope(table.c.order_no)))
+            orders = _insert(conn, order_tracking_snapshot, _snapshot_rows(now).where(scope(unified_orders.c.order_no)))
+            _insert(conn, order_tracking_parcels, _parcel_rows().where(scope(RAW_TABLES["shipments"].c.order_no)))
+            events = sum(_insert(conn, order_tracking_events, q.where(scope(col))) for q, col in _event_rows())
         set_state(conn, STATE_KEY, str(upto), now)
         counts = dict(conn.execute(sa.select(order_tracking_snapshot.c.stage, sa.func.count())
                                    .group_by(order_tracking_snapshot.c.stage)).all())

@@ -59,24 +59,84 @@ def _empty(columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
 
 
+# What derivation reads of each source (and the keys orphan rows are reported by): `unify` selects these.
+INPUT_COLUMNS = {
+    "orders": ["order_no", "customer_name", "customer_phone", "ship_address", "amount", "currency", "ordered_at",
+               "promised_date", "status", "updated_at"],
+    "lines": ["order_no", "sku", "qty"],
+    "payments": ["payment_id", "order_no", "amount", "paid_at", "voucher_no", "status"],
+    "reservations": ["reservation_id", "order_no", "sku", "qty", "status", "locked_at"],
+    "shipments": ["order_no", "waybill_no", "carrier_code", "weight_kg", "shipped_at"],
+    "tracking": ["waybill_no", "state", "is_signed", "first_event_at", "last_event_at", "last_context", "last_area"],
+    "deliveries": ["waybill_no", "signer", "signed_at"],
+}
+
+
 @dataclass
 class OrderInputs:
     """Canonical rows of every source, restricted to the orders being derived."""
 
     orders: pd.DataFrame
-    lines: pd.DataFrame = field(default_factory=lambda: _empty(["order_no", "sku", "qty"]))
-    payments: pd.DataFrame = field(default_factory=lambda: _empty(["order_no", "amount", "paid_at", "voucher_no", "status"]))
-    reservations: pd.DataFrame = field(default_factory=lambda: _empty(["order_no", "sku", "qty", "status", "locked_at"]))
-    shipments: pd.DataFrame = field(default_factory=lambda: _empty(["order_no", "waybill_no", "carrier_code", "weight_kg", "shipped_at"]))
-    tracking: pd.DataFrame = field(default_factory=lambda: _empty(
-        ["waybill_no", "state", "is_signed", "first_event_at", "last_event_at", "last_context", "last_area"]))
-    deliveries: pd.DataFrame = field(default_factory=lambda: _empty(["waybill_no", "signer", "signed_at"]))
+    lines: pd.DataFrame = field(default_factory=lambda: _empty(INPUT_COLUMNS["lines"]))
+    payments: pd.DataFrame = field(default_factory=lambda: _empty(INPUT_COLUMNS["payments"]))
+    reservations: pd.DataFrame = field(default_factory=lambda: _empty(INPUT_COLUMNS["reservations"]))
+    shipments: pd.DataFrame = field(default_factory=lambda: _empty(INPUT_COLUMNS["shipments"]))
+    tracking: pd.DataFrame = field(default_factory=lambda: _empty(INPUT_COLUMNS["tracking"]))
+    deliveries: pd.DataFrame = field(default_factory=lambda: _empty(INPUT_COLUMNS["deliveries"]))
+
+
+class _PerOrder:
+    """Aggregates rows of a child frame per order through integer positions.
+
+    Order numbers are hashed once per frame; every sum, max or count after that works
+    on integers, which is what keeps a million orders in seconds rather than minutes.
+    """
+
+    def __init__(self, frame: pd.DataFrame, orders: pd.Index):
+        pos = orders.get_indexer(frame["order_no"])
+        keep = pos >= 0
+        self.rows = frame[keep].reset_index(drop=True)
+        self.pos = pos[keep]
+        self.n = len(orders)
+
+    def count(self, mask=None) -> np.ndarray:
+        weights = None if mask is None else np.asarray(mask, dtype=float)
+        return np.bincount(self.pos, weights=weights, minlength=self.n).astype(int)
+
+    def sum(self, col: str) -> np.ndarray:
+        values = self.rows[col].fillna(0).to_numpy(dtype=float)
+        return np.bincount(self.pos, weights=values, minlength=self.n)
+
+    def any(self, mask) -> np.ndarray:
+        return self.count(mask) > 0
+
+    def agg(self, col: str, how: str) -> pd.Series:
+        """min / max of a column per order (NaN or NaT where an order has none)."""
+        grouped = pd.Series(self.rows[col].array).groupby(self.pos, sort=False).agg(how)
+        return grouped.reindex(pd.RangeIndex(self.n))
+
+    def join(self, col: str) -> pd.Series:
+        """Distinct non-null values per order, sorted and comma-joined; most orders have one."""
+        rows = pd.DataFrame({"pos": self.pos, "v": self.rows[col].to_numpy(dtype=object)}).dropna().drop_duplicates()
+        out = pd.Series(None, index=pd.RangeIndex(self.n), dtype=object)
+        counts = np.bincount(rows["pos"], minlength=self.n)
+        single = counts[rows["pos"]] == 1
+        out.iloc[rows["pos"][single].to_numpy()] = rows["v"][single].astype(str).to_numpy()
+        multi = rows[~single].astype({"v": str}).sort_values(["pos", "v"])
+        joined = multi.groupby("pos", sort=False)["v"].agg(",".join)
+        out.iloc[joined.index.to_numpy()] = joined.to_numpy()
+        return out
+
+    def last_by(self, col: str) -> pd.DataFrame:
+        """Per order, the row with the greatest `col` (missing values count as oldest)."""
+        rows = self.rows.assign(_pos=self.pos).sort_values(["_pos", col], na_position="first")
+        return rows.drop_duplicates("_pos", keep="last").set_index("_pos").reindex(pd.RangeIndex(self.n))
 
 
 def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
-    o = inp.orders.drop_duplicates("order_no").set_index("order_no")
-    idx = o.index
-    out = pd.DataFrame(index=idx)
+    o = inp.orders.drop_duplicates("order_no").reset_index(drop=True)
+    orders = pd.Index(o["order_no"])
+    out = pd.DataFrame({"order_no": o["order_no"]})
     for col in ("customer_name", "customer_phone", "ship_address", "amount", "currency", "ordered_at",
                 "promised_date", "status"):
         out[col] = o[col] if col in o else None
@@ -85,51 +145,48 @@ def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
     amount = pd.to_numeric(out["amount"], errors="coerce").fillna(0.0)
 
     # Payments: an order is paid when its paid payments cover the amount.
-    pay = inp.payments[inp.payments["order_no"].isin(idx)]
-    paid_rows = pay[pay["status"] == "paid"]
-    out["paid_amount"] = paid_rows.groupby("order_no")["amount"].sum().reindex(idx).fillna(0.0)
-    out["refunded_amount"] = pay[pay["status"] == "refunded"].groupby("order_no")["amount"].sum().reindex(idx).fillna(0.0)
+    pay = inp.payments
+    paid = _PerOrder(pay[pay["status"] == "paid"], orders)
+    out["paid_amount"] = paid.sum("amount")
+    out["refunded_amount"] = _PerOrder(pay[pay["status"] == "refunded"], orders).sum("amount")
     is_paid = out["paid_amount"] >= amount - AMOUNT_TOLERANCE
-    out["paid_at"] = paid_rows.groupby("order_no")["paid_at"].max().reindex(idx).where(is_paid)
-    out["voucher_no"] = _join_by(paid_rows, "voucher_no").reindex(idx)
+    out["paid_at"] = paid.agg("paid_at", "max").where(is_paid)
+    out["voucher_no"] = paid.join("voucher_no")
 
     # Lines and reservations: locked when active reservations cover every line.
-    lines = inp.lines[inp.lines["order_no"].isin(idx)]
-    need = lines.groupby(["order_no", "sku"])["qty"].sum()
-    out["line_count"] = lines.groupby("order_no").size().reindex(idx).fillna(0).astype(int)
-    out["total_qty"] = lines.groupby("order_no")["qty"].sum().reindex(idx).fillna(0.0)
-    res = inp.reservations[(inp.reservations["status"] == "locked") & inp.reservations["order_no"].isin(idx)]
-    have = res.groupby(["order_no", "sku"])["qty"].sum().reindex(need.index).fillna(0.0)
-    short_orders = need.index[(have < need).to_numpy()].get_level_values("order_no").unique()
-    is_locked = (out["line_count"] > 0) & ~idx.isin(short_orders)
-    out["locked_at"] = res.groupby("order_no")["locked_at"].max().reindex(idx).where(is_locked)
+    lines = _PerOrder(inp.lines, orders)
+    out["line_count"] = lines.count()
+    out["total_qty"] = lines.sum("qty")
+    res = _PerOrder(inp.reservations[inp.reservations["status"] == "locked"], orders)
+    is_locked = (out["line_count"] > 0) & ~_short_of_stock(lines, res)
+    out["locked_at"] = res.agg("locked_at", "max").where(is_locked)
 
-    parcels = _parcels(inp, idx)
-    g = parcels.groupby("order_no")
-    out["parcel_count"] = g.size().reindex(idx).fillna(0).astype(int)
-    out["parcels_signed"] = g["signed"].sum().reindex(idx).fillna(0).astype(int)
-    out["waybill_nos"] = _join_by(parcels, "waybill_no").reindex(idx)
-    out["carrier_codes"] = _join_by(parcels, "carrier_code").reindex(idx)
-    out["total_weight_kg"] = g["weight_kg"].sum(min_count=1).reindex(idx)
-    out["shipped_at"] = g["shipped_at"].min().reindex(idx)
-    out["in_transit_at"] = g["first_event_at"].min().reindex(idx)
-    any_exception = g["exception"].any().reindex(idx).fillna(False).astype(bool)
-    any_transit = g["moving"].any().reindex(idx).fillna(False).astype(bool)
-    out["out_for_delivery"] = g["out_for_delivery"].any().reindex(idx).fillna(False).astype(bool)
-    weight_missing = parcels["weight_kg"].isna().groupby(parcels["order_no"]).any().reindex(idx).fillna(False).astype(bool)
-    untracked = (~g["tracked"].all()).reindex(idx).fillna(False).astype(bool)
+    parcels = _PerOrder(_parcels(inp), orders)
+    p = parcels.rows
+    out["parcel_count"] = parcels.count()
+    out["parcels_signed"] = parcels.count(p["signed"])
+    out["waybill_nos"] = parcels.join("waybill_no")
+    out["carrier_codes"] = parcels.join("carrier_code")
+    out["total_weight_kg"] = pd.Series(parcels.sum("weight_kg")).where(parcels.any(p["weight_kg"].notna()))
+    out["shipped_at"] = parcels.agg("shipped_at", "min")
+    in_transit_at = parcels.agg("first_event_at", "min")
+    any_exception = parcels.any(p["exception"])
+    any_transit = parcels.any(p["moving"])
+    out["out_for_delivery"] = parcels.any(p["out_for_delivery"])
+    weight_missing = parcels.any(p["weight_kg"].isna())
+    untracked = parcels.any(~p["tracked"])
 
-    latest = parcels.sort_values("last_event_at", na_position="first").drop_duplicates("order_no", keep="last")
-    latest = latest.set_index("order_no").reindex(idx)
+    # The parcel with the newest carrier event speaks for the order.
+    latest = parcels.last_by("last_event_at")
     out["carrier_state"] = latest["state"].astype("Int64")
     out["latest_event_at"] = latest["last_event_at"]
     out["latest_event_context"] = latest["last_context"]
     out["latest_event_area"] = latest["last_area"]
-    exc = parcels[parcels["exception"]].drop_duplicates("order_no", keep="last").set_index("order_no")
-    reasons = pd.Series([f"{label(int(st))}: {ctx if isinstance(ctx, str) else ''}"
-                         for st, ctx in zip(exc["state"], exc["last_context"])], index=exc.index, dtype=object)
-    out["exception_reason"] = reasons.reindex(idx)  # exceptions are few: a Python loop over them is fine
-    out["signer"] = _join_by(parcels, "signer").reindex(idx)
+    exc = p.assign(_pos=parcels.pos)[p["exception"]].drop_duplicates("_pos", keep="last")
+    out["exception_reason"] = pd.Series(  # exceptions are few: a Python loop over them is fine
+        [f"{label(int(st))}: {ctx if isinstance(ctx, str) else ''}" for st, ctx in zip(exc["state"], exc["last_context"])],
+        index=exc["_pos"].to_numpy(), dtype=object).reindex(out.index)
+    out["signer"] = parcels.join("signer")
 
     has_parcels = out["parcel_count"] > 0
     all_signed = has_parcels & (out["parcels_signed"] == out["parcel_count"])
@@ -141,8 +198,8 @@ def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
     )
     out["stage"] = stage
     out["stage_label"] = out["stage"].map(STAGE_LABELS)
-    out["delivered_at"] = g["signed_at"].max().reindex(idx).where(all_signed)
-    out["in_transit_at"] = out["in_transit_at"].where(out["stage"].isin(["in_transit", "delivered", "exception"]))
+    out["delivered_at"] = parcels.agg("signed_at", "max").where(all_signed)
+    out["in_transit_at"] = in_transit_at.where(out["stage"].isin(["in_transit", "delivered", "exception"]))
 
     rank = out["stage"].map({s: i for i, s in enumerate(HAPPY_PATH)}).fillna(-1)
     rank = rank.where(out["stage"] != "exception", HAPPY_PATH.index("in_transit"))
@@ -158,8 +215,8 @@ def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
         "proof_of_delivery": reached["delivered"] & out["signer"].isna(),
         "refund": out["stage"].eq("cancelled") & (out["paid_amount"] > AMOUNT_TOLERANCE),
     }
-    out["missing_info"] = _join_flags(missing, idx)
-    first_missing = pd.Series(None, index=idx, dtype=object)
+    out["missing_info"] = _join_flags(missing, out.index)
+    first_missing = pd.Series(None, index=out.index, dtype=object)
     for code in reversed(list(MISSING_FACTS)):  # earliest stage wins
         first_missing = first_missing.mask(missing[code], MISSING_FACTS[code][1])
     owner = first_missing.fillna(out["stage"].map(NEXT_OWNER))
@@ -170,47 +227,56 @@ def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
         "shipped": out["shipped_at"], "in_transit": out["in_transit_at"], "delivered": out["delivered_at"],
         "exception": out["latest_event_at"], "cancelled": out["source_updated_at"],
     }
-    waiting = pd.Series(pd.NaT, index=idx, dtype="datetime64[us, UTC]")
+    waiting = pd.Series(pd.NaT, index=out.index, dtype="datetime64[us, UTC]")
     for s, ts in since.items():
         waiting = waiting.mask(out["stage"].eq(s), _utc(ts))
     out["waiting_since"] = waiting.fillna(_utc(out["ordered_at"]))
     eta = _utc(out["shipped_at"]) + timedelta(days=transit_days)
     out["eta"] = eta.where(out["stage"].isin(["shipped", "in_transit", "exception"]))
-    return out.reset_index()
+    return out
 
 
-def _parcels(inp: OrderInputs, idx: pd.Index) -> pd.DataFrame:
+def _short_of_stock(lines: _PerOrder, res: _PerOrder) -> np.ndarray:
+    """Per order: does some line need more of its SKU than the order's active reservations hold?"""
+    skus, _ = pd.factorize(pd.concat([lines.rows["sku"], res.rows["sku"]], ignore_index=True))
+    width = int(skus.max()) + 1 if len(skus) else 1
+    need_key = lines.pos.astype(np.int64) * width + skus[:len(lines.pos)]
+    have_key = res.pos.astype(np.int64) * width + skus[len(lines.pos):]
+    need = pd.Series(lines.rows["qty"].to_numpy(dtype=float)).groupby(need_key).sum()
+    have = pd.Series(res.rows["qty"].to_numpy(dtype=float)).groupby(have_key).sum().reindex(need.index).fillna(0.0)
+    short = np.zeros(lines.n, dtype=bool)
+    short[need.index[(have < need).to_numpy()].to_numpy() // width] = True
+    return short
+
+
+def _parcels(inp: OrderInputs) -> pd.DataFrame:
     """One row per parcel with its carrier facts."""
-    s = inp.shipments[inp.shipments["order_no"].isin(idx)]
     t = inp.tracking.drop_duplicates("waybill_no").set_index("waybill_no")
     d = inp.deliveries.drop_duplicates("waybill_no").set_index("waybill_no")
-    p = s[["order_no", "waybill_no", "carrier_code", "weight_kg", "shipped_at"]].reset_index(drop=True)
-    w = p["waybill_no"]
+    p = inp.shipments[["order_no", "waybill_no", "carrier_code", "weight_kg", "shipped_at"]].reset_index(drop=True)
+    at_t = t.index.get_indexer(p["waybill_no"])  # each waybill number is hashed once per table
+    at_d = d.index.get_indexer(p["waybill_no"])
 
-    def tracking(col: str) -> pd.Series:
-        return _lookup(t[col], w)
+    def take(frame: pd.DataFrame, col: str, at: np.ndarray) -> pd.Series:
+        """frame[col] at positions `at`, missing where -1, keeping the column's type even when empty."""
+        return pd.Series(pd.api.extensions.take(frame[col].array, at, allow_fill=True))
 
-    state = pd.to_numeric(tracking("state"), errors="coerce")
-    pod = w.isin(d.index)
+    state = pd.to_numeric(take(t, "state", at_t), errors="coerce")
     p["state"] = state
-    p["tracked"] = w.isin(t.index) & state.notna()
-    p["signed"] = state.eq(SIGNED_STATE) | tracking("is_signed").astype("boolean").fillna(False).astype(bool) | pod
+    p["tracked"] = (at_t >= 0) & state.notna()
+    p["signed"] = (state.eq(SIGNED_STATE) | take(t, "is_signed", at_t).astype("boolean").fillna(False).astype(bool)
+                   | (at_d >= 0))
     p["exception"] = state.isin(EXCEPTION_STATES) & ~p["signed"]
     p["moving"] = state.isin(TRANSIT_STATES)
     p["out_for_delivery"] = state.eq(OUT_FOR_DELIVERY_STATE)
-    p["first_event_at"] = _utc(tracking("first_event_at"))
-    p["last_event_at"] = _utc(tracking("last_event_at"))
-    p["last_context"] = tracking("last_context")
-    p["last_area"] = tracking("last_area")
-    p["signer"] = _lookup(d["signer"], w)
+    p["first_event_at"] = _utc(take(t, "first_event_at", at_t))
+    p["last_event_at"] = _utc(take(t, "last_event_at", at_t))
+    p["last_context"] = take(t, "last_context", at_t)
+    p["last_area"] = take(t, "last_area", at_t)
+    p["signer"] = take(d, "signer", at_d)
     # A proof of delivery gives the signing time; otherwise the carrier's last event.
-    p["signed_at"] = _utc(_lookup(d["signed_at"], w)).fillna(p["last_event_at"].where(p["signed"]))
+    p["signed_at"] = _utc(take(d, "signed_at", at_d)).fillna(p["last_event_at"].where(p["signed"]))
     return p
-
-
-def _lookup(values: pd.Series, keys: pd.Series) -> pd.Series:
-    """values[key] for each key (NaN/NaT when absent), keeping the values' dtype even when empty."""
-    return values.reindex(keys.to_numpy()).set_axis(keys.index)
 
 
 def _utc(values: pd.Series) -> pd.Series:
@@ -218,19 +284,6 @@ def _utc(values: pd.Series) -> pd.Series:
     if values.dt.tz is None:
         return values.dt.tz_localize("UTC")
     return values.dt.tz_convert("UTC")
-
-
-def _join_by(frame: pd.DataFrame, col: str) -> pd.Series:
-    """Distinct non-null values of `col` per order, sorted and comma-joined.
-
-    Most orders have one value; only the rest pay for a Python-level join.
-    """
-    rows = frame[["order_no", col]].dropna().drop_duplicates().sort_values(["order_no", col])
-    counts = rows["order_no"].value_counts()
-    single = rows[rows["order_no"].map(counts).eq(1)].set_index("order_no")[col].astype(str)
-    multi = rows[rows["order_no"].map(counts).gt(1)]
-    joined = multi.groupby("order_no")[col].agg(lambda v: ",".join(map(str, v)))
-    return pd.concat([single, joined])
 
 
 def _join_flags(flags: dict[str, pd.Series], idx: pd.Index) -> pd.Series:

@@ -8,6 +8,7 @@ load batch newer than the one the last unified run saw.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -16,18 +17,12 @@ import sqlalchemy as sa
 
 from .canonical import ORDER_KEYED, SOURCE_ENTITIES
 from .schema import BATCH, RAW_TABLES, raw_tracking, unified_orders
-from .stages import OrderInputs, derive_orders
+from .stages import INPUT_COLUMNS, OrderInputs, derive_orders
 from .validation import record_keys
-from .warehouse import clear_rejects, current_batch, delete_keys, get_state, insert_frame, read_frame, record_rejects, set_state
+from .warehouse import (clear_rejects, current_batch, delete_keys, get_state, insert_frame, read_frame, rebuilding,
+                        record_rejects, set_state)
 
 STATE_KEY = "unified_batch"
-_TS = {
-    "orders": ["ordered_at", "promised_date", "updated_at"],
-    "payments": ["paid_at"],
-    "reservations": ["locked_at"],
-    "shipments": ["shipped_at"],
-    "deliveries": ["signed_at"],
-}
 ORPHAN_REASON = {"order_lines": "order line", "payments": "payment", "reservations": "reservation",
                  "shipments": "shipment"}
 
@@ -53,26 +48,24 @@ def touched_orders(since: int) -> sa.Select:
 
 
 def load_inputs(conn: sa.Connection, only: sa.Select | None) -> OrderInputs:
-    """Read the raw rows of the given orders (all orders when `only` is None)."""
-    def read(entity: str) -> pd.DataFrame:
-        t = RAW_TABLES[entity]
-        q = sa.select(*(c for c in t.c if c.name != BATCH))
-        if only is not None:
-            q = q.where(t.c.order_no.in_(only))
-        return read_frame(conn, q, _TS.get(entity, []))
-
-    shipments = read("shipments")
-    waybills = sa.select(RAW_TABLES["shipments"].c.waybill_no)
+    """Read what derivation needs of the given orders (all orders when `only` is None)."""
+    shipments = RAW_TABLES["shipments"]
+    waybills = sa.select(shipments.c.waybill_no)
     if only is not None:
-        waybills = waybills.where(RAW_TABLES["shipments"].c.order_no.in_(only))
-    tracking = read_frame(conn, sa.select(*(c for c in raw_tracking.c if c.name != BATCH))
-                          .where(raw_tracking.c.waybill_no.in_(waybills)), ["first_event_at", "last_event_at"])
-    d = RAW_TABLES["deliveries"]
-    deliveries = read_frame(conn, sa.select(d.c.waybill_no, d.c.signer, d.c.signed_at).where(d.c.waybill_no.in_(waybills)),
-                            ["signed_at"])
+        waybills = waybills.where(shipments.c.order_no.in_(only))
+
+    def read(name: str, table: sa.Table) -> pd.DataFrame:
+        cols = INPUT_COLUMNS[name]
+        q = sa.select(*(table.c[c] for c in cols))
+        if only is not None:
+            q = q.where(table.c.order_no.in_(only) if "order_no" in cols else table.c.waybill_no.in_(waybills))
+        return read_frame(conn, q, [c for c in cols if isinstance(table.c[c].type, (sa.DateTime, sa.Date))])
+
     return OrderInputs(
-        orders=read("orders"), lines=read("order_lines"), payments=read("payments"),
-        reservations=read("reservations"), shipments=shipments, tracking=tracking, deliveries=deliveries,
+        orders=read("orders", RAW_TABLES["orders"]), lines=read("lines", RAW_TABLES["order_lines"]),
+        payments=read("payments", RAW_TABLES["payments"]), reservations=read("reservations", RAW_TABLES["reservations"]),
+        shipments=read("shipments", shipments), tracking=read("tracking", raw_tracking),
+        deliveries=read("deliveries", RAW_TABLES["deliveries"]),
     )
 
 
@@ -88,12 +81,11 @@ def unify(engine: sa.Engine, now: datetime, transit_days: int = 3, full: bool = 
     else:  # nothing touched, or only rows of orders the ERP does not have
         derived = pd.DataFrame(columns=[c.name for c in unified_orders.c if c.name != BATCH])
     with engine.begin() as conn:
-        if full:
-            conn.execute(unified_orders.delete())
-        else:
-            delete_keys(conn, unified_orders, derived[["order_no"]], ["order_no"])
         derived[BATCH] = batch
-        insert_frame(conn, unified_orders, derived)
+        with rebuilding(conn, unified_orders) if full else nullcontext():
+            if not full:
+                delete_keys(conn, unified_orders, derived[["order_no"]], ["order_no"])
+            insert_frame(conn, unified_orders, derived)
         orphans = _record_orphans(conn, inputs, now)
         set_state(conn, STATE_KEY, str(batch), now)
     return UnifyResult(derived.drop(columns=[BATCH]), full, orphans)

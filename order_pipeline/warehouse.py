@@ -10,7 +10,8 @@ dominate a full rebuild.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import numpy as np
@@ -103,6 +104,23 @@ def read_frame(conn: sa.Connection, query: sa.Executable, datetime_cols: Iterabl
 
 
 # -- writing -----------------------------------------------------------------------------
+
+@contextmanager
+def rebuilding(conn: sa.Connection, *tables: sa.Table) -> Iterator[None]:
+    """Empty tables for a full rebuild, with their secondary indexes dropped while rows go in.
+
+    Building an index once over all rows beats updating it row by row. Inside the caller's
+    transaction, so readers keep seeing the old rows until it commits.
+    """
+    for table in tables:
+        conn.execute(table.delete())
+        for index in table.indexes:
+            index.drop(conn)
+    yield
+    for table in tables:
+        for index in table.indexes:
+            index.create(conn)
+
 
 def insert_frame(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> int:
     """Append a DataFrame (columns named as the table's) through the driver's bulk path."""
