@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .canonical import SOURCE_ENTITIES
-from .config import Config, ConfigError, parse_duration
+from .config import Config, SectionParser
 from .rules import Rule, parse_rules, with_defaults
 
 OUTBOX = "outbox"
@@ -124,33 +124,10 @@ def load_alert_settings(config: Config) -> AlertSettings:
     return _Parser(config).parse()
 
 
-class _Parser:
+class _Parser(SectionParser):
     def __init__(self, config: Config):
-        self.config, self.path = config, config.path
-
-    def fail(self, entry: str, problem: str, fix: str):
-        raise ConfigError(self.path, entry, problem, fix)
-
-    def mapping(self, value, entry: str, allowed: set[str]) -> dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(entry, "must be a mapping", "write `key: value` lines indented under it")
-        for key in value:
-            if key not in allowed:
-                self.fail(f"{entry}.{key}", "unknown setting", f"use one of: {', '.join(sorted(allowed))}")
-        return value
-
-    def duration(self, value, entry: str) -> timedelta:
-        if isinstance(value, timedelta):
-            return value
-        try:
-            d = parse_duration(value)
-        except ValueError:
-            self.fail(entry, f"{value!r} is not a duration", "write a number and a unit, e.g. 30m, 2h, 1d")
-        if d <= timedelta(0):
-            self.fail(entry, "must be longer than zero", "write e.g. 2h")
-        return d
+        super().__init__(config.path)
+        self.config = config
 
     def names(self, value, entry: str, known: set[str], what: str) -> tuple[str, ...]:
         if isinstance(value, str):

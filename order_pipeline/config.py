@@ -120,19 +120,26 @@ def load_config(path: str | Path | None = None, check_sources: bool = True) -> C
     return _Parser(path, doc, check_sources).parse()
 
 
-class _Parser:
-    def __init__(self, path: Path, doc: dict, check_sources: bool):
-        self.path, self.doc, self.check_sources = path, doc, check_sources
-        self.base = path.parent
+class SectionParser:
+    """The checks every part of the config shares; each failure names the file, the entry and the fix.
+
+    Entries are reported under `prefix` (e.g. "web" makes "web.link_ttl").
+    """
+
+    prefix = ""
+
+    def __init__(self, path: Path):
+        self.path = path
 
     def fail(self, entry: str, problem: str, fix: str):
-        raise ConfigError(self.path, entry, problem, fix)
+        raise ConfigError(self.path, ".".join(p for p in (self.prefix, entry) if p) or "(file)", problem, fix)
 
     def mapping(self, value, entry: str, allowed: set[str]) -> dict:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            self.fail(entry, "must be a mapping", f"write `{entry.split('.')[-1]}:` followed by indented `key: value` lines")
+            self.fail(entry, "must be a mapping", f"write `{entry.split('.')[-1] or 'key'}:` followed by indented "
+                                                  "`key: value` lines")
         unknown = sorted(set(value) - allowed)
         if unknown:
             self.fail(f"{entry}.{unknown[0]}" if entry else unknown[0], "unknown setting",
@@ -140,10 +147,21 @@ class _Parser:
         return value
 
     def duration(self, value, entry: str) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
         try:
-            return parse_duration(value)
+            d = parse_duration(value)
         except ValueError:
             self.fail(entry, f"{value!r} is not a duration", "write a number and a unit, e.g. 90s, 30m, 2h, 1d")
+        if d <= timedelta(0):
+            self.fail(entry, "must be longer than zero", "write e.g. 2h")
+        return d
+
+class _Parser(SectionParser):
+    def __init__(self, path: Path, doc: dict, check_sources: bool):
+        super().__init__(path)
+        self.doc, self.check_sources = doc, check_sources
+        self.base = path.parent
 
     def positive_int(self, value, entry: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:

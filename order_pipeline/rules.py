@@ -303,7 +303,7 @@ class _RuleParser:
             self.fail("severity", f"unknown severity {severity!r}", f"use one of: {', '.join(SEVERITIES)}")
         risk = s.get("risk")
         if risk is not None and risk not in RISKS:
-            self.fail("risk", f"unknown risk {risk!r}", f"use `risk: high` or leave it out")
+            self.fail("risk", f"unknown risk {risk!r}", "use `risk: high` or leave it out")
         if risk is not None and scope != "order":
             self.fail("risk", "only an order can be marked high risk", "remove `risk:` or use `scope: order`")
         waited_from = s.get("waited_from")
@@ -399,7 +399,7 @@ class _RuleParser:
             return Condition(fname, op, d)
         if op == "is_null":
             if not isinstance(value, bool):
-                self.fail(entry, f"{value!r} is not true or false", f"write `is_null: true` or `is_null: false`")
+                self.fail(entry, f"{value!r} is not true or false", "write `is_null: true` or `is_null: false`")
             return Condition(fname, op, value)
         if op in ("in", "not_in"):
             if not isinstance(value, list) or not value:

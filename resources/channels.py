@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid, parsedate_to_datetime
+from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -52,6 +52,8 @@ import sqlalchemy as sa
 
 from order_pipeline.config import ConfigError, parse_duration
 from order_pipeline.schema import alert_outbox
+
+from .http import retry_after
 
 log = logging.getLogger(__name__)
 
@@ -163,27 +165,12 @@ class _Http:
                                code="transport") from None
         if resp.status_code in (408, 429) or resp.status_code >= 500:
             raise ChannelError(f"HTTP {resp.status_code}: {_snippet(resp)}", retryable=True,
-                               code=str(resp.status_code), retry_after=_retry_after(resp))
+                               code=str(resp.status_code), retry_after=retry_after(resp, "x-ogw-ratelimit-reset"))  # Feishu's reset header
         return resp
 
 
 def _snippet(resp: httpx.Response) -> str:
     return resp.text.strip()[:200]
-
-
-def _retry_after(resp: httpx.Response) -> float | None:
-    # Feishu's gateway says when its window resets in x-ogw-ratelimit-reset instead.
-    value = resp.headers.get("Retry-After") or resp.headers.get("x-ogw-ratelimit-reset")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError):
-        return None
 
 
 def _answer(resp: httpx.Response) -> dict[str, Any]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 
 import dagster as dg
 import httpx
@@ -14,6 +12,8 @@ from pydantic import PrivateAttr
 
 from order_pipeline import carrier_sandbox, kuaidi100
 from order_pipeline.kuaidi100 import Kuaidi100Error, TrackingAnswer
+
+from .http import retry_after
 
 SANDBOX_SCHEME = "sandbox://"
 SANDBOX_URL = f"http://sandbox{carrier_sandbox.QUERY_PATH}"
@@ -86,9 +86,9 @@ class Kuaidi100Client(dg.ConfigurableResource):
         except httpx.TransportError as exc:
             raise _TryAgain(Kuaidi100Error(f"connection failed: {exc!r}")) from None
         if response.status_code == 429 or response.status_code >= 500:
-            retry_after = _retry_after(response)
-            asked = f", retry after {retry_after:g} s" if retry_after is not None else ""
-            raise _TryAgain(Kuaidi100Error(f"HTTP {response.status_code}{asked}"), retry_after)
+            wait = retry_after(response)
+            asked = f", retry after {wait:g} s" if wait is not None else ""
+            raise _TryAgain(Kuaidi100Error(f"HTTP {response.status_code}{asked}"), wait)
         if response.is_error:
             raise Kuaidi100Error(f"HTTP {response.status_code} from {self._url()}")
         try:
@@ -123,17 +123,3 @@ class _TryAgain(Exception):
     def __init__(self, error: Kuaidi100Error, retry_after: float | None = None):
         self.error, self.retry_after = error, retry_after
 
-
-def _retry_after(response: httpx.Response) -> float | None:
-    """Retry-After in seconds, given as a number or as an HTTP date."""
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError):
-        return None

@@ -25,7 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, ConfigError, parse_duration
+from ..config import Config, SectionParser, parse_duration
 from .passwords import parse_password_hash
 from .ratelimit import Rate
 
@@ -95,35 +95,20 @@ def parse_rate(text: Any) -> Rate | None:
     return Rate(int(m.group(1)), period)
 
 
-class _Parser:
+class _Parser(SectionParser):
+    prefix = "web"
+
     def __init__(self, config: Config):
+        super().__init__(config.path)
         self.config = config
         self.base = config.path.parent
 
-    def fail(self, entry: str, problem: str, fix: str):
-        raise ConfigError(self.config.path, f"web.{entry}" if entry else "web", problem, fix)
-
     def mapping(self, value, entry: str, allowed: set[str]) -> dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(entry, "must be a mapping", "write `key: value` lines indented under it")
-        for key in value:
-            if key not in allowed:
-                if key in ("link_secret", "session_secret"):
-                    self.fail(f"{entry + '.' if entry else ''}{key}", "a secret must not be written in the file",
-                              f"remove it and set `{key}_env:` (an environment variable) or `{key}_file:` instead")
-                self.fail(f"{entry + '.' if entry else ''}{key}", "unknown setting", f"use one of: {', '.join(sorted(allowed))}")
-        return value
-
-    def duration(self, value, entry: str) -> timedelta:
-        try:
-            d = parse_duration(value)
-        except ValueError:
-            self.fail(entry, f"{value!r} is not a duration", "write a number and a unit, e.g. 30m, 12h, 7d")
-        if d.total_seconds() <= 0:
-            self.fail(entry, "must be longer than zero", "write e.g. 7d")
-        return d
+        for key in ("link_secret", "session_secret"):
+            if isinstance(value, dict) and key in value:
+                self.fail(f"{entry + '.' if entry else ''}{key}", "a secret must not be written in the file",
+                          f"remove it and set `{key}_env:` (an environment variable) or `{key}_file:` instead")
+        return super().mapping(value, entry, allowed)
 
     def secret(self, web: dict, name: str, fallback_env: str | None) -> bytes | None:
         env, file = web.get(f"{name}_env"), web.get(f"{name}_file")
