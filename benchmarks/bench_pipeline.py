@@ -168,7 +168,7 @@ def land_carrier_feed(config_path: Path, carrier_db: Path) -> float:
     from order_pipeline.config import load_config
     from order_pipeline.schema import raw_tracking, raw_tracking_events
     from order_pipeline.validation import parse_timestamps
-    from order_pipeline.warehouse import Warehouse, insert_frame
+    from order_pipeline.warehouse import Warehouse, insert_frame, rebuilding
 
     started = time.perf_counter()
     config = load_config(config_path, check_sources=False)
@@ -192,8 +192,9 @@ def land_carrier_feed(config_path: Path, carrier_db: Path) -> float:
         "polled_at": pd.Timestamp(NOW), "via": "push", "_batch": 1,
     })
     with wh.engine.begin() as conn:
-        insert_frame(conn, raw_tracking, tracking)
-        insert_frame(conn, raw_tracking_events, events)
+        with rebuilding(conn, raw_tracking, raw_tracking_events):
+            insert_frame(conn, raw_tracking, tracking)
+            insert_frame(conn, raw_tracking_events, events)
     return time.perf_counter() - started
 
 

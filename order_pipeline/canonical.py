@@ -30,6 +30,8 @@ class Entity:
     # (order lines are re-read for the orders that changed).
     watermark: str | None = "updated_at"
     optional: bool = False  # the pipeline runs without this source
+    # Rows sharing a key are parts of one thing (two lines of the same SKU): these columns add up.
+    summed: tuple[str, ...] = ()
 
     @property
     def column_names(self) -> list[str]:
@@ -77,6 +79,7 @@ ORDER_LINES = Entity(
     ),
     key=("order_no", "sku"),
     watermark=None,
+    summed=("qty",),
 )
 
 PAYMENTS = Entity(

@@ -197,6 +197,9 @@ class _Parser(SectionParser):
         except Exception:
             self.fail(entry, f"{url!r} is not a SQLAlchemy database URL",
                       "write e.g. sqlite:///erp.db or postgresql+psycopg2://user@host/db")
+        if parsed.password and secret.value is not None:
+            self.fail(entry, "the URL carries a password, and secrets must not be in the file",
+                      f"export the URL in an environment variable and write `{entry.split('.')[-1]}_env: NAME`")
         if parsed.drivername.startswith("sqlite") and parsed.database and parsed.database != ":memory:":
             db = Path(parsed.database)
             if not db.is_absolute():
@@ -285,9 +288,10 @@ class _Parser(SectionParser):
         allowed = {"endpoint", "customer", "customer_env", "key", "key_env", "push_salt", "push_salt_env", "poll_interval",
                    "max_polls_per_run", "timeout", "retries", "transit_days"}
         c = self.mapping(value, "carrier", allowed)
-        if "key" in c:
-            self.fail("carrier.key", "the Kuaidi100 key is a secret and must not be in the file",
-                      "remove it and set `key_env: KUAIDI100_KEY` (the variable that holds it)")
+        for name, env in (("key", "KUAIDI100_KEY"), ("push_salt", "KUAIDI100_SALT")):
+            if name in c:
+                self.fail(f"carrier.{name}", f"the Kuaidi100 {name.replace('_', ' ')} is a secret and must not be in the file",
+                          f"remove it and set `{name}_env: {env}` (the variable that holds it)")
         d = CarrierConfig()
         return CarrierConfig(
             endpoint=str(c.get("endpoint", d.endpoint)),

@@ -11,17 +11,17 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
 from .canonical import SOURCE_ENTITIES, Entity
 from .config import SourceConfig
 from .schema import BATCH, RAW_TABLES
-from .validation import record_keys, validate
-from .warehouse import (clear_rejects, delete_keys, get_state, insert_frame, next_batch, read_frame, rebuilding,
+from .validation import parse_timestamps, record_keys, validate
+from .warehouse import (IN_CHUNK, clear_rejects, delete_keys, get_state, insert_frame, next_batch, read_frame, rebuilding,
                         record_rejects, replace_keys, set_state)
 
-IN_CHUNK = 500  # keys per IN (...) list when reading a source by order numbers
 
 
 @dataclass(frozen=True)
@@ -80,11 +80,12 @@ def load_source(wh: sa.Engine, src: sa.Engine, sc: SourceConfig, now: datetime, 
     full = since is None  # a first load is a full one
     frame = read_source(src, sc, since)
     good, rejects = validate(entity, frame, sc.timezone, sc.columns)
-    raw_wm = frame[entity.watermark].dropna()
+    mark = _high_water_mark(frame[entity.watermark], sc.timezone)
     table = RAW_TABLES[entity.name]
     with wh.begin() as conn:
         if since is not None:
-            good = _skip_reread_boundary(conn, table, entity, good, frame, since)
+            last_mark = parse_timestamps(pd.Series([since]), sc.timezone).iloc[0]
+            good = _skip_reread_boundary(conn, table, entity, good, last_mark)
         batch = next_batch(conn, now)
         good[BATCH] = batch
         if full:
@@ -93,29 +94,59 @@ def load_source(wh: sa.Engine, src: sa.Engine, sc: SourceConfig, now: datetime, 
         else:
             replace_keys(conn, table, good, entity.key)
         _record(conn, entity, good, rejects, now)
-        if len(raw_wm):
-            set_state(conn, hwm_key, str(raw_wm.max()), now)
+        if mark is not None:
+            set_state(conn, hwm_key, mark, now)
         newest = good[entity.watermark].max() if len(good) else None
         if newest is not None:
             set_state(conn, f"watermark:{entity.name}", newest.isoformat(), now)
     return LoadResult(entity.name, len(frame), len(good), len(rejects), batch, newest)
 
 
-def _skip_reread_boundary(conn, table, entity: Entity, good: pd.DataFrame, frame: pd.DataFrame, since: str):
-    """Rows exactly at the last high-water mark were read last time: keep only new keys among them.
+def _high_water_mark(values: pd.Series, tz: str) -> str | None:
+    """The newest watermark as the source wrote it (so the source compares it in its own type).
 
-    Reading with `>=` rather than `>` means a row committed at the same timestamp
-    just after the previous read is not missed; this keeps the re-read rows from
-    counting as changes.
+    Only values that parse count: one row with a garbled timestamp must not become a
+    mark that every later row sits below.
     """
-    at_mark = frame.loc[frame[entity.watermark].astype(str) == since, list(entity.key)].astype(str)
+    parsed = parse_timestamps(values, tz)
+    if parsed.notna().sum() == 0:
+        return None
+    return str(values[parsed == parsed.max()].iloc[0])
+
+
+def _skip_reread_boundary(conn, table, entity: Entity, good: pd.DataFrame, mark: pd.Timestamp) -> pd.DataFrame:
+    """Rows exactly at the last high-water mark were read last time: keep only those that differ now.
+
+    Reading with `>=` rather than `>` means a row committed at the same timestamp just
+    after the previous read is not missed; comparing with what is stored keeps the rows
+    that were re-read unchanged from counting as changes.
+    """
+    key = list(entity.key)
+    at_mark = good[good[entity.watermark] == mark]
     if at_mark.empty:
         return good
-    known = read_frame(conn, sa.select(*(table.c[k] for k in entity.key)).where(
-        table.c[entity.key[0]].in_(at_mark[entity.key[0]].unique().tolist()))).astype(str)
-    seen = at_mark.merge(known, on=list(entity.key))
-    merged = good.astype({k: str for k in entity.key}).merge(seen, on=list(entity.key), how="left", indicator=True)
-    return good[(merged["_merge"] == "left_only").to_numpy()].reset_index(drop=True)
+    columns = entity.column_names
+    stored = read_frame(conn, sa.select(*(table.c[c] for c in columns)).where(
+        table.c[key[0]].in_(at_mark[key[0]].astype(str).unique().tolist())),
+        [c.name for c in entity.columns if c.kind in ("datetime", "date")])
+    unchanged = _same_rows(at_mark[columns], stored, key)
+    return good.drop(index=at_mark.index[unchanged]).reset_index(drop=True)
+
+
+def _same_rows(rows: pd.DataFrame, stored: pd.DataFrame, key: list[str]) -> np.ndarray:
+    """Per row of `rows`: is an identical row (every column, missing equals missing) already stored?"""
+    merged = rows.reset_index(drop=True).merge(stored, on=key, how="left", suffixes=("", "_stored"), indicator=True)
+    same = (merged["_merge"] == "both").to_numpy(copy=True)
+    for col in rows.columns.difference(key):
+        a, b = merged[col], merged[f"{col}_stored"]
+        if pd.api.types.is_datetime64_any_dtype(a) or pd.api.types.is_datetime64_any_dtype(b):
+            a, b = pd.to_datetime(a, utc=True), pd.to_datetime(b, utc=True)
+        elif pd.api.types.is_numeric_dtype(a) or pd.api.types.is_numeric_dtype(b):
+            a, b = pd.to_numeric(a, errors="coerce"), pd.to_numeric(b, errors="coerce")
+        else:
+            a, b = a.astype(object), b.astype(object)
+        same &= ((a == b) | (a.isna() & b.isna())).to_numpy()
+    return same
 
 
 def _load_children(wh: sa.Engine, src: sa.Engine, sc: SourceConfig, entity: Entity, now: datetime, full: bool
@@ -125,10 +156,11 @@ def _load_children(wh: sa.Engine, src: sa.Engine, sc: SourceConfig, entity: Enti
     state_key = f"parent_batch:{entity.name}"
     with wh.connect() as conn:
         parent_batch = conn.execute(sa.select(sa.func.max(parent.c[BATCH]))).scalar() or 0
+        seen = get_state(conn, state_key)
+        full = full or seen is None  # a first load is a full one
         order_nos = None
         if not full:
-            seen = int(get_state(conn, state_key, "0"))
-            order_nos = [r[0] for r in conn.execute(sa.select(parent.c.order_no).where(parent.c[BATCH] > seen))]
+            order_nos = [r[0] for r in conn.execute(sa.select(parent.c.order_no).where(parent.c[BATCH] > int(seen)))]
     frame = read_source(src, sc, order_nos=order_nos)
     good, rejects = validate(entity, frame, sc.timezone, sc.columns)
     table = RAW_TABLES[entity.name]

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from .schema import (BATCH, RAW_TABLES, order_tracking_events, order_tracking_parcels, order_tracking_snapshot,
                      raw_tracking, raw_tracking_events, unified_orders)
+from .stages import SIGNED_STATE
 from .warehouse import get_state, rebuilding, set_state
 
 STATE_KEY = "published_batch"
@@ -71,7 +72,8 @@ def _parcel_rows() -> sa.Select:
         sa.select(
             s.c.waybill_no, s.c.order_no, s.c.carrier_code, s.c.weight_kg, s.c.shipped_at,
             t.c.state.label("carrier_state"),
-            sa.func.coalesce(t.c.is_signed, sa.false()).label("is_signed"),
+            # Signed as `stages` counts it: the carrier says so, or a proof of delivery exists.
+            sa.or_(t.c.is_signed.is_(True), t.c.state == SIGNED_STATE, d.c.waybill_no.is_not(None)).label("is_signed"),
             d.c.signer, d.c.signed_at,
             t.c.last_event_at.label("latest_event_at"), t.c.last_context.label("latest_event_context"),
         )

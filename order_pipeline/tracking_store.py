@@ -53,15 +53,30 @@ def store_tracking_answers(engine: sa.Engine, answers: Sequence[TrackingAnswer],
         })
         events += [{"waybill_no": a.waybill_no, "event_at": e.at, "context": e.context, "area": e.area,
                     "status": e.status} for e in a.events]
-    state_frame = pd.DataFrame(states)
+    state_frame = _newer_than_stored(engine, pd.DataFrame(states))
+    if state_frame.empty:
+        return 0
     event_frame = pd.DataFrame(events, columns=["waybill_no", "event_at", "context", "area", "status"])
+    event_frame = event_frame[event_frame["waybill_no"].isin(state_frame["waybill_no"])]
     event_frame = event_frame.drop_duplicates(["waybill_no", "event_at", "context"])
     with engine.begin() as conn:
         state_frame[BATCH] = next_batch(conn, now)
         replace_keys(conn, raw_tracking, state_frame, ["waybill_no"])
         delete_keys(conn, raw_tracking_events, state_frame[["waybill_no"]], ["waybill_no"])
         insert_frame(conn, raw_tracking_events, event_frame)
-    return len(answers)
+    return len(state_frame)
+
+
+def _newer_than_stored(engine: sa.Engine, states: pd.DataFrame) -> pd.DataFrame:
+    """Drop answers older than what is stored: a late or repeated push must not roll a parcel back."""
+    t = raw_tracking
+    with engine.connect() as conn:
+        stored = read_frame(conn, sa.select(t.c.waybill_no, t.c.last_event_at.label("stored_at"))
+                            .where(t.c.waybill_no.in_(states["waybill_no"].tolist())), ["stored_at"])
+    merged = states.merge(stored, on="waybill_no", how="left")
+    new_at = pd.to_datetime(merged["last_event_at"], utc=True)
+    stale = merged["stored_at"].notna() & (new_at.isna() | (new_at < merged["stored_at"]))
+    return states[~stale.to_numpy()].reset_index(drop=True)
 
 
 def store_poll_errors(engine: sa.Engine, errors: dict[str, str], now: datetime) -> None:

@@ -84,11 +84,16 @@ def validate(entity: Entity, frame: pd.DataFrame, tz: str, source_names: dict[st
     # Two different versions at the same watermark contradict each other: neither is trusted.
     version = key + ([entity.watermark] if entity.watermark else [])
     keyed = reasons.eq("")
-    conflicting = _conflicting_duplicates(out[keyed], version)
-    flag(keyed & out.index.isin(conflicting), f"duplicate {'/'.join(key)} with conflicting values")
+    if not entity.summed:
+        conflicting = _conflicting_duplicates(out[keyed], version)
+        flag(keyed & out.index.isin(conflicting), f"duplicate {'/'.join(key)} with conflicting values")
 
     bad = reasons.ne("")
     good = out[~bad]
+    if entity.summed:
+        rest = [c for c in good.columns if c not in key]
+        good = good.groupby(key, sort=False, as_index=False, dropna=False).agg(
+            {c: "sum" if c in entity.summed else "first" for c in rest})
     if entity.watermark:
         good = good.sort_values(entity.watermark, kind="stable")
     good = good.drop_duplicates(subset=key, keep="last").sort_index().reset_index(drop=True)

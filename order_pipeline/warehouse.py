@@ -13,6 +13,7 @@ import io
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,7 @@ import sqlalchemy as sa
 
 from .schema import metadata, pipeline_rejects, pipeline_state
 
-SQLITE_TS = "%Y-%m-%d %H:%M:%S.%f"
+IN_CHUNK = 500  # keys per IN (...) list
 
 
 def utc(ts: datetime) -> datetime:
@@ -36,6 +37,9 @@ def driver_url(url: str) -> str:
 def create_engine(url: str) -> sa.Engine:
     url = driver_url(url)
     if url.startswith("sqlite"):
+        path = sa.engine.make_url(url).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)  # the default lives under data_dir
         engine = sa.create_engine(url)
 
         @sa.event.listens_for(engine, "connect")
@@ -76,10 +80,21 @@ def set_state(conn: sa.Connection, key: str, value: str, now: datetime) -> None:
 
 
 def next_batch(conn: sa.Connection, now: datetime) -> int:
-    """A new load batch number, taken inside the transaction that writes the batch."""
-    batch = current_batch(conn) + 1
-    set_state(conn, "batch", str(batch), now)
-    return batch
+    """A new load batch number, taken inside the transaction that writes the batch.
+
+    One UPDATE takes the counter's row lock (SQLite: the write lock) until the caller
+    commits, so concurrent loads get distinct numbers and commit in number order:
+    `unified_orders` never sees batch N+1 before batch N.
+    """
+    s = pipeline_state
+    bumped = (s.update().where(s.c.key == "batch")
+              .values(value=sa.cast(sa.cast(s.c.value, sa.Integer) + 1, sa.Text), updated_at=now)
+              .returning(s.c.value))
+    batch = conn.execute(bumped).scalar()
+    if batch is None:  # the first load ever
+        conn.execute(s.insert().values(key="batch", value="1", updated_at=now))
+        return 1
+    return int(batch)
 
 
 def current_batch(conn: sa.Connection) -> int:
@@ -107,19 +122,27 @@ def read_frame(conn: sa.Connection, query: sa.Executable, datetime_cols: Iterabl
 
 @contextmanager
 def rebuilding(conn: sa.Connection, *tables: sa.Table) -> Iterator[None]:
-    """Empty tables for a full rebuild, with their secondary indexes dropped while rows go in.
+    """Empty tables for a full rebuild inside the caller's transaction; readers keep the old rows until commit.
 
-    Building an index once over all rows beats updating it row by row. Inside the caller's
-    transaction, so readers keep seeing the old rows until it commits.
+    On SQLite the secondary indexes are dropped while rows go in and built once after,
+    which beats updating them row by row; WAL readers are not disturbed. PostgreSQL keeps
+    them (DROP INDEX would lock readers out for the whole rebuild) and gets fresh
+    statistics instead: planned on an empty table's, the next incremental run's
+    IN (subquery) joins go quadratic long before autovacuum notices.
     """
+    sqlite = conn.dialect.name == "sqlite"
     for table in tables:
         conn.execute(table.delete())
-        for index in table.indexes:
-            index.drop(conn)
+        if sqlite:
+            for index in table.indexes:
+                index.drop(conn)
     yield
     for table in tables:
-        for index in table.indexes:
-            index.create(conn)
+        if sqlite:
+            for index in table.indexes:
+                index.create(conn)
+        else:
+            conn.exec_driver_sql(f"ANALYZE {table.name}")
 
 
 def insert_frame(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> int:
@@ -177,13 +200,14 @@ def record_rejects(conn: sa.Connection, source: str, rejects: pd.DataFrame, now:
     if rejects.empty:
         return 0
     frame = rejects[["record_key", "reason", "raw_row"]].drop_duplicates(["record_key", "reason"]).copy()
-    existing = read_frame(
+    r = pipeline_rejects
+    keys = frame["record_key"].unique().tolist()
+    existing = pd.concat([read_frame(  # in chunks: SQLite caps the number of bound parameters
         conn,
-        sa.select(pipeline_rejects.c.record_key, pipeline_rejects.c.reason, pipeline_rejects.c.first_seen)
-        .where(pipeline_rejects.c.source == source)
-        .where(pipeline_rejects.c.record_key.in_(frame["record_key"].unique().tolist())),
+        sa.select(r.c.record_key, r.c.reason, r.c.first_seen).where(r.c.source == source)
+        .where(r.c.record_key.in_(keys[i:i + IN_CHUNK])),
         ["first_seen"],
-    )
+    ) for i in range(0, max(len(keys), 1), IN_CHUNK)], ignore_index=True)
     frame = frame.merge(existing, on=["record_key", "reason"], how="left")
     frame["first_seen"] = frame["first_seen"].fillna(pd.Timestamp(now))
     frame["last_seen"] = pd.Timestamp(now)

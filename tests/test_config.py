@@ -110,10 +110,17 @@ def test_missing_required_source(tmp_path, doc):
     assert e.entry == "sources.reservations" and "add `reservations:`" in e.fix
 
 
-def test_secret_in_the_file_is_refused(tmp_path, doc):
-    doc["carrier"] = {"key": "abc123"}
+@pytest.mark.parametrize("name", ["key", "push_salt"])
+def test_secret_in_the_file_is_refused(tmp_path, doc, name):
+    doc["carrier"] = {name: "abc123"}
     e = error(tmp_path, doc)
-    assert e.entry == "carrier.key" and "key_env" in e.fix
+    assert e.entry == f"carrier.{name}" and f"{name}_env" in e.fix
+
+
+def test_a_database_password_in_the_file_is_refused(tmp_path, doc):
+    doc["warehouse"] = {"url": "postgresql+psycopg2://pipeline:hunter2@db/orders"}
+    e = error(tmp_path, doc)
+    assert e.entry == "warehouse.url" and "url_env" in e.fix and "hunter2" not in str(e)
 
 
 def test_url_from_an_unset_environment_variable(tmp_path, doc, monkeypatch):

@@ -191,3 +191,37 @@ def test_dagster_instance_storage_on_postgres(config, pg_database, tmp_path, mon
         events = conn.execute(sa.text("SELECT count(*) FROM event_logs WHERE run_id = :r"), {"r": outcome.run_id}).scalar()
     engine.dispose()
     assert stored == 1 and events > 10
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_concurrent_loads_get_distinct_batches_in_commit_order(backend, tmp_path, request):
+    """Two loads racing for a batch number: the second waits for the first to commit."""
+    import threading
+
+    from order_pipeline.warehouse import next_batch
+
+    url = f"sqlite:///{tmp_path / 'wh.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")()
+    wh = Warehouse(url)
+    wh.create_schema()
+    with wh.engine.begin() as conn:
+        assert next_batch(conn, NOW) == 1
+    first = wh.engine.connect()
+    first.begin()
+    assert next_batch(first, NOW) == 2
+    got = []
+    second = threading.Thread(target=lambda: got.append(_take_batch(wh.engine)))
+    second.start()
+    second.join(timeout=0.5)
+    assert second.is_alive()  # blocked behind the first load's open transaction
+    first.commit()
+    first.close()
+    second.join(timeout=30)
+    assert got == [3]
+    wh.engine.dispose()
+
+
+def _take_batch(engine) -> int:
+    from order_pipeline.warehouse import next_batch
+
+    with engine.begin() as conn:
+        return next_batch(conn, NOW)

@@ -95,7 +95,9 @@ def test_newer_version_of_a_row_wins_over_an_older_one():
     assert rejects.empty and list(good["amount"]) == [99.0]
 
 
-def test_order_lines_without_watermark_conflict_on_key():
+def test_two_lines_of_the_same_sku_add_up():
     good, rejects = check(ORDER_LINES, [{"order_no": "SO1", "sku": "A", "qty": 1, "unit_price": 2},
-                                        {"order_no": "SO1", "sku": "A", "qty": 3, "unit_price": 2}])
-    assert good.empty and set(rejects["record_key"]) == {"SO1/A"}
+                                        {"order_no": "SO1", "sku": "A", "qty": 3, "unit_price": 0},
+                                        {"order_no": "SO1", "sku": "B", "qty": 1, "unit_price": 5}])
+    assert rejects.empty
+    assert good.set_index("sku")["qty"].to_dict() == {"A": 4.0, "B": 1.0}

@@ -1,0 +1,82 @@
+"""Landing a source by high-water mark: same-instant updates, garbled marks, re-reads."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+import yaml
+from conftest import NOW
+from test_config import write_sources
+
+from order_pipeline.config import load_config
+from order_pipeline.loading import load_source
+from order_pipeline.schema import RAW_TABLES, pipeline_rejects
+from order_pipeline.warehouse import Warehouse
+
+
+@pytest.fixture
+def setup(tmp_path):
+    doc = write_sources(tmp_path)
+    (tmp_path / "order_pipeline.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
+    config = load_config(tmp_path / "order_pipeline.yaml")
+    wh = Warehouse(config.warehouse_url.resolve())
+    wh.create_schema()
+    sc = config.sources["inventory"]
+    return wh.engine, sa.create_engine(sc.url.resolve()), sc, tmp_path / "inventory.db"
+
+
+def stock(db, *rows):
+    with sqlite3.connect(db) as conn:
+        conn.executemany("INSERT OR REPLACE INTO inventory (sku, on_hand, reserved, safety_stock, updated_at) "
+                         "VALUES (?, ?, 0, 5, ?)", rows)
+
+
+def raw(engine) -> dict:
+    t = RAW_TABLES["inventory"]
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.select(t.c.sku, t.c.on_hand)).all())
+
+
+def test_an_update_at_the_same_instant_as_the_last_read_is_not_lost(setup):
+    engine, src, sc, db = setup
+    stock(db, ("A", 10, "2026-11-25 10:00:00"))
+    load_source(engine, src, sc, NOW)
+    with sqlite3.connect(db) as conn:  # same second, new value
+        conn.execute("UPDATE inventory SET on_hand = 3 WHERE sku = 'A'")
+    result = load_source(engine, src, sc, NOW)
+    assert raw(engine) == {"A": 3.0} and result.loaded == 1
+
+
+def test_rows_re_read_at_the_mark_unchanged_are_not_changes(setup):
+    engine, src, sc, db = setup
+    stock(db, ("A", 10, "2026-11-25 10:00:00"), ("B", 4, "2026-11-25 09:00:00"))
+    load_source(engine, src, sc, NOW)
+    result = load_source(engine, src, sc, NOW)
+    assert result.read == 1 and result.loaded == 0
+
+
+def test_a_garbled_timestamp_does_not_become_the_mark(setup):
+    engine, src, sc, db = setup
+    stock(db, ("A", 10, "2026-11-25 10:00:00"), ("BAD", 1, "2026-13-45 99:00"))
+    first = load_source(engine, src, sc, NOW)
+    assert first.rejected == 1
+    stock(db, ("C", 7, "2026-11-25 10:05:00"))
+    load_source(engine, src, sc, NOW)
+    assert raw(engine) == {"A": 10.0, "C": 7.0}
+    with engine.connect() as conn:
+        reasons = conn.execute(sa.select(pipeline_rejects.c.record_key, pipeline_rejects.c.reason)).all()
+    assert reasons == [("BAD", "unparseable updated_at")]
+
+
+def test_newer_rows_only_after_the_first_load(setup):
+    engine, src, sc, db = setup
+    stock(db, ("A", 10, "2026-11-25 10:00:00"))
+    load_source(engine, src, sc, NOW)
+    stock(db, ("B", 2, "2026-11-25 10:01:00"))
+    result = load_source(engine, src, sc, NOW)
+    assert (result.read, result.loaded) == (2, 1)  # A at the mark re-read, unchanged; B new
+    assert raw(engine) == {"A": 10.0, "B": 2.0}
+    assert pd.Timestamp(result.newest) == pd.Timestamp("2026-11-25 02:01:00", tz="UTC")
