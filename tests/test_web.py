@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import inspect
 import io
+import logging
 import re
+import sqlite3
+import time
 import warnings
 from datetime import timedelta
 
@@ -19,32 +21,43 @@ with warnings.catch_warnings():  # the installed httpx works; Starlette merely p
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from starlette.testclient import TestClient
 
+from order_pipeline.canonical import SOURCE_ENTITIES
 from order_pipeline.config import ConfigError, load_config
 from order_pipeline.schema import raw_tracking, raw_tracking_events, tracking_access_log
 from order_pipeline.web import customer as customer_module
+from order_pipeline.web import db as web_db
 from order_pipeline.web import queries
 from order_pipeline.web.app import create_app
 from order_pipeline.web.export import csv_cell
 from order_pipeline.web.links import TokenCheck, customer_link, make_token, verify_token
-from order_pipeline.web.masking import mask_address, mask_name, mask_phone, mask_phones_in_text
+from order_pipeline.web.masking import (
+    mask_address,
+    mask_carrier_text,
+    mask_name,
+    mask_names_in_text,
+    mask_phone,
+    mask_phones_in_text,
+)
 from order_pipeline.web.passwords import hash_password, verify_password
 from order_pipeline.web.ratelimit import Rate, RateLimiter, client_key, take
 from order_pipeline.web.settings import WebSettings, parse_rate
 
 from web_fixtures import (
     COURIER_PHONE,
+    COURIER_PHONE_INTL,
     FULL_ADDRESS,
     FULL_NAME,
-    ID_NUMBER,
     LINK_SECRET,
     NOW,
     ORDER_EXCEPTION,
     ORDER_IN_TRANSIT,
     ORDER_PAID,
     PHONE_TAIL,
+    PUBLISHED_TABLES,
     PUSH_SALT,
     PUSH_SALT_ENV,
     RAW_PHONE,
+    SIGNER_NAME,
     STAFF_PASSWORD,
     STAFF_USER,
     STREET,
@@ -57,7 +70,9 @@ from web_fixtures import (
 )
 
 SECRET = LINK_SECRET.encode()
-NEVER_SHOWN = [RAW_PHONE, FULL_NAME, ID_NUMBER, FULL_ADDRESS, STREET, COURIER_PHONE, "腾讯大厦"]
+# "8765" is the middle of both courier numbers, whatever way they are written.
+NEVER_SHOWN = [RAW_PHONE, FULL_NAME, FULL_ADDRESS, STREET, COURIER_PHONE, COURIER_PHONE_INTL, "8765", SIGNER_NAME,
+               "腾讯大厦"]
 
 
 # --- fixtures ---------------------------------------------------------------------------------------
@@ -150,6 +165,50 @@ def test_mask_phones_in_carrier_text():
     text = "快递员李师傅正在派件，电话13987654321，备用 139-8765-4321；运单 SF139876543210 网点 0755-12345678"
     assert mask_phones_in_text(text) == ("快递员李师傅正在派件，电话139****4321，备用 139****4321；"
                                          "运单 SF139876543210 网点 0755-12345678")
+
+
+@pytest.mark.parametrize("raw, masked", [
+    ("电话+8613987654321", "电话139****4321"),
+    ("电话 +86 139 8765 4321。", "电话 139****4321。"),
+    ("联系 86 139 8765 4321", "联系 139****4321"),
+    ("联系8613987654321", "联系139****4321"),
+    ("0086-139-8765-4321", "139****4321"),
+    ("备用 139-8765-4321", "备用 139****4321"),
+    ("(+86)13987654321", "(+86)139****4321"),
+])
+def test_mask_phones_with_country_code(raw, masked):
+    assert mask_phones_in_text(raw) == masked
+
+
+@pytest.mark.parametrize("text", [
+    "运单 SF139876543210 已揽收", "运单 SF8613987654321", "运单 75139876543210", "单号 13987654321012",
+    "2026-11-25 13:59:59 到达", "20261125 139 件", "邮编 518000，重 1.39 kg", "网点 0755-12345678", "+86 755 8765 4321",
+])
+def test_ordinary_numbers_stay_as_they_are(text):
+    assert mask_phones_in_text(text) == text
+    assert mask_carrier_text(text) == text
+
+
+@pytest.mark.parametrize("raw, masked", [
+    ("已签收，签收人：张三丰", "已签收，签收人：张*"),
+    ("收件人 李四 已签收", "收件人 李* 已签收"),
+    ("收件人李四已签收", "收件人李*已签收"),
+    ("签收人是王五，感谢使用", "签收人是王*，感谢使用"),
+    ("签收人:欧阳娜娜 电话:13912345678", "签收人:欧* 电话:139****5678"),
+    ("您的快件已由代收人赵六代收", "您的快件已由代收人赵*代收"),
+    ("签收人: Zhang San, thanks", "签收人: Z*, thanks"),
+    ("签收人：于谦。", "签收人：于*。"),
+])
+def test_mask_signer_names_in_carrier_text(raw, masked):
+    assert mask_carrier_text(raw) == masked
+
+
+@pytest.mark.parametrize("text", [
+    "本人签收", "快件已由收件人本人签收", "拒签: 收件人拒收", "收件人不在，已放驿站", "收件人要求改派", "收件人电话无人接听",
+    "签收人：前台", "已签收，签收人: 菜鸟驿站", "代收人：门卫", "收件人于2026-11-25签收", "收件人地址不详",
+])
+def test_signer_texts_without_a_person_name_stay(text):
+    assert mask_names_in_text(text) == text
 
 
 def test_tokens_sign_order_and_expiry():
@@ -245,6 +304,46 @@ def test_settings_defaults_and_env_secret(tmp_path, monkeypatch):
     assert "from-the-environment" not in repr(s)
 
 
+# --- the warehouse engine ---------------------------------------------------------------------------
+
+
+def test_engine_for_a_bare_postgresql_url_uses_psycopg2():
+    engine = web_db.make_engine("postgresql://tracker@db.example.com/warehouse")
+    assert engine.dialect.driver == "psycopg2"
+    assert (engine.pool.size(), engine.pool._max_overflow) == (web_db.POOL_SIZE, web_db.MAX_OVERFLOW)
+
+
+def test_sqlite_engine_reads_beside_a_writer(tmp_path):
+    engine = web_db.make_engine(f"sqlite:///{tmp_path / 'w.db'}", busy_timeout=1.5)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 1500
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_sessions_run_in_utc_and_reads_are_read_only(pg_database):
+    url = pg_database()
+    name = sa.engine.make_url(url).database
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:  # a server whose sessions default to another zone
+        conn.exec_driver_sql(f'ALTER DATABASE "{name}" SET timezone TO \'Asia/Shanghai\'')
+        conn.exec_driver_sql("CREATE TABLE t (at timestamptz)")
+    admin.dispose()
+    engine = web_db.make_engine("postgresql://" + url.split("://", 1)[1])
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW timezone").scalar() == "UTC"
+            # A naive timestamp, as COPY writes it, is UTC.
+            assert conn.exec_driver_sql("SELECT TIMESTAMP '2026-11-25 02:00:00'::timestamptz").scalar() == NOW
+        with pytest.raises(sa.exc.InternalError, match="read-only"), web_db.reading(engine) as conn:
+            conn.exec_driver_sql("INSERT INTO t VALUES (now())")
+        with engine.begin() as conn:  # the pooled connection is writable again afterwards
+            conn.exec_driver_sql("INSERT INTO t VALUES (now())")
+    finally:
+        engine.dispose()
+
+
 # --- customer page ----------------------------------------------------------------------------------
 
 
@@ -259,7 +358,7 @@ def test_customer_page_shows_masked_timeline_events_and_next_step(client):
     assert "2026-11-23 08:00" in html  # ordered 50 h before 10:00 Shanghai time
     assert "2026-11-25 08:00" in html  # newest carrier event, in Shanghai time
     assert html.index("深圳南山营业点】，快递员") < html.index("深圳转运中心") < html.index("已收取快件")
-    assert "139****4321" in html
+    assert "139****4321" in html and "139****0000" in html
     assert WAYBILL in html and "顺丰速运" in html
     assert "预计送达" in html and "2026-11-26" in html
     assert "包裹正在运输途中" in html
@@ -282,6 +381,7 @@ def test_off_path_orders_say_so(client):
     r = client.get(f"/order/{ORDER_EXCEPTION}?t={token}")
     assert r.status_code == 200
     assert "配送异常" in r.text and "拒签: 收件人拒收" in r.text and "客服会跟进处理" in r.text
+    assert "收件人 欧* 拒收" in r.text and SIGNER_NAME not in r.text
 
 
 @pytest.mark.parametrize("path, status", [
@@ -317,7 +417,7 @@ def test_expired_link_says_how_to_get_a_new_one(client):
 
 def test_no_customer_response_leaks_personal_data(client):
     paths = [
-        link_path(ORDER_IN_TRANSIT), link_path(ORDER_IN_TRANSIT, lang="en"),
+        link_path(ORDER_IN_TRANSIT), link_path(ORDER_IN_TRANSIT, lang="en"), link_path(ORDER_EXCEPTION),
         f"/order/{ORDER_IN_TRANSIT}?t=bad", link_path(ORDER_IN_TRANSIT, expires=NOW - timedelta(days=1)),
         link_path("SO9999"), "/order/bad%20no",
     ]
@@ -388,6 +488,59 @@ def test_unhandled_error_is_a_plain_500_page(make_client, monkeypatch):
     assert access_rows(client)[-1]["outcome"] == "error"
 
 
+@pytest.fixture
+def publish_in_progress():
+    """Hold the warehouse's write lock the way a long publish does; returns a starter for a given world."""
+    held = []
+
+    def start(world) -> None:
+        publisher = sqlite3.connect(world.root / "warehouse.db", isolation_level=None)
+        publisher.execute("BEGIN IMMEDIATE")
+        publisher.execute("UPDATE order_tracking_snapshot SET stage_label = 'x' WHERE order_no = ?", (ORDER_PAID,))
+        held.append(publisher)
+
+    yield start
+    for publisher in held:
+        publisher.execute("ROLLBACK")
+        publisher.close()
+
+
+def test_customer_page_is_served_while_a_publish_holds_the_write_lock(tmp_path, clock, monkeypatch, caplog,
+                                                                       publish_in_progress):
+    world = build_world(tmp_path / "w", busy_timeout=0.2)
+    for k, v in world.env.items():
+        monkeypatch.setenv(k, v)
+    client = TestClient(create_app(world.config(), engine=world.engine, clock=clock), raise_server_exceptions=False)
+    publish_in_progress(world)
+    caplog.set_level(logging.ERROR, logger="order_pipeline.web")
+    started = time.monotonic()
+    page = client.get(link_path(ORDER_IN_TRANSIT))
+    refused = client.get(f"/order/{ORDER_IN_TRANSIT}?t=forged")
+    assert time.monotonic() - started < 5  # the read did not queue behind the publish
+    assert page.status_code == 200 and "138****5678" in page.text and "配送中" in page.text
+    assert refused.status_code == 403
+    # The audit rows could not be written; they are in the error log instead of lost.
+    unwritten = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and "access log row" in r.getMessage()]
+    assert len(unwritten) == 2
+    assert all(ORDER_IN_TRANSIT in m and "'customer'" in m for m in unwritten)
+    assert "'ok'" in unwritten[0] and "'forbidden'" in unwritten[1]
+    client.close()
+    world.engine.dispose()
+
+
+def test_customer_page_survives_a_failing_audit_write(client, monkeypatch, caplog):
+    def broken(engine, access):
+        raise sa.exc.OperationalError("INSERT INTO tracking_access_log", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(queries, "write_access", broken)
+    with caplog.at_level(logging.ERROR, logger="order_pipeline.web"):
+        assert client.get(link_path(ORDER_IN_TRANSIT)).status_code == 200
+        assert client.get(link_path("SO9999")).status_code == 404
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any(ORDER_IN_TRANSIT in m and "'ok'" in m for m in messages)
+    assert any("SO9999" in m and "'not_found'" in m for m in messages)
+
+
 def test_unknown_path_is_a_404_page(client):
     r = client.get("/wp-login.php")
     assert r.status_code == 404 and "未找到" in r.text
@@ -424,6 +577,21 @@ def test_login_without_csrf_token_is_refused(client):
     r = fresh.post("/ops/login", data={"username": STAFF_USER, "password": STAFF_PASSWORD, "csrf": "x"},
                    follow_redirects=False)
     assert r.status_code == 403
+
+
+def test_refused_logins_are_audited_without_the_password(make_client):
+    client = make_client({"rate_limits": {"per_ip": "1000/1m", "per_order": "1000/1m", "login": "3/1m"}})
+    login(client, password="wrong-password-1")
+    client.post("/ops/login", data={"username": "mallory", "password": "wrong-password-2", "csrf": "forged"})
+    client.post("/ops/login", data={"password": "wrong-password-3"})
+    client.post("/ops/login", data={"username": " eve ", "password": "wrong-password-4"})
+    assert client.post("/ops/login", data={}).status_code == 429
+    rows = access_rows(client)
+    assert [(r["actor"], r["outcome"], r["order_no"]) for r in rows] == [
+        (STAFF_USER, "login_failed", None), ("mallory", "csrf_refused", None), ("anonymous", "csrf_refused", None),
+        ("eve", "rate_limited", None), ("anonymous", "rate_limited", None)]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", r["ip_hash"]) for r in rows)
+    assert "wrong-password" not in repr(rows)
 
 
 def test_forged_session_cookie_is_ignored(client):
@@ -475,6 +643,20 @@ def test_search_by_order_no_waybill_and_phone_tail(client):
     assert "没有找到订单" in r.text
 
 
+def test_search_audit_keeps_order_numbers_but_no_phone_numbers(client):
+    login(client)
+    searches = [ORDER_PAID, PHONE_TAIL, RAW_PHONE, "138 1234 5678", "+86 138-1234-5678", FULL_NAME, WAYBILL, "SO9999"]
+    for q in searches:
+        assert client.get("/ops/search", params={"q": q}).status_code == 200
+    rows = [r for r in access_rows(client) if r["outcome"].startswith("search:")]
+    assert [(r["order_no"], r["outcome"]) for r in rows] == [
+        (ORDER_PAID, "search:1"), (None, "search:2"), (None, "search:1"), (None, "search:1"), (None, "search:1"),
+        (None, "search:0"), (None, "search:1"), (None, "search:0")]
+    stored = repr(access_rows(client))
+    for personal in (PHONE_TAIL, RAW_PHONE, "1234", FULL_NAME):
+        assert personal not in stored
+
+
 def test_staff_order_view_is_complete_and_audited(client):
     login(client)
     r = client.get(f"/ops/order/{ORDER_PAID}")
@@ -487,7 +669,7 @@ def test_staff_order_view_is_complete_and_audited(client):
     for label in ("下单完成", "支付确认", "库存锁定", "打包出库", "配送中", "签收完成"):
         assert label in html
     r = client.get(f"/ops/order/{ORDER_IN_TRANSIT}")
-    assert COURIER_PHONE in r.text and WAYBILL in r.text and "已解决" in r.text
+    assert COURIER_PHONE in r.text and COURIER_PHONE_INTL in r.text and WAYBILL in r.text and "已解决" in r.text
     assert client.get("/ops/order/SO9999").status_code == 404
     staff_rows = [r for r in access_rows(client) if r["actor"] == STAFF_USER]
     assert [(r["order_no"], r["outcome"]) for r in staff_rows] == [
@@ -593,6 +775,50 @@ def test_health(client):
     assert client.get("/healthz").text == "ok"
 
 
-def test_queries_use_only_published_tables():
-    source = inspect.getsource(queries)
-    assert "raw_" not in source and "unified_orders" not in source
+def test_id_numbers_are_not_published():
+    """The ERP delivers the customer's ID number; no table the web app reads has a place for it."""
+    id_columns = {c for entity in SOURCE_ENTITIES.values() for c in entity.column_names if "id_no" in c}
+    assert id_columns == {"customer_id_no"}
+    for table in PUBLISHED_TABLES:
+        assert not [c for c in table.c.keys() if "id_no" in c or "id_card" in c], table.name
+
+
+def published_only_world(tmp_path, backend, pg_database):
+    """A warehouse holding only what the pipeline publishes, reached through a bare `postgresql://` URL on PostgreSQL."""
+    if backend == "postgres":
+        url = "postgresql://" + pg_database().split("://", 1)[1]
+        return build_world(tmp_path, url=url, tables=PUBLISHED_TABLES)
+    return build_world(tmp_path, tables=PUBLISHED_TABLES)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_app_works_on_the_published_tables_alone(tmp_path, clock, monkeypatch, backend, request):
+    pg_database = request.getfixturevalue("pg_database") if backend == "postgres" else None
+    world = published_only_world(tmp_path, backend, pg_database)
+    assert set(sa.inspect(world.engine).get_table_names()) == {t.name for t in PUBLISHED_TABLES}
+    world.engine.dispose()
+    for k, v in world.env.items():
+        monkeypatch.setenv(k, v)
+    app = create_app(world.config(), clock=clock)  # the app's own engine, from the configured URL
+    try:
+        with TestClient(app) as client:
+            r = client.get(link_path(ORDER_IN_TRANSIT))
+            assert r.status_code == 200 and "138****5678" in r.text and "2026-11-23 08:00" in r.text
+            assert client.get(link_path("SO9999")).status_code == 404
+            assert login(client).status_code == 303
+            assert "各阶段订单（共 3）" in client.get("/ops/").text
+            assert "2 个订单" in client.get("/ops/search", params={"q": PHONE_TAIL}).text
+            r = client.get("/ops/search", params={"q": WAYBILL}, follow_redirects=False)
+            assert r.headers["location"] == f"/ops/order/{ORDER_IN_TRANSIT}"
+            page = client.get(f"/ops/order/{ORDER_IN_TRANSIT}")
+            assert page.status_code == 200 and RAW_PHONE in page.text
+            assert client.post(f"/ops/order/{ORDER_IN_TRANSIT}/link", data={"csrf": page_csrf(page.text)}).status_code == 200
+            assert ORDER_PAID in client.get("/ops/orders", params={"stage": "paid"}).text
+            export = client.get("/ops/orders.csv")
+            assert len(list(csv.DictReader(io.StringIO(export.content.decode("utf-8-sig"))))) == 3
+        with app.state.web.engine.connect() as conn:
+            outcomes = conn.execute(sa.select(tracking_access_log.c.outcome).order_by(tracking_access_log.c.id)).scalars()
+            assert list(outcomes) == ["ok", "not_found", "overview", "search:2", "search:1", "ok", "link_issued", "list",
+                                      "export:all"]
+    finally:
+        app.state.web.engine.dispose()

@@ -14,14 +14,19 @@ import yaml
 from order_pipeline.canonical import SOURCE_ENTITIES
 from order_pipeline.config import load_config
 from order_pipeline.schema import (
-    RAW_TABLES,
+    PUBLISHED_ORDER_TABLES,
     metadata,
     order_alerts,
     order_tracking_events,
     order_tracking_parcels,
     order_tracking_snapshot,
     pipeline_state,
+    raw_tracking,
+    raw_tracking_events,
+    tracking_access_log,
 )
+from order_pipeline.warehouse import create_engine
+from order_pipeline.web.db import SQLITE_BUSY_TIMEOUT, make_engine
 from order_pipeline.web.passwords import hash_password
 
 NOW = datetime(2026, 11, 25, 2, 0, tzinfo=timezone.utc)  # 10:00 in Shanghai
@@ -30,13 +35,19 @@ PUSH_SALT = "test-push-salt"
 PUSH_SALT_ENV = "WEB_TEST_PUSH_SALT"
 STAFF_USER, STAFF_PASSWORD = "alice", "correct horse battery staple"
 
-# The customer of the main order, as the ERP knows them: none of this may reach a customer page unmasked.
+# The customer of the main order, as published for staff: none of this may reach a customer page unmasked.
 RAW_PHONE = "13812345678"
 FULL_NAME = "张三丰"
-ID_NUMBER = "440301199001011234"
 FULL_ADDRESS = "广东省深圳市南山区科技园南区深南大道10000号腾讯大厦8楼"
 STREET = "深南大道10000号"
 COURIER_PHONE = "13987654321"
+COURIER_PHONE_INTL = "+86 139 8765 0000"  # the courier's colleague, written with the country code
+SIGNER_NAME = "欧阳修"  # named by the carrier in a SO1003 event
+
+# What the pipeline publishes for the web app (and the app's own access log), and what
+# the Kuaidi100 push receiver writes besides.
+PUBLISHED_TABLES = (*PUBLISHED_ORDER_TABLES, order_alerts, pipeline_state, tracking_access_log)
+WEB_TABLES = (*PUBLISHED_TABLES, raw_tracking, raw_tracking_events)
 
 ORDER_IN_TRANSIT = "SO1001"
 ORDER_PAID = "SO1002"
@@ -119,8 +130,9 @@ def _snapshot_row(**values) -> dict:
     return row
 
 
-def seed(engine: sa.Engine) -> None:
-    metadata.create_all(engine)
+def seed(engine: sa.Engine, tables: tuple[sa.Table, ...] = WEB_TABLES) -> None:
+    """Create `tables` (only those: the web app has to work without the pipeline's other tables) and fill them."""
+    metadata.create_all(engine, tables=list(tables))
     snapshot = [
         _snapshot_row(
             order_no=ORDER_IN_TRANSIT, stage="in_transit", stage_label="配送中", customer_name=FULL_NAME,
@@ -158,7 +170,10 @@ def seed(engine: sa.Engine) -> None:
         {"order_no": ORDER_IN_TRANSIT, "event_at": _t(10), "kind": "carrier", "waybill_no": WAYBILL,
          "context": "快件到达【深圳转运中心】", "area": "广东省深圳市"},
         {"order_no": ORDER_IN_TRANSIT, "event_at": _t(2), "kind": "carrier", "waybill_no": WAYBILL,
-         "context": f"快件已到达【深圳南山营业点】，快递员李师傅正在派件，电话 {COURIER_PHONE}", "area": "广东省深圳市南山区"},
+         "context": f"快件已到达【深圳南山营业点】，快递员李师傅正在派件，电话 {COURIER_PHONE}，"
+                    f"或联系 {COURIER_PHONE_INTL}", "area": "广东省深圳市南山区"},
+        {"order_no": ORDER_EXCEPTION, "event_at": _t(21), "kind": "carrier", "waybill_no": "YT555",
+         "context": f"快件派送不成功，收件人 {SIGNER_NAME} 拒收，快件将退回", "area": "浙江省杭州市西湖区"},
         {"order_no": ORDER_IN_TRANSIT, "event_at": _t(30), "kind": "stage", "stage": "shipped", "waybill_no": WAYBILL},
     ]
     alerts = [
@@ -174,22 +189,26 @@ def seed(engine: sa.Engine) -> None:
         {"key": "watermark:payments", "value": _t(3).isoformat(), "updated_at": _t(0.2)},
         {"key": "batch", "value": "7", "updated_at": _t(0.2)},
     ]
-    raw_order = {c.name: None for c in RAW_TABLES["orders"].columns}
-    raw_order.update(order_no=ORDER_IN_TRANSIT, customer_name=FULL_NAME, customer_phone=RAW_PHONE,
-                     customer_id_no=ID_NUMBER, ship_address=FULL_ADDRESS, amount=299.0, currency="CNY",
-                     ordered_at=_t(50), status="open", updated_at=_t(50), _batch=1)
     with engine.begin() as conn:
         for table, rows in ((order_tracking_snapshot, snapshot), (order_tracking_parcels, parcels),
-                            (order_tracking_events, events), (order_alerts, alerts), (pipeline_state, state),
-                            (RAW_TABLES["orders"], [raw_order])):
+                            (order_tracking_events, events), (order_alerts, alerts), (pipeline_state, state)):
             conn.execute(table.insert(), [_complete(table, r) for r in rows])
 
 
-def build_world(root: Path, web: dict | None = None) -> WebWorld:
+def build_world(root: Path, web: dict | None = None, *, url: str | None = None,
+                tables: tuple[sa.Table, ...] = WEB_TABLES, busy_timeout: float = SQLITE_BUSY_TIMEOUT) -> WebWorld:
+    """A seeded warehouse (a SQLite file in `root` unless `url` names another) and a config pointing at it.
+
+    `engine` is the web app's own kind of engine (`order_pipeline.web.db.make_engine`).
+    """
     root.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{root / 'warehouse.db'}"
-    engine = sa.create_engine(url, connect_args={"check_same_thread": False})
-    seed(engine)
+    url = url or f"sqlite:///{root / 'warehouse.db'}"
+    seeder = create_engine(url)
+    try:
+        seed(seeder, tables)
+    finally:
+        seeder.dispose()
+    engine = make_engine(url, busy_timeout=busy_timeout)
     return WebWorld(root, write_config(root, url, web), url, engine, env={PUSH_SALT_ENV: PUSH_SALT})
 
 

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 
+from sqlalchemy.engine import Engine
 from starlette.requests import Request
+
+from . import queries
+
+log = logging.getLogger(__name__)
 
 _PURPOSE = b"client-ip\x00"
 MAX_USER_AGENT = 300
 MAX_ORDER_NO = 64
+MAX_ACTOR = 64
+ANONYMOUS = "anonymous"
 
 
 def ip_hash(ip: str | None, secret: bytes) -> str | None:
@@ -30,3 +38,24 @@ def user_agent(request: Request) -> str | None:
 
 def logged_order_no(order_no: str | None) -> str | None:
     return order_no[:MAX_ORDER_NO] if order_no else None
+
+
+def logged_actor(username: str | None) -> str:
+    """The actor of a row about someone not (yet) logged in: the name they typed, or "anonymous"."""
+    name = (username or "").strip()[:MAX_ACTOR]
+    return name or ANONYMOUS
+
+
+def write_audit(engine: Engine, access: queries.Access) -> bool:
+    """Record one access in its own short transaction.
+
+    A row that cannot be written (the pipeline holding the write lock past the busy
+    timeout, the database down) does not fail the request: it goes to the error log
+    in full instead, so that it can still be accounted for. False in that case.
+    """
+    try:
+        queries.write_access(engine, access)
+    except Exception:
+        log.error("access log row not written, recorded here instead: %r", access, exc_info=True)
+        return False
+    return True

@@ -9,7 +9,6 @@ out of their own page by hammering it with bad tokens.
 
 from __future__ import annotations
 
-import logging
 import re
 from urllib.parse import urlencode
 
@@ -18,14 +17,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from . import queries
-from .audit import client_ip, ip_hash, logged_order_no, user_agent
+from .audit import client_ip, ip_hash, logged_order_no, user_agent, write_audit
 from .context import WebContext, web_context
 from .customer_view import customer_view
+from .db import reading
 from .i18n import pick_lang
 from .links import TokenCheck, verify_token
 from .ratelimit import client_key
-
-log = logging.getLogger(__name__)
 
 ORDER_NO = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 
@@ -54,16 +52,18 @@ class _Visit:
         return queries.Access(self.now, logged_order_no(self.order_no), "customer", outcome,
                               ip_hash(self.ip, self.web.settings.link_secret), user_agent(self.request))
 
+    async def record(self, outcome: str) -> None:
+        """The audit row, in its own short write transaction; a failed write is logged, not raised."""
+        await run_in_threadpool(write_audit, self.web.engine, self.access(outcome))
+
     async def refuse(self, status: int, outcome: str, headers: dict | None = None, **values) -> Response:
-        await run_in_threadpool(queries.write_access, self.web.engine, self.access(outcome))
+        await self.record(outcome)
         return self.web.pages.error(status, self.lang, headers=headers, contact=self.web.settings.support_contact, **values)
 
     def load(self) -> tuple[dict | None, list[dict], list[dict]]:
-        """Read the order and record the visit in one transaction."""
-        with self.web.engine.begin() as conn:
-            order, parcels, events = queries.customer_order(conn, self.order_no)
-            queries.record_access(conn, self.access("ok" if order else "not_found"))
-        return order, parcels, events
+        """Read the order in a read-only transaction, which never waits for a publish in progress."""
+        with reading(self.web.engine) as conn:
+            return queries.customer_order(conn, self.order_no)
 
 
 async def order_page(request: Request) -> Response:
@@ -85,17 +85,12 @@ async def order_page(request: Request) -> Response:
             return await visit.refuse(429, "rate_limited", {"Retry-After": str(wait)}, seconds=wait)
         order, parcels, events = await run_in_threadpool(visit.load)
     except Exception:
-        await _record_failure(visit)
+        await visit.record("error")
         raise
+    await visit.record("ok" if order else "not_found")
     if order is None:
         return web.pages.error(404, visit.lang, contact=web.settings.support_contact, wording="order_missing")
     view = customer_view(order, parcels, events, lang=visit.lang, tz=web.tz, support_contact=web.settings.support_contact,
                          lang_switch_url=lang_switch_url(visit.order_no, visit.token, visit.lang))
     return web.pages.html("customer.html", view)
 
-
-async def _record_failure(visit: _Visit) -> None:
-    try:
-        await run_in_threadpool(queries.write_access, visit.web.engine, visit.access("error"))
-    except Exception:  # the database may be what failed; the original error is what matters
-        log.warning("could not record a failed tracking page visit", exc_info=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from .i18n import STAGE_LABELS, STAGES, TEXT, carrier_name
-from .masking import mask_address, mask_name, mask_phone, mask_phones_in_text
+from .masking import mask_address, mask_carrier_text, mask_name, mask_phone
 from .timefmt import as_utc, local_date, local_time
 
 STAGE_TIME_COLUMNS = {s: f"{s}_at" for s in STAGES}
@@ -57,7 +57,7 @@ def off_path_banner(order: Mapping, lang: str) -> str | None:
     if order["stage"] == "cancelled":
         return text["cancelled_banner"]
     if order["stage"] == "exception":
-        reason = mask_phones_in_text(order.get("exception_reason"))
+        reason = mask_carrier_text(order.get("exception_reason"))
         return f"{text['exception_banner']}{text['colon']}{reason}" if reason else text["exception_banner"]
     return None
 
@@ -69,7 +69,7 @@ def parcel_rows(parcels: Sequence[Mapping], lang: str, tz: str) -> list[dict]:
             "waybill_no": p["waybill_no"],
             "carrier": carrier_name(p.get("carrier_code"), lang),
             "status": text["signed"] if p.get("is_signed") else "",
-            "latest": mask_phones_in_text(p.get("latest_event_context")),
+            "latest": mask_carrier_text(p.get("latest_event_context")),
             "latest_time": local_time(p.get("latest_event_at"), tz),
         }
         for p in parcels
@@ -77,13 +77,13 @@ def parcel_rows(parcels: Sequence[Mapping], lang: str, tz: str) -> list[dict]:
 
 
 def event_rows(events: Sequence[Mapping], carriers: Mapping[str, str], lang: str, tz: str) -> list[dict]:
-    """Carrier events newest first, courier phone numbers masked."""
+    """Carrier events newest first, phone numbers and signer names masked."""
     ordered = sorted(events, key=lambda e: as_utc(e["event_at"]), reverse=True)
     return [
         {
             "time": local_time(e["event_at"], tz),
             "area": e.get("area") or "",
-            "context": mask_phones_in_text(e.get("context")),
+            "context": mask_carrier_text(e.get("context")),
             "waybill_no": e.get("waybill_no") or "",
             "carrier": carrier_name(carriers.get(e.get("waybill_no") or ""), lang),
         }

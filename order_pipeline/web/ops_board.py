@@ -10,7 +10,9 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from . import queries
+from .audit import write_audit
 from .context import WebContext, web_context
+from .db import reading
 from .export import csv_chunks
 from .i18n import OFF_PATH, STAGES
 from .ops_auth import staff_access, staff_only
@@ -34,7 +36,7 @@ _ROLE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 def _overview_data(web: WebContext, now: datetime) -> dict:
-    with web.engine.connect() as conn:
+    with reading(web.engine) as conn:
         return {
             "stage_counts": queries.stage_counts(conn),
             "alert_counts": queries.open_alert_counts(conn),
@@ -76,7 +78,7 @@ async def overview(request: Request, session: Session) -> Response:
     web = web_context(request)
     data = await run_in_threadpool(_cached_overview, web)
     now = web.clock()
-    await run_in_threadpool(queries.write_access, web.engine, staff_access(web, request, session, None, "overview"))
+    await run_in_threadpool(write_audit, web.engine, staff_access(web, request, session, None, "overview"))
     total = sum(data["stage_counts"].values())
     context = ops_context(web, session, "overview",
                           total=total,
@@ -96,12 +98,11 @@ async def order_list(request: Request, session: Session) -> Response:
     stage, role = _filters(request)
 
     def load():
-        with web.engine.begin() as conn:
-            rows = queries.list_orders(conn, stage, role)
-            queries.record_access(conn, staff_access(web, request, session, None, "list"))
-        return rows
+        with reading(web.engine) as conn:
+            return queries.list_orders(conn, stage, role)
 
     rows = await run_in_threadpool(load)
+    await run_in_threadpool(write_audit, web.engine, staff_access(web, request, session, None, "list"))
     query = _filter_query(stage, role)
     context = ops_context(web, session, "list",
                           rows=list_rows(rows, web.clock(), web.tz), limit=queries.LIST_LIMIT,
@@ -116,6 +117,7 @@ async def order_list(request: Request, session: Session) -> Response:
 async def export_csv(request: Request, session: Session) -> Response:
     web = web_context(request)
     stage, role = _filters(request)
+    # Unlike a page view, a bulk export does not go ahead unless its audit row is written.
     await run_in_threadpool(queries.write_access, web.engine,
                             staff_access(web, request, session, None, f"export:{_filter_query(stage, role) or 'all'}"))
     header = [c.name for c in queries.EXPORT_COLUMNS]

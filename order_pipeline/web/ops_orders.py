@@ -9,8 +9,10 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from . import queries
+from .audit import write_audit
 from .context import WebContext, web_context
 from .customer import valid_order_no
+from .db import reading
 from .links import customer_link
 from .ops_auth import checked_form, staff_access, staff_only
 from .ops_page import ops_context
@@ -22,10 +24,24 @@ MAX_TERM = 64
 
 
 def normalise_term(raw: str | None) -> str:
-    """Trim the search box; phone numbers may be typed with spaces or dashes."""
+    """Trim the search box; phone numbers may be typed with spaces, dashes or a +86 country code."""
     term = (raw or "").strip()[:MAX_TERM]
     squeezed = term.replace(" ", "").replace("-", "")
+    for prefix in ("+86", "0086"):
+        if squeezed.startswith(prefix) and squeezed[len(prefix):].isdigit() and len(squeezed) - len(prefix) == 11:
+            squeezed = squeezed[len(prefix):]
     return squeezed if squeezed.isdigit() and len(squeezed) in (4, 11) else term
+
+
+def logged_term(term: str, hits: list[dict]) -> str | None:
+    """What of a search goes into the access log: the term only when it is the number of an order found.
+
+    Anything else typed into the box (a phone number or its tail, a name) may be personal
+    data and is not stored; the row still records that a search was made and its hit count.
+    """
+    if queries.is_phone_term(term):
+        return None
+    return term if any(hit["order_no"] == term for hit in hits) else None
 
 
 @staff_only
@@ -36,12 +52,12 @@ async def search(request: Request, session: Session) -> Response:
         return RedirectResponse("/ops/", status_code=303)
 
     def load():
-        with web.engine.begin() as conn:
-            hits = queries.search(conn, term)
-            queries.record_access(conn, staff_access(web, request, session, term, f"search:{len(hits)}"))
-        return hits
+        with reading(web.engine) as conn:
+            return queries.search(conn, term)
 
     hits = await run_in_threadpool(load)
+    await run_in_threadpool(write_audit, web.engine,
+                            staff_access(web, request, session, logged_term(term, hits), f"search:{len(hits)}"))
     if len(hits) == 1 and not queries.is_phone_term(term):  # an order or waybill number: go straight there
         return RedirectResponse(f"/ops/order/{quote(hits[0]['order_no'], safe='')}", status_code=303)
     context = ops_context(web, session, "search", q=term, rows=list_rows(hits, web.clock(), web.tz),
@@ -50,13 +66,13 @@ async def search(request: Request, session: Session) -> Response:
 
 
 def _order_page(web: WebContext, request: Request, session: Session, order_no: str, link: str = "") -> Response:
-    with web.engine.begin() as conn:
+    with reading(web.engine) as conn:
         order = queries.staff_order(conn, order_no)
         parcels = queries.order_parcels(conn, order_no) if order else []
         events = queries.carrier_events(conn, order_no) if order else []
         alerts = queries.order_alerts_for(conn, order_no) if order else []
-        outcome = ("link_issued" if link else "ok") if order else "not_found"
-        queries.record_access(conn, staff_access(web, request, session, order_no, outcome))
+    outcome = ("link_issued" if link else "ok") if order else "not_found"
+    write_audit(web.engine, staff_access(web, request, session, order_no, outcome))
     if order is None:
         return web.pages.html("ops_missing.html", ops_context(web, session, "order", q=order_no, order_no=order_no),
                               status=404)
