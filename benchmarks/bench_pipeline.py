@@ -232,21 +232,20 @@ def main() -> None:
             feed = land_carrier_feed(config_path, target / "carrier.db")
             print(f"  carrier feed landed in {feed:.1f} s (setup, not timed below)")
             full = run_child("full", config_path)
+            for name, value in full.items():
+                print(f"  full  {name:<22}{value:>10.1f}" if isinstance(value, float) else
+                      f"  full  {name:<22}{value:>10,}", flush=True)
             floor = run_child("floor", config_path)
+            floor_total = floor["read sources"] + floor["write snapshot"]
+            print(f"  floor read {floor['read sources']:.1f} s ({floor['rows read']:,} rows) + "
+                  f"write {floor['write snapshot']:.1f} s = {floor_total:.1f} s", flush=True)
             changed = change_one_percent(target)
             try:
                 inc = run_child("incremental", config_path)
             finally:
                 undo_change(target)
-            floor_total = floor["read sources"] + floor["write snapshot"]
-            for name, value in full.items():
-                if name not in ("total", "peak_rss_mb"):
-                    print(f"  full  {name:<22}{value:>10.1f}" if isinstance(value, float) else
-                          f"  full  {name:<22}{value:>10,}")
-            print(f"  floor read {floor['read sources']:.1f} s ({floor['rows read']:,} rows) + "
-                  f"write {floor['write snapshot']:.1f} s = {floor_total:.1f} s")
             print(f"  incremental: {changed:,} orders changed, {inc['orders recomputed']:,} recomputed "
-                  f"in {inc['total']:.2f} s")
+                  f"in {inc['total']:.2f} s, peak RSS {inc['peak_rss_mb']:.0f} MB", flush=True)
             rows.append((orders, kind, full["total"], full["peak_rss_mb"], floor_total, full["total"] / floor_total,
                          changed, inc["total"], inc["peak_rss_mb"]))
     print("\n| orders | warehouse | full rebuild s | peak RSS MB | I/O floor s | rebuild / floor |"

@@ -73,7 +73,8 @@ def _parcel_rows() -> sa.Select:
             s.c.waybill_no, s.c.order_no, s.c.carrier_code, s.c.weight_kg, s.c.shipped_at,
             t.c.state.label("carrier_state"),
             # Signed as `stages` counts it: the carrier says so, or a proof of delivery exists.
-            sa.or_(t.c.is_signed.is_(True), t.c.state == SIGNED_STATE, d.c.waybill_no.is_not(None)).label("is_signed"),
+            sa.or_(t.c.is_signed.is_(True), sa.func.coalesce(t.c.state, -1) == SIGNED_STATE,
+                   d.c.waybill_no.is_not(None)).label("is_signed"),
             d.c.signer, d.c.signed_at,
             t.c.last_event_at.label("latest_event_at"), t.c.last_context.label("latest_event_context"),
         )

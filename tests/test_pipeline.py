@@ -79,7 +79,14 @@ def test_all_assets_materialize_and_checks_pass(config, engine, monkeypatch):
                                    .group_by(order_tracking_snapshot.c.stage)).all())
         events = conn.execute(sa.select(sa.func.count()).select_from(order_tracking_events)
                               .where(order_tracking_events.c.kind == "carrier")).scalar()
+        unsigned_in_delivered = conn.execute(sa.text(
+            "SELECT count(*) FROM order_tracking_parcels p JOIN order_tracking_snapshot s ON s.order_no = p.order_no "
+            "WHERE s.stage = 'delivered' AND NOT p.is_signed")).scalar()
+        untracked_parcels = conn.execute(sa.text(
+            "SELECT count(*) FROM order_tracking_parcels WHERE carrier_state IS NULL AND NOT is_signed")).scalar()
     assert sum(stages.values()) == orders
+    assert unsigned_in_delivered == 0  # the parcels table agrees with the stage
+    assert untracked_parcels > 0
     assert set(stages) >= {"ordered", "paid", "locked", "shipped", "in_transit", "delivered", "cancelled", "exception"}
     assert events > 0
 
