@@ -1,9 +1,19 @@
-"""Checks on the order assets: every SLA rule, and the freshness of every raw source.
+"""Checks on the order assets: every SLA rule, and how recently each raw asset ran.
 
 Each rule is an asset check on `unified_orders`, evaluated with the rule's own SQL against the
 `unified_orders` table (same columns as the published snapshot), so the UI shows each breach
 with its count and the first offending orders. A breach is a business problem, not bad data:
 the checks warn, they do not block.
+
+Freshness means two things here, both from the same `freshness:` SLAs:
+
+- **the asset ran recently** (these checks, `freshness_check` on each raw asset, and the
+  freshness policies): time since the raw asset was last materialized, whatever the run found,
+  so a run that loaded no new rows counts. They show in the UI and send no message.
+- **the source produced data recently** (the `source_freshness` alert,
+  `order_pipeline.source_freshness`): time since the newest `updated_at` loaded from the source
+  (for the carrier, the newest Kuaidi100 answer while a parcel waits for one). This is what
+  alerts a source's owner: a source whose sync went silent is stale even while every run succeeds.
 """
 
 from __future__ import annotations
@@ -76,7 +86,8 @@ def _table(rule: Rule, rows: pd.DataFrame, now) -> str:
 
 def freshness_checks(slas: Sequence[SourceSla], timezone: str, assets: set[dg.AssetKey]
                      ) -> list[dg.AssetChecksDefinition]:
-    """Last-update freshness checks per raw asset, grouped by their SLA."""
+    """"The asset ran recently": a last-update check per raw asset, failing (warn) when it was not
+    materialized within its source's SLA. Not the source-freshness alert (see the module doc)."""
     by_age: dict = {}
     for sla in slas:
         key = RAW_TRACKING if sla.source == "carrier" else dg.AssetKey(sla.asset_key)
@@ -85,7 +96,7 @@ def freshness_checks(slas: Sequence[SourceSla], timezone: str, assets: set[dg.As
     checks = []
     with warnings.catch_warnings():
         # Superseded by FreshnessPolicy (also set on the raw assets), but these checks are what a
-        # sensor evaluates on a schedule and what the alerting reads as "the freshness check".
+        # sensor evaluates on a schedule, with a result per evaluation in the asset's check history.
         warnings.simplefilter("ignore", dg.SupersessionWarning)
         for age, keys in by_age.items():
             checks += dg.build_last_update_freshness_checks(assets=keys, lower_bound_delta=age, timezone=timezone,
@@ -94,6 +105,7 @@ def freshness_checks(slas: Sequence[SourceSla], timezone: str, assets: set[dg.As
 
 
 def freshness_policies(slas: Sequence[SourceSla]) -> dict[dg.AssetKey, dg.FreshnessPolicy]:
-    """The same SLAs as freshness policies, for the UI's freshness status of each raw asset."""
+    """The same SLAs as freshness policies ("the asset ran recently"), for the UI's freshness status
+    of each raw asset."""
     return {RAW_TRACKING if s.source == "carrier" else dg.AssetKey(s.asset_key): dg.FreshnessPolicy.time_window(
         fail_window=s.max_age) for s in slas}

@@ -29,7 +29,7 @@ import logging
 import uuid
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import numpy as np
@@ -39,7 +39,7 @@ import sqlalchemy as sa
 from .alert_messages import MessageText, resolved_message
 from .rules import fetch_frame
 from .schema import alert_deliveries, alert_queue, metadata, order_alerts
-from .warehouse import insert_frame, read_frame
+from .warehouse import insert_frame, read_frame, utc
 
 log = logging.getLogger(__name__)
 
@@ -90,18 +90,9 @@ class AttemptLike(Protocol):
 
 
 def ensure_schema(engine: sa.Engine) -> None:
-    """Create missing tables, and add the columns this module added to `order_alerts` and
-    `alert_deliveries` to a warehouse created before them."""
+    """Create the alert tables that are missing (the ledger, the queue, the attempts, the outbox)."""
     metadata.create_all(engine, tables=[order_alerts, alert_deliveries, alert_queue,
                                         metadata.tables["tracking_link_sends"], metadata.tables["alert_outbox"]])
-    inspector = sa.inspect(engine)
-    with engine.begin() as conn:
-        for table in (order_alerts, alert_deliveries):
-            have = {c["name"] for c in inspector.get_columns(table.name)}
-            for col in table.c:
-                if col.name not in have:
-                    kind = col.type.compile(dialect=conn.dialect)
-                    conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {col.name} {kind}")
 
 
 # --- sync: ledger and queue --------------------------------------------------------------------
@@ -115,7 +106,7 @@ def sync(conn: sa.Connection, spec: AlertSpec, breaches: pd.DataFrame, now: date
     `scope_keys` limits what this call speaks for: only open alerts among those keys are
     resolved when absent from `breaches` (None: every alert of the rule).
     """
-    now = _utc(now)
+    now = utc(now)
     result = SyncResult(spec.rule_id)
     a = order_alerts
     breaches = breaches.drop_duplicates("entity_key").reset_index(drop=True)
@@ -267,7 +258,7 @@ def queue_messages(conn: sa.Connection, rule_id: str, kind: str, items: Sequence
     if not items:
         return 0
     rows = [{"rule_id": rule_id, "entity_key": key, "kind": kind, "level": 0, "target": channel, "channel": channel,
-             "payload": msg.to_json(), "status": PENDING, "created_at": _utc(now), "hold": hold.total_seconds(),
+             "payload": msg.to_json(), "status": PENDING, "created_at": utc(now), "hold": hold.total_seconds(),
              "attempts": 0} for key, channel, msg in items]
     return insert_frame(conn, alert_queue, pd.DataFrame(rows))
 
@@ -303,7 +294,7 @@ def _details(row: dict) -> str:
 
 def ready(conn: sa.Connection, now: datetime) -> pd.DataFrame:
     """Queue rows that may be sent now: pending, not waiting for a retry, not claimed (or the claim expired)."""
-    q, now = alert_queue, _utc(now)
+    q, now = alert_queue, utc(now)
     return fetch_frame(conn, sa.select(q.c.id, q.c.rule_id, q.c.entity_key, q.c.kind, q.c.target, q.c.channel,
                                       q.c.payload, q.c.hold,
                                       q.c.attempts, q.c.claimed_at)
@@ -315,14 +306,14 @@ def ready(conn: sa.Connection, now: datetime) -> pd.DataFrame:
 
 def next_ready_at(conn: sa.Connection, now: datetime) -> datetime | None:
     """When a pending queue row can next be sent: now, after a retry delay, or when a claim expires."""
-    q, now = alert_queue, _utc(now)
+    q, now = alert_queue, utc(now)
     pending = sa.select(sa.literal(1)).where(q.c.status == PENDING)
     if conn.execute(pending.where(sa.or_(q.c.next_attempt_at.is_(None), q.c.next_attempt_at <= now))
                     .where(sa.or_(q.c.claim_expires_at.is_(None), q.c.claim_expires_at <= now)).limit(1)).first():
         return now
     t = conn.execute(sa.select(sa.func.min(sa.func.coalesce(q.c.claim_expires_at, q.c.next_attempt_at)))
                      .where(q.c.status == PENDING)).scalar()
-    return None if t is None else _utc(pd.Timestamp(t).to_pydatetime())
+    return None if t is None else utc(pd.Timestamp(t).to_pydatetime())
 
 
 def claim(engine: sa.Engine, rows: pd.DataFrame, now: datetime) -> list[int]:
@@ -330,7 +321,7 @@ def claim(engine: sa.Engine, rows: pd.DataFrame, now: datetime) -> list[int]:
 
     Two dispatchers racing for a row both run the conditional UPDATE; only one matches.
     """
-    q, now = alert_queue, _utc(now)
+    q, now = alert_queue, utc(now)
     token = uuid.uuid4().hex
     with engine.begin() as conn:
         for hold, group in rows.groupby("hold"):
@@ -350,7 +341,7 @@ def release(engine: sa.Engine, ids: Sequence[int], retry_at: datetime) -> None:
     with engine.begin() as conn:
         for i in range(0, len(ids), CHUNK):
             conn.execute(q.update().where(q.c.id.in_(list(ids[i:i + CHUNK]))).where(q.c.status == PENDING)
-                         .values(claim_token=None, claim_expires_at=None, next_attempt_at=_utc(retry_at)))
+                         .values(claim_token=None, claim_expires_at=None, next_attempt_at=utc(retry_at)))
 
 
 def record_outcome(engine: sa.Engine, rows: pd.DataFrame, channel: str, attempts: Sequence[AttemptLike],
@@ -359,16 +350,16 @@ def record_outcome(engine: sa.Engine, rows: pd.DataFrame, channel: str, attempts
     if rows.empty or not attempts:
         return
     q, a, d = alert_queue, order_alerts, alert_deliveries
-    now = _utc(now)
+    now = utc(now)
     last = attempts[-1]
     ids = rows["id"].astype(int).tolist()
     with engine.begin() as conn:
         conn.execute(d.insert(), [
             {"rule_id": r.rule_id, "entity_key": r.entity_key, "channel": channel, "kind": r.kind,
-             "attempted_at": _utc(t.at), "ok": bool(t.ok), "error": t.error, "queue_id": int(r.id)}
+             "attempted_at": utc(t.at), "ok": bool(t.ok), "error": t.error, "queue_id": int(r.id)}
             for r in rows.itertuples(index=False) for t in attempts])
         if last.ok:
-            values = dict(status=SENT, sent_at=_utc(last.at), last_error=None, claim_token=None, claim_expires_at=None)
+            values = dict(status=SENT, sent_at=utc(last.at), last_error=None, claim_token=None, claim_expires_at=None)
         else:
             earlier = int(rows["attempts"].max())  # attempts of earlier rounds: 1 min, then 2, 4, ... up to 30
             hold = timedelta(seconds=float(rows["hold"].min()))
@@ -387,7 +378,7 @@ def record_outcome(engine: sa.Engine, rows: pd.DataFrame, channel: str, attempts
                                                 else_=a.c.notified_at)
             conn.execute(a.update().where(a.c.rule_id == sa.bindparam("r")).where(a.c.entity_key == sa.bindparam("k"))
                          .values(**values),
-                         [{"r": r, "k": k, "at": _utc(last.at)} for r, k in
+                         [{"r": r, "k": k, "at": utc(last.at)} for r, k in
                           alerts[["rule_id", "entity_key"]].drop_duplicates().itertuples(index=False)])
 
 
@@ -396,16 +387,10 @@ def sends_in_last_minute(conn: sa.Connection, now: datetime) -> dict[str, int]:
 
     A digest is recorded once per alert it carries, all with the same time: distinct times count messages.
     """
-    d, now = alert_deliveries, _utc(now)
+    d, now = alert_deliveries, utc(now)
     rows = conn.execute(sa.select(d.c.channel, sa.func.count(sa.distinct(d.c.attempted_at)))
                         .where(d.c.attempted_at > now - timedelta(minutes=1)).group_by(d.c.channel)).all()
     return dict(rows)
-
-
-def _utc(ts: datetime) -> datetime:
-    if isinstance(ts, pd.Timestamp):
-        ts = ts.to_pydatetime()
-    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
 
 
 def open_alerts(conn: sa.Connection, rule_ids: Iterable[str] | None = None) -> pd.DataFrame:

@@ -19,8 +19,8 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 
+from .roles import ROLE_LABELS
 from .rules import Rule
-from .summary import ROLE_LABELS
 
 SEVERITY_LABELS = {"info": "提示", "warning": "警告", "critical": "严重"}
 KIND_LABELS = {"escalate": "升级", "resolve": "已恢复"}

@@ -37,15 +37,14 @@ from typing import Any
 
 from .canonical import SOURCE_ENTITIES
 from .config import Config, SectionParser
+from .roles import ROLE_LABELS
 from .rules import Rule, parse_rules, with_defaults
 
 OUTBOX = "outbox"
 CARRIER = "carrier"
 # Built-in groups: a rule may name them without an `alerts.groups` entry (they then use default_channels).
-GROUP_LABELS = {
-    "warehouse": "仓库", "purchasing": "采购", "customer_service": "客服", "ops_lead": "运营负责人",
-    "data": "数据团队", "sales": "销售", "finance": "财务", "logistics": "物流",
-}
+# Their labels are the roles' (order_pipeline.roles.ROLE_LABELS).
+BUILTIN_GROUPS = ("warehouse", "purchasing", "customer_service", "ops_lead", "data", "sales", "finance", "logistics")
 ALERTS_FIELDS = {"cooldown", "escalate_after", "escalate_to", "max_escalations", "resolve_note", "evaluate_every",
                  "board_url", "groups", "default_channels", "run_failures_to", "tracking_links"}
 GROUP_FIELDS = {"channels", "mentions", "label"}
@@ -110,7 +109,7 @@ class AlertSettings:
         return tuple(dict.fromkeys([OUTBOX, *self.channel_specs]))
 
     def group(self, name: str) -> Group:
-        return self.groups.get(name) or Group(name, GROUP_LABELS.get(name, name), self.default_channels)
+        return self.groups.get(name) or Group(name, ROLE_LABELS.get(name, name), self.default_channels)
 
     def route(self, target: str) -> list[tuple[str, tuple[str, ...]]]:
         """(channel, mentions) pairs a message for `target` (a group or a channel name) goes to."""
@@ -149,7 +148,7 @@ class _Parser(SectionParser):
         default_channels = (self.names(a["default_channels"], "alerts.default_channels", channel_names, "channels")
                             if "default_channels" in a else d.default_channels)
         groups = self.groups(a.get("groups"), channel_names)
-        targets = set(GROUP_LABELS) | set(groups) | channel_names
+        targets = set(BUILTIN_GROUPS) | set(groups) | channel_names
         resolve_note = a.get("resolve_note", d.resolve_note)
         if not isinstance(resolve_note, bool):
             self.fail("alerts.resolve_note", f"{resolve_note!r} is not true or false", "write `resolve_note: true`")
@@ -215,7 +214,7 @@ class _Parser(SectionParser):
             if not isinstance(mentions, list) or not all(isinstance(m, str | int) and not isinstance(m, bool)
                                                           for m in mentions):
                 self.fail(f"{entry}.mentions", f"{mentions!r} is not a list", 'write e.g. `mentions: ["13800000000", zhangsan]`')
-            label = str(spec.get("label") or GROUP_LABELS.get(str(name), name))
+            label = str(spec.get("label") or ROLE_LABELS.get(str(name), name))
             groups[str(name)] = Group(str(name), label, channels, tuple(str(m) for m in mentions))
         return groups
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -22,7 +22,7 @@ from .alert_messages import (MessageText, freshness_message, rule_message, rule_
                              tracking_link_message)
 from .alert_settings import AlertSettings, load_alert_settings
 from .config import Config
-from .rules import Rule, evaluate as evaluate_rules, fetch_frame
+from .rules import Rule, aware_utc, evaluate as evaluate_rules, fetch_frame, time_param
 from .schema import order_tracking_snapshot, pipeline_state, tracking_link_sends
 from .source_freshness import SourceAge, source_ages
 from .warehouse import insert_frame
@@ -97,7 +97,7 @@ class Alerting:
 
     def evaluate(self, now: datetime) -> Evaluation:
         """Evaluate every rule and freshness SLA at `now`, update the ledger and queue what is due."""
-        now = _utc(now)
+        now = aware_utc(now)
         s, tz = self.settings, self.config.timezone
         with self.engine.connect() as conn:
             found = evaluate_rules(conn, s.rules, now, tz)
@@ -144,7 +144,7 @@ class Alerting:
 
     def run_failed(self, entity: str, job: str, run_id: str, error: str, now: datetime) -> ledger.SyncResult:
         """A failed run: one open alert per job (or asset selection), re-sent after the cool-down."""
-        now = _utc(now)
+        now = aware_utc(now)
         summary, msg = run_failure_message(job, run_id, error)
         rows = pd.DataFrame([{"entity_key": entity, "order_no": None, "job": job, "run_id": run_id}])
         with self.engine.begin() as conn:
@@ -161,7 +161,7 @@ class Alerting:
                    if k == job or (k.startswith(ASSETS_PREFIX) and set(k[len(ASSETS_PREFIX):].split(",")) <= done)]
         empty = pd.DataFrame(columns=["entity_key", "order_no"])
         with self.engine.begin() as conn:
-            return ledger.sync(conn, self.run_spec(), empty, _utc(now), lambda row, kind, fs: ("", None),
+            return ledger.sync(conn, self.run_spec(), empty, aware_utc(now), lambda row, kind, fs: ("", None),
                                self.settings.route, self.settings.board_url, scope_keys=covered)
 
     # -- customer tracking links ----------------------------------------------------------------
@@ -186,7 +186,7 @@ class Alerting:
 
         s, t = order_tracking_snapshot, tracking_link_sends
         new = fetch_frame(conn, sa.select(s.c.order_no, s.c.customer_phone)
-                         .where(s.c.status == "open").where(s.c.ordered_at >= _bind(now - tl.within))
+                         .where(s.c.status == "open").where(s.c.ordered_at >= time_param(now - tl.within))
                          .where(~sa.exists().where(t.c.order_no == s.c.order_no)).order_by(s.c.order_no))
         if new.empty:
             return 0
@@ -208,13 +208,3 @@ def run_entity(job_name: str, asset_keys: list[str] | None) -> str:
     if asset_keys and job_name.startswith("__"):
         return ASSETS_PREFIX + ",".join(sorted(asset_keys))
     return job_name
-
-
-def _utc(ts: datetime) -> datetime:
-    if ts.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
-    return ts.astimezone(timezone.utc)
-
-
-def _bind(ts: datetime) -> sa.BindParameter:
-    return sa.bindparam(None, _utc(ts), type_=sa.DateTime(timezone=True))

@@ -39,7 +39,7 @@ import re
 import string
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -51,6 +51,7 @@ import yaml
 from .config import ConfigError, parse_duration
 from .schema import RAW_TABLES, order_tracking_snapshot
 from .stages import STAGE_LABELS
+from .warehouse import utc
 
 SCOPES = ("order", "sku")
 SEVERITIES = ("info", "warning", "critical")
@@ -456,14 +457,16 @@ class _RuleParser:
 # --- compiling to SQL --------------------------------------------------------------------------
 
 
-def _utc(now: datetime) -> datetime:
+def aware_utc(now: datetime) -> datetime:
+    """`now` in UTC. A naive `now` is refused rather than read as UTC: it is usually local time."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    return now.astimezone(timezone.utc)
+    return utc(now)
 
 
-def _time(value: datetime) -> sa.BindParameter:
-    return sa.bindparam(None, _utc(value), type_=sa.DateTime(timezone=True))
+def time_param(value: datetime) -> sa.BindParameter:
+    """A time to compare with a timestamp column, bound the way the column stores it."""
+    return sa.bindparam(None, aware_utc(value), type_=sa.DateTime(timezone=True))
 
 
 def condition_sql(cond: Condition, fields: Mapping[str, sa.ColumnElement], kind: str, now: datetime,
@@ -474,14 +477,14 @@ def condition_sql(cond: Condition, fields: Mapping[str, sa.ColumnElement], kind:
     if cond.op == "is_null":
         return col.is_(None) if v else col.is_not(None)
     if cond.op == "older_than":
-        return col < _time(now - v)
+        return col < time_param(now - v)
     if cond.op == "newer_than":
-        return col >= _time(now - v)
+        return col >= time_param(now - v)
     if cond.op == "within_next":
         if kind == "date":
-            today = _utc(now).astimezone(ZoneInfo(tz)).date()
+            today = aware_utc(now).astimezone(ZoneInfo(tz)).date()
             return col <= sa.bindparam(None, today + v, type_=sa.Date)
-        return col <= _time(now + v)
+        return col <= time_param(now + v)
     if cond.op == "in":
         return col.in_(list(v))
     if cond.op == "not_in":
@@ -496,7 +499,7 @@ def condition_sql(cond: Condition, fields: Mapping[str, sa.ColumnElement], kind:
 
 def _literal(value, kind: str):
     if kind == "datetime":
-        return _time(value)
+        return time_param(value)
     if kind == "date":
         return sa.bindparam(None, value, type_=sa.Date)
     if kind == "bool":

@@ -200,7 +200,6 @@ order_alerts = sa.Table(
     sa.Column("resolved_at", sa.DateTime(timezone=True)),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("last_error", sa.Text),
-    # Added with the dispatch queue; `alert_ledger.ensure_columns` adds them to older warehouses.
     sa.Column("title", sa.Text),
     sa.Column("risk", sa.Text),  # "high" when the rule marks the order high risk
     sa.Column("queued_at", sa.DateTime(timezone=True)),  # last notification queued: the cool-down counts from it

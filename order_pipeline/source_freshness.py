@@ -1,24 +1,28 @@
-"""How old each source's newest data is, against its SLA (the `freshness:` section).
+"""Source freshness for the alerts: how old each source's newest data is, against its SLA
+(the `freshness:` section).
 
 A source's age is measured from the newest `updated_at` the pipeline has loaded from it (kept
 in `pipeline_state` as `watermark:<entity>`), so a WMS whose sync went silent shows up even
 when every pipeline run succeeds. The carrier feed is fresh when Kuaidi100 answered (by poll
 or push) within its SLA, or when no parcel is waiting for an answer.
+
+This is "the source produced data recently". The Dagster freshness checks and policies on the
+raw assets (`assets.checks`) measure something else, "the asset ran recently"; see there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pandas as pd
 import sqlalchemy as sa
 
 from .alert_settings import CARRIER, SourceSla
-from .schema import RAW_TABLES, pipeline_state, raw_tracking
-
-SIGNED = 3
+from .schema import pipeline_state, raw_tracking
+from .tracking_store import due_waybills
+from .warehouse import utc
 
 
 @dataclass(frozen=True)
@@ -39,28 +43,20 @@ def source_ages(conn: sa.Connection, slas: Sequence[SourceSla], now: datetime) -
     out = []
     for sla in slas:
         if sla.source == CARRIER:
-            newest, waiting = _carrier(conn)
+            newest, waiting = _carrier(conn, now)
             stale = waiting and (newest is None or newest < now - sla.max_age)
         else:
             value = marks.get(f"watermark:{sla.source}")
-            newest = _utc(value) if value else None
+            newest = utc(pd.Timestamp(value).to_pydatetime()) if value else None  # stored as ISO text
             stale = newest is None or newest < now - sla.max_age
         out.append(SourceAge(sla, newest, bool(stale)))
     return out
 
 
-def _carrier(conn: sa.Connection) -> tuple[datetime | None, bool]:
-    t, s, o = raw_tracking, RAW_TABLES["shipments"], RAW_TABLES["orders"]
+def _carrier(conn: sa.Connection, now: datetime) -> tuple[datetime | None, bool]:
+    """The newest successful Kuaidi100 answer, and whether any parcel still waits for one."""
+    t = raw_tracking
     newest = conn.execute(sa.select(sa.func.max(t.c.polled_at)).where(t.c.poll_error.is_(None))).scalar()
-    unsigned = (sa.select(s.c.waybill_no)
-                .select_from(s.outerjoin(t, t.c.waybill_no == s.c.waybill_no).outerjoin(o, o.c.order_no == s.c.order_no))
-                .where(sa.or_(t.c.waybill_no.is_(None),
-                              sa.and_(t.c.is_signed.is_(False), sa.func.coalesce(t.c.state, -1) != SIGNED)))
-                .where(sa.or_(o.c.status.is_(None), o.c.status != "cancelled")).limit(1))
-    waiting = conn.execute(unsigned).first() is not None
-    return (_utc(newest) if newest is not None else None), waiting
-
-
-def _utc(value) -> datetime:
-    ts = pd.Timestamp(value)
-    return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).to_pydatetime()
+    # Waiting: an unsigned waybill of a live order, i.e. one the poller would ask about at any interval.
+    waiting = not due_waybills(conn, now, timedelta(0), 1).empty
+    return (utc(newest) if newest is not None else None), waiting

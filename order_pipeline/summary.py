@@ -6,13 +6,9 @@ from collections import Counter
 
 import sqlalchemy as sa
 
+from .roles import ROLE_LABELS
 from .schema import order_tracking_snapshot, pipeline_rejects
 from .stages import HAPPY_PATH, MISSING_LABELS, STAGE_LABELS
-
-ROLE_LABELS = {
-    "sales": "销售", "finance": "财务", "warehouse": "仓库", "logistics": "物流", "carrier": "承运商",
-    "customer_service": "客服", "ops_lead": "运营负责人", "purchasing": "采购", "data": "数据团队",
-}
 
 
 def _bar(n: int, total: int, width: int = 30) -> str:

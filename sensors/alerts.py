@@ -5,7 +5,8 @@ ledger, queues what is due and drains the queue. Its cursor remembers which publ
 last evaluated and when something next falls due (a cool-down, an escalation, a retry, the
 periodic re-evaluation for rules that become true with time): a tick with nothing to do reads
 one row of `pipeline_state` and skips. Sending twice is prevented by the ledger, not by the
-cursor, so a failed tick (its cursor not saved) is harmless.
+cursor, so a failed tick (its cursor not saved) is harmless. A message whose channel fails gets
+one attempt per tick, never a wait within it: its retry time is among what the cursor waits for.
 """
 
 from __future__ import annotations

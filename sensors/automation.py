@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import dagster as dg
 
 AUTOMATION_SENSOR = "follow_sources"
-FRESHNESS_SENSOR = "source_freshness_checks"
+# Runs the raw assets' "ran recently" checks; the source-freshness alert is the alert sensor's.
+FRESHNESS_SENSOR = "raw_asset_freshness_checks"
 
 
 def automation_sensor(interval: int = 30) -> dg.AutomationConditionSensorDefinition:
@@ -23,7 +24,7 @@ def automation_sensor(interval: int = 30) -> dg.AutomationConditionSensorDefinit
 
 
 def freshness_sensor(checks: Sequence[dg.AssetChecksDefinition], interval: int = 60) -> dg.SensorDefinition:
-    """Evaluates the raw assets' freshness checks (built from the `freshness:` SLAs)."""
+    """Evaluates the raw assets' last-update checks ("the asset ran recently", assets.checks.freshness_checks)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.SupersessionWarning)  # see assets.checks.freshness_checks
         return dg.build_sensor_for_freshness_checks(

@@ -1,9 +1,13 @@
 """Drain the alert queue through the configured channels.
 
 Per channel: start a rate budget from what the channel took in the last minute (recorded in
-`alert_deliveries`), let `plan` fold what does not fit into digests, claim the rows, send with
-retries (`deliver`), and record every attempt right after each send. A channel that fails
-keeps its rows pending with a retry time; the other channels are not held up by it.
+`alert_deliveries`), let `plan` fold what does not fit into digests, claim the rows, send
+(`deliver`), and record every attempt right after each send. A channel that fails keeps its rows
+pending with a retry time; the other channels are not held up by it.
+
+By default a message gets one attempt per drain and a failure waits for its retry time, a later
+drain: a sensor tick never sleeps. `retries` > 0 retries within the drain, with backoff, for a
+caller that has no later drain (`order-pipeline run`).
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ class DrainResult:
 
 
 class Dispatcher:
-    def __init__(self, engine: sa.Engine, channels: Mapping[str, Channel], *, retries: int = 3, backoff: float = 1.0,
+    def __init__(self, engine: sa.Engine, channels: Mapping[str, Channel], *, retries: int = 0, backoff: float = 1.0,
                  sleep: Callable[[float], None] = time.sleep):
         self.engine, self.channels = engine, dict(channels)
         self.retries, self.backoff, self.sleep = retries, backoff, sleep
@@ -107,7 +111,7 @@ class Dispatcher:
                             len(attempts), last.error)
                 if last.retryable and n + 1 < len(batch):
                     # The platform is down or throttling: the rest waits for the next round
-                    # instead of each message sitting through its own retries now.
+                    # instead of each message waiting for its own answer (or retries) now.
                     rest = [int(k) for m in batch[n + 1:] for k in m.keys]
                     ledger.release(self.engine, rest, now + RETRY_AFTER_OUTAGE)
                     result.waiting += len(rest)

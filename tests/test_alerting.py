@@ -13,15 +13,17 @@ import pytest
 import sqlalchemy as sa
 
 from order_pipeline import alert_ledger
+from order_pipeline.alert_settings import CARRIER, SourceSla
 from order_pipeline.alerting import Alerting
 from order_pipeline.config import SourceConfig, Secret
-from order_pipeline.schema import alert_deliveries, alert_outbox, alert_queue, order_alerts
+from order_pipeline.schema import BATCH, alert_deliveries, alert_outbox, alert_queue, order_alerts, raw_tracking
+from order_pipeline.source_freshness import source_ages
 from order_pipeline.warehouse import Warehouse, set_state
 from resources.channels import OutboxChannel, WeComRobot
 from sensors.dispatch import Dispatcher, build_channels
 
 from conftest import NOW
-from test_rules import D, H, S, TZ, engine, make_config, order, publish_rows, warehouse_url  # noqa: F401
+from test_rules import D, H, S, TZ, add_rows, engine, make_config, order, publish_rows, warehouse_url  # noqa: F401
 
 M = timedelta(minutes=1)
 GROUPS = {
@@ -38,7 +40,7 @@ def runtime(tmp_path, engine, channels=None, **sections):
     config = make_config(tmp_path, str(engine.url), **{**GROUPS, **sections})
     alerting = Alerting(config, engine)
     built = build_channels(alerting.settings, engine) if channels is None else channels
-    return alerting, Dispatcher(engine, built, sleep=lambda s: None)
+    return alerting, Dispatcher(engine, built)
 
 
 def tick(alerting, dispatcher, now):
@@ -173,7 +175,7 @@ class WeComStub:
         return httpx.Response(200, json={"errcode": code, "errmsg": "ok" if code == 0 else "refused"})
 
 
-def wecom_runtime(tmp_path, engine, stub):
+def wecom_runtime(tmp_path, engine, stub, **dispatch):
     channels = {"wecom_wh": WeComRobot("https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=k", name="wecom_wh",
                                        transport=httpx.MockTransport(stub)),
                 "wh_box": OutboxChannel(engine, name="wh_box")}
@@ -182,7 +184,7 @@ def wecom_runtime(tmp_path, engine, stub):
     sections = {"channels": {**GROUPS["channels"], "wecom_wh": {"type": "outbox"}}, "alerts": alerts}
     config = make_config(tmp_path, str(engine.url), **sections)
     alerting = Alerting(config, engine)
-    return alerting, Dispatcher(engine, channels, sleep=lambda s: None)
+    return alerting, Dispatcher(engine, channels, **dispatch)
 
 
 def test_a_failing_channel_is_recorded_retried_later_and_does_not_hold_up_the_others(tmp_path, engine):
@@ -207,15 +209,38 @@ def test_a_failing_channel_is_recorded_retried_later_and_does_not_hold_up_the_ot
     assert deliveries(engine)["ok"].tolist()[-1]
 
 
-def test_a_rate_limited_robot_is_retried_with_backoff_within_the_send(tmp_path, engine):
+def test_a_rate_limited_robot_gets_one_attempt_a_round_and_waits_for_its_retry_time(tmp_path, engine):
     publish_rows(engine, [paid_order()])
     stub = WeComStub(45009, 45009)
-    alerting, dispatcher = wecom_runtime(tmp_path, engine, stub)
+    slept = []
+    alerting, dispatcher = wecom_runtime(tmp_path, engine, stub, sleep=slept.append)
+
+    def wecom():
+        d = deliveries(engine)
+        return d[d["channel"] == "wecom_wh"]["ok"].tolist()
+
     tick(alerting, dispatcher, NOW)
+    assert wecom() == [False] and "45009" in deliveries(engine)["error"].dropna().iloc[0]
+    dispatcher.drain(NOW + 30 * S)  # its retry time is a minute after the first failure
+    assert wecom() == [False]
+    dispatcher.drain(NOW + M)
+    assert wecom() == [False, False]
+    dispatcher.drain(NOW + 2 * M)  # then two minutes after the second
+    assert wecom() == [False, False]
+    assert dispatcher.drain(NOW + 3 * M).delivered == 1
+    assert wecom() == [False, False, True]
+    assert slept == []
+
+
+def test_with_retries_a_drain_retries_a_rate_limited_robot_with_backoff(tmp_path, engine):
+    publish_rows(engine, [paid_order()])
+    stub = WeComStub(45009, 45009)
+    slept = []
+    alerting, dispatcher = wecom_runtime(tmp_path, engine, stub, retries=3, sleep=slept.append)
+    _, drained = tick(alerting, dispatcher, NOW)
     d = deliveries(engine)
-    wecom = d[d["channel"] == "wecom_wh"]
-    assert wecom["ok"].tolist() == [False, False, True]
-    assert "45009" in wecom["error"].iloc[0]
+    assert d[d["channel"] == "wecom_wh"]["ok"].tolist() == [False, False, True]
+    assert slept == [1.0, 2.0] and drained.failed == 0
 
 
 def test_a_robot_that_is_down_holds_up_one_message_not_the_round(tmp_path, engine):
@@ -229,7 +254,7 @@ def test_a_robot_that_is_down_holds_up_one_message_not_the_round(tmp_path, engin
 
     alerting, dispatcher = wecom_runtime(tmp_path, engine, server)
     _, drained = tick(alerting, dispatcher, NOW)
-    assert len(posts) == 4  # one message and its three retries; the other two wait for the next round
+    assert len(posts) == 1  # one attempt at one message; the other two wait for the next round
     assert drained.waiting == 2 and drained.failed == 1
     assert len(outbox(engine)) == 3  # the outbox channel was not held up
     down["on"] = False
@@ -322,7 +347,7 @@ def test_a_stale_source_alerts_the_data_owner_and_resolves_when_fresh(tmp_path, 
     config = make_config(tmp_path, str(engine.url), **GROUPS)
     config = type(config)(**{**config.__dict__, "sources": config_sources})
     alerting = Alerting(config, engine)
-    dispatcher = Dispatcher(engine, build_channels(alerting.settings, engine), sleep=lambda s: None)
+    dispatcher = Dispatcher(engine, build_channels(alerting.settings, engine))
     publish_rows(engine, [])
     with engine.begin() as conn:
         set_state(conn, "watermark:inventory", (NOW - 30 * M).isoformat(), NOW)
@@ -339,6 +364,38 @@ def test_a_stale_source_alerts_the_data_owner_and_resolves_when_fresh(tmp_path, 
     tick(alerting, dispatcher, NOW + 2 * M)
     assert ledger_row(engine, "source_freshness", "raw_inventory")["resolved_at"] is not None
     assert outbox(engine)["title"].iloc[-1].startswith("【已恢复】")
+
+
+def test_the_carrier_feed_is_stale_only_while_a_parcel_waits_for_an_answer(engine):
+    sla = SourceSla(CARRIER, 2 * H, ("data",))
+
+    def carrier():
+        with engine.connect() as conn:
+            [age] = source_ages(conn, [sla], NOW)
+        return age.stale, age.newest
+
+    def shipment(order_no, waybill_no):
+        return {"order_no": order_no, "waybill_no": waybill_no, "carrier_code": "shunfeng",
+                "shipped_at": NOW - 5 * H, "updated_at": NOW - 5 * H}
+
+    assert carrier() == (False, None)  # no parcel: nothing to wait for
+    add_rows(engine, "shipments", [shipment("SO-1", "SF1")])
+    assert carrier() == (True, None)  # shipped, never answered
+    with engine.begin() as conn:
+        conn.execute(raw_tracking.insert().values(waybill_no="SF1", is_signed=False, polled_at=NOW - 2 * H,
+                                                  **{BATCH: 1}))
+    assert carrier() == (False, NOW - 2 * H)  # answered exactly the SLA ago
+    with engine.begin() as conn:
+        conn.execute(raw_tracking.update().values(polled_at=NOW - 2 * H - S))
+    assert carrier() == (True, NOW - 2 * H - S)
+    with engine.begin() as conn:
+        conn.execute(raw_tracking.update().values(state=3))  # Kuaidi100's "signed", before `ischeck` says so
+    assert carrier() == (False, NOW - 2 * H - S)
+    add_rows(engine, "shipments", [shipment("SO-2", "SF2")])
+    add_rows(engine, "orders", [{"order_no": "SO-2", "customer_name": "李四", "customer_phone": "13900000000",
+                                 "ship_address": "上海", "amount": 10.0, "ordered_at": NOW - D, "status": "cancelled",
+                                 "updated_at": NOW - H}])
+    assert carrier()[0] is False  # a cancelled order's parcel waits for nothing
 
 
 def test_a_failed_run_alerts_the_data_team_once_and_a_success_resolves_it(tmp_path, engine):
@@ -389,14 +446,13 @@ def test_without_a_web_section_links_are_skipped_and_logged(tmp_path, engine, ca
     assert "tracking links are not sent" in caplog.text
 
 
-def test_a_warehouse_from_before_the_queue_gets_its_new_columns(tmp_path):
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    engine = Warehouse(url).engine
-    with engine.begin() as conn:
-        conn.exec_driver_sql("CREATE TABLE order_alerts (rule_id TEXT, entity_key TEXT, scope TEXT, order_no TEXT, "
-                             "severity TEXT, message TEXT, details TEXT, first_seen TIMESTAMP, last_seen TIMESTAMP, "
-                             "notified_at TIMESTAMP, escalation_level INTEGER, resolved_at TIMESTAMP, attempts INTEGER, "
-                             "last_error TEXT, PRIMARY KEY (rule_id, entity_key))")
-    alert_ledger.ensure_schema(engine)
-    cols = {c["name"] for c in sa.inspect(engine).get_columns("order_alerts")}
-    assert {"title", "risk", "queued_at"} <= cols
+def test_the_alerting_creates_its_tables_in_an_empty_warehouse(tmp_path):
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    engine = Warehouse(url).engine  # no create_schema: the alert tables are the alerting's to create
+    alerting, dispatcher = runtime(tmp_path, engine)
+    assert {"order_alerts", "alert_queue", "alert_deliveries", "alert_outbox", "tracking_link_sends"} <= set(
+        sa.inspect(engine).get_table_names())
+    alerting.run_failed("order_pipeline", "order_pipeline", "run-1", "boom", NOW)
+    assert dispatcher.drain(NOW).delivered == 1
+    alert_ledger.ensure_schema(engine)  # again: nothing to do, nothing lost
+    assert len(outbox(engine)) == 1

@@ -16,6 +16,7 @@ from order_pipeline.runner import run_pipeline
 from order_pipeline.schema import alert_outbox, order_alerts
 from order_pipeline.warehouse import Warehouse
 from sensors import runtime
+from sensors.runtime import CLI_RETRIES
 
 from conftest import NOW
 
@@ -40,7 +41,7 @@ def test_the_demo_definitions_load_and_validate(config, monkeypatch):
     sensors = {s.name for s in repo.sensor_defs}
     assert {"orders_source_changed", "payments_source_changed", "inventory_source_changed",
             "reservations_source_changed", "shipments_source_changed", "carrier_push_received", "follow_sources",
-            "source_freshness_checks", "alert_dispatch", "run_failure_alerts"} <= sensors
+            "raw_asset_freshness_checks", "alert_dispatch", "run_failure_alerts"} <= sensors
     assert "order_lines_source_changed" not in sensors  # lines ride along with orders
     assert [s.name for s in repo.schedule_defs] == ["carrier_poll"]
     assert repo.get_schedule_def("carrier_poll").cron_schedule == "0 */2 * * *"
@@ -87,6 +88,7 @@ def test_the_demo_raises_each_rule_as_a_check_and_as_an_alert(config, monkeypatc
 
     engine = Warehouse(config.warehouse_url.resolve()).engine
     alerting, dispatcher = alert_runtime(config, engine)
+    assert dispatcher.retries == CLI_RETRIES > 0  # no later tick retries for `order-pipeline run`
     ev = alerting.evaluate(NOW)
     assert all(ev.breaching[rule] >= 1 for rule in RULES), ev.breaching
     drained = dispatcher.drain(NOW)

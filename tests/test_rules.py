@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from order_pipeline.alert_settings import load_alert_settings
+from order_pipeline.alert_settings import BUILTIN_GROUPS, load_alert_settings
 from order_pipeline.config import CarrierConfig, Config, ConfigError, Secret
-from order_pipeline.rules import (DEFAULT_RULES_YAML, FieldRef, count_and_sample, default_rules, evaluate,
-                                  parse_rules)
-from order_pipeline.schema import RAW_TABLES, metadata, order_tracking_snapshot, unified_orders
-from order_pipeline.stages import NEXT_OWNER, STAGE_LABELS
+from order_pipeline.roles import ROLE_LABELS
+from order_pipeline.rules import FieldRef, count_and_sample, default_rules, evaluate, parse_rules
+from order_pipeline.schema import RAW_TABLES, order_tracking_snapshot, unified_orders
+from order_pipeline.stages import MISSING_FACTS, NEXT_OWNER, STAGE_LABELS
 from order_pipeline.warehouse import Warehouse, insert_frame, set_state
 
 from conftest import NOW
@@ -274,14 +274,22 @@ def test_rule_may_notify_a_configured_channel_or_group(tmp_path):
     assert rules["paid_not_locked"].notify == ("night_shift", "ops_mail")
 
 
-def test_default_rules_text_is_valid_yaml_with_four_entries():
-    import yaml
+def test_the_default_rules_notify_built_in_groups_that_have_labels():
+    # A config without `alerts.groups` must load: every default target is a built-in group.
+    rules = parse_rules(None, "x.yaml", targets=BUILTIN_GROUPS)
+    targets = {t for r in rules for t in r.notify}
+    assert targets == {"warehouse", "purchasing", "customer_service", "ops_lead"}
+    assert all(g in ROLE_LABELS for g in BUILTIN_GROUPS)
+    # Whoever an order waits for has a label, in the summary, the messages and the web pages alike.
+    owners = {o for o in NEXT_OWNER.values() if o} | {owner for _, owner in MISSING_FACTS.values()}
+    assert owners <= set(ROLE_LABELS)
+    assert (ROLE_LABELS["carrier"], ROLE_LABELS["ops_lead"]) == ("快递公司", "运营负责人")
 
-    assert len(yaml.safe_load(DEFAULT_RULES_YAML)) == 4
 
-
-def test_the_rule_tables_exist_in_the_schema():
-    assert {"order_alerts", "alert_deliveries", "alert_queue", "alert_outbox", "tracking_link_sends"} <= set(metadata.tables)
+def test_a_naive_now_is_refused_rather_than_read_as_utc(engine):
+    rule = next(r for r in default_rules() if r.id == "paid_not_locked")
+    with engine.connect() as conn, pytest.raises(ValueError, match="timezone-aware"):
+        evaluate(conn, [rule], NOW.replace(tzinfo=None), TZ)
 
 
 @pytest.mark.parametrize("sections, entry, problem", [

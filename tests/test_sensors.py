@@ -4,21 +4,24 @@ cool-down, escalation, resolution, a crash between send and record), run failure
 from __future__ import annotations
 
 import sqlite3
-import time
 from datetime import datetime, timedelta
 
 import dagster as dg
+import httpx
 import pandas as pd
 import pytest
 import sqlalchemy as sa
 
 from order_pipeline import alert_ledger
+from order_pipeline.alerting import Alerting
 from order_pipeline.config import Secret, SourceConfig
-from order_pipeline.schema import BATCH, alert_outbox, order_alerts, raw_tracking
+from order_pipeline.schema import BATCH, alert_deliveries, alert_outbox, alert_queue, order_alerts, raw_tracking
+from resources.channels import WeComRobot
 from resources.warehouse import PipelineClock, WarehouseResource
 from sensors import runtime
 from sensors.alerts import AlertCursor, alert_sensor, run_failure_sensor, run_success_sensor
 from sensors.carrier import carrier_push_sensor, poll_cron
+from sensors.dispatch import Dispatcher
 from sensors.sources import source_change_sensor
 
 from conftest import NOW
@@ -189,16 +192,76 @@ def test_a_crash_between_send_and_record_across_ticks(ticks, engine, monkeypatch
     assert len(outbox(engine)) == 2
 
 
-def test_an_idle_tick_is_cheap(ticks, engine):
+def test_an_idle_tick_reads_one_row_and_neither_evaluates_nor_sends(ticks, engine, monkeypatch):
     publish_rows(engine, [paid_order(f"SO-{i}") for i in range(200)])
     ticks(NOW)
-    timings = []
-    for i in range(1, 6):
-        started = time.perf_counter()
-        data = ticks(NOW + i * 10 * S)
-        timings.append(time.perf_counter() - started)
-        assert data.skip_message.startswith("snapshot unchanged")
-    assert sorted(timings)[2] < 0.2, timings
+    before = ticks.cursor
+    calls, statements = [], []
+    monkeypatch.setattr(Alerting, "evaluate", lambda self, now: calls.append(("evaluate", now)))
+    monkeypatch.setattr(Dispatcher, "drain", lambda self, now: calls.append(("drain", now)))
+    sensor_engine = runtime.warehouse_engine(ticks.url)  # the engine the ticks share
+
+    def executed(conn, dbapi_cursor, statement, *args):
+        statements.append(statement)
+
+    sa.event.listen(sensor_engine, "before_cursor_execute", executed)
+    try:
+        for i in range(1, 6):
+            statements.clear()
+            data = ticks(NOW + i * 10 * S)
+            assert data.skip_message.startswith("snapshot unchanged") and not data.run_requests
+            assert len(statements) == 1 and "pipeline_state" in statements[0], statements
+    finally:
+        sa.event.remove(sensor_engine, "before_cursor_execute", executed)
+    assert calls == []
+    assert ticks.cursor == before
+
+
+def test_a_channel_that_times_out_gets_one_attempt_per_tick_and_no_sleep(tmp_path, engine, instance):
+    publish_rows(engine, [paid_order()])
+    url = str(engine.url)
+    alerts = {**GROUPS["alerts"], "groups": {**GROUPS["alerts"]["groups"], "warehouse": {"channels": ["wecom_wh"]}}}
+    config = make_config(tmp_path, url, channels={**GROUPS["channels"], "wecom_wh": {"type": "outbox"}},
+                         alerts=alerts)
+    _, dispatcher = runtime.alerting_runtime(config, url)  # the runtime the sensor's ticks use
+    slept: list[float] = []
+    dispatcher.sleep = slept.append
+    down, posts = {"on": True}, []
+
+    def robot(request: httpx.Request) -> httpx.Response:
+        posts.append(request)
+        if down["on"]:
+            raise httpx.ReadTimeout("timed out", request=request)
+        return httpx.Response(200, json={"errcode": 0, "errmsg": "ok"})
+
+    dispatcher.channels["wecom_wh"] = WeComRobot("https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=k",
+                                                 name="wecom_wh", transport=httpx.MockTransport(robot))
+    ticks = Ticks(alert_sensor(config), instance, url)
+
+    first = ticks(NOW)
+    assert len(posts) == 1 and slept == []
+    assert "delivered 0, failed 1" in first.skip_message
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(alert_queue).where(alert_queue.c.channel == "wecom_wh")).mappings().one()
+        tried = conn.execute(sa.select(alert_deliveries.c.ok, alert_deliveries.c.error)).all()
+    assert tried == [(False, "no answer within 10 s")]  # the attempt is recorded
+    assert row["status"] == "pending" and row["claim_token"] is None  # released, not claimed for a cool-down
+    assert AlertCursor.parse(ticks.cursor).due_at == NOW + M  # a tick comes back at the retry time
+
+    ticks(NOW + 30 * S)
+    assert len(posts) == 1
+    down["on"] = False
+    retried = ticks(NOW + M)
+    assert len(posts) == 2 and "delivered 1, failed 0" in retried.skip_message
+    assert slept == []
+
+
+def test_a_postgresql_source_url_gets_the_installed_driver():
+    sc = SourceConfig("orders", Secret(value="postgresql://erp:secret@erp-db:5432/erp"), "T_SAL_ORDER", None,
+                      {"order_no": "FBillNo", "updated_at": "FModifyDate"}, TZ)
+    engine = runtime.source_engine(sc)  # connects lazily: nothing reaches erp-db here
+    assert (engine.dialect.name, engine.dialect.driver) == ("postgresql", "psycopg2")
+    assert runtime.source_engine(sc) is engine
 
 
 # --- run failures -------------------------------------------------------------------------------------

@@ -6,16 +6,13 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from .. import kuaidi100
+from ..roles import ROLE_LABELS
 from ..stages import MISSING_FACTS, MISSING_LABELS
 from .i18n import OFF_PATH, STAGE_LABELS, STAGES, carrier_name
 from .timefmt import age, age_text, as_utc, local_time
 
 OPEN_STAGES = ("ordered", "paid", "locked", "shipped", "in_transit", "exception")
 
-ROLE_LABELS = {
-    "sales": "销售", "finance": "财务", "warehouse": "仓库", "logistics": "物流", "carrier": "快递公司",
-    "customer": "客户", "customer_service": "客服", "ops_lead": "运营主管", "purchasing": "采购",
-}
 
 # (label, column, kind, key fact) per stage, after the design's stage table; an empty key fact of
 # a reached stage is flagged, an empty optional one is not.
