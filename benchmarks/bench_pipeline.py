@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sqlite3
 import subprocess
 import sys
@@ -115,8 +114,15 @@ def child(step: str, config_path: str) -> None:
     started = time.perf_counter()
     times = STEPS[step](config, wh.engine)
     times["total"] = time.perf_counter() - started
-    times["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    times["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(times))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Not getrusage's ru_maxrss: Linux carries that over
+    from the parent across fork and exec, so every child would report the orchestrator's peak."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
 
 
 def run_child(step: str, config_path: Path) -> dict:
