@@ -37,7 +37,7 @@ def unified_orders_asset(entities: list[str], transit_days: int) -> dg.AssetsDef
             "orphan_rows": result.orphans,
             "orders_total": sum(per_stage.values()),
             **{f"orders_{s}": per_stage.get(s, 0) for s in (*HAPPY_PATH, "cancelled", "exception")},
-            "preview": preview(result.orders.assign(stage_label=result.orders["stage"].map(STAGE_LABELS)),
+            "preview": preview(result.preview.assign(stage_label=result.preview["stage"].map(STAGE_LABELS)),
                                PREVIEW_COLUMNS),
         }
         return dg.MaterializeResult(metadata=metadata)

@@ -3,12 +3,16 @@
 An order is touched when any raw row about it (its order, lines, payments,
 reservations, parcels, carrier answers or proofs of delivery) was written by a
 load batch newer than the one the last unified run saw.
+
+A full rebuild goes through the orders in slices of consecutive order numbers, all
+in one transaction: memory stays that of one slice however many orders there are.
 """
 
 from __future__ import annotations
 
 import json
 from contextlib import nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -23,19 +27,21 @@ from .warehouse import (clear_rejects, current_batch, delete_keys, get_state, in
                         record_rejects, set_state)
 
 STATE_KEY = "unified_batch"
+SLICE_ORDERS = 200_000  # orders derived at a time by a full rebuild (~0.8 GB of raw rows in pandas)
+PREVIEW_ROWS = 20
 ORPHAN_REASON = {"order_lines": "order line", "payments": "payment", "reservations": "reservation",
                  "shipments": "shipment"}
 
 
+Scope = Callable[[sa.ColumnElement], sa.ColumnElement]  # order_no column -> which orders to read
+
+
 @dataclass(frozen=True)
 class UnifyResult:
-    orders: pd.DataFrame  # the derived rows of this run
+    touched: int  # orders derived by this run
+    preview: pd.DataFrame  # the first few of them
     full: bool
     orphans: int
-
-    @property
-    def touched(self) -> int:
-        return len(self.orders)
 
 
 def touched_orders(since: int) -> sa.Select:
@@ -47,18 +53,36 @@ def touched_orders(since: int) -> sa.Select:
     return sa.union(*parts)
 
 
-def load_inputs(conn: sa.Connection, only: sa.Select | None) -> OrderInputs:
-    """Read what derivation needs of the given orders (all orders when `only` is None)."""
+def order_slices(conn: sa.Connection, size: int) -> list[Scope]:
+    """Ranges of order_no that each hold about `size` orders and together cover every value.
+
+    The first range is open below and the last open above, so rows naming an order the
+    ERP does not have still fall in one range and are reported as orphans.
+    """
+    order_no = RAW_TABLES["orders"].c.order_no
+    numbered = sa.select(order_no, sa.func.row_number().over(order_by=order_no).label("n")).subquery()
+    starts = conn.execute(sa.select(numbered.c.order_no).where(numbered.c.n % size == 1).where(numbered.c.n > 1)
+                          .order_by(numbered.c.n)).scalars().all()
+    bounds = [None, *starts, None]
+
+    def between(lo, hi) -> Scope:
+        return lambda col: sa.and_(sa.true() if lo is None else col >= lo, sa.true() if hi is None else col < hi)
+
+    return [between(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+
+
+def load_inputs(conn: sa.Connection, scope: Scope | None) -> OrderInputs:
+    """Read what derivation needs of the orders in `scope` (all orders when it is None)."""
     shipments = RAW_TABLES["shipments"]
     waybills = sa.select(shipments.c.waybill_no)
-    if only is not None:
-        waybills = waybills.where(shipments.c.order_no.in_(only))
+    if scope is not None:
+        waybills = waybills.where(scope(shipments.c.order_no))
 
     def read(name: str, table: sa.Table) -> pd.DataFrame:
         cols = INPUT_COLUMNS[name]
         q = sa.select(*(table.c[c] for c in cols))
-        if only is not None:
-            q = q.where(table.c.order_no.in_(only) if "order_no" in cols else table.c.waybill_no.in_(waybills))
+        if scope is not None:
+            q = q.where(scope(table.c.order_no) if "order_no" in cols else table.c.waybill_no.in_(waybills))
         return read_frame(conn, q, [c for c in cols if isinstance(table.c[c].type, (sa.DateTime, sa.Date))])
 
     return OrderInputs(
@@ -69,26 +93,40 @@ def load_inputs(conn: sa.Connection, only: sa.Select | None) -> OrderInputs:
     )
 
 
-def unify(engine: sa.Engine, now: datetime, transit_days: int = 3, full: bool = False) -> UnifyResult:
-    with engine.connect() as conn:
+def unify(engine: sa.Engine, now: datetime, transit_days: int = 3, full: bool = False,
+          slice_orders: int | None = None) -> UnifyResult:
+    with engine.begin() as conn:
         batch = current_batch(conn)
         since = 0 if full else int(get_state(conn, STATE_KEY, "0"))
         full = full or since == 0
-        only = None if full else touched_orders(since)
-        inputs = load_inputs(conn, only)
-    if len(inputs.orders):
-        derived = derive_orders(inputs, transit_days)
-    else:  # nothing touched, or only rows of orders the ERP does not have
-        derived = pd.DataFrame(columns=[c.name for c in unified_orders.c if c.name != BATCH])
-    with engine.begin() as conn:
-        derived[BATCH] = batch
+        if full:
+            scopes = order_slices(conn, slice_orders or SLICE_ORDERS)
+        else:
+            touched = touched_orders(since)
+            scopes = [lambda col: col.in_(touched)]
+        touched_count, orphans, first = 0, 0, None
         with rebuilding(conn, unified_orders) if full else nullcontext():
-            if not full:
-                delete_keys(conn, unified_orders, derived[["order_no"]], ["order_no"])
-            insert_frame(conn, unified_orders, derived)
-        orphans = _record_orphans(conn, inputs, now)
+            for scope in scopes:
+                inputs = load_inputs(conn, scope)
+                derived = _derive(inputs, transit_days)
+                derived[BATCH] = batch
+                if not full:
+                    delete_keys(conn, unified_orders, derived[["order_no"]], ["order_no"])
+                insert_frame(conn, unified_orders, derived)
+                orphans += _record_orphans(conn, inputs, now)
+                touched_count += len(derived)
+                if first is None:
+                    first = derived.drop(columns=[BATCH]).head(PREVIEW_ROWS)
+                del inputs, derived  # before the next slice is read
         set_state(conn, STATE_KEY, str(batch), now)
-    return UnifyResult(derived.drop(columns=[BATCH]), full, orphans)
+    return UnifyResult(touched_count, first, full, orphans)
+
+
+def _derive(inputs: OrderInputs, transit_days: int) -> pd.DataFrame:
+    if len(inputs.orders):
+        return derive_orders(inputs, transit_days)
+    # nothing touched, or only rows of orders the ERP does not have
+    return pd.DataFrame(columns=[c.name for c in unified_orders.c if c.name != BATCH])
 
 
 def _children(inp: OrderInputs) -> dict[str, pd.DataFrame]:

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from order_pipeline.config import load_config
 from order_pipeline.definitions import NOW_ENV
 from order_pipeline.runner import run_pipeline
+from order_pipeline.unify import unify
 from order_pipeline.schema import RAW_TABLES, order_tracking_events, order_tracking_snapshot, pipeline_rejects, unified_orders
 from order_pipeline.warehouse import Warehouse
 
@@ -145,6 +146,36 @@ def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(
     assert row.loc[first, "stage"] == "cancelled"
 
 
+def unified(engine) -> pd.DataFrame:
+    with engine.connect() as conn:
+        frame = pd.read_sql(sa.select(unified_orders), conn)
+    return frame.drop(columns=["_batch"]).sort_values("order_no").reset_index(drop=True)
+
+
+def rejects(engine) -> pd.DataFrame:
+    with engine.connect() as conn:
+        frame = pd.read_sql(sa.select(pipeline_rejects), conn)
+    return frame.drop(columns=["id"], errors="ignore").sort_values(["source", "record_key", "reason"]).reset_index(drop=True)
+
+
+def test_a_full_rebuild_in_slices_derives_the_same_orders_and_orphans(config, engine, demo_company, monkeypatch):
+    run(config, monkeypatch)
+    with sqlite3.connect(demo_company / "finance.db") as db:  # a payment for an order the ERP never had
+        db.execute("INSERT INTO 收款单 SELECT * FROM 收款单 LIMIT 1")
+        db.execute("UPDATE 收款单 SET 收款单号 = 'PAY-ORPHAN', 订单编号 = 'ZZ-NO-SUCH-ORDER' WHERE rowid = "
+                   "(SELECT MAX(rowid) FROM 收款单)")
+    run(config, monkeypatch, full=True)
+    whole, whole_rejects = unified(engine), rejects(engine)
+    assert "ZZ-NO-SUCH-ORDER" not in set(whole["order_no"])
+    assert (whole_rejects["record_key"] == "PAY-ORPHAN").sum() == 1
+
+    result = unify(engine, NOW, config.carrier.transit_days, full=True, slice_orders=37)
+    assert result.full and result.touched == len(whole)
+    assert result.orphans >= 1
+    pd.testing.assert_frame_equal(unified(engine), whole)
+    pd.testing.assert_frame_equal(rejects(engine), whole_rejects)
+
+
 def test_a_run_with_no_source_change_recomputes_nothing(config, engine, monkeypatch):
     run(config, monkeypatch)
     before = max_batch(engine)
@@ -163,6 +194,7 @@ def test_postgres_warehouse_publishes_the_same_snapshot(config, engine, demo_com
     pg_config_path = demo_company / "pg.yaml"
     pg_config_path.write_text(_with_warehouse_env(text, "ORDER_PIPELINE_TEST_WAREHOUSE"), encoding="utf-8")
     pg_config = load_config(pg_config_path)
+    monkeypatch.setattr("order_pipeline.unify.SLICE_ORDERS", 700)  # slices split by PostgreSQL's collation
     run(pg_config, monkeypatch)
     pg_engine = Warehouse(pg_url).engine
     assert pg_engine.dialect.name == "postgresql"
