@@ -48,7 +48,7 @@ import pandas as pd
 import sqlalchemy as sa
 import yaml
 
-from .config import ConfigError, parse_duration
+from .config import ConfigError, SectionParser
 from .schema import RAW_TABLES, order_tracking_snapshot
 from .stages import STAGE_LABELS
 from .warehouse import utc
@@ -277,12 +277,11 @@ def parse_rules(section: Any, path: Path | str, targets: Collection[str] | None 
     return tuple(rules)
 
 
-class _RuleParser:
+class _RuleParser(SectionParser):
     def __init__(self, path: Path, rid: str, spec: dict, targets: Collection[str] | None):
-        self.path, self.rid, self.spec, self.targets = path, rid, spec, targets
-
-    def fail(self, entry: str, problem: str, fix: str):
-        raise ConfigError(self.path, f"rules.{self.rid}.{entry}", problem, fix)
+        super().__init__(path)
+        self.prefix = f"rules.{rid}"
+        self.rid, self.spec, self.targets = rid, spec, targets
 
     def parse(self) -> Rule | None:
         s = self.spec
@@ -329,24 +328,16 @@ class _RuleParser:
             severity=severity,
             message=message,
             waited_from=waited_from,
-            escalate_after=self.duration("escalate_after", s.get("escalate_after")),
+            escalate_after=self.optional_duration(s.get("escalate_after"), "escalate_after"),
             escalate_to=None if s.get("escalate_to") is None else self.target_list("escalate_to", s["escalate_to"]),
-            cooldown=self.duration("cooldown", s.get("cooldown")),
+            cooldown=self.optional_duration(s.get("cooldown"), "cooldown"),
             risk=risk,
             resolve_note=resolve_note,
             description=None if s.get("description") is None else str(s["description"]).strip(),
         )
 
-    def duration(self, entry: str, value) -> timedelta | None:
-        if value is None:
-            return None
-        try:
-            d = parse_duration(value)
-        except ValueError:
-            self.fail(entry, f"{value!r} is not a duration", "write a number and a unit, e.g. 90s, 30m, 2h, 1d")
-        if d <= timedelta(0):
-            self.fail(entry, "must be longer than zero", "write e.g. 2h")
-        return d
+    def optional_duration(self, value, entry: str) -> timedelta | None:
+        return None if value is None else self.duration(value, entry)
 
     def target_list(self, entry: str, value) -> tuple[str, ...]:
         if isinstance(value, str):
@@ -394,7 +385,7 @@ class _RuleParser:
             if kind not in ("datetime", "date") or (kind == "date" and op != "within_next"):
                 self.fail(entry, f"{op} needs a time field, and {fname} is {kind}",
                           f"use {op} on one of: {', '.join(sorted(k for k, v in kinds.items() if v == 'datetime'))}")
-            d = self.duration(entry, value)
+            d = self.duration(value, entry)
             if kind == "date" and d % timedelta(days=1):
                 self.fail(entry, f"{fname} is a date, so {op} takes whole days", "write e.g. 1d or 2d")
             return Condition(fname, op, d)
