@@ -231,7 +231,7 @@ def clear_rejects(conn: sa.Connection, source: str, good_keys: pd.Series) -> Non
 
 
 def _timestamp_strings(col: pd.Series) -> pd.Series:
-    """UTC timestamps as SQLAlchemy writes them on SQLite: 'YYYY-MM-DD HH:MM:SS.ffffff'."""
+    """UTC timestamps as text in SQLAlchemy's SQLite format, 'YYYY-MM-DD HH:MM:SS.ffffff' (COPY reads it too)."""
     values = pd.to_datetime(col, utc=True).dt.tz_localize(None)
     text = np.datetime_as_string(values.to_numpy(dtype="datetime64[us]"), unit="us")
     # ISO 'T' to ' ' in place, on the fixed-width characters: no Python call per value.
