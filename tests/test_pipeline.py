@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from order_pipeline.config import load_config
 from order_pipeline.definitions import NOW_ENV
 from order_pipeline.runner import run_pipeline
-from order_pipeline.unify import unify
 from order_pipeline.schema import RAW_TABLES, order_tracking_events, order_tracking_snapshot, pipeline_rejects, unified_orders
+from order_pipeline.unify import unify
 from order_pipeline.warehouse import Warehouse
 
 from conftest import NOW
