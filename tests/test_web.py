@@ -28,6 +28,7 @@ from order_pipeline.web import customer as customer_module
 from order_pipeline.web import db as web_db
 from order_pipeline.web import queries
 from order_pipeline.web.app import create_app
+from order_pipeline.web.audit import AccessLog
 from order_pipeline.web.export import csv_cell
 from order_pipeline.web.links import TokenCheck, customer_link, make_token, verify_token
 from order_pipeline.web.masking import (
@@ -114,6 +115,7 @@ def link_path(order_no: str, expires=None, lang: str | None = None) -> str:
 
 
 def access_rows(client) -> list[dict]:
+    client.app.state.web.access_log.flush()  # what the writer thread would write within a quarter second
     with client.world.engine.connect() as conn:
         return [dict(r) for r in conn.execute(sa.select(tracking_access_log).order_by(tracking_access_log.c.id)).mappings()]
 
@@ -518,6 +520,7 @@ def test_customer_page_is_served_while_a_publish_holds_the_write_lock(tmp_path, 
     refused = client.get(f"/order/{ORDER_IN_TRANSIT}?t=forged")
     assert time.monotonic() - started < 5  # the read did not queue behind the publish
     assert page.status_code == 200 and "138****5678" in page.text and "配送中" in page.text
+    client.app.state.web.access_log.flush()
     assert refused.status_code == 403
     # The audit rows could not be written; they are in the error log instead of lost.
     unwritten = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and "access log row" in r.getMessage()]
@@ -529,16 +532,31 @@ def test_customer_page_is_served_while_a_publish_holds_the_write_lock(tmp_path, 
 
 
 def test_customer_page_survives_a_failing_audit_write(client, monkeypatch, caplog):
-    def broken(engine, access):
+    def broken(engine, rows, durable=False):
         raise sa.exc.OperationalError("INSERT INTO tracking_access_log", {}, Exception("database is locked"))
 
-    monkeypatch.setattr(queries, "write_access", broken)
+    monkeypatch.setattr(queries, "write_accesses", broken)
     with caplog.at_level(logging.ERROR, logger="order_pipeline.web"):
         assert client.get(link_path(ORDER_IN_TRANSIT)).status_code == 200
         assert client.get(link_path("SO9999")).status_code == 404
+        client.app.state.web.access_log.flush()
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any(ORDER_IN_TRANSIT in m and "'ok'" in m for m in messages)
     assert any("SO9999" in m and "'not_found'" in m for m in messages)
+
+
+def test_access_rows_are_written_in_batches_and_on_close(client):
+    """A page view only queues its row; the writer's batch (or shutdown) puts them in the table, none lost."""
+    web = client.app.state.web
+    web.access_log = log = AccessLog(web.engine, interval=3600)  # the writer thread will not wake during the test
+    for _ in range(3):
+        assert client.get(link_path(ORDER_IN_TRANSIT)).status_code == 200
+    assert client.get(f"/order/{ORDER_IN_TRANSIT}?t=forged").status_code == 403
+    with client.world.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(tracking_access_log)).scalar() == 0
+    log.close()
+    assert [r["outcome"] for r in access_rows(client)] == ["ok", "ok", "ok", "forbidden"]
+    assert log.flush() == 0  # nothing left behind
 
 
 def test_unknown_path_is_a_404_page(client):

@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 
 from sqlalchemy.engine import Engine
@@ -68,6 +69,12 @@ async def server_error(request: Request, exc: Exception) -> Response:
     return web_context(request).pages.error(500, pick_lang(request.query_params.get("lang")))
 
 
+@asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    yield
+    app.state.web.access_log.close()  # the rows still queued reach the table before the server exits
+
+
 def create_app(config: Config, *, engine: Engine | None = None, clock: Callable[[], datetime] | None = None) -> Starlette:
     settings = WebSettings.from_config(config)
     web = WebContext(
@@ -82,6 +89,7 @@ def create_app(config: Config, *, engine: Engine | None = None, clock: Callable[
         routes=ROUTES,
         exception_handlers={HTTPException: http_error, Exception: server_error},
         max_body_size=MAX_BODY_BYTES,
+        lifespan=lifespan,
     )
     app.state.web = web
     return app

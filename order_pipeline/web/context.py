@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 from starlette.requests import Request
 
 from ..config import Config
+from .audit import AccessLog
 from .pages import Pages
 from .ratelimit import RateLimiter
 from .settings import WebSettings
@@ -27,6 +28,7 @@ class WebContext:
     ip_limiter: RateLimiter = field(init=False)
     order_limiter: RateLimiter = field(init=False)
     login_limiter: RateLimiter = field(init=False)
+    access_log: AccessLog = field(init=False)
     cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -34,6 +36,7 @@ class WebContext:
         self.ip_limiter = RateLimiter(limits.per_ip)
         self.order_limiter = RateLimiter(limits.per_order)
         self.login_limiter = RateLimiter(limits.login)
+        self.access_log = AccessLog(self.engine)
 
     @property
     def tz(self) -> str:

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from . import queries
-from .audit import client_ip, ip_hash, logged_order_no, user_agent, write_audit
+from .audit import client_ip, ip_hash, logged_order_no, user_agent
 from .context import WebContext, web_context
 from .customer_view import customer_view
 from .db import reading
@@ -52,12 +52,11 @@ class _Visit:
         return queries.Access(self.now, logged_order_no(self.order_no), "customer", outcome,
                               ip_hash(self.ip, self.web.settings.link_secret), user_agent(self.request))
 
-    async def record(self, outcome: str) -> None:
-        """The audit row, in its own short write transaction; a failed write is logged, not raised."""
-        await run_in_threadpool(write_audit, self.web.engine, self.access(outcome))
+    def record(self, outcome: str) -> None:
+        self.web.access_log.add(self.access(outcome))
 
-    async def refuse(self, status: int, outcome: str, headers: dict | None = None, **values) -> Response:
-        await self.record(outcome)
+    def refuse(self, status: int, outcome: str, headers: dict | None = None, **values) -> Response:
+        self.record(outcome)
         return self.web.pages.error(status, self.lang, headers=headers, contact=self.web.settings.support_contact, **values)
 
     def load(self) -> tuple[dict | None, list[dict], list[dict]]:
@@ -72,22 +71,22 @@ async def order_page(request: Request) -> Response:
     try:
         wait = web.ip_limiter.hit(client_key(visit.ip), visit.now.timestamp())
         if wait:
-            return await visit.refuse(429, "rate_limited", {"Retry-After": str(wait)}, seconds=wait)
+            return visit.refuse(429, "rate_limited", {"Retry-After": str(wait)}, seconds=wait)
         if not valid_order_no(visit.order_no):
-            return await visit.refuse(400, "bad_request")
+            return visit.refuse(400, "bad_request")
         check = verify_token(visit.order_no, visit.token, web.settings.link_secret, visit.now)
         if check is TokenCheck.INVALID:
-            return await visit.refuse(403, "forbidden")
+            return visit.refuse(403, "forbidden")
         if check is TokenCheck.EXPIRED:
-            return await visit.refuse(410, "expired", days=web.settings.link_ttl.days or 1)
+            return visit.refuse(410, "expired", days=web.settings.link_ttl.days or 1)
         wait = web.order_limiter.hit(visit.order_no, visit.now.timestamp())
         if wait:
-            return await visit.refuse(429, "rate_limited", {"Retry-After": str(wait)}, seconds=wait)
+            return visit.refuse(429, "rate_limited", {"Retry-After": str(wait)}, seconds=wait)
         order, parcels, events = await run_in_threadpool(visit.load)
     except Exception:
-        await visit.record("error")
+        visit.record("error")
         raise
-    await visit.record("ok" if order else "not_found")
+    visit.record("ok" if order else "not_found")
     if order is None:
         return web.pages.error(404, visit.lang, contact=web.settings.support_contact, wording="order_missing")
     view = customer_view(order, parcels, events, lang=visit.lang, tz=web.tz, support_contact=web.settings.support_contact,

@@ -2,9 +2,9 @@
 
 Built on the pipeline's own engine settings (`order_pipeline.warehouse`): the
 psycopg2 driver for a bare `postgresql://` URL, sessions in UTC on PostgreSQL,
-WAL on SQLite. Pages read in a read-only transaction of their own and write
-their audit row in a separate short one, so a long publish never holds up a
-page view (see `reading`).
+WAL on SQLite. Pages read in a read-only transaction of their own and leave
+their audit row to the access-log writer (`audit.AccessLog`), so a long publish
+never holds up a page view (see `reading`).
 """
 
 from __future__ import annotations

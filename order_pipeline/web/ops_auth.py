@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from . import queries
-from .audit import client_ip, ip_hash, logged_actor, logged_order_no, user_agent, write_audit
+from .audit import client_ip, ip_hash, logged_actor, logged_order_no, user_agent
 from .context import WebContext, web_context
 from .forms import FormError, read_form
 from .passwords import dummy_hash, verify_password
@@ -103,11 +103,11 @@ async def login_form(request: Request) -> Response:
     return _login_page(web, request.cookies.get(LOGIN_COOKIE) or new_nonce(), next_url)
 
 
-async def _audit_login(web: WebContext, request: Request, username: str | None, outcome: str) -> None:
+def _audit_login(web: WebContext, request: Request, username: str | None, outcome: str) -> None:
     """A refused login in the access log: who it claimed to be, never what password it tried."""
     access = queries.Access(web.clock(), None, logged_actor(username), outcome,
                             ip_hash(client_ip(request), web.settings.link_secret), user_agent(request))
-    await run_in_threadpool(write_audit, web.engine, access)
+    web.access_log.add(access)
 
 
 async def login(request: Request) -> Response:
@@ -121,12 +121,12 @@ async def login(request: Request) -> Response:
     wait = web.login_limiter.hit(client_key(ip), web.clock().timestamp())
     if wait:
         log.warning("login attempts from one address over the limit; retry in %ss", wait)
-        await _audit_login(web, request, username, "rate_limited")
+        _audit_login(web, request, username, "rate_limited")
         return web.pages.error(429, headers={"Retry-After": str(wait)}, seconds=wait)
     nonce = request.cookies.get(LOGIN_COOKIE)
     if not nonce or not tokens_match(login_csrf_token(nonce, web.settings.session_secret), form.get("csrf")):
         log.warning("login form without a valid CSRF token refused")
-        await _audit_login(web, request, username, "csrf_refused")
+        _audit_login(web, request, username, "csrf_refused")
         return web.pages.error(403, wording="csrf")
     next_url = safe_next(form.get("next"))
     user = web.settings.staff_user(username)
@@ -134,7 +134,7 @@ async def login(request: Request) -> Response:
     ok = await run_in_threadpool(verify_password, password, stored)
     if not (ok and user):
         log.warning("failed staff login for %r", username[:64])
-        await _audit_login(web, request, username, "login_failed")
+        _audit_login(web, request, username, "login_failed")
         return _login_page(web, nonce, next_url, error="用户名或密码错误。", status=401)
     session = Session(user.username, int((web.clock() + web.settings.session_ttl).timestamp()), new_nonce())
     response = RedirectResponse(next_url, status_code=303)

@@ -10,7 +10,6 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from . import queries
-from .audit import write_audit
 from .context import WebContext, web_context
 from .db import reading
 from .export import csv_chunks
@@ -78,7 +77,7 @@ async def overview(request: Request, session: Session) -> Response:
     web = web_context(request)
     data = await run_in_threadpool(_cached_overview, web)
     now = web.clock()
-    await run_in_threadpool(write_audit, web.engine, staff_access(web, request, session, None, "overview"))
+    web.access_log.add(staff_access(web, request, session, None, "overview"))
     total = sum(data["stage_counts"].values())
     context = ops_context(web, session, "overview",
                           total=total,
@@ -102,7 +101,7 @@ async def order_list(request: Request, session: Session) -> Response:
             return queries.list_orders(conn, stage, role)
 
     rows = await run_in_threadpool(load)
-    await run_in_threadpool(write_audit, web.engine, staff_access(web, request, session, None, "list"))
+    web.access_log.add(staff_access(web, request, session, None, "list"))
     query = _filter_query(stage, role)
     context = ops_context(web, session, "list",
                           rows=list_rows(rows, web.clock(), web.tz), limit=queries.LIST_LIMIT,
@@ -118,8 +117,8 @@ async def export_csv(request: Request, session: Session) -> Response:
     web = web_context(request)
     stage, role = _filters(request)
     # Unlike a page view, a bulk export does not go ahead unless its audit row is written.
-    await run_in_threadpool(queries.write_access, web.engine,
-                            staff_access(web, request, session, None, f"export:{_filter_query(stage, role) or 'all'}"))
+    access = staff_access(web, request, session, None, f"export:{_filter_query(stage, role) or 'all'}")
+    await run_in_threadpool(web.access_log.write_now, access)
     header = [c.name for c in queries.EXPORT_COLUMNS]
     batches = queries.export_batches(web.engine, stage, role)
     name = "orders" + "".join(f"-{v}" for v in (stage, role) if v) + f"-{web.clock().strftime('%Y%m%d-%H%M')}.csv"

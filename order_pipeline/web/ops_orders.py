@@ -9,7 +9,6 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from . import queries
-from .audit import write_audit
 from .context import WebContext, web_context
 from .customer import valid_order_no
 from .db import reading
@@ -56,8 +55,7 @@ async def search(request: Request, session: Session) -> Response:
             return queries.search(conn, term)
 
     hits = await run_in_threadpool(load)
-    await run_in_threadpool(write_audit, web.engine,
-                            staff_access(web, request, session, logged_term(term, hits), f"search:{len(hits)}"))
+    web.access_log.add(staff_access(web, request, session, logged_term(term, hits), f"search:{len(hits)}"))
     if len(hits) == 1 and not queries.is_phone_term(term):  # an order or waybill number: go straight there
         return RedirectResponse(f"/ops/order/{quote(hits[0]['order_no'], safe='')}", status_code=303)
     context = ops_context(web, session, "search", q=term, rows=list_rows(hits, web.clock(), web.tz),
@@ -72,7 +70,7 @@ def _order_page(web: WebContext, request: Request, session: Session, order_no: s
         events = queries.carrier_events(conn, order_no) if order else []
         alerts = queries.order_alerts_for(conn, order_no) if order else []
     outcome = ("link_issued" if link else "ok") if order else "not_found"
-    write_audit(web.engine, staff_access(web, request, session, order_no, outcome))
+    web.access_log.add(staff_access(web, request, session, order_no, outcome))
     if order is None:
         return web.pages.html("ops_missing.html", ops_context(web, session, "order", q=order_no, order_no=order_no),
                               status=404)

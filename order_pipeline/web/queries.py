@@ -69,20 +69,22 @@ def _rows(result) -> list[dict]:
     return [dict(r) for r in result.mappings()]
 
 
-def record_access(conn: Connection, access: Access) -> None:
-    conn.execute(tracking_access_log.insert().values(
-        at=access.at, order_no=access.order_no, actor=access.actor, outcome=access.outcome,
-        ip_hash=access.ip_hash, user_agent=access.user_agent,
-    ))
+def record_accesses(conn: Connection, rows: Sequence[Access]) -> None:
+    conn.execute(tracking_access_log.insert(), [
+        {"at": a.at, "order_no": a.order_no, "actor": a.actor, "outcome": a.outcome, "ip_hash": a.ip_hash,
+         "user_agent": a.user_agent}
+        for a in rows
+    ])
 
 
-def write_access(engine: Engine, access: Access) -> None:
+def write_accesses(engine: Engine, rows: Sequence[Access], *, durable: bool = False) -> None:
+    """Access rows in one short transaction of their own."""
     with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            # A page view need not wait for the server's WAL flush: on a crash at most the
+        if conn.dialect.name == "postgresql" and not durable:
+            # Page views need not wait for the server's WAL flush: on a crash at most the
             # last fraction of a second of audit rows is lost, never a half-written one.
             conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
-        record_access(conn, access)
+        record_accesses(conn, rows)
 
 
 def customer_order(conn: Connection, order_no: str) -> tuple[dict | None, list[dict], list[dict]]:
