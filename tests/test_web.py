@@ -724,6 +724,22 @@ def test_order_list_and_csv_export(client):
         "export:stage=in_transit", "export:role=warehouse", "export:all"]
 
 
+def test_no_export_without_its_audit_row(make_client, monkeypatch, caplog):
+    client = make_client(raise_server_exceptions=False)
+    login(client)
+    assert client.get("/ops/orders", params={"stage": "paid"}).status_code == 200  # queued, not yet written
+
+    def broken(engine, rows, durable=False):
+        raise sa.exc.OperationalError("INSERT INTO tracking_access_log", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(queries, "write_accesses", broken)
+    with caplog.at_level(logging.ERROR, logger="order_pipeline.web"):
+        r = client.get("/ops/orders.csv")
+    assert r.status_code == 500 and ORDER_PAID not in r.text  # no rows left the server
+    unwritten = [m.getMessage() for m in caplog.records if "access log row not written" in m.getMessage()]
+    assert len(unwritten) == 2 and "'list'" in unwritten[0] and "'export:all'" in unwritten[1]  # in order, none lost
+
+
 def test_csv_cells_cannot_become_formulas():
     assert csv_cell("=HYPERLINK(\"x\")", "UTC") == "'=HYPERLINK(\"x\")"
     assert csv_cell(-5.0, "UTC") == -5.0
