@@ -65,6 +65,7 @@ from order_pipeline.schema import (
     tracking_access_log,
 )
 from order_pipeline.warehouse import Warehouse, insert_frame
+from order_pipeline.web.audit import FLUSH_SECONDS
 from order_pipeline.web.links import make_token
 from order_pipeline.web.passwords import hash_password
 
@@ -565,19 +566,20 @@ def benchmark(url: str, args: argparse.Namespace) -> None:
         try:
             cookie = staff_cookie(base, setup)
             sanity(base, customer, cookie, board)
+            time.sleep(2 * FLUSH_SECONDS)  # the sanity requests' rows written by the server's access-log writer
             log_before = access_rows(url)
             spawn = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as executor:
                 bench = Bench(server, port, executor)
                 run_all(bench, customer, board, cookie, args)
-            logged = access_rows(url) - log_before
-            print(f"\naccess log: {logged:,} rows written for {bench.answered:,} answered requests (warm-up included)")
         finally:
-            server.terminate()
+            server.terminate()  # a graceful stop: the server writes the access rows still queued
             try:
                 server.wait(10)
             except subprocess.TimeoutExpired:
                 server.kill()
+        logged = access_rows(url) - log_before
+        print(f"\naccess log: {logged:,} rows written for {bench.answered:,} answered requests (warm-up included)")
         errors = [line for line in (setup.folder / "serve.log").read_text().splitlines() if " ERROR " in line]
         print(f"server log: {len(errors)} ERROR lines" + "".join(f"\n  {line[:200]}" for line in errors[:5]))
         summary(bench.rows)
