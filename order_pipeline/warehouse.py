@@ -49,6 +49,10 @@ def create_engine(url: str) -> sa.Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=30000")
+            # Debian builds SQLite with secure_delete on: every freed page is zero-filled and
+            # written, which made emptying the 10M-row timeline for a rebuild take 4-8 s instead
+            # of 0.7 s. FAST still clears deleted content on every page it writes anyway.
+            cur.execute("PRAGMA secure_delete=FAST")
             cur.close()
 
         return engine
