@@ -557,6 +557,9 @@ def test_access_rows_are_written_in_batches_and_on_close(client):
     log.close()
     assert [r["outcome"] for r in access_rows(client)] == ["ok", "ok", "ok", "forbidden"]
     assert log.flush() == 0  # nothing left behind
+    assert client.get(link_path(ORDER_PAID)).status_code == 200  # a late request after shutdown began
+    with client.world.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(tracking_access_log)).scalar() == 5
 
 
 def test_unknown_path_is_a_404_page(client):

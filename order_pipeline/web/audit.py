@@ -73,9 +73,11 @@ class AccessLog:
         self._starting = threading.Lock()
 
     def add(self, access: queries.Access) -> None:
-        """Queue one row; never blocks on the database."""
+        """Queue one row; never blocks on the database (except after `close`: then written at once)."""
         self._queue.put(access)
-        if self._thread is None:
+        if self._stop.is_set():
+            self.flush()
+        elif self._thread is None:
             self._start()
 
     def flush(self) -> int:
