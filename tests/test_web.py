@@ -635,6 +635,9 @@ def test_logout_needs_csrf(client):
     r = client.post("/ops/logout", data={"csrf": page_csrf(overview.text)}, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/ops/login"
     assert client.get("/ops/", follow_redirects=False).status_code == 303
+    # The session's start and end are in the access log, as is what happened in between.
+    assert [(r["actor"], r["outcome"]) for r in access_rows(client)] == [
+        (STAFF_USER, "login"), (STAFF_USER, "overview"), (STAFF_USER, "overview"), (STAFF_USER, "logout")]
 
 
 def test_overview(client):
@@ -694,7 +697,7 @@ def test_staff_order_view_is_complete_and_audited(client):
     assert client.get("/ops/order/SO9999").status_code == 404
     staff_rows = [r for r in access_rows(client) if r["actor"] == STAFF_USER]
     assert [(r["order_no"], r["outcome"]) for r in staff_rows] == [
-        (ORDER_PAID, "ok"), (ORDER_IN_TRANSIT, "ok"), ("SO9999", "not_found")]
+        (None, "login"), (ORDER_PAID, "ok"), (ORDER_IN_TRANSIT, "ok"), ("SO9999", "not_found")]
 
 
 def test_staff_issue_customer_link(client):
@@ -740,7 +743,8 @@ def test_no_export_without_its_audit_row(make_client, monkeypatch, caplog):
         r = client.get("/ops/orders.csv")
     assert r.status_code == 500 and ORDER_PAID not in r.text  # no rows left the server
     unwritten = [m.getMessage() for m in caplog.records if "access log row not written" in m.getMessage()]
-    assert len(unwritten) == 2 and "'list'" in unwritten[0] and "'export:all'" in unwritten[1]  # in order, none lost
+    assert len(unwritten) == 3  # in order, none lost
+    assert "'login'" in unwritten[0] and "'list'" in unwritten[1] and "'export:all'" in unwritten[2]
 
 
 def test_csv_cells_cannot_become_formulas():
@@ -855,7 +859,7 @@ def test_app_works_on_the_published_tables_alone(tmp_path, clock, monkeypatch, b
             assert len(list(csv.DictReader(io.StringIO(export.content.decode("utf-8-sig"))))) == 3
         with app.state.web.engine.connect() as conn:
             outcomes = conn.execute(sa.select(tracking_access_log.c.outcome).order_by(tracking_access_log.c.id)).scalars()
-            assert list(outcomes) == ["ok", "not_found", "overview", "search:2", "search:1", "ok", "link_issued", "list",
-                                      "export:all"]
+            assert list(outcomes) == ["ok", "not_found", "login", "overview", "search:2", "search:1", "ok", "link_issued",
+                                      "list", "export:all"]
     finally:
         app.state.web.engine.dispose()

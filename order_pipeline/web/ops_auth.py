@@ -104,7 +104,7 @@ async def login_form(request: Request) -> Response:
 
 
 def _audit_login(web: WebContext, request: Request, username: str | None, outcome: str) -> None:
-    """A refused login in the access log: who it claimed to be, never what password it tried."""
+    """A login or logout in the access log: who it was (or claimed to be), never what password it tried."""
     access = queries.Access(web.clock(), None, logged_actor(username), outcome,
                             ip_hash(client_ip(request), web.settings.link_secret), user_agent(request))
     web.access_log.add(access)
@@ -140,6 +140,7 @@ async def login(request: Request) -> Response:
     response = RedirectResponse(next_url, status_code=303)
     _set_cookie(web, response, SESSION_COOKIE, sign_session(session, web.settings.session_secret), web.settings.session_ttl)
     response.delete_cookie(LOGIN_COOKIE, path=COOKIE_PATH)
+    _audit_login(web, request, user.username, "login")
     log.info("staff login: %s", user.username)
     return response
 
@@ -151,5 +152,6 @@ async def logout(request: Request, session: Session) -> Response:
         return web.pages.error(403, wording="csrf")
     response = RedirectResponse("/ops/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH)
+    _audit_login(web, request, session.username, "logout")
     log.info("staff logout: %s", session.username)
     return response
