@@ -226,8 +226,8 @@ def undo_change(target: Path, part: int) -> None:
 def incremental_rounds(target: Path, config_path: Path) -> list[dict]:
     """INCREMENTAL_ROUNDS incremental runs, each after a different 1 % of the orders changed.
 
-    The first follows the rebuild (its pages freshly written, the caches full of other
-    tables); the later ones are the steady state of a pipeline that runs all day.
+    The first follows the rebuild; a different 1 % each time keeps later rounds from finding
+    the pages they need still cached by the round before, as a pipeline running all day would not.
     """
     runs, parts = [], []
     try:
