@@ -39,7 +39,8 @@ def published_tracking_tables(context: dg.AssetExecutionContext, config: LoadCon
         **{f"orders_{stage}": n for stage, n in sorted(result.stage_counts.items())},
     })
     yield dg.MaterializeResult(asset_key=PARCELS, metadata={"orders_published": result.orders})
-    yield dg.MaterializeResult(asset_key=EVENTS, metadata={"events_published": result.events})
+    yield dg.MaterializeResult(asset_key=EVENTS, metadata={
+        "events_published": result.events, "events_written": result.events_written})
 
 
 def published_checks(reject_threshold: int) -> list[dg.AssetChecksDefinition]:

@@ -209,13 +209,13 @@ def land_carrier_feed(config_path: Path, carrier_db: Path) -> float:
 
 
 def change_one_percent(target: Path, part: int) -> int:
-    """Touch one order in a hundred in the ERP (`part` picks which), as a day of edits would,
-    stamped after anything already there."""
+    """Touch one order in a hundred in the ERP (`part` picks which), as a day of edits would:
+    each stamped after anything already there, spread over the next hour, a few to a second."""
     with sqlite3.connect(target / "erp.db") as erp:
-        newest = pd.Timestamp(erp.execute("SELECT max(FModifyDate) FROM T_SAL_ORDER").fetchone()[0])
-        stamp = (newest + pd.Timedelta(minutes=1)).strftime("%Y-%m-%d %H:%M:%S")
-        return erp.execute("UPDATE T_SAL_ORDER SET FAmount = FAmount + 1, FModifyDate = ? WHERE rowid % 100 = ?",
-                           (stamp, part)).rowcount
+        newest = erp.execute("SELECT max(FModifyDate) FROM T_SAL_ORDER").fetchone()[0]
+        return erp.execute("UPDATE T_SAL_ORDER SET FAmount = FAmount + 1, "
+                           "FModifyDate = datetime(?, '+' || (60 + (rowid / 100) % 3600) || ' seconds') "
+                           "WHERE rowid % 100 = ?", (newest, part)).rowcount
 
 
 def undo_change(target: Path, part: int) -> None:

@@ -92,6 +92,7 @@ def load_source(wh: sa.Engine, src: sa.Engine, sc: SourceConfig, now: datetime, 
             with rebuilding(conn, table):
                 insert_frame(conn, table, good)
         else:
+            _touch_orders_left(conn, table, entity, good, batch)
             replace_keys(conn, table, good, entity.key)
         _record(conn, entity, good, rejects, now)
         if mark is not None:
@@ -147,6 +148,25 @@ def _same_rows(rows: pd.DataFrame, stored: pd.DataFrame, key: list[str]) -> np.n
             a, b = a.astype(object), b.astype(object)
         same &= ((a == b) | (a.isna() & b.isna())).to_numpy()
     return same
+
+
+def _touch_orders_left(conn: sa.Connection, table: sa.Table, entity: Entity, good: pd.DataFrame, batch: int) -> None:
+    """A row that now names another order (the WMS re-assigns a parcel) changes the order it left as well.
+
+    That order's raw row takes this batch, so `unified_orders` recomputes it too: it has
+    one parcel (payment, reservation) fewer, which a full rebuild would also show.
+    """
+    if "order_no" not in entity.column_names or entity.key == ("order_no",) or good.empty:
+        return
+    (key,) = entity.key
+    keys = good[key].astype(str).tolist()
+    stored = pd.concat([read_frame(conn, sa.select(table.c[key], table.c.order_no).where(
+        table.c[key].in_(keys[i:i + IN_CHUNK]))) for i in range(0, len(keys), IN_CHUNK)], ignore_index=True)
+    moved = stored.merge(good[[key, "order_no"]], on=key, suffixes=("", "_now"))
+    left = moved.loc[moved["order_no"] != moved["order_no_now"], "order_no"].dropna().unique().tolist()
+    orders = RAW_TABLES["orders"]
+    for i in range(0, len(left), IN_CHUNK):
+        conn.execute(orders.update().where(orders.c.order_no.in_(left[i:i + IN_CHUNK])).values({BATCH: batch}))
 
 
 def _load_children(wh: sa.Engine, src: sa.Engine, sc: SourceConfig, entity: Entity, now: datetime, full: bool

@@ -66,6 +66,9 @@ raw_tracking_events = sa.Table(
     sa.Column("context", sa.Text, primary_key=True),
     sa.Column("area", sa.Text),
     sa.Column("status", sa.Text),
+    # SQLite: stored in key order, so a waybill's events share a page or two instead of lying
+    # wherever they arrived; an incremental publish reads them per touched order.
+    sqlite_with_rowid=False,
 )
 
 pipeline_state = sa.Table(
@@ -177,7 +180,9 @@ order_tracking_events = sa.Table(
     sa.Column("waybill_no", sa.Text),
     sa.Column("context", sa.Text),
     sa.Column("area", sa.Text),
-    sa.Index("ix_events_order_time", "order_no", "event_at"),
+    # Every column, so an order's timeline is read from the index alone, in one or two pages:
+    # the tracking page reads it that way, and an incremental publish diffs against it.
+    sa.Index("ix_events_order_time", "order_no", "event_at", "kind", "stage", "waybill_no", "context", "area"),
 )
 
 PUBLISHED_ORDER_TABLES = (order_tracking_snapshot, order_tracking_parcels, order_tracking_events)

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .schema import metadata, pipeline_rejects, pipeline_state
 
@@ -177,6 +179,24 @@ def replace_keys(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame, key:
         return 0
     delete_keys(conn, table, frame[list(key)].drop_duplicates(), key)
     return insert_frame(conn, table, frame)
+
+
+def upsert_select(conn: sa.Connection, table: sa.Table, query: sa.Select, key: Sequence[str],
+                  skip_unchanged: bool = False) -> int:
+    """INSERT ... SELECT ... ON CONFLICT (key) DO UPDATE, which SQLite and PostgreSQL spell alike.
+
+    Updating a row in place leaves the indexes of unchanged columns alone, where delete
+    and insert rewrites every index entry. With `skip_unchanged`, a row equal to what is
+    stored is not written at all. Returns the rows inserted or updated.
+    """
+    dialect_insert = sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert
+    names = [c.name for c in query.selected_columns]
+    # SQLite needs a WHERE in the SELECT of an upsert to parse it; `true` is dropped when one exists.
+    stmt = dialect_insert(table).from_select(names, query.where(sa.true()))
+    rest = [c for c in names if c not in key]
+    changed = sa.or_(*(table.c[c].is_distinct_from(stmt.excluded[c]) for c in rest)) if skip_unchanged else None
+    stmt = stmt.on_conflict_do_update(index_elements=list(key), set_={c: stmt.excluded[c] for c in rest}, where=changed)
+    return conn.execute(stmt).rowcount
 
 
 def delete_keys(conn: sa.Connection, table: sa.Table, keys: pd.DataFrame, key: Sequence[str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from datetime import timedelta
 
 import dagster as dg
@@ -13,9 +14,12 @@ import sqlalchemy as sa
 from order_pipeline.config import load_config
 from order_pipeline.definitions import NOW_ENV
 from order_pipeline.runner import run_pipeline
-from order_pipeline.schema import RAW_TABLES, order_tracking_events, order_tracking_snapshot, pipeline_rejects, unified_orders
+from order_pipeline.kuaidi100 import TrackingAnswer, TrackingEvent
+from order_pipeline.schema import (PUBLISHED_ORDER_TABLES, RAW_TABLES, order_tracking_events, order_tracking_snapshot,
+                                   pipeline_rejects, raw_tracking, raw_tracking_events, unified_orders)
+from order_pipeline.tracking_store import store_tracking_answers
 from order_pipeline.unify import unify
-from order_pipeline.warehouse import Warehouse
+from order_pipeline.warehouse import Warehouse, utc
 
 from conftest import NOW
 
@@ -127,23 +131,76 @@ def _bump(company, now):
     return set(open_orders)
 
 
-def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(config, engine, demo_company,
-                                                                             monkeypatch):
+def _carrier_news(engine, now) -> set[str]:
+    """A pushed answer adds an event to one tracked parcel and rewords the last event of another.
+
+    Returns the orders the two parcels belong to.
+    """
+    t, e, s = raw_tracking, raw_tracking_events, RAW_TABLES["shipments"]
+    with engine.connect() as conn:
+        waybills = conn.execute(sa.select(t.c.waybill_no, t.c.carrier_code, s.c.order_no)
+                                .join(s, s.c.waybill_no == t.c.waybill_no).where(t.c.state == 0)
+                                .order_by(t.c.waybill_no).limit(2)).all()
+        history = {w.waybill_no: [TrackingEvent(utc(r.event_at), r.context, r.area, r.status) for r in conn.execute(
+            sa.select(e).where(e.c.waybill_no == w.waybill_no).order_by(e.c.event_at))] for w in waybills}
+    (grown, grown_code, grown_order), (reworded, reworded_code, reworded_order) = waybills
+    answers = [
+        TrackingAnswer(grown, grown_code, 5, False, (*history[grown], TrackingEvent(now, "快递员正在派件", "上海", "派件"))),
+        TrackingAnswer(reworded, reworded_code, 0, False,
+                       (*history[reworded][:-1], replace(history[reworded][-1], context="已到达转运中心（更正）"))),
+    ]
+    assert store_tracking_answers(engine, answers, via="push", now=now) == 2
+    return {grown_order, reworded_order}
+
+
+def _move_a_parcel(engine, company, now) -> set[str]:
+    """The WMS corrects which order a parcel belongs to. Returns the order it left and the one it joined."""
+    s, u = RAW_TABLES["shipments"], unified_orders
+    with engine.connect() as conn:  # the two newest orders with one parcel each
+        (waybill, order), (_, other) = conn.execute(
+            sa.select(sa.func.min(s.c.waybill_no), s.c.order_no).join(u, u.c.order_no == s.c.order_no)
+            .group_by(s.c.order_no).having(sa.func.count() == 1).order_by(s.c.order_no.desc()).limit(2)).all()
+    with sqlite3.connect(company / "wms.db") as wms:
+        wms.execute("UPDATE outbound SET ref_order = ?, last_modified = ? WHERE tracking_no = ?",
+                    (other, local(now), waybill))
+    return {order, other}
+
+
+def published(engine) -> dict[str, pd.DataFrame]:
+    """Every published table in a stable order, without the publishing time."""
+    with engine.connect() as conn:
+        frames = {t.name: pd.read_sql(sa.select(t), conn).drop(columns=["published_at"], errors="ignore")
+                  for t in PUBLISHED_ORDER_TABLES}
+    return {name: f.sort_values(list(f.columns)).reset_index(drop=True) for name, f in frames.items()}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(backend, config, engine, demo_company,
+                                                                             request, monkeypatch):
+    if backend == "postgres":
+        config = _on_postgres(demo_company, request.getfixturevalue("pg_database"), monkeypatch)
+        engine = Warehouse(config.warehouse_url.resolve()).engine
     run(config, monkeypatch)
     before = max_batch(engine)
+    events_before = published(engine)["order_tracking_events"]
     later = NOW + timedelta(minutes=10)
-    changed = _bump(demo_company, later)
+    changed = _bump(demo_company, later) | _carrier_news(engine, later) | _move_a_parcel(engine, demo_company, later)
 
     run(config, monkeypatch, now=later)
     assert recomputed(engine, before) == changed
-    incremental = snapshot(engine)
+    incremental = published(engine)
 
     run(config, monkeypatch, now=later, full=True)
-    full = snapshot(engine)
-    pd.testing.assert_frame_equal(incremental, full)
-    row = full.set_index("order_no")
+    full = published(engine)
+    for name, table in full.items():
+        pd.testing.assert_frame_equal(incremental[name], table, obj=name)
+    row = full["order_tracking_snapshot"].set_index("order_no")
     first, *_ = sorted(changed)
     assert row.loc[first, "stage"] == "cancelled"
+    # The timeline really changed: an event was added and one reworded.
+    contexts = set(full["order_tracking_events"]["context"])
+    assert {"快递员正在派件", "已到达转运中心（更正）"} <= contexts
+    assert "快递员正在派件" not in set(events_before["context"])
 
 
 def unified(engine) -> pd.DataFrame:
@@ -188,26 +245,25 @@ def test_postgres_warehouse_publishes_the_same_snapshot(config, engine, demo_com
     run(config, monkeypatch)
     sqlite_snapshot = snapshot(engine)
 
-    pg_url = pg_database()
-    monkeypatch.setenv("ORDER_PIPELINE_TEST_WAREHOUSE", pg_url)
-    text = (demo_company / "order_pipeline.yaml").read_text(encoding="utf-8")
-    pg_config_path = demo_company / "pg.yaml"
-    pg_config_path.write_text(_with_warehouse_env(text, "ORDER_PIPELINE_TEST_WAREHOUSE"), encoding="utf-8")
-    pg_config = load_config(pg_config_path)
+    pg_config = _on_postgres(demo_company, pg_database, monkeypatch)
     monkeypatch.setattr("order_pipeline.unify.SLICE_ORDERS", 700)  # slices split by PostgreSQL's collation
     run(pg_config, monkeypatch)
-    pg_engine = Warehouse(pg_url).engine
+    pg_engine = Warehouse(pg_config.warehouse_url.resolve()).engine
     assert pg_engine.dialect.name == "postgresql"
     pd.testing.assert_frame_equal(snapshot(pg_engine), sqlite_snapshot, check_dtype=False)
     pg_engine.dispose()
 
 
-def _with_warehouse_env(config_text: str, env: str) -> str:
+def _on_postgres(demo_company, pg_database, monkeypatch):
+    """The demo config with its warehouse in a fresh PostgreSQL database, named by an environment variable."""
     import yaml
 
-    doc = yaml.safe_load(config_text)
-    doc["warehouse"] = {"url_env": env}
-    return yaml.safe_dump(doc, allow_unicode=True)
+    monkeypatch.setenv("ORDER_PIPELINE_TEST_WAREHOUSE", pg_database())
+    doc = yaml.safe_load((demo_company / "order_pipeline.yaml").read_text(encoding="utf-8"))
+    doc["warehouse"] = {"url_env": "ORDER_PIPELINE_TEST_WAREHOUSE"}
+    path = demo_company / "pg.yaml"
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    return load_config(path)
 
 
 @pytest.mark.postgres
