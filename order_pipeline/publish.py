@@ -59,7 +59,20 @@ def publish(engine: sa.Engine, now: datetime, full: bool = False) -> PublishResu
         set_state(conn, STATE_KEY, str(upto), now)
         counts = dict(conn.execute(sa.select(order_tracking_snapshot.c.stage, sa.func.count())
                                    .group_by(order_tracking_snapshot.c.stage)).all())
+    if full and engine.dialect.name == "postgresql":
+        _vacuum(engine, order_tracking_events)
     return PublishResult(orders, events, written, full, counts)
+
+
+def _vacuum(engine: sa.Engine, table: sa.Table) -> None:
+    """Mark a rebuilt table's pages all-visible, as autovacuum would some time later.
+
+    Until then PostgreSQL checks every index entry against the table, so the timeline's
+    covering index saves nothing: the next incremental diff took 1.8 s instead of 0.9 s at
+    1M orders, and the tracking page reads the same way. VACUUM cannot run in a transaction.
+    """
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql(f"VACUUM {table.name}")
 
 
 def _insert(conn: sa.Connection, table: sa.Table, query: sa.Select) -> int:

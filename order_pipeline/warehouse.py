@@ -171,14 +171,33 @@ def insert_frame(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> i
 
 
 def replace_keys(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame, key: Sequence[str]) -> int:
-    """Upsert by key: delete the rows whose key is in `frame`, then bulk insert `frame`.
+    """Upsert by key: each row of `frame` replaces the stored row with its key, or is added.
 
-    Portable (no dialect-specific ON CONFLICT) and set-based.
+    Rows are updated in place (SQLite: one executemany; PostgreSQL: COPY into a temporary
+    table, then one INSERT ... ON CONFLICT), not deleted and inserted again: a delete
+    dirties a page of the table and of every index for each row, and at a few thousand
+    rows spread over a million-row table those pages are the whole cost. `key` must be
+    the table's primary key, and each key appears once in `frame`.
     """
     if frame.empty:
         return 0
-    delete_keys(conn, table, frame[list(key)].drop_duplicates(), key)
-    return insert_frame(conn, table, frame)
+    cols = [c.name for c in table.columns if c.name in frame.columns]
+    if conn.dialect.name != "sqlite":
+        staged = sa.Table(f"tmp_upsert_{table.name}", sa.MetaData(),
+                          *(sa.Column(c.name, c.type) for c in table.columns if c.name in cols), prefixes=["TEMPORARY"])
+        staged.create(conn)
+        insert_frame(conn, staged, frame)
+        upsert_select(conn, table, sa.select(*staged.c), key)
+        staged.drop(conn)
+        return len(frame)
+    rest = [c for c in cols if c not in key]
+    update = "DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in rest) if rest else "DO NOTHING"
+    sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+           f"ON CONFLICT ({', '.join(key)}) {update}")
+    cur = conn.connection.driver_connection.cursor()
+    cur.executemany(sql, _sqlite_rows(frame[cols], table))
+    cur.close()
+    return len(frame)
 
 
 def upsert_select(conn: sa.Connection, table: sa.Table, query: sa.Select, key: Sequence[str],
@@ -194,6 +213,8 @@ def upsert_select(conn: sa.Connection, table: sa.Table, query: sa.Select, key: S
     # SQLite needs a WHERE in the SELECT of an upsert to parse it; `true` is dropped when one exists.
     stmt = dialect_insert(table).from_select(names, query.where(sa.true()))
     rest = [c for c in names if c not in key]
+    if not rest:
+        return conn.execute(stmt.on_conflict_do_nothing(index_elements=list(key))).rowcount
     changed = sa.or_(*(table.c[c].is_distinct_from(stmt.excluded[c]) for c in rest)) if skip_unchanged else None
     stmt = stmt.on_conflict_do_update(index_elements=list(key), set_={c: stmt.excluded[c] for c in rest}, where=changed)
     return conn.execute(stmt).rowcount
