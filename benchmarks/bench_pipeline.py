@@ -4,7 +4,7 @@
 
 For each size a demo company is generated once (cached under benchmarks/out/) and its carrier
 events are landed in the warehouse as the carrier feed would have over time. Then, each in its
-own process so that peak RSS is that step's alone:
+own process so that peak RSS (that process's and its workers', summed) is that step's alone:
 
 - full rebuild: every source extracted, `unified_orders` derived, the tracking tables published;
 - I/O floor: the same source rows only read, and the same number of snapshot rows only written;
@@ -23,10 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import sqlite3
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -50,8 +52,8 @@ CONFIG_PATH = ""  # the child's config, for its pool workers
 
 # -- steps, each run in a child process -------------------------------------------------------
 
-def _extract(name: str, now: datetime, full: bool) -> tuple[str, float, float]:
-    """One source landed, in a pool worker: (source, seconds, the worker's peak RSS so far)."""
+def _extract(name: str, now: datetime, full: bool) -> tuple[str, float]:
+    """One source landed, in a pool worker: (source, seconds)."""
     from order_pipeline.config import load_config
     from order_pipeline.loading import load_source
     from order_pipeline.warehouse import Warehouse
@@ -63,21 +65,19 @@ def _extract(name: str, now: datetime, full: bool) -> tuple[str, float, float]:
     load_source(engine, sa.create_engine(sc.url.resolve()), sc, now, full=full)
     seconds = time.perf_counter() - started
     engine.dispose()
-    return name, seconds, peak_rss_mb()
+    return name, seconds
 
 
-def _extract_all(config, now, full) -> tuple[dict[str, float], float]:
+def _extract_all(config, now, full) -> dict[str, float]:
     """Every source landed, EXTRACT_WORKERS at a time, order lines once the orders are in.
 
     This is how the job runs under Dagster's default multiprocess executor: the source
     assets are independent but for `raw_order_lines`, which depends on `raw_orders`.
-    Returns the time per source and a bound on the memory in use meanwhile: this process's
-    resident memory and the workers' peaks.
     """
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     pending = [n for n in SOURCE_ORDER if n in config.sources]
-    times, peaks, running = {}, {}, {}
+    times, running = {}, {}
     with ProcessPoolExecutor(EXTRACT_WORKERS, mp_context=multiprocessing.get_context("fork")) as pool:
         while pending or running:
             for name in list(pending):
@@ -88,11 +88,9 @@ def _extract_all(config, now, full) -> tuple[dict[str, float], float]:
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 del running[future]
-                name, seconds, peak = future.result()
+                name, seconds = future.result()
                 times[f"extract {name}"] = seconds
-                peaks[future] = peak
-    # Each worker's peak is over all its tasks; the largest two bound what ran at once.
-    return times, peak_rss_mb("VmRSS") + sum(sorted(peaks.values())[-EXTRACT_WORKERS:])
+    return times
 
 
 def _load_all(config, engine, now, full) -> dict[str, float]:
@@ -100,7 +98,7 @@ def _load_all(config, engine, now, full) -> dict[str, float]:
     from order_pipeline.unify import unify
 
     started = time.perf_counter()
-    times, workers_peak = _extract_all(config, now, full)
+    times = _extract_all(config, now, full)
     times["extract (wall)"] = time.perf_counter() - started
     started = time.perf_counter()
     result = unify(engine, now, config.carrier.transit_days, full=full)
@@ -110,7 +108,6 @@ def _load_all(config, engine, now, full) -> dict[str, float]:
     times["publish"] = time.perf_counter() - started
     times["orders recomputed"] = result.touched
     times["events published"] = published.events
-    times["extract workers peak_rss_mb"] = workers_peak
     return times
 
 
@@ -174,18 +171,56 @@ def child(step: str, config_path: str) -> None:
     wh = Warehouse(config.warehouse_url.resolve())
     wh.create_schema()
     wh.engine.dispose()  # no pooled connection may cross into the forked workers
+    memory = MemorySampler()
     started = time.perf_counter()
     times = STEPS[step](config, wh.engine)
     times["total"] = time.perf_counter() - started
-    times["peak_rss_mb"] = max(peak_rss_mb(), times.pop("extract workers peak_rss_mb", 0))
+    times["peak_rss_mb"] = memory.stop()
     print(json.dumps(times))
 
 
-def peak_rss_mb(field: str = "VmHWM") -> float:
-    """This process's peak resident memory (VmRSS: the current one). Not getrusage's ru_maxrss: Linux
-    carries that over from the parent across fork and exec, so every child would report the orchestrator's peak."""
-    status = Path("/proc/self/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith(f"{field}:"))) / 1024
+class MemorySampler(threading.Thread):
+    """Peak resident memory of this process and every process it started (the extract and
+    derive workers), summed, sampled every 100 ms. Not getrusage's ru_maxrss: that is one
+    process's peak, and Linux carries it over from the parent across fork and exec."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak = 0.0
+        self.done = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self.done.wait(0.1):
+            self.peak = max(self.peak, sum(_rss_mb(pid) for pid in _process_tree(os.getpid())))
+
+    def stop(self) -> float:
+        self.done.set()
+        self.join()
+        return max(self.peak, _rss_mb(os.getpid()))
+
+
+def _process_tree(root: int) -> list[int]:
+    tree, frontier = [root], [root]
+    while frontier:
+        children = []
+        for pid in frontier:  # each thread lists the children it started
+            for listing in Path(f"/proc/{pid}/task").glob("*/children"):
+                try:
+                    children += [int(child) for child in listing.read_text().split()]
+                except OSError:  # the process ended meanwhile
+                    pass
+        tree += children
+        frontier = children
+    return tree
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0) / 1024
 
 
 def run_child(step: str, config_path: Path) -> dict:

@@ -5,13 +5,18 @@ reservations, parcels, carrier answers or proofs of delivery) was written by a
 load batch newer than the one the last unified run saw.
 
 A full rebuild goes through the orders in slices of consecutive order numbers, all
-in one transaction: memory stays that of one slice however many orders there are.
+in one transaction: memory stays that of a few slices however many orders there are.
+Worker processes read and derive the next slices while this one writes the last:
+deriving is pandas work that one core would otherwise do between the writes.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import multiprocessing
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,20 +25,22 @@ import pandas as pd
 import sqlalchemy as sa
 
 from .canonical import ORDER_KEYED, SOURCE_ENTITIES
-from .schema import BATCH, RAW_TABLES, raw_tracking, unified_orders
+from .schema import BATCH, RAW_TABLES, pipeline_rejects, raw_tracking, unified_orders
 from .stages import INPUT_COLUMNS, OrderInputs, derive_orders
 from .validation import record_keys
-from .warehouse import (clear_rejects, current_batch, get_state, insert_frame, read_frame, rebuilding, record_rejects,
-                        replace_keys, set_state)
+from .warehouse import (create_engine, current_batch, delete_keys, get_state, insert_frame, open_rejects, read_frame,
+                        rebuilding, record_rejects, replace_keys, set_state)
 
 STATE_KEY = "unified_batch"
-SLICE_ORDERS = 200_000  # orders derived at a time by a full rebuild: 1.3 GB peak, as fast as one slice
+SLICE_ORDERS = 100_000  # orders derived at a time by a full rebuild: about 0.7 GB per slice in memory
+WORKERS = 2  # processes deriving the slices of a full rebuild, beside the one writing them
 PREVIEW_ROWS = 20
 ORPHAN_REASON = {"order_lines": "order line", "payments": "payment", "reservations": "reservation",
                  "shipments": "shipment"}
 
 
 Scope = Callable[[sa.ColumnElement], sa.ColumnElement]  # order_no column -> which orders to read
+Bounds = tuple[str | None, str | None]  # [lo, hi) of order_no; None is open
 
 
 @dataclass(frozen=True)
@@ -53,22 +60,23 @@ def touched_orders(since: int) -> sa.Select:
     return sa.union(*parts)
 
 
-def order_slices(conn: sa.Connection, size: int) -> list[Scope]:
-    """Ranges of order_no that each hold about `size` orders and together cover every value.
+def order_slices(conn: sa.Connection, size: int) -> list[Bounds]:
+    """Ranges [lo, hi) of order_no that each hold about `size` orders and together cover every value.
 
-    The first range is open below and the last open above, so rows naming an order the
-    ERP does not have still fall in one range and are reported as orphans.
+    The first range is open below and the last open above (None), so rows naming an order
+    the ERP does not have still fall in one range and are reported as orphans.
     """
     order_no = RAW_TABLES["orders"].c.order_no
     numbered = sa.select(order_no, sa.func.row_number().over(order_by=order_no).label("n")).subquery()
     starts = conn.execute(sa.select(numbered.c.order_no).where(numbered.c.n % size == 1).where(numbered.c.n > 1)
                           .order_by(numbered.c.n)).scalars().all()
     bounds = [None, *starts, None]
+    return list(zip(bounds, bounds[1:]))
 
-    def between(lo, hi) -> Scope:
-        return lambda col: sa.and_(sa.true() if lo is None else col >= lo, sa.true() if hi is None else col < hi)
 
-    return [between(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+def between(bounds: Bounds) -> Scope:
+    lo, hi = bounds
+    return lambda col: sa.and_(sa.true() if lo is None else col >= lo, sa.true() if hi is None else col < hi)
 
 
 def load_inputs(conn: sa.Connection, scope: Scope | None) -> OrderInputs:
@@ -94,33 +102,77 @@ def load_inputs(conn: sa.Connection, scope: Scope | None) -> OrderInputs:
 
 
 def unify(engine: sa.Engine, now: datetime, transit_days: int = 3, full: bool = False,
-          slice_orders: int | None = None) -> UnifyResult:
+          slice_orders: int | None = None, workers: int = WORKERS) -> UnifyResult:
     with engine.begin() as conn:
         batch = current_batch(conn)
         since = 0 if full else int(get_state(conn, STATE_KEY, "0"))
         full = full or since == 0
+        open_keys = open_rejects(conn, list(ORPHAN_REASON))
         if full:
-            scopes = order_slices(conn, slice_orders or SLICE_ORDERS)
+            slices = order_slices(conn, slice_orders or SLICE_ORDERS)
+            derived = _derived_slices(conn, slices, transit_days, open_keys, workers)
         else:
-            touched = touched_orders(since)
-            scopes = [lambda col: col.in_(touched)]
-        touched_count, orphans, first = 0, 0, None
+            inputs = load_inputs(conn, lambda col: col.in_(touched_orders(since)))
+            derived = iter([(_derive(inputs, transit_days), _orphan_changes(inputs, open_keys))])
+        touched, orphans, first = 0, 0, None
         with rebuilding(conn, unified_orders) if full else nullcontext():
-            for scope in scopes:
-                inputs = load_inputs(conn, scope)
-                derived = _derive(inputs, transit_days)
-                derived[BATCH] = batch
+            for rows, changes in derived:
+                rows[BATCH] = batch
                 if full:
-                    insert_frame(conn, unified_orders, derived)
+                    insert_frame(conn, unified_orders, rows)
                 else:
-                    replace_keys(conn, unified_orders, derived, ["order_no"])
-                orphans += _record_orphans(conn, inputs, now)
-                touched_count += len(derived)
+                    replace_keys(conn, unified_orders, rows, ["order_no"])
+                orphans += _apply_orphan_changes(conn, changes, now)
+                touched += len(rows)
                 if first is None:
-                    first = derived.drop(columns=[BATCH]).head(PREVIEW_ROWS)
-                del inputs, derived  # before the next slice is read
+                    first = rows.drop(columns=[BATCH]).head(PREVIEW_ROWS)
         set_state(conn, STATE_KEY, str(batch), now)
-    return UnifyResult(touched_count, first, full, orphans)
+    return UnifyResult(touched, first, full, orphans)
+
+
+Derived = tuple[pd.DataFrame, list["OrphanChanges"]]
+
+
+def _derived_slices(conn: sa.Connection, slices: list[Bounds], transit_days: int, open_keys: dict[str, set[str]],
+                    workers: int) -> Iterator[Derived]:
+    """Each slice's derived orders and orphan changes, in slice order.
+
+    With workers, up to `workers` slices beyond the one being written are read and derived
+    in other processes, through their own connections: the raw rows were committed by the
+    loads, and each reject key belongs to one slice, so no slice needs another's writes.
+    """
+    url = conn.engine.url
+    in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+    if workers <= 1 or len(slices) <= 1 or in_memory:
+        for bounds in slices:
+            inputs = load_inputs(conn, between(bounds))
+            yield _derive(inputs, transit_days), _orphan_changes(inputs, open_keys)
+            del inputs  # before the next slice is read
+        return
+    # spawn, not fork: the caller may be a Dagster step with threads of its own.
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        pending: deque[Future] = deque()
+        for bounds in slices:
+            pending.append(pool.submit(_derive_slice, url.render_as_string(hide_password=False), bounds, transit_days,
+                                       open_keys))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _derive_slice(url: str, bounds: Bounds, transit_days: int, open_keys: dict[str, set[str]]) -> Derived:
+    """In a worker process: read one slice through a connection of its own and derive it."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            inputs = load_inputs(conn, between(bounds))
+    finally:
+        engine.dispose()
+    return _derive(inputs, transit_days), _orphan_changes(inputs, open_keys)
 
 
 def _derive(inputs: OrderInputs, transit_days: int) -> pd.DataFrame:
@@ -135,23 +187,41 @@ def _children(inp: OrderInputs) -> dict[str, pd.DataFrame]:
             "shipments": inp.shipments}
 
 
-def _record_orphans(conn: sa.Connection, inp: OrderInputs, now: datetime) -> int:
+@dataclass(frozen=True)
+class OrphanChanges:
+    """For one child source: rejects to clear (the rows now have their order) and orphan rows to report."""
+
+    source: str
+    settled: list[str]
+    rejects: pd.DataFrame
+
+
+def _orphan_changes(inp: OrderInputs, open_keys: dict[str, set[str]]) -> list[OrphanChanges]:
     """Rows that name an order the ERP does not have stay in raw and are reported as rejects.
 
     When the order arrives later, the same rows join it and their rejects are cleared.
     """
     known = inp.orders["order_no"]
-    orphans = 0
+    changes = []
     for name, rows in _children(inp).items():
         keys = record_keys(rows, SOURCE_ENTITIES[name].key)
         orphan = ~rows["order_no"].isin(known)
-        clear_rejects(conn, name, keys[~orphan])
-        if orphan.any():
-            orphans += int(orphan.sum())
-            record_rejects(conn, name, pd.DataFrame({
-                "record_key": keys[orphan],
-                "reason": f"{ORPHAN_REASON[name]} for unknown order",
-                "raw_row": [json.dumps(r, ensure_ascii=False, sort_keys=True, default=str)
-                            for r in rows[orphan].to_dict("records")],
-            }), now)
-    return orphans
+        open_now = open_keys.get(name, set())
+        settled = keys[~orphan & keys.isin(open_now)].tolist() if open_now else []
+        rejects = pd.DataFrame({
+            "record_key": keys[orphan],
+            "reason": f"{ORPHAN_REASON[name]} for unknown order",
+            "raw_row": [json.dumps(r, ensure_ascii=False, sort_keys=True, default=str)
+                        for r in rows[orphan].to_dict("records")],
+        })
+        changes.append(OrphanChanges(name, settled, rejects))
+    return changes
+
+
+def _apply_orphan_changes(conn: sa.Connection, changes: list[OrphanChanges], now: datetime) -> int:
+    for change in changes:
+        if change.settled:
+            delete_keys(conn, pipeline_rejects, pd.DataFrame({"source": change.source, "record_key": change.settled}),
+                        ["source", "record_key"])
+        record_rejects(conn, change.source, change.rejects, now)
+    return sum(len(c.rejects) for c in changes)

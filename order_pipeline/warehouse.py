@@ -90,17 +90,17 @@ def next_batch(conn: sa.Connection, now: datetime) -> int:
 
     One UPDATE takes the counter's row lock (SQLite: the write lock) until the caller
     commits, so concurrent loads get distinct numbers and commit in number order:
-    `unified_orders` never sees batch N+1 before batch N.
+    `unified_orders` never sees batch N+1 before batch N. The counter row is created
+    first if missing, with ON CONFLICT DO NOTHING: two first loads racing on PostgreSQL
+    would otherwise both insert it, and one would fail.
     """
     s = pipeline_state
+    dialect_insert = sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert
+    conn.execute(dialect_insert(s).values(key="batch", value="0", updated_at=now).on_conflict_do_nothing())
     bumped = (s.update().where(s.c.key == "batch")
               .values(value=sa.cast(sa.cast(s.c.value, sa.Integer) + 1, sa.Text), updated_at=now)
               .returning(s.c.value))
-    batch = conn.execute(bumped).scalar()
-    if batch is None:  # the first load ever
-        conn.execute(s.insert().values(key="batch", value="1", updated_at=now))
-        return 1
-    return int(batch)
+    return int(conn.execute(bumped).scalar_one())
 
 
 def current_batch(conn: sa.Connection) -> int:
@@ -261,14 +261,23 @@ def record_rejects(conn: sa.Connection, source: str, rejects: pd.DataFrame, now:
     return len(frame)
 
 
+def open_rejects(conn: sa.Connection, sources: Sequence[str]) -> dict[str, set[str]]:
+    """The record keys each source has rejects open for."""
+    r = pipeline_rejects
+    rows = conn.execute(sa.select(r.c.source, r.c.record_key).where(r.c.source.in_(list(sources))))
+    keys: dict[str, set[str]] = {source: set() for source in sources}
+    for source, key in rows:
+        keys[source].add(key)
+    return keys
+
+
 def clear_rejects(conn: sa.Connection, source: str, good_keys: pd.Series) -> None:
     """Rows that now arrive in good shape are no longer rejected.
 
     Only the source's open rejects are looked at, so a 2M-row load does not
     become a 2M-key delete.
     """
-    open_keys = set(conn.execute(sa.select(pipeline_rejects.c.record_key)
-                                 .where(pipeline_rejects.c.source == source)).scalars())
+    open_keys = open_rejects(conn, [source])[source]
     settled = good_keys[good_keys.isin(open_keys)] if open_keys else good_keys.iloc[:0]
     if len(settled):
         keys = pd.DataFrame({"source": source, "record_key": settled.astype(str).to_numpy()}).drop_duplicates()
