@@ -98,12 +98,15 @@ def _load_all(config, engine, now, full) -> dict[str, float]:
     from order_pipeline.unify import unify
 
     started = time.perf_counter()
+    phase("extract")
     times = _extract_all(config, now, full)
     times["extract (wall)"] = time.perf_counter() - started
     started = time.perf_counter()
+    phase("unified_orders")
     result = unify(engine, now, config.carrier.transit_days, full=full)
     times["unified_orders"] = time.perf_counter() - started
     started = time.perf_counter()
+    phase("publish")
     published = publish(engine, now, full=full)
     times["publish"] = time.perf_counter() - started
     times["orders recomputed"] = result.touched
@@ -171,33 +174,46 @@ def child(step: str, config_path: str) -> None:
     wh = Warehouse(config.warehouse_url.resolve())
     wh.create_schema()
     wh.engine.dispose()  # no pooled connection may cross into the forked workers
-    memory = MemorySampler()
+    global MEMORY
+    MEMORY = MemorySampler()
     started = time.perf_counter()
     times = STEPS[step](config, wh.engine)
     times["total"] = time.perf_counter() - started
-    times["peak_rss_mb"] = memory.stop()
+    times["peak_rss_mb"] = MEMORY.stop()
+    times.update({f"peak_rss_mb {name}": peak for name, peak in MEMORY.peaks.items()})
     print(json.dumps(times))
 
 
 class MemorySampler(threading.Thread):
     """Peak resident memory of this process and every process it started (the extract and
-    derive workers), summed, sampled every 100 ms. Not getrusage's ru_maxrss: that is one
-    process's peak, and Linux carries it over from the parent across fork and exec."""
+    derive workers), summed, sampled every 100 ms, overall and per phase. Not getrusage's
+    ru_maxrss: that is one process's peak, and Linux carries it over from the parent across
+    fork and exec."""
 
     def __init__(self):
         super().__init__(daemon=True)
-        self.peak = 0.0
+        self.phase = "setup"
+        self.peaks: dict[str, float] = {}
         self.done = threading.Event()
         self.start()
 
     def run(self) -> None:
         while not self.done.wait(0.1):
-            self.peak = max(self.peak, sum(_rss_mb(pid) for pid in _process_tree(os.getpid())))
+            rss = sum(_rss_mb(pid) for pid in _process_tree(os.getpid()))
+            self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), rss)
 
     def stop(self) -> float:
         self.done.set()
         self.join()
-        return max(self.peak, _rss_mb(os.getpid()))
+        return max([*self.peaks.values(), _rss_mb(os.getpid())])
+
+
+MEMORY: MemorySampler | None = None  # the child's sampler; its steps name their phases
+
+
+def phase(name: str) -> None:
+    if MEMORY is not None:
+        MEMORY.phase = name
 
 
 def _process_tree(root: int) -> list[int]:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -112,10 +112,10 @@ def unify(engine: sa.Engine, now: datetime, transit_days: int = 3, full: bool = 
             slices = order_slices(conn, slice_orders or SLICE_ORDERS)
             derived = _derived_slices(conn, slices, transit_days, open_keys, workers)
         else:
-            inputs = load_inputs(conn, lambda col: col.in_(touched_orders(since)))
-            derived = iter([(_derive(inputs, transit_days), _orphan_changes(inputs, open_keys))])
+            derived = _derived_touched(conn, since, transit_days, open_keys)
         touched, orphans, first = 0, 0, None
-        with rebuilding(conn, unified_orders) if full else nullcontext():
+        # closing: a failed write stops the workers now, not when the traceback is collected
+        with rebuilding(conn, unified_orders) if full else nullcontext(), closing(derived):
             for rows, changes in derived:
                 rows[BATCH] = batch
                 if full:
@@ -133,8 +133,15 @@ def unify(engine: sa.Engine, now: datetime, transit_days: int = 3, full: bool = 
 Derived = tuple[pd.DataFrame, list["OrphanChanges"]]
 
 
+def _derived_touched(conn: sa.Connection, since: int, transit_days: int, open_keys: dict[str, set[str]]
+                     ) -> Generator[Derived, None, None]:
+    """The orders some load touched since batch `since`, derived in one piece."""
+    inputs = load_inputs(conn, lambda col: col.in_(touched_orders(since)))
+    yield _derive(inputs, transit_days), _orphan_changes(inputs, open_keys)
+
+
 def _derived_slices(conn: sa.Connection, slices: list[Bounds], transit_days: int, open_keys: dict[str, set[str]],
-                    workers: int) -> Iterator[Derived]:
+                    workers: int) -> Generator[Derived, None, None]:
     """Each slice's derived orders and orphan changes, in slice order.
 
     With workers, up to `workers` slices beyond the one being written are read and derived

@@ -208,6 +208,35 @@ def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(
     assert "快递员正在派件" not in set(events_before["context"])
 
 
+def test_an_orders_lines_are_rewritten_only_where_they_changed(config, engine, demo_company, monkeypatch):
+    run(config, monkeypatch)
+    lines = RAW_TABLES["order_lines"]
+
+    def stored(order):
+        with engine.connect() as conn:
+            return {r.sku: (r.qty, r._batch) for r in conn.execute(sa.select(lines).where(lines.c.order_no == order))}
+
+    with engine.connect() as conn:
+        order = conn.execute(sa.select(lines.c.order_no).group_by(lines.c.order_no).having(sa.func.count() >= 3)
+                             .order_by(lines.c.order_no).limit(1)).scalar()
+    before = stored(order)
+    changed, removed, *kept = sorted(before)
+    later = NOW + timedelta(minutes=10)
+    with sqlite3.connect(demo_company / "erp.db") as erp:
+        erp.execute("UPDATE T_SAL_ORDER SET FModifyDate = ? WHERE FBillNo = ?", (local(later), order))
+        erp.execute("UPDATE T_SAL_ORDERENTRY SET FQty = FQty + 1 WHERE FBillNo = ? AND FMaterialId = ?", (order, changed))
+        erp.execute("DELETE FROM T_SAL_ORDERENTRY WHERE FBillNo = ? AND FMaterialId = ?", (order, removed))
+        erp.execute("INSERT INTO T_SAL_ORDERENTRY (FEntryID, FBillNo, FMaterialId, FQty, FPrice) "
+                    "VALUES (999999, ?, 'SKU-NEW', 2, 9.5)", (order,))
+    run(config, monkeypatch, now=later)
+
+    after = stored(order)
+    assert set(after) == {changed, "SKU-NEW", *kept}
+    assert after[changed][0] == before[changed][0] + 1 and after[changed][1] > before[changed][1]
+    assert after["SKU-NEW"] == (2, after[changed][1])
+    assert all(after[sku] == before[sku] for sku in kept)  # not rewritten: same batch
+
+
 def unified(engine) -> pd.DataFrame:
     with engine.connect() as conn:
         frame = pd.read_sql(sa.select(unified_orders), conn)
