@@ -61,10 +61,12 @@ def _extract(name: str, now: datetime, full: bool) -> tuple[str, float]:
     config = load_config(CONFIG_PATH, check_sources=False)
     sc = config.sources[name]
     engine = Warehouse(config.warehouse_url.resolve()).engine
+    source = sa.create_engine(sc.url.resolve())
     started = time.perf_counter()
-    load_source(engine, sa.create_engine(sc.url.resolve()), sc, now, full=full)
+    load_source(engine, source, sc, now, full=full)
     seconds = time.perf_counter() - started
     engine.dispose()
+    source.dispose()
     return name, seconds
 
 
@@ -81,7 +83,7 @@ def _extract_all(config, now, full) -> dict[str, float]:
     with ProcessPoolExecutor(EXTRACT_WORKERS, mp_context=multiprocessing.get_context("fork")) as pool:
         while pending or running:
             for name in list(pending):
-                ready = name != "order_lines" or "extract orders" in times
+                ready = name != "order_lines" or "orders" not in config.sources or "extract orders" in times
                 if ready and len(running) < EXTRACT_WORKERS:
                     pending.remove(name)
                     running[pool.submit(_extract, name, now, full)] = name

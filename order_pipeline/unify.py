@@ -32,7 +32,9 @@ from .warehouse import (create_engine, current_batch, delete_keys, get_state, in
                         rebuilding, record_rejects, replace_keys, set_state)
 
 STATE_KEY = "unified_batch"
-SLICE_ORDERS = 100_000  # orders derived at a time by a full rebuild: about 0.7 GB per slice in memory
+# Orders derived at a time by a full rebuild. Memory: a slice's raw rows in each worker, and up
+# to WORKERS + 1 derived slices waiting here to be written; 1.6 GB in all at 1M orders.
+SLICE_ORDERS = 100_000
 WORKERS = 2  # processes deriving the slices of a full rebuild, beside the one writing them
 PREVIEW_ROWS = 20
 ORPHAN_REASON = {"order_lines": "order line", "payments": "payment", "reservations": "reservation",
@@ -114,7 +116,8 @@ def unify(engine: sa.Engine, now: datetime, transit_days: int = 3, full: bool = 
         else:
             derived = _derived_touched(conn, since, transit_days, open_keys)
         touched, orphans, first = 0, 0, None
-        # closing: a failed write stops the workers now, not when the traceback is collected
+        # closing: after a failed write, slices not yet started are cancelled at once, not
+        # whenever the traceback is collected
         with rebuilding(conn, unified_orders) if full else nullcontext(), closing(derived):
             for rows, changes in derived:
                 rows[BATCH] = batch

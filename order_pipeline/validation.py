@@ -58,7 +58,8 @@ def validate(entity: Entity, frame: pd.DataFrame, tz: str, source_names: dict[st
             out[col.name] = None
             continue
         raw = frame[col.name]
-        if col.kind != "str" and raw.dtype != object:  # numbers or times the driver already typed
+        typed = pd.api.types.is_numeric_dtype(raw) or pd.api.types.is_datetime64_any_dtype(raw)
+        if col.kind != "str" and typed:  # numbers or times the driver already typed: nothing to strip
             present = raw.notna()
         else:
             text = _stripped(raw)

@@ -51,7 +51,9 @@ def create_engine(url: str) -> sa.Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA busy_timeout=30000")
+            # A full load of millions of rows holds the write lock for a while; the loads the
+            # multiprocess executor runs beside it wait for it rather than fail.
+            cur.execute("PRAGMA busy_timeout=120000")
             # Debian builds SQLite with secure_delete on: every freed page is zero-filled and
             # written, which made emptying the 10M-row timeline for a rebuild take 4-8 s instead
             # of 0.7 s. FAST still clears deleted content on every page it writes anyway.
@@ -72,6 +74,26 @@ class Warehouse:
 
     def create_schema(self) -> None:
         metadata.create_all(self.engine)
+        rebuild_changed_indexes(self.engine)
+
+
+def rebuild_changed_indexes(engine: sa.Engine) -> list[str]:
+    """Rebuild each index whose columns differ from the schema's: create_all only adds what is missing.
+
+    A warehouse created by an earlier version keeps working either way; this brings it the
+    current indexes (the timeline's covering index, say) once, at the next start.
+    """
+    inspector = sa.inspect(engine)
+    rebuilt = []
+    with engine.begin() as conn:
+        for table in metadata.sorted_tables:
+            existing = {ix["name"]: ix["column_names"] for ix in inspector.get_indexes(table.name)}
+            for index in table.indexes:
+                if index.name in existing and existing[index.name] != [c.name for c in index.columns]:
+                    index.drop(conn)
+                    index.create(conn)
+                    rebuilt.append(index.name)
+    return rebuilt
 
 
 # -- state: watermarks and the batch counter ---------------------------------------------
@@ -189,6 +211,8 @@ def replace_keys(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame, key:
     """
     if frame.empty:
         return 0
+    if frame.duplicated(list(key)).any():  # SQLite would keep the last silently, PostgreSQL refuse
+        raise ValueError(f"replace_keys: duplicate {'/'.join(key)} in the rows for {table.name}")
     cols = [c.name for c in table.columns if c.name in frame.columns]
     if conn.dialect.name != "sqlite":
         staged = sa.Table(f"tmp_upsert_{table.name}", sa.MetaData(),
@@ -203,7 +227,8 @@ def replace_keys(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame, key:
     sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
            f"ON CONFLICT ({', '.join(key)}) {update}")
     cur = conn.connection.driver_connection.cursor()
-    cur.executemany(sql, _sqlite_rows(frame[cols], table))
+    for part in _chunks(frame[cols]):
+        cur.executemany(sql, _sqlite_rows(part, table))
     cur.close()
     return len(frame)
 

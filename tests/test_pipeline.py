@@ -131,8 +131,13 @@ def _bump(company, now):
     return set(open_orders)
 
 
+# Longer than a PostgreSQL index entry may be: the timeline keeps its first 500 characters.
+LONG_CONTEXT = "快递员正在派件" + "，请保持电话畅通" * 400
+
+
 def _carrier_news(engine, now) -> set[str]:
-    """A pushed answer adds an event to one tracked parcel and rewords the last event of another.
+    """A pushed answer adds an event (with a very long text) to one tracked parcel and rewords the
+    last event of another.
 
     Returns the orders the two parcels belong to.
     """
@@ -145,7 +150,7 @@ def _carrier_news(engine, now) -> set[str]:
             sa.select(e).where(e.c.waybill_no == w.waybill_no).order_by(e.c.event_at))] for w in waybills}
     (grown, grown_code, grown_order), (reworded, reworded_code, reworded_order) = waybills
     answers = [
-        TrackingAnswer(grown, grown_code, 5, False, (*history[grown], TrackingEvent(now, "快递员正在派件", "上海", "派件"))),
+        TrackingAnswer(grown, grown_code, 5, False, (*history[grown], TrackingEvent(now, LONG_CONTEXT, "上海", "派件"))),
         TrackingAnswer(reworded, reworded_code, 0, False,
                        (*history[reworded][:-1], replace(history[reworded][-1], context="已到达转运中心（更正）"))),
     ]
@@ -185,18 +190,21 @@ def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(
         with engine.connect() as conn:
             pages, visible = conn.execute(sa.text(
                 "SELECT relpages, relallvisible FROM pg_class WHERE relname = 'order_tracking_events'")).one()
-        assert pages > 0 and visible == pages
+        assert pages > 0 and visible >= 0.9 * pages
     before = max_batch(engine)
     events_before = published(engine)["order_tracking_events"]
     later = NOW + timedelta(minutes=10)
     changed = _bump(demo_company, later) | _carrier_news(engine, later) | _move_a_parcel(engine, demo_company, later)
 
-    run(config, monkeypatch, now=later)
+    instance = dg.DagsterInstance.ephemeral()
+    run(config, monkeypatch, now=later, instance=instance)
     assert recomputed(engine, before) == changed
     incremental = published(engine)
 
     run(config, monkeypatch, now=later, full=True)
     full = published(engine)
+    if backend == "postgres":
+        engine.dispose()
     for name, table in full.items():
         pd.testing.assert_frame_equal(incremental[name], table, obj=name)
     row = full["order_tracking_snapshot"].set_index("order_no")
@@ -204,8 +212,12 @@ def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(
     assert row.loc[first, "stage"] == "cancelled"
     # The timeline really changed: an event was added and one reworded.
     contexts = set(full["order_tracking_events"]["context"])
-    assert {"快递员正在派件", "已到达转运中心（更正）"} <= contexts
-    assert "快递员正在派件" not in set(events_before["context"])
+    assert {LONG_CONTEXT[:500], "已到达转运中心（更正）"} <= contexts
+    assert LONG_CONTEXT[:500] not in set(events_before["context"])
+    # Only the difference was written: far fewer timeline rows than the recomputed orders have.
+    written = instance.get_latest_materialization_event(dg.AssetKey("order_tracking_events")) \
+        .asset_materialization.metadata
+    assert 0 < written["events_written"].value < written["events_published"].value
 
 
 def test_an_orders_lines_are_rewritten_only_where_they_changed(config, engine, demo_company, monkeypatch):
@@ -263,7 +275,7 @@ def test_a_full_rebuild_in_slices_derives_the_same_orders_and_orphans(workers, c
     assert "ZZ-NO-SUCH-ORDER" not in set(whole["order_no"])
     assert (whole_rejects["record_key"] == "PAY-ORPHAN").sum() == 1
 
-    result = unify(engine, NOW, config.carrier.transit_days, full=True, slice_orders=370, workers=workers)
+    result = unify(engine, NOW, config.carrier.transit_days, full=True, slice_orders=37, workers=workers)
     assert result.full and result.touched == len(whole)
     assert result.orphans >= 1
     pd.testing.assert_frame_equal(unified(engine), whole)
@@ -272,7 +284,7 @@ def test_a_full_rebuild_in_slices_derives_the_same_orders_and_orphans(workers, c
     payments = RAW_TABLES["payments"]  # the payment's order turns up: its reject is settled
     with engine.begin() as conn:
         conn.execute(payments.update().where(payments.c.payment_id == "PAY-ORPHAN").values(order_no=whole["order_no"][0]))
-    unify(engine, NOW, config.carrier.transit_days, full=True, slice_orders=370, workers=workers)
+    unify(engine, NOW, config.carrier.transit_days, full=True, slice_orders=37, workers=workers)
     assert "PAY-ORPHAN" not in set(rejects(engine)["record_key"])
 
 
@@ -331,9 +343,10 @@ def test_dagster_instance_storage_on_postgres(config, pg_database, tmp_path, mon
     assert stored == 1 and events > 10
 
 
+@pytest.mark.parametrize("earlier", [0, 1], ids=["first loads ever", "later loads"])
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_concurrent_loads_get_distinct_batches_in_commit_order(backend, tmp_path, request):
-    """The first two loads ever racing for a batch number: the second waits for the first to commit."""
+def test_concurrent_loads_get_distinct_batches_in_commit_order(backend, earlier, tmp_path, request):
+    """Two loads racing for a batch number: the second waits for the first to commit."""
     import threading
 
     from order_pipeline.warehouse import next_batch
@@ -341,9 +354,11 @@ def test_concurrent_loads_get_distinct_batches_in_commit_order(backend, tmp_path
     url = f"sqlite:///{tmp_path / 'wh.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")()
     wh = Warehouse(url)
     wh.create_schema()
+    for _ in range(earlier):
+        _take_batch(wh.engine)
     first = wh.engine.connect()
     first.begin()
-    assert next_batch(first, NOW) == 1
+    assert next_batch(first, NOW) == earlier + 1
     got = []
     second = threading.Thread(target=lambda: got.append(_take_batch(wh.engine)))
     second.start()
@@ -352,7 +367,7 @@ def test_concurrent_loads_get_distinct_batches_in_commit_order(backend, tmp_path
     first.commit()
     first.close()
     second.join(timeout=30)
-    assert got == [2]
+    assert got == [earlier + 2]
     wh.engine.dispose()
 
 

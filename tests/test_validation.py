@@ -37,6 +37,12 @@ def test_good_rows_are_typed_and_naive_times_are_read_in_the_source_zone():
     assert row["promised_date"] == pd.Timestamp("2026-11-28")
 
 
+def test_blank_text_is_no_value_in_any_column():
+    good, rejects = check(ORDERS, [order(promised_date="  "), order(order_no="SO2", promised_date="", amount=" ")])
+    assert good["promised_date"].isna().all() and list(good["order_no"]) == ["SO1"]
+    assert list(rejects["reason"]) == ["missing amount"]
+
+
 def test_times_with_an_offset_keep_it():
     parsed = parse_timestamps(pd.Series(["2026-11-25T10:00:00+00:00"]), "Asia/Shanghai")
     assert parsed.iloc[0] == pd.Timestamp("2026-11-25 10:00", tz="UTC")
