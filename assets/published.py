@@ -40,7 +40,8 @@ def published_tracking_tables(context: dg.AssetExecutionContext, config: LoadCon
     })
     yield dg.MaterializeResult(asset_key=PARCELS, metadata={"orders_published": result.orders})
     yield dg.MaterializeResult(asset_key=EVENTS, metadata={
-        "events_published": result.events, "events_written": result.events_written})
+        "timelines_recomputed": result.timelines, "events_published": result.events,
+        "events_written": result.events_written})
 
 
 def published_checks(reject_threshold: int) -> list[dg.AssetChecksDefinition]:

@@ -10,6 +10,7 @@ dominate a full rebuild.
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -37,6 +38,9 @@ def driver_url(url: str) -> str:
     return "postgresql+psycopg2://" + url.split("://", 1)[1] if url.startswith(("postgresql://", "postgres://")) else url
 
 
+SORT_THREADS = min(os.cpu_count() or 1, 4)
+
+
 def create_engine(url: str) -> sa.Engine:
     url = driver_url(url)
     if url.startswith("sqlite"):
@@ -58,6 +62,9 @@ def create_engine(url: str) -> sa.Engine:
             # written, which made emptying the 10M-row timeline for a rebuild take 4-8 s instead
             # of 0.7 s. FAST still clears deleted content on every page it writes anyway.
             cur.execute("PRAGMA secure_delete=FAST")
+            # Helper threads for the sorts behind CREATE INDEX: building the timeline's index after
+            # a rebuild took 9-10 s instead of 13-17 s at 1M orders on two cores.
+            cur.execute(f"PRAGMA threads={SORT_THREADS}")
             cur.close()
 
         return engine

@@ -158,17 +158,59 @@ def _carrier_news(engine, now) -> set[str]:
     return {grown_order, reworded_order}
 
 
-def _move_a_parcel(engine, company, now) -> set[str]:
-    """The WMS corrects which order a parcel belongs to. Returns the order it left and the one it joined."""
+SECOND_PARCEL = "YT0000000000001"
+
+
+def _ship_a_second_parcel(company) -> str:
+    """Before the first run: an order in transit gets a second parcel, shipped an hour after the
+    first and picked up by the carrier an hour after the first's pickup. Returns the order."""
+    with sqlite3.connect(company / "wms.db") as wms:
+        wms.execute("ATTACH DATABASE ? AS carrier", (str(company / "carrier.db"),))
+        order, first, shipped, modified = wms.execute(
+            "SELECT o.ref_order, o.tracking_no, o.outbound_time, o.last_modified FROM outbound o "
+            "JOIN carrier.carrier_waybills w ON w.waybill_no = o.tracking_no AND w.state = 0 AND w.ischeck = 0 "
+            "WHERE (SELECT count(*) FROM outbound x WHERE x.ref_order = o.ref_order) = 1 "
+            "ORDER BY o.ref_order LIMIT 1").fetchone()
+        wms.execute("INSERT INTO outbound VALUES (?, ?, 'yuantong', 1.0, datetime(?, '+1 hour'), ?)",
+                    (order, SECOND_PARCEL, shipped, modified))
+        wms.execute("INSERT INTO carrier.carrier_waybills (waybill_no, com, state, ischeck) VALUES (?, 'yuantong', 0, 0)",
+                    (SECOND_PARCEL,))
+        wms.execute("INSERT INTO carrier.carrier_events SELECT ?, datetime(time, '+1 hour'), context, area_name, status "
+                    "FROM carrier.carrier_events WHERE waybill_no = ?", (SECOND_PARCEL, first))
+        wms.commit()
+        wms.execute("DETACH DATABASE carrier")
+    return order
+
+
+def _move_parcels(engine, company, now, second_parcel_of: str) -> set[str]:
+    """The WMS corrects which order two parcels belong to.
+
+    One leaves an order with no other parcel: its stage goes back. The other is the
+    second parcel `_ship_a_second_parcel` added: the order it leaves keeps its stage and stage
+    times, but not that parcel's carrier events. Returns the orders they left and the one they joined.
+    """
     s, u = RAW_TABLES["shipments"], unified_orders
     with engine.connect() as conn:  # the two newest orders with one parcel each
-        (waybill, order), (_, other) = conn.execute(
+        (alone, alone_order), (_, joined) = conn.execute(
             sa.select(sa.func.min(s.c.waybill_no), s.c.order_no).join(u, u.c.order_no == s.c.order_no)
+            .where(s.c.order_no != second_parcel_of)
             .group_by(s.c.order_no).having(sa.func.count() == 1).order_by(s.c.order_no.desc()).limit(2)).all()
     with sqlite3.connect(company / "wms.db") as wms:
-        wms.execute("UPDATE outbound SET ref_order = ?, last_modified = ? WHERE tracking_no = ?",
-                    (other, local(now), waybill))
-    return {order, other}
+        for waybill in (alone, SECOND_PARCEL):
+            wms.execute("UPDATE outbound SET ref_order = ?, last_modified = ? WHERE tracking_no = ?",
+                        (joined, local(now), waybill))
+    return {alone_order, second_parcel_of, joined}
+
+
+def _edit_an_amount(company, now, other_than: set[str]) -> str:
+    """The ERP corrects an open order's amount: nothing on its timeline changes. Returns the order."""
+    with sqlite3.connect(company / "erp.db") as erp:
+        order = next(r[0] for r in erp.execute(
+            "SELECT FBillNo FROM T_SAL_ORDER WHERE FStatus = 'A' AND FBillNo <> '' ORDER BY FBillNo")
+            if r[0] not in other_than)
+        erp.execute("UPDATE T_SAL_ORDER SET FAmount = FAmount + 1, FModifyDate = ? WHERE FBillNo = ?",
+                    (local(now), order))
+    return order
 
 
 def published(engine) -> dict[str, pd.DataFrame]:
@@ -185,6 +227,7 @@ def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(
     if backend == "postgres":
         config = _on_postgres(demo_company, request.getfixturevalue("pg_database"), monkeypatch)
         engine = Warehouse(config.warehouse_url.resolve()).engine
+    split = _ship_a_second_parcel(demo_company)
     run(config, monkeypatch)
     if backend == "postgres":  # vacuumed after the rebuild, so the timeline is read from its index alone
         with engine.connect() as conn:
@@ -193,8 +236,12 @@ def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(
         assert pages > 0 and visible >= 0.9 * pages
     before = max_batch(engine)
     events_before = published(engine)["order_tracking_events"]
+    snapshot_before = published(engine)["order_tracking_snapshot"].set_index("order_no")
     later = NOW + timedelta(minutes=10)
-    changed = _bump(demo_company, later) | _carrier_news(engine, later) | _move_a_parcel(engine, demo_company, later)
+    changed = (_bump(demo_company, later) | _carrier_news(engine, later)
+               | _move_parcels(engine, demo_company, later, second_parcel_of=split))
+    edited = _edit_an_amount(demo_company, later, other_than=changed)
+    changed.add(edited)
 
     instance = dg.DagsterInstance.ephemeral()
     run(config, monkeypatch, now=later, instance=instance)
@@ -214,10 +261,19 @@ def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(
     contexts = set(full["order_tracking_events"]["context"])
     assert {LONG_CONTEXT[:500], "已到达转运中心（更正）"} <= contexts
     assert LONG_CONTEXT[:500] not in set(events_before["context"])
-    # Only the difference was written: far fewer timeline rows than the recomputed orders have.
+    assert row.loc[edited, "amount"] == snapshot_before.loc[edited, "amount"] + 1
+    # An order that gave a parcel away keeps its stage times, yet its timeline lost that parcel's events.
+    times = ["ordered_at", "paid_at", "locked_at", "shipped_at", "in_transit_at", "delivered_at"]
+    kept, before = row.loc[split], snapshot_before.loc[split]
+    assert kept[times].equals(before[times]) and kept["stage"] == before["stage"] == "in_transit"
+    assert (before["parcel_count"], kept["parcel_count"]) == (2, 1)
+    assert set(events_before.loc[events_before["order_no"] == split, "waybill_no"].dropna()) > {SECOND_PARCEL}
+    # Only the difference was written: far fewer timeline rows than the recomputed orders have,
+    # and the order whose amount changed did not have its timeline recomputed at all.
     written = instance.get_latest_materialization_event(dg.AssetKey("order_tracking_events")) \
         .asset_materialization.metadata
     assert 0 < written["events_written"].value < written["events_published"].value
+    assert written["timelines_recomputed"].value == len(changed) - 1
 
 
 def test_an_orders_lines_are_rewritten_only_where_they_changed(config, engine, demo_company, monkeypatch):
