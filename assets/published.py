@@ -40,8 +40,7 @@ def published_tracking_tables(context: dg.AssetExecutionContext, config: LoadCon
     })
     yield dg.MaterializeResult(asset_key=PARCELS, metadata={"orders_published": result.orders})
     yield dg.MaterializeResult(asset_key=EVENTS, metadata={
-        "timelines_recomputed": result.timelines, "events_published": result.events,
-        "events_written": result.events_written})
+        "events_written": result.events_written, "orders_carrier_compared": result.carrier_orders})
 
 
 def published_checks(reject_threshold: int) -> list[dg.AssetChecksDefinition]:

@@ -112,7 +112,7 @@ def _load_all(config, engine, now, full) -> dict[str, float]:
     published = publish(engine, now, full=full)
     times["publish"] = time.perf_counter() - started
     times["orders recomputed"] = result.touched
-    times["events published"] = published.events
+    times["events written"] = published.events_written
     return times
 
 

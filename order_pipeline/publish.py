@@ -6,12 +6,17 @@ the warehouse: a reader sees the old rows or the new ones, never a mix, and no r
 travels through Python.
 
 A full rebuild empties the tables and inserts every row. An incremental run writes
-only what differs: snapshot and parcel rows are upserted by key (a parcel that did
-not change is not rewritten), and the timeline is diffed against what is published,
-only for the touched orders whose timeline can have changed: their stage times moved,
-or one of their parcels was shipped, moved or has carrier news. Most edits (an
-amount, an address) leave the timeline alone, and rewriting or even comparing rows
-at random places in a 10M-row table is what made an incremental run slow.
+only what differs, and reads little more than that:
+- snapshot and parcel rows are upserted by key (a parcel that did not change is not
+  rewritten);
+- stage rows of the timeline follow the stage times: where an order's new time for a
+  stage differs from the one published in the snapshot, the old row is deleted and
+  the new one inserted, each found through the timeline's index;
+- carrier rows are compared, whole, only for orders one of whose parcels was shipped,
+  moved to another order or got carrier news.
+Most changes touch one or two rows of an order's timeline; rewriting, or even
+comparing, its other rows at random places in a 10M-row table is what made an
+incremental run slow.
 """
 
 from __future__ import annotations
@@ -36,14 +41,14 @@ CONTEXT_CHARS = 500
 STATE_KEY = "published_batch"
 STAGE_TIMES = (("ordered", "ordered_at"), ("paid", "paid_at"), ("locked", "locked_at"), ("shipped", "shipped_at"),
                ("in_transit", "in_transit_at"), ("delivered", "delivered_at"))
+TIMELINE = [c.name for c in order_tracking_events.c]
 
 
 @dataclass(frozen=True)
 class PublishResult:
     orders: int  # orders published by this run
-    timelines: int  # orders whose timeline was recomputed (every order on a full rebuild)
-    events: int  # timeline rows of those orders
     events_written: int  # timeline rows inserted or deleted (a full rebuild inserts every one)
+    carrier_orders: int  # orders whose carrier rows were compared (every order on a full rebuild)
     full: bool
     stage_counts: dict[str, int]
 
@@ -57,24 +62,26 @@ def publish(engine: sa.Engine, now: datetime, full: bool = False) -> PublishResu
             with rebuilding(conn, order_tracking_snapshot, order_tracking_parcels, order_tracking_events):
                 orders = _insert(conn, order_tracking_snapshot, _snapshot_rows(now))
                 _insert(conn, order_tracking_parcels, _parcel_rows())
-                events = sum(_insert(conn, order_tracking_events, q) for q, _ in _event_rows())
-            timelines, written = orders, events
+                written = _insert(conn, order_tracking_events, _stage_rows(unified_orders))
+                written += _insert(conn, order_tracking_events, _carrier_rows())
+            carrier_orders = orders
         else:
             touched = sa.select(unified_orders.c.order_no).where(unified_orders.c[BATCH] > since)
-            # Before the snapshot and parcels change: the scope compares with what they published.
-            scope = _temporary_orders(conn, "tmp_timeline_orders", _timeline_changed(since))
+            # Both before the snapshot and the parcels change: they compare with what those published.
+            written = _update_stage_rows(conn, since)
+            carrier = _temporary_orders(conn, "tmp_carrier_orders", _parcels_changed(since))
             orders = upsert_select(conn, order_tracking_snapshot,
                                    _snapshot_rows(now).where(unified_orders.c.order_no.in_(touched)), ["order_no"])
             _update_parcels(conn, touched)
-            timelines = conn.execute(sa.select(sa.func.count()).select_from(scope)).scalar()
-            events, written = _update_timeline(conn, sa.select(scope.c.order_no))
-            scope.drop(conn)
+            written += _update_carrier_rows(conn, sa.select(carrier.c.order_no))
+            carrier_orders = conn.execute(sa.select(sa.func.count()).select_from(carrier)).scalar()
+            carrier.drop(conn)
         set_state(conn, STATE_KEY, str(upto), now)
         counts = dict(conn.execute(sa.select(order_tracking_snapshot.c.stage, sa.func.count())
                                    .group_by(order_tracking_snapshot.c.stage)).all())
     if full and engine.dialect.name == "postgresql":
         _vacuum(engine, order_tracking_events)
-    return PublishResult(orders, timelines, events, written, full, counts)
+    return PublishResult(orders, written, carrier_orders, full, counts)
 
 
 def _vacuum(engine: sa.Engine, table: sa.Table) -> None:
@@ -96,26 +103,40 @@ def _insert(conn: sa.Connection, table: sa.Table, query: sa.Select) -> int:
     return conn.execute(table.insert().from_select(names, query)).rowcount
 
 
-def _timeline_changed(since: int) -> sa.Select:
-    """Orders recomputed since batch `since` whose timeline may differ from the published one.
+def _update_stage_rows(conn: sa.Connection, since: int) -> int:
+    """Move the stage rows of orders recomputed since batch `since` to their new stage times.
 
-    A timeline is the order's stage times (from `unified_orders`) and its parcels' carrier
-    events. Those change when a stage time changes (or the order is cancelled), or when a
-    parcel is shipped, moves to another order or gets carrier news: its `raw_shipments` or
-    `raw_tracking` row is written (the tracking store replaces a waybill's events together
-    with that row). A moved parcel's old order is found through the published parcels.
+    The snapshot still holds the published times, and the timeline holds exactly one row
+    per published time: a row whose time changed or went away is deleted, a new time is
+    inserted. Returns the rows written.
     """
-    u, p = unified_orders, order_tracking_snapshot
+    u, p, e = unified_orders, order_tracking_snapshot, order_tracking_events
+    recomputed = u.outerjoin(p, p.c.order_no == u.c.order_no)
+    gone, new = [], []
+    for (stage, published), (_, derived) in zip(_stage_times(p), _stage_times(u)):
+        changed = sa.and_(u.c[BATCH] > since, published.is_distinct_from(derived))
+        gone.append(sa.select(p.c.order_no, published, sa.literal("stage"), sa.literal(stage))
+                    .select_from(recomputed).where(changed).where(published.is_not(None)))
+        new.append(_stage_row(u.c.order_no, derived, stage).select_from(recomputed).where(changed)
+                   .where(derived.is_not(None)))
+    key = sa.tuple_(e.c.order_no, e.c.event_at, e.c.kind, e.c.stage)  # the index's first columns
+    removed = conn.execute(e.delete().where(key.in_(sa.union_all(*gone)))).rowcount
+    return removed + conn.execute(e.insert().from_select(TIMELINE, sa.union_all(*new))).rowcount
+
+
+def _parcels_changed(since: int) -> sa.Select:
+    """Orders whose carrier rows may differ from the published ones.
+
+    An order's carrier rows change when one of its parcels is shipped, moves to another
+    order or gets carrier news: its `raw_shipments` or `raw_tracking` row is written after
+    batch `since` (the tracking store replaces a waybill's events together with that row).
+    The order a moved parcel left is found through the published parcels.
+    """
     s, t, parcels = RAW_TABLES["shipments"], raw_tracking, order_tracking_parcels
     waybills = sa.union(sa.select(t.c.waybill_no).where(t.c[BATCH] > since),
                         sa.select(s.c.waybill_no).where(s.c[BATCH] > since))
-    parcel_orders = sa.union(sa.select(s.c.order_no).where(s.c.waybill_no.in_(waybills)),
-                             sa.select(parcels.c.order_no).where(parcels.c.waybill_no.in_(waybills)))
-    cancelled_at = lambda table: sa.case((table.c.stage == "cancelled", table.c.source_updated_at))
-    stage_moved = sa.or_(p.c.order_no.is_(None), cancelled_at(u).is_distinct_from(cancelled_at(p)),
-                         *(u.c[col].is_distinct_from(p.c[col]) for _, col in STAGE_TIMES))
-    return (sa.select(u.c.order_no).select_from(u.outerjoin(p, p.c.order_no == u.c.order_no))
-            .where(u.c[BATCH] > since).where(sa.or_(stage_moved, u.c.order_no.in_(parcel_orders))))
+    return sa.union(sa.select(s.c.order_no).where(s.c.waybill_no.in_(waybills)),
+                    sa.select(parcels.c.order_no).where(parcels.c.waybill_no.in_(waybills)))
 
 
 def _temporary_orders(conn: sa.Connection, name: str, query: sa.Select) -> sa.Table:
@@ -136,21 +157,20 @@ def _update_parcels(conn: sa.Connection, touched: sa.Select) -> None:
         ~sa.exists().where(s.c.waybill_no == p.c.waybill_no).where(s.c.order_no == p.c.order_no)))
 
 
-def _update_timeline(conn: sa.Connection, touched: sa.Select) -> tuple[int, int]:
-    """Make the timeline of the `touched` orders what a full rebuild would publish, writing only the difference.
+def _update_carrier_rows(conn: sa.Connection, orders: sa.Select) -> int:
+    """Make the carrier rows of `orders` what a full rebuild would publish, writing only the difference.
 
     The wanted rows go into a temporary table; published rows not among them are
-    deleted and wanted rows not yet published are inserted. A timeline row is unique
-    in all its columns (one row per order and stage; carrier events are unique per
-    waybill, time and text), so comparing whole rows is exact.
+    deleted and wanted rows not yet published are inserted. Carrier events are unique
+    per waybill, time and text, so comparing whole rows is exact. Returns the orders
+    compared and the rows written.
     """
     e = order_tracking_events
-    names = [c.name for c in e.c]
-    wanted = sa.Table("tmp_timeline", sa.MetaData(), *(sa.Column(c.name, c.type) for c in e.c),
-                      sa.Index("tmp_timeline_order_time", "order_no", "event_at"), prefixes=["TEMPORARY"])
+    wanted = sa.Table("tmp_carrier_rows", sa.MetaData(), *(sa.Column(c.name, c.type) for c in e.c),
+                      sa.Index("tmp_carrier_rows_order_time", "order_no", "event_at"), prefixes=["TEMPORARY"])
     wanted.create(conn)
-    total = sum(conn.execute(wanted.insert().from_select(names, q.where(col.in_(touched)))).rowcount
-                for q, col in _event_rows())
+    s = RAW_TABLES["shipments"]
+    conn.execute(wanted.insert().from_select(TIMELINE, _carrier_rows().where(s.c.order_no.in_(orders))))
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"ANALYZE {wanted.name}")  # temporary tables get no autovacuum statistics
 
@@ -158,12 +178,12 @@ def _update_timeline(conn: sa.Connection, touched: sa.Select) -> tuple[int, int]
         keyed = [a.c[c] == b.c[c] for c in ("order_no", "event_at", "kind")]  # never NULL: the index applies
         return sa.and_(*keyed, *(a.c[c].is_not_distinct_from(b.c[c]) for c in ("stage", "waybill_no", "context", "area")))
 
-    removed = conn.execute(e.delete().where(e.c.order_no.in_(touched))
+    removed = conn.execute(e.delete().where(e.c.order_no.in_(orders)).where(e.c.kind == "carrier")
                            .where(~sa.exists().where(same(wanted, e)))).rowcount
     added = conn.execute(e.insert().from_select(
-        names, sa.select(*wanted.c).where(~sa.exists().where(same(e, wanted))))).rowcount
+        TIMELINE, sa.select(*wanted.c).where(~sa.exists().where(same(e, wanted))))).rowcount
     wanted.drop(conn)
-    return total, added + removed
+    return added + removed
 
 
 def _snapshot_rows(now: datetime) -> sa.Select:
@@ -187,23 +207,26 @@ def _parcel_rows() -> sa.Select:
     )
 
 
-def _event_rows() -> list[tuple[sa.Select, sa.Column]]:
-    """(query, its order_no column) for each part of the timeline."""
-    u, s, e = unified_orders, RAW_TABLES["shipments"], raw_tracking_events
+def _stage_times(table: sa.Table) -> list[tuple[str, sa.ColumnElement]]:
+    """(stage, when an order of `table` reached it) for each stage row of the timeline; NULL: no row."""
+    cancelled_at = sa.case((table.c.stage == "cancelled", table.c.source_updated_at))
+    return [*((stage, table.c[col]) for stage, col in STAGE_TIMES), ("cancelled", cancelled_at)]
+
+
+def _stage_row(order_no: sa.ColumnElement, at: sa.ColumnElement, stage: str) -> sa.Select:
     null = sa.null()
-    parts = [
-        (sa.select(u.c.order_no, u.c[col].label("event_at"), sa.literal("stage").label("kind"),
-                   sa.literal(stage).label("stage"), null.label("waybill_no"), null.label("context"), null.label("area"))
-         .where(u.c[col].is_not(None)), u.c.order_no)
-        for stage, col in STAGE_TIMES
-    ]
-    parts.append((
-        sa.select(u.c.order_no, u.c.source_updated_at.label("event_at"), sa.literal("stage").label("kind"),
-                  sa.literal("cancelled").label("stage"), null.label("waybill_no"), null.label("context"),
-                  null.label("area"))
-        .where(u.c.stage == "cancelled").where(u.c.source_updated_at.is_not(None)), u.c.order_no))
-    parts.append((
-        sa.select(s.c.order_no, e.c.event_at, sa.literal("carrier").label("kind"), null.label("stage"),
-                  e.c.waybill_no, sa.func.substr(e.c.context, 1, CONTEXT_CHARS).label("context"), e.c.area)
-        .select_from(e.join(s, s.c.waybill_no == e.c.waybill_no)), s.c.order_no))
-    return parts
+    return sa.select(order_no, at.label("event_at"), sa.literal("stage").label("kind"), sa.literal(stage).label("stage"),
+                     null.label("waybill_no"), null.label("context"), null.label("area"))
+
+
+def _stage_rows(u: sa.Table) -> sa.Select:
+    """Every stage row of the timeline."""
+    return sa.union_all(*(_stage_row(u.c.order_no, at, stage).where(at.is_not(None)) for stage, at in _stage_times(u)))
+
+
+def _carrier_rows() -> sa.Select:
+    """Every carrier row of the timeline: the events of each shipped parcel, under its order."""
+    s, e = RAW_TABLES["shipments"], raw_tracking_events
+    return (sa.select(s.c.order_no, e.c.event_at, sa.literal("carrier").label("kind"), sa.null().label("stage"),
+                      e.c.waybill_no, sa.func.substr(e.c.context, 1, CONTEXT_CHARS).label("context"), e.c.area)
+            .select_from(e.join(s, s.c.waybill_no == e.c.waybill_no)))
