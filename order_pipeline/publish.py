@@ -107,21 +107,31 @@ def _update_stage_rows(conn: sa.Connection, since: int) -> int:
     """Move the stage rows of orders recomputed since batch `since` to their new stage times.
 
     The snapshot still holds the published times, and the timeline holds exactly one row
-    per published time: a row whose time changed or went away is deleted, a new time is
-    inserted. Returns the rows written.
+    per published time. In one pass over the recomputed orders, each (order, stage) whose
+    time changed goes into a temporary table; then the rows of the old times are deleted
+    and rows for the new ones inserted, both through the timeline's index. Returns the
+    rows written.
     """
     u, p, e = unified_orders, order_tracking_snapshot, order_tracking_events
-    recomputed = u.outerjoin(p, p.c.order_no == u.c.order_no)
-    gone, new = [], []
-    for (stage, published), (_, derived) in zip(_stage_times(p), _stage_times(u)):
-        changed = sa.and_(u.c[BATCH] > since, published.is_distinct_from(derived))
-        gone.append(sa.select(p.c.order_no, published, sa.literal("stage"), sa.literal(stage))
-                    .select_from(recomputed).where(changed).where(published.is_not(None)))
-        new.append(_stage_row(u.c.order_no, derived, stage).select_from(recomputed).where(changed)
-                   .where(derived.is_not(None)))
+    stages = sa.union_all(*(sa.select(sa.literal(stage).label("stage")) for stage, _ in _stage_times(u))).subquery()
+    at = lambda table: sa.case(*((stages.c.stage == stage, time) for stage, time in _stage_times(table)))
+    moves = sa.Table("tmp_stage_moves", sa.MetaData(), sa.Column("order_no", sa.Text), sa.Column("stage", sa.Text),
+                     sa.Column("published_at", sa.DateTime(timezone=True)),
+                     sa.Column("derived_at", sa.DateTime(timezone=True)), prefixes=["TEMPORARY"])
+    moves.create(conn)
+    conn.execute(moves.insert().from_select(
+        ["order_no", "stage", "published_at", "derived_at"],
+        sa.select(u.c.order_no, stages.c.stage, at(p), at(u))
+        .select_from(u.outerjoin(p, p.c.order_no == u.c.order_no).join(stages, sa.true()))
+        .where(u.c[BATCH] > since).where(at(p).is_distinct_from(at(u)))))
     key = sa.tuple_(e.c.order_no, e.c.event_at, e.c.kind, e.c.stage)  # the index's first columns
-    removed = conn.execute(e.delete().where(key.in_(sa.union_all(*gone)))).rowcount
-    return removed + conn.execute(e.insert().from_select(TIMELINE, sa.union_all(*new))).rowcount
+    removed = conn.execute(e.delete().where(key.in_(
+        sa.select(moves.c.order_no, moves.c.published_at, sa.literal("stage"), moves.c.stage)
+        .where(moves.c.published_at.is_not(None))))).rowcount
+    added = conn.execute(e.insert().from_select(TIMELINE, _stage_row(moves.c.order_no, moves.c.derived_at, moves.c.stage)
+                                                .where(moves.c.derived_at.is_not(None)))).rowcount
+    moves.drop(conn)
+    return removed + added
 
 
 def _parcels_changed(since: int) -> sa.Select:
@@ -213,9 +223,10 @@ def _stage_times(table: sa.Table) -> list[tuple[str, sa.ColumnElement]]:
     return [*((stage, table.c[col]) for stage, col in STAGE_TIMES), ("cancelled", cancelled_at)]
 
 
-def _stage_row(order_no: sa.ColumnElement, at: sa.ColumnElement, stage: str) -> sa.Select:
+def _stage_row(order_no: sa.ColumnElement, at: sa.ColumnElement, stage: str | sa.ColumnElement) -> sa.Select:
     null = sa.null()
-    return sa.select(order_no, at.label("event_at"), sa.literal("stage").label("kind"), sa.literal(stage).label("stage"),
+    stage = sa.literal(stage) if isinstance(stage, str) else stage
+    return sa.select(order_no, at.label("event_at"), sa.literal("stage").label("kind"), stage.label("stage"),
                      null.label("waybill_no"), null.label("context"), null.label("area"))
 
 
