@@ -18,7 +18,7 @@ from .canonical import SOURCE_ENTITIES, Entity
 from .config import SourceConfig
 from .schema import BATCH, RAW_TABLES
 from .validation import parse_timestamps, record_keys, validate
-from .warehouse import (IN_CHUNK, clear_rejects, delete_keys, get_state, insert_frame, next_batch, read_frame, rebuilding,
+from .warehouse import (IN_CHUNK, clear_rejects, delete_keys, get_state, insert_frame, next_batch, read_frame, replacing,
                         record_rejects, replace_keys, set_state)
 
 
@@ -88,8 +88,8 @@ def load_source(wh: sa.Engine, src: sa.Engine, sc: SourceConfig, now: datetime, 
         batch = next_batch(conn, now)
         good[BATCH] = batch
         if full:
-            with rebuilding(conn, table):
-                insert_frame(conn, table, good)
+            with replacing(conn, table) as target:
+                insert_frame(conn, target[table], good)
         else:
             _touch_orders_left(conn, table, entity, good, batch)
             replace_keys(conn, table, good, entity.key)
@@ -187,8 +187,8 @@ def _load_children(wh: sa.Engine, src: sa.Engine, sc: SourceConfig, entity: Enti
         batch = next_batch(conn, now)
         good[BATCH] = batch
         if full:
-            with rebuilding(conn, table):
-                insert_frame(conn, table, good)
+            with replacing(conn, table) as target:
+                insert_frame(conn, target[table], good)
         else:
             _replace_children(conn, table, entity, good, order_nos)
         _record(conn, entity, good, rejects, now)

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from .schema import (BATCH, RAW_TABLES, order_tracking_events, order_tracking_parcels, order_tracking_snapshot,
                      raw_tracking, raw_tracking_events, unified_orders)
 from .stages import SIGNED_STATE
-from .warehouse import get_state, rebuilding, set_state, upsert_select
+from .warehouse import get_state, replacing, set_state, upsert_select
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +59,11 @@ def publish(engine: sa.Engine, now: datetime, full: bool = False) -> PublishResu
         upto = conn.execute(sa.select(sa.func.max(unified_orders.c[BATCH]))).scalar() or 0
         full = full or since == 0
         if full:
-            with rebuilding(conn, order_tracking_snapshot, order_tracking_parcels, order_tracking_events):
-                orders = _insert(conn, order_tracking_snapshot, _snapshot_rows(now))
-                _insert(conn, order_tracking_parcels, _parcel_rows())
-                written = _insert(conn, order_tracking_events, _stage_rows(unified_orders))
-                written += _insert(conn, order_tracking_events, _carrier_rows())
+            with replacing(conn, order_tracking_snapshot, order_tracking_parcels, order_tracking_events) as target:
+                orders = _insert(conn, target[order_tracking_snapshot], _snapshot_rows(now))
+                _insert(conn, target[order_tracking_parcels], _parcel_rows())
+                written = _insert(conn, target[order_tracking_events], _stage_rows(unified_orders))
+                written += _insert(conn, target[order_tracking_events], _carrier_rows())
             carrier_orders = orders
         else:
             touched = sa.select(unified_orders.c.order_no).where(unified_orders.c[BATCH] > since)

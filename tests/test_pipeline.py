@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from dataclasses import replace
 from datetime import timedelta
 
@@ -13,6 +14,7 @@ import sqlalchemy as sa
 
 from order_pipeline.config import load_config
 from order_pipeline.definitions import NOW_ENV
+from order_pipeline.publish import publish
 from order_pipeline.runner import run_pipeline
 from order_pipeline.kuaidi100 import TrackingAnswer, TrackingEvent
 from order_pipeline.schema import (PUBLISHED_ORDER_TABLES, RAW_TABLES, order_tracking_events, order_tracking_snapshot,
@@ -367,6 +369,56 @@ def test_postgres_warehouse_publishes_the_same_snapshot(config, engine, demo_com
     assert pg_engine.dialect.name == "postgresql"
     pd.testing.assert_frame_equal(snapshot(pg_engine), sqlite_snapshot, check_dtype=False)
     pg_engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_postgres_rebuild_swaps_in_fresh_tables_keeping_grants_and_views(config, demo_company, pg_database,
+                                                                          monkeypatch):
+    """A full publish fills new tables and swaps them in; one a view depends on is rebuilt in place."""
+    pg_config = _on_postgres(demo_company, pg_database, monkeypatch)
+    run(pg_config, monkeypatch)
+    engine = Warehouse(pg_config.warehouse_url.resolve()).engine
+    reader = f"tracking_reader_{uuid.uuid4().hex[:8]}"
+
+    def oids() -> dict[str, int]:
+        with engine.connect() as conn:
+            return {t.name: conn.execute(sa.text("SELECT to_regclass(:t)::oid"), {"t": t.name}).scalar()
+                    for t in PUBLISHED_ORDER_TABLES}
+
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE ROLE {reader}")
+        conn.exec_driver_sql(f"GRANT SELECT ON order_tracking_snapshot, order_tracking_parcels TO {reader}")
+        conn.exec_driver_sql("CREATE VIEW timeline_by_day AS SELECT order_no, CAST(event_at AS date) AS day, count(*) "
+                             "AS events FROM order_tracking_events GROUP BY 1, 2")
+    try:
+        published_before, before = published(engine), oids()
+        result = publish(engine, NOW, full=True)
+        after = oids()
+        assert result.full and result.orders == len(published_before["order_tracking_snapshot"])
+        assert after["order_tracking_snapshot"] != before["order_tracking_snapshot"]  # swapped
+        assert after["order_tracking_parcels"] != before["order_tracking_parcels"]
+        assert after["order_tracking_events"] == before["order_tracking_events"]  # the view holds it: in place
+        for name, frame in published(engine).items():
+            pd.testing.assert_frame_equal(frame, published_before[name], obj=name)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text(
+                "SELECT has_table_privilege(:r, 'order_tracking_snapshot', 'SELECT')"
+                " AND has_table_privilege(:r, 'order_tracking_parcels', 'SELECT')"
+                " AND NOT has_table_privilege(:r, 'order_tracking_events', 'SELECT')"), {"r": reader}).scalar()
+            assert conn.execute(sa.text("SELECT sum(events) FROM timeline_by_day")).scalar() == \
+                len(published_before["order_tracking_events"])
+            indexes = set(conn.execute(sa.text(
+                "SELECT indexname FROM pg_indexes WHERE tablename IN ('order_tracking_snapshot', "
+                "'order_tracking_parcels')")).scalars())
+        assert indexes == {"order_tracking_snapshot_pkey", "ix_snapshot_phone_tail", "ix_snapshot_stage_waiting",
+                           "order_tracking_parcels_pkey", "ix_order_tracking_parcels_order_no"}
+        # and the swapped tables take an incremental run as before
+        assert publish(engine, NOW + timedelta(minutes=1)).orders == 0
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP OWNED BY {reader}")
+            conn.exec_driver_sql(f"DROP ROLE {reader}")
+        engine.dispose()
 
 
 def _on_postgres(demo_company, pg_database, monkeypatch):
