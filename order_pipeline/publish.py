@@ -21,7 +21,6 @@ incremental run slow.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -32,11 +31,6 @@ from .schema import (BATCH, RAW_TABLES, order_tracking_events, order_tracking_pa
 from .stages import SIGNED_STATE
 from .warehouse import get_state, replacing, set_state, upsert_select
 
-log = logging.getLogger(__name__)
-
-# A carrier's event text in the timeline is cut to this many characters: the timeline's index
-# holds every column, and a PostgreSQL index entry may not exceed 2.7 kB (real texts are < 200).
-CONTEXT_CHARS = 500
 
 STATE_KEY = "published_batch"
 STAGE_TIMES = (("ordered", "ordered_at"), ("paid", "paid_at"), ("locked", "locked_at"), ("shipped", "shipped_at"),
@@ -79,23 +73,7 @@ def publish(engine: sa.Engine, now: datetime, full: bool = False) -> PublishResu
         set_state(conn, STATE_KEY, str(upto), now)
         counts = dict(conn.execute(sa.select(order_tracking_snapshot.c.stage, sa.func.count())
                                    .group_by(order_tracking_snapshot.c.stage)).all())
-    if full and engine.dialect.name == "postgresql":
-        _vacuum(engine, order_tracking_events)
     return PublishResult(orders, written, carrier_orders, full, counts)
-
-
-def _vacuum(engine: sa.Engine, table: sa.Table) -> None:
-    """Mark a rebuilt table's pages all-visible, as autovacuum would some time later.
-
-    Until then PostgreSQL checks every index entry against the table, so the timeline's
-    covering index saves nothing: the next incremental diff took 1.8 s instead of 0.9 s at
-    1M orders, and the tracking page reads the same way. VACUUM cannot run in a transaction.
-    """
-    try:
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql(f"VACUUM {table.name}")
-    except sa.exc.DBAPIError as e:  # the tables are published; autovacuum will get to it
-        log.warning("VACUUM %s after the rebuild failed: %s", table.name, e)
 
 
 def _insert(conn: sa.Connection, table: sa.Table, query: sa.Select) -> int:
@@ -239,5 +217,5 @@ def _carrier_rows() -> sa.Select:
     """Every carrier row of the timeline: the events of each shipped parcel, under its order."""
     s, e = RAW_TABLES["shipments"], raw_tracking_events
     return (sa.select(s.c.order_no, e.c.event_at, sa.literal("carrier").label("kind"), sa.null().label("stage"),
-                      e.c.waybill_no, sa.func.substr(e.c.context, 1, CONTEXT_CHARS).label("context"), e.c.area)
+                      e.c.waybill_no, e.c.context, e.c.area)
             .select_from(e.join(s, s.c.waybill_no == e.c.waybill_no)))

@@ -88,7 +88,7 @@ def rebuild_changed_indexes(engine: sa.Engine) -> list[str]:
     """Rebuild each index whose columns differ from the schema's: create_all only adds what is missing.
 
     A warehouse created by an earlier version keeps working either way; this brings it the
-    current indexes (the timeline's covering index, say) once, at the next start.
+    current indexes once, at the next start.
     """
     inspector = sa.inspect(engine)
     rebuilt = []

@@ -134,7 +134,7 @@ def _bump(company, now) -> list[str]:
     return open_orders
 
 
-# Longer than a PostgreSQL index entry may be: the timeline keeps its first 500 characters.
+# Longer than a PostgreSQL index entry may be (2.7 kB): the timeline keeps it whole all the same.
 LONG_CONTEXT = "快递员正在派件" + "，请保持电话畅通" * 400
 
 
@@ -232,11 +232,6 @@ def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(
         engine = Warehouse(config.warehouse_url.resolve()).engine
     split = _ship_a_second_parcel(demo_company)
     run(config, monkeypatch)
-    if backend == "postgres":  # vacuumed after the rebuild, so the timeline is read from its index alone
-        with engine.connect() as conn:
-            pages, visible = conn.execute(sa.text(
-                "SELECT relpages, relallvisible FROM pg_class WHERE relname = 'order_tracking_events'")).one()
-        assert pages > 0 and visible >= 0.9 * pages
     before = max_batch(engine)
     events_before = published(engine)["order_tracking_events"]
     snapshot_before = published(engine)["order_tracking_snapshot"].set_index("order_no")
@@ -263,8 +258,8 @@ def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(
     assert row.loc[cancelled, "stage"] == "cancelled"
     # The timeline really changed: an event was added and one reworded.
     contexts = set(full["order_tracking_events"]["context"])
-    assert {LONG_CONTEXT[:500], "已到达转运中心（更正）"} <= contexts
-    assert LONG_CONTEXT[:500] not in set(events_before["context"])
+    assert {LONG_CONTEXT, "已到达转运中心（更正）"} <= contexts
+    assert LONG_CONTEXT not in set(events_before["context"])
     assert row.loc[edited, "amount"] == snapshot_before.loc[edited, "amount"] + 1
     # An order that gave a parcel away keeps its stage times, yet its timeline lost that parcel's events.
     times = ["ordered_at", "paid_at", "locked_at", "shipped_at", "in_transit_at", "delivered_at"]
@@ -492,7 +487,7 @@ def _take_batch(engine) -> int:
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_an_index_whose_columns_changed_is_rebuilt_at_start(backend, tmp_path, request):
-    """A warehouse from before the timeline's index covered every column gets the new index."""
+    """A warehouse from when the timeline's index covered every column gets the current index."""
     from order_pipeline.warehouse import rebuild_changed_indexes
 
     url = f"sqlite:///{tmp_path / 'wh.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")()
@@ -500,10 +495,11 @@ def test_an_index_whose_columns_changed_is_rebuilt_at_start(backend, tmp_path, r
     wh.create_schema()
     with wh.engine.begin() as conn:
         conn.exec_driver_sql("DROP INDEX ix_events_order_time")
-        conn.exec_driver_sql("CREATE INDEX ix_events_order_time ON order_tracking_events (order_no, event_at)")
+        conn.exec_driver_sql("CREATE INDEX ix_events_order_time ON order_tracking_events "
+                             "(order_no, event_at, kind, stage, waybill_no, context, area)")
 
     wh.create_schema()
     indexes = {ix["name"]: ix["column_names"] for ix in sa.inspect(wh.engine).get_indexes("order_tracking_events")}
-    assert indexes["ix_events_order_time"] == [c.name for c in order_tracking_events.c]
+    assert indexes["ix_events_order_time"] == ["order_no", "event_at"]
     assert rebuild_changed_indexes(wh.engine) == []  # once is enough
     wh.engine.dispose()
