@@ -21,6 +21,7 @@ incremental run slow.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -31,6 +32,7 @@ from .schema import (BATCH, RAW_TABLES, order_tracking_events, order_tracking_pa
 from .stages import SIGNED_STATE
 from .warehouse import get_state, replacing, set_state, upsert_select
 
+log = logging.getLogger(__name__)
 
 STATE_KEY = "published_batch"
 STAGE_TIMES = (("ordered", "ordered_at"), ("paid", "paid_at"), ("locked", "locked_at"), ("shipped", "shipped_at"),
@@ -73,7 +75,25 @@ def publish(engine: sa.Engine, now: datetime, full: bool = False) -> PublishResu
         set_state(conn, STATE_KEY, str(upto), now)
         counts = dict(conn.execute(sa.select(order_tracking_snapshot.c.stage, sa.func.count())
                                    .group_by(order_tracking_snapshot.c.stage)).all())
+    if full and engine.dialect.name == "postgresql":
+        _vacuum(engine, order_tracking_snapshot, order_tracking_parcels, order_tracking_events)
     return PublishResult(orders, written, carrier_orders, full, counts)
+
+
+def _vacuum(engine: sa.Engine, *tables: sa.Table) -> None:
+    """Vacuum freshly rebuilt tables now rather than when autovacuum gets to them.
+
+    Autovacuum visits a table soon after millions of rows went in, at a moment of its
+    choosing: during the next incremental run, say. Until then the first read of each page
+    also looks its rows up in the commit log and writes the page again. VACUUM cannot run
+    in a transaction; a failure is logged, the tables are published anyway.
+    """
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            for table in tables:
+                conn.exec_driver_sql(f"VACUUM {table.name}")
+    except sa.exc.DBAPIError as e:
+        log.warning("VACUUM after the rebuild failed: %s", e)
 
 
 def _insert(conn: sa.Connection, table: sa.Table, query: sa.Select) -> int:
@@ -150,8 +170,7 @@ def _update_carrier_rows(conn: sa.Connection, orders: sa.Select) -> int:
 
     The wanted rows go into a temporary table; published rows not among them are
     deleted and wanted rows not yet published are inserted. Carrier events are unique
-    per waybill, time and text, so comparing whole rows is exact. Returns the orders
-    compared and the rows written.
+    per waybill, time and text, so comparing whole rows is exact. Returns the rows written.
     """
     e = order_tracking_events
     wanted = sa.Table("tmp_carrier_rows", sa.MetaData(), *(sa.Column(c.name, c.type) for c in e.c),
