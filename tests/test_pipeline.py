@@ -206,7 +206,7 @@ def _move_parcels(engine, company, now, second_parcel_of: str) -> set[str]:
 
 
 def _edit_an_amount(company, now, other_than: set[str]) -> str:
-    """The ERP corrects an open order's amount: nothing on its timeline changes. Returns the order."""
+    """The ERP corrects an open order's amount: none of its parcels changes. Returns the order."""
     with sqlite3.connect(company / "erp.db") as erp:
         order = next(r[0] for r in erp.execute(
             "SELECT FBillNo FROM T_SAL_ORDER WHERE FStatus = 'A' AND FBillNo <> '' ORDER BY FBillNo")
@@ -238,8 +238,9 @@ def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(
                 "SELECT relpages, relallvisible FROM pg_class WHERE relname = 'order_tracking_events'")).one()
         assert pages > 0 and visible >= 0.9 * pages
     before = max_batch(engine)
-    events_before = published(engine)["order_tracking_events"]
-    snapshot_before = published(engine)["order_tracking_snapshot"].set_index("order_no")
+    tables_before = published(engine)
+    events_before = tables_before["order_tracking_events"]
+    snapshot_before = tables_before["order_tracking_snapshot"].set_index("order_no")
     later = NOW + timedelta(minutes=10)
     cancelled, paid, shipped = _bump(demo_company, later)
     parcels_changed = ({shipped} | _carrier_news(engine, later)
