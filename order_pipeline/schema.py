@@ -33,6 +33,11 @@ BATCH = "_batch"
 WAYBILL_ORDER = {"sqlite_with_rowid": False}
 
 
+def stored_in_key_order(table: sa.Table) -> bool:
+    """SQLite keeps this table's rows in primary-key order: rows inserted in that order append."""
+    return table.dialect_options["sqlite"]["with_rowid"] is False
+
+
 def _raw_table(entity: Entity) -> sa.Table:
     cols = [
         sa.Column(c.name, _TYPES[c.kind], primary_key=c.name in entity.key, nullable=c.name in entity.key or c.nullable)

@@ -29,12 +29,12 @@ from .schema import BATCH, RAW_TABLES, pipeline_rejects, raw_tracking, unified_o
 from .stages import INPUT_COLUMNS, OrderInputs, derive_orders
 from .validation import record_keys
 from .warehouse import (create_engine, current_batch, delete_keys, get_state, insert_frame, open_rejects, read_frame,
-                        rebuilding, record_rejects, replace_keys, set_state)
+                        record_rejects, replace_keys, replacing, set_state)
 
 STATE_KEY = "unified_batch"
 # Orders derived at a time by a full rebuild. Memory: a slice's raw rows in each worker, and up
 # to WORKERS + 1 derived slices waiting here to be written; 1.6 GB in all at 1M orders.
-SLICE_ORDERS = 100_000
+SLICE_ORDERS = 25_000
 WORKERS = 2  # processes deriving the slices of a full rebuild, beside the one writing them
 PREVIEW_ROWS = 20
 ORPHAN_REASON = {"order_lines": "order line", "payments": "payment", "reservations": "reservation",
@@ -118,11 +118,12 @@ def unify(engine: sa.Engine, now: datetime, transit_days: int = 3, full: bool = 
         touched, orphans, first = 0, 0, None
         # closing: after a failed write, slices not yet started are cancelled at once, not
         # whenever the traceback is collected
-        with rebuilding(conn, unified_orders) if full else nullcontext(), closing(derived):
+        rebuilt = replacing(conn, unified_orders) if full else nullcontext({unified_orders: unified_orders})
+        with rebuilt as target, closing(derived):
             for rows, changes in derived:
                 rows[BATCH] = batch
                 if full:
-                    insert_frame(conn, unified_orders, rows)
+                    insert_frame(conn, target[unified_orders], rows)
                 else:
                     replace_keys(conn, unified_orders, rows, ["order_no"])
                 orphans += _apply_orphan_changes(conn, changes, now)

@@ -88,7 +88,9 @@ def validate(entity: Entity, frame: pd.DataFrame, tz: str, source_names: dict[st
     # Two different versions at the same watermark contradict each other: neither is trusted.
     version = key + ([entity.watermark] if entity.watermark else [])
     keyed = reasons.eq("")
-    if not entity.summed:
+    # Most loads repeat no key: one pass tells, and spares them the conflict search and the dedup.
+    repeated = out[keyed].duplicated(key, keep=False).any()
+    if repeated and not entity.summed:
         conflicting = _conflicting_duplicates(out[keyed], version)
         flag(keyed & out.index.isin(conflicting), f"duplicate {'/'.join(key)} with conflicting values")
 
@@ -98,9 +100,11 @@ def validate(entity: Entity, frame: pd.DataFrame, tz: str, source_names: dict[st
         rest = [c for c in good.columns if c not in key]
         good = good.groupby(key, sort=False, as_index=False, dropna=False).agg(
             {c: "sum" if c in entity.summed else "first" for c in rest})
-    if entity.watermark:
-        good = good.sort_values(entity.watermark, kind="stable")
-    good = good.drop_duplicates(subset=key, keep="last").sort_index().reset_index(drop=True)
+    elif repeated:
+        if entity.watermark:
+            good = good.sort_values(entity.watermark, kind="stable")
+        good = good.drop_duplicates(subset=key, keep="last").sort_index()
+    good = good.reset_index(drop=True)
     rejects = pd.DataFrame({
         "record_key": _record_keys(frame[bad], out[bad], key),
         "reason": reasons[bad],
@@ -112,13 +116,17 @@ def validate(entity: Entity, frame: pd.DataFrame, tz: str, source_names: dict[st
 def _stripped(raw: pd.Series) -> pd.Series:
     """Each value as text without surrounding blanks; None where missing or blank ('' is no value).
 
-    One Python pass over the values: pandas' string methods would convert, strip and
-    compare in three passes, several times slower on the millions of values of a full load.
+    One Python pass over the values, strings first: pandas' string methods would convert,
+    strip and compare in three passes, several times slower on the millions of values of a
+    full load.
     """
-    missing = raw.isna().to_numpy()
-    text = [None if m else (v if v.__class__ is str else str(v)).strip() or None
-            for v, m in zip(raw.to_numpy(dtype=object), missing)]
+    text = [(v.strip() or None) if v.__class__ is str else _other_text(v) for v in raw.to_numpy(dtype=object).tolist()]
     return pd.Series(text, index=raw.index, dtype=object)
+
+
+def _other_text(v) -> str | None:
+    """A value that is not a str (a number, a date, or missing), as `_stripped` gives it."""
+    return None if _isna(v) else str(v).strip() or None
 
 
 def _conflicting_duplicates(frame: pd.DataFrame, key: list[str]) -> pd.Index:
