@@ -13,6 +13,7 @@ import io
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -247,19 +248,45 @@ def _swap_in(conn: sa.Connection, table: sa.Table, new: sa.Table) -> None:
 
 def insert_frame(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> int:
     """Append a DataFrame (columns named as the table's) through the driver's bulk path."""
-    if frame.empty:
-        return 0
-    cols = [c.name for c in table.columns if c.name in frame.columns]
-    cur = conn.connection.driver_connection.cursor()
-    sql = f'INSERT INTO {table.name} ({", ".join(cols)}) VALUES ({", ".join("?" * len(cols))})'
-    for part in _chunks(frame[cols]):
-        if conn.dialect.name == "sqlite":
-            cur.executemany(sql, _sqlite_rows(part, table))
-        else:
-            cur.copy_expert(f"COPY {table.name} ({', '.join(cols)}) FROM STDIN WITH (FORMAT csv, NULL '{NULL}')",
-                            io.StringIO(_csv_rows(part, table)))
-    cur.close()
+    for part in _chunks(frame):
+        insert_prepared(conn, table, prepare_rows(conn.dialect.name, table, part))
     return len(frame)
+
+
+@dataclass(frozen=True)
+class PreparedRows:
+    """Rows made ready for the driver's bulk path, possibly in another process than the write.
+
+    For PostgreSQL that is the COPY text: one string, cheap to pass between processes, and
+    building it is most of the cost of a write. SQLite's driver takes Python tuples, which
+    cost as much to pass between processes as to build, so the frame itself is kept.
+    """
+
+    columns: tuple[str, ...]
+    payload: str | pd.DataFrame
+    count: int
+
+
+def prepare_rows(dialect: str, table: sa.Table, frame: pd.DataFrame) -> PreparedRows:
+    cols = [c.name for c in table.columns if c.name in frame.columns]
+    payload = _csv_rows(frame[cols], table) if dialect == "postgresql" and len(frame) else frame[cols]
+    return PreparedRows(tuple(cols), payload, len(frame))
+
+
+def insert_prepared(conn: sa.Connection, table: sa.Table, rows: PreparedRows) -> int:
+    """Append prepared rows to `table`, or to a table with the same columns (a rebuild's fresh copy)."""
+    if not rows.count:
+        return 0
+    cols = ", ".join(rows.columns)
+    cur = conn.connection.driver_connection.cursor()
+    if conn.dialect.name == "sqlite":
+        cur.executemany(f"INSERT INTO {table.name} ({cols}) VALUES ({', '.join('?' * len(rows.columns))})",
+                        _sqlite_rows(rows.payload, table))
+    else:
+        cur.copy_expert(f"COPY {table.name} ({cols}) FROM STDIN WITH (FORMAT csv, NULL '{NULL}')",
+                        io.StringIO(rows.payload))
+    cur.close()
+    return rows.count
 
 
 def _chunks(frame: pd.DataFrame) -> Iterator[pd.DataFrame]:

@@ -325,9 +325,14 @@ def rejects(engine) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_a_full_rebuild_in_slices_derives_the_same_orders_and_orphans(workers, config, engine, demo_company,
-                                                                      monkeypatch):
-    """In slices, in this process or in worker processes beside it, as in one piece."""
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_full_rebuild_in_slices_derives_the_same_orders_and_orphans(backend, workers, config, engine, demo_company,
+                                                                      request, monkeypatch):
+    """In slices, in this process or in worker processes beside it (which prepare the rows for the
+    bulk write there), as in one piece."""
+    if backend == "postgres":
+        config = _on_postgres(demo_company, request.getfixturevalue("pg_database"), monkeypatch)
+        engine = Warehouse(config.warehouse_url.resolve()).engine
     run(config, monkeypatch)
     with sqlite3.connect(demo_company / "finance.db") as db:  # a payment for an order the ERP never had
         db.execute("INSERT INTO 收款单 SELECT * FROM 收款单 LIMIT 1")
