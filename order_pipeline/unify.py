@@ -6,8 +6,9 @@ load batch newer than the one the last unified run saw.
 
 A full rebuild goes through the orders in slices of consecutive order numbers, all
 in one transaction: memory stays that of a few slices however many orders there are.
-Worker processes read and derive the next slices while this one writes the last:
-deriving is pandas work that one core would otherwise do between the writes.
+Worker processes read, derive and prepare the next slices for the bulk write while this
+one writes the last: that is pandas and Python work that one core would otherwise do
+between the writes.
 """
 
 from __future__ import annotations
