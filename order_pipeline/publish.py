@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from .schema import (BATCH, RAW_TABLES, order_tracking_events, order_tracking_parcels, order_tracking_snapshot,
                      raw_tracking, raw_tracking_events, unified_orders)
 from .stages import SIGNED_STATE
-from .warehouse import get_state, replacing, set_state, upsert_select
+from .warehouse import get_state, replacing, set_state, temporary_orders, upsert_select
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def publish(engine: sa.Engine, now: datetime, full: bool = False) -> PublishResu
             touched = sa.select(unified_orders.c.order_no).where(unified_orders.c[BATCH] > since)
             # Both before the snapshot and the parcels change: they compare with what those published.
             written = _update_stage_rows(conn, since)
-            carrier = _temporary_orders(conn, "tmp_carrier_orders", _parcels_changed(since))
+            carrier = temporary_orders(conn, "tmp_carrier_orders", _parcels_changed(since))
             orders = upsert_select(conn, order_tracking_snapshot,
                                    _snapshot_rows(now).where(unified_orders.c.order_no.in_(touched)), ["order_no"])
             _update_parcels(conn, touched)
@@ -145,16 +145,6 @@ def _parcels_changed(since: int) -> sa.Select:
                         sa.select(s.c.waybill_no).where(s.c[BATCH] > since))
     return sa.union(sa.select(s.c.order_no).where(s.c.waybill_no.in_(waybills)),
                     sa.select(parcels.c.order_no).where(parcels.c.waybill_no.in_(waybills)))
-
-
-def _temporary_orders(conn: sa.Connection, name: str, query: sa.Select) -> sa.Table:
-    """The order numbers `query` selects, kept in a temporary table for the rest of the transaction."""
-    table = sa.Table(name, sa.MetaData(), sa.Column("order_no", sa.Text, primary_key=True), prefixes=["TEMPORARY"])
-    table.create(conn)
-    conn.execute(table.insert().from_select(["order_no"], query))
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"ANALYZE {name}")  # temporary tables get no autovacuum statistics
-    return table
 
 
 def _update_parcels(conn: sa.Connection, touched: sa.Select) -> None:

@@ -369,6 +369,16 @@ def delete_keys(conn: sa.Connection, table: sa.Table, keys: pd.DataFrame, key: S
     conn.exec_driver_sql(f"DROP TABLE {tmp}")
 
 
+def temporary_orders(conn: sa.Connection, name: str, query: sa.Select) -> sa.Table:
+    """The order numbers `query` selects, kept in a temporary table for the rest of the transaction."""
+    table = sa.Table(name, sa.MetaData(), sa.Column("order_no", sa.Text, primary_key=True), prefixes=["TEMPORARY"])
+    table.create(conn)
+    conn.execute(table.insert().from_select(["order_no"], query))
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"ANALYZE {name}")  # temporary tables get no autovacuum statistics
+    return table
+
+
 def record_rejects(conn: sa.Connection, source: str, rejects: pd.DataFrame, now: datetime) -> int:
     """Upsert rejects by (source, key, reason): a row that stays bad is one reject, with first and last seen."""
     if rejects.empty:
