@@ -21,7 +21,9 @@ incremental run slow.
 
 from __future__ import annotations
 
+import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -30,11 +32,15 @@ import sqlalchemy as sa
 from .schema import (BATCH, RAW_TABLES, order_tracking_events, order_tracking_parcels, order_tracking_snapshot,
                      raw_tracking, raw_tracking_events, unified_orders)
 from .stages import SIGNED_STATE
-from .warehouse import get_state, replacing, set_state, temporary_orders, upsert_select
+from .warehouse import get_state, prefer_index_lookups, replacing, set_state, temporary_orders, upsert_select
 
 log = logging.getLogger(__name__)
 
 STATE_KEY = "published_batch"
+# Orders per stage, kept up to date by each publish: counting the whole snapshot took 0.5-0.8 s
+# on PostgreSQL at 1M orders once incremental runs had left its pages not all-visible (an
+# index-only scan then visits the table too), where the touched orders are counted in a few ms.
+STAGE_COUNTS_KEY = "published_stage_counts"
 STAGE_TIMES = (("ordered", "ordered_at"), ("paid", "paid_at"), ("locked", "locked_at"), ("shipped", "shipped_at"),
                ("in_transit", "in_transit_at"), ("delivered", "delivered_at"))
 TIMELINE = [c.name for c in order_tracking_events.c]
@@ -54,6 +60,7 @@ def publish(engine: sa.Engine, now: datetime, full: bool = False) -> PublishResu
         since = 0 if full else int(get_state(conn, STATE_KEY, "0"))
         upto = conn.execute(sa.select(sa.func.max(unified_orders.c[BATCH]))).scalar() or 0
         full = full or since == 0
+        leaving = None  # an incremental run's republished orders, counted per stage before it
         if full:
             with replacing(conn, order_tracking_snapshot, order_tracking_parcels, order_tracking_events) as target:
                 orders = _insert(conn, target[order_tracking_snapshot], _snapshot_rows(now))
@@ -62,22 +69,43 @@ def publish(engine: sa.Engine, now: datetime, full: bool = False) -> PublishResu
                 written += _insert(conn, target[order_tracking_events], _carrier_rows())
             carrier_orders = orders
         else:
+            prefer_index_lookups(conn)
             touched = sa.select(unified_orders.c.order_no).where(unified_orders.c[BATCH] > since)
             # Both before the snapshot and the parcels change: they compare with what those published.
             written = _update_stage_rows(conn, since)
             carrier = temporary_orders(conn, "tmp_carrier_orders", _parcels_changed(since))
+            counted = get_state(conn, STAGE_COUNTS_KEY)
+            leaving = _count_stages(conn, touched) if counted is not None else None
             orders = upsert_select(conn, order_tracking_snapshot,
                                    _snapshot_rows(now).where(unified_orders.c.order_no.in_(touched)), ["order_no"])
             _update_parcels(conn, touched)
             written += _update_carrier_rows(conn, sa.select(carrier.c.order_no))
             carrier_orders = conn.execute(sa.select(sa.func.count()).select_from(carrier)).scalar()
             carrier.drop(conn)
+        if leaving is None:
+            counts = _count_stages(conn)
+        else:  # the published counts, moved by the orders this run republished
+            counts = Counter(json.loads(counted))
+            counts.subtract(leaving)
+            counts.update(_count_stages(conn, touched))
+        counts = {stage: n for stage, n in sorted(counts.items()) if n > 0}
         set_state(conn, STATE_KEY, str(upto), now)
-        counts = dict(conn.execute(sa.select(order_tracking_snapshot.c.stage, sa.func.count())
-                                   .group_by(order_tracking_snapshot.c.stage)).all())
+        set_state(conn, STAGE_COUNTS_KEY, json.dumps(counts), now)
     if full and engine.dialect.name == "postgresql":
         _vacuum(engine, order_tracking_snapshot, order_tracking_parcels, order_tracking_events)
     return PublishResult(orders, written, carrier_orders, full, counts)
+
+
+def published_stage_counts(conn: sa.Connection) -> dict[str, int]:
+    """Orders per stage in the snapshot, as the last publish left them (stored with it, in one transaction)."""
+    counted = get_state(conn, STAGE_COUNTS_KEY)
+    return json.loads(counted) if counted is not None else dict(_count_stages(conn))
+
+
+def _count_stages(conn: sa.Connection, orders: sa.Select | None = None) -> Counter:
+    s = order_tracking_snapshot
+    q = sa.select(s.c.stage, sa.func.count()).group_by(s.c.stage)
+    return Counter(dict(conn.execute(q if orders is None else q.where(s.c.order_no.in_(orders))).all()))
 
 
 def _vacuum(engine: sa.Engine, *tables: sa.Table) -> None:

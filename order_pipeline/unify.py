@@ -30,7 +30,7 @@ from .schema import BATCH, RAW_TABLES, pipeline_rejects, raw_tracking, unified_o
 from .stages import INPUT_COLUMNS, OrderInputs, derive_orders
 from .validation import record_keys
 from .warehouse import (PreparedRows, create_engine, current_batch, delete_keys, get_state, insert_prepared, open_rejects,
-                        prepare_rows, read_frame, record_rejects, replace_keys, replacing, set_state,
+                        prefer_index_lookups, prepare_rows, read_frame, record_rejects, replace_keys, replacing, set_state,
                         temporary_orders)
 
 STATE_KEY = "unified_batch"
@@ -152,6 +152,7 @@ def _derived_touched(conn: sa.Connection, since: int, transit_days: int, open_ke
     The touched orders are found once, into a temporary table, rather than by the same union
     inside each of the seven reads (10,000 orders at 1M: the reads took 0.5-0.65 s instead of 0.75).
     """
+    prefer_index_lookups(conn)
     touched = temporary_orders(conn, "tmp_touched_orders", touched_orders(since))
     inputs = load_inputs(conn, lambda col: col.in_(sa.select(touched.c.order_no)))
     touched.drop(conn)

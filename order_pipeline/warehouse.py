@@ -369,6 +369,19 @@ def delete_keys(conn: sa.Connection, table: sa.Table, keys: pd.DataFrame, key: S
     conn.exec_driver_sql(f"DROP TABLE {tmp}")
 
 
+def prefer_index_lookups(conn: sa.Connection) -> None:
+    """PostgreSQL, for the rest of the transaction: plan random page reads at SSD cost, not disk.
+
+    An incremental run reads the rows of a few thousand orders out of millions. Planned with
+    the default `random_page_cost` of 4 (spinning disks), PostgreSQL reads whole raw tables and
+    hashes them instead of following their order_no indexes: the reservations of 10,000
+    orders took 0.36 s instead of 0.07 s at 1M orders. SET LOCAL ends with the transaction,
+    so a full rebuild, which does read whole tables, plans as before.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL random_page_cost = 1.1")
+
+
 def temporary_orders(conn: sa.Connection, name: str, query: sa.Select) -> sa.Table:
     """The order numbers `query` selects, kept in a temporary table for the rest of the transaction."""
     table = sa.Table(name, sa.MetaData(), sa.Column("order_no", sa.Text, primary_key=True), prefixes=["TEMPORARY"])

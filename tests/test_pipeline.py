@@ -253,6 +253,14 @@ def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(
     run(config, monkeypatch, now=later, instance=instance)
     assert recomputed(engine, before) == changed
     incremental = published(engine)
+    # The stage counts the run kept (moved by the orders it republished) are the snapshot's.
+    kept = instance.get_latest_materialization_event(dg.AssetKey("order_tracking_snapshot")) \
+        .asset_materialization.metadata
+    counted = incremental["order_tracking_snapshot"]["stage"].value_counts()
+    per_stage = {key.removeprefix("orders_"): m.value for key, m in kept.items()
+                 if key.startswith("orders_") and key not in ("orders_published", "orders_total")}
+    assert per_stage == counted.to_dict()
+    assert counted["cancelled"] > tables_before["order_tracking_snapshot"]["stage"].value_counts()["cancelled"]
 
     run(config, monkeypatch, now=later, full=True)
     full = published(engine)
