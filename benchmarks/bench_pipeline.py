@@ -10,7 +10,7 @@ own process so that peak RSS (that process's and its workers', summed) is that s
 - I/O floor: the same source rows only read, and the same number of snapshot rows only written;
 - required writes: what the design writes besides, each bare (raw rows and derived rows through
   the driver into unindexed copies, the timeline copied inside the warehouse), added to the floor:
-  no implementation that lands `raw_*` and publishes the timeline does less;
+  no implementation that lands `raw_*` and publishes the timeline through these drivers does less;
 - incremental: 1 % of the orders changed in the ERP, then the same steps as an incremental run;
   three rounds, each on a different 1 %, reported as the first (straight after the rebuild) and
   the median.
@@ -167,7 +167,7 @@ def step_floor(config, engine) -> dict:
 
 
 def step_required(config, engine) -> dict:
-    """The writes the issue's design adds to the floor, each bare (an unindexed copy, nothing else):
+    """The writes the design adds to the floor, each bare (an unindexed copy, nothing else):
     every raw row landed through the driver, as `raw_*` must be; the derived rows through the driver,
     as `unified_orders`; the timeline copied inside the warehouse, the cheapest way to write it.
 
