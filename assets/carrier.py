@@ -5,10 +5,10 @@ from datetime import timedelta
 
 import dagster as dg
 
-from order_pipeline.kuaidi100 import Kuaidi100Error
-from order_pipeline.tracking_store import due_waybills, store_poll_errors, store_tracking_answers
+from order_pipeline.carrier.protocol import Kuaidi100Error
+from order_pipeline.carrier.store import due_waybills, store_poll_errors, store_tracking_answers
 
-from .common import CLOCK, KUAIDI100, SOURCES_GROUP, WAREHOUSE, raw_asset_key
+from assets.common import CLOCK, KUAIDI100, SOURCES_GROUP, WAREHOUSE, raw_asset_key
 
 RAW_TRACKING = dg.AssetKey("raw_tracking")
 

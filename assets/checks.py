@@ -24,14 +24,14 @@ from collections.abc import Sequence
 import dagster as dg
 import pandas as pd
 
-from order_pipeline.alert_messages import waited_text
-from order_pipeline.alert_settings import SourceSla
-from order_pipeline.rules import Rule, count_and_sample
-from order_pipeline.schema import unified_orders
+from order_pipeline.alerts.messages import waited_text
+from order_pipeline.alerts.settings import SourceSla
+from order_pipeline.alerts.rules import Rule, count_and_sample
+from order_pipeline.contract.schema import unified_orders
 
-from .carrier import RAW_TRACKING
-from .common import CLOCK, WAREHOUSE
-from .unified import UNIFIED_ORDERS
+from assets.carrier import RAW_TRACKING
+from assets.common import CLOCK, WAREHOUSE
+from assets.unified import UNIFIED_ORDERS
 
 RULE_CHECK_PREFIX = "sla_"
 SAMPLE_ROWS = 20

@@ -4,12 +4,12 @@
 import dagster as dg
 import sqlalchemy as sa
 
-from order_pipeline.canonical import SOURCE_ENTITIES
-from order_pipeline.publish import publish
-from order_pipeline.schema import RAW_TABLES, order_tracking_snapshot, pipeline_rejects
+from order_pipeline.contract.canonical import SOURCE_ENTITIES
+from order_pipeline.pipeline.publish import publish
+from order_pipeline.contract.schema import RAW_TABLES, order_tracking_snapshot, pipeline_rejects
 
-from .common import CLOCK, PUBLISHED_GROUP, WAREHOUSE, LoadConfig
-from .unified import UNIFIED_ORDERS
+from assets.common import CLOCK, PUBLISHED_GROUP, WAREHOUSE, LoadConfig
+from assets.unified import UNIFIED_ORDERS
 
 SNAPSHOT = dg.AssetKey("order_tracking_snapshot")
 EVENTS = dg.AssetKey("order_tracking_events")

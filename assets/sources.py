@@ -3,11 +3,11 @@
 
 import dagster as dg
 
-from order_pipeline.canonical import SOURCE_ENTITIES
-from order_pipeline.config import SourceConfig
-from order_pipeline.loading import load_source
+from order_pipeline.contract.canonical import SOURCE_ENTITIES
+from order_pipeline.contract.config import SourceConfig
+from order_pipeline.pipeline.loading import load_source
 
-from .common import CLOCK, SOURCES_GROUP, WAREHOUSE, LoadConfig, raw_asset_key, source_resource_key
+from assets.common import CLOCK, SOURCES_GROUP, WAREHOUSE, LoadConfig, raw_asset_key, source_resource_key
 
 
 def raw_source_asset(sc: SourceConfig) -> dg.AssetsDefinition:

@@ -4,12 +4,12 @@
 import dagster as dg
 import sqlalchemy as sa
 
-from order_pipeline.schema import unified_orders
-from order_pipeline.stages import HAPPY_PATH, STAGE_LABELS
-from order_pipeline.unify import unify
+from order_pipeline.contract.schema import unified_orders
+from order_pipeline.domain.stages import HAPPY_PATH, STAGE_LABELS
+from order_pipeline.pipeline.unify import unify
 
-from .carrier import RAW_TRACKING
-from .common import CLOCK, ORDERS_GROUP, WAREHOUSE, LoadConfig, preview, raw_asset_key
+from assets.carrier import RAW_TRACKING
+from assets.common import CLOCK, ORDERS_GROUP, WAREHOUSE, LoadConfig, preview, raw_asset_key
 
 UNIFIED_ORDERS = dg.AssetKey("unified_orders")
 PREVIEW_COLUMNS = ["order_no", "stage_label", "missing_info", "responsible_role", "waiting_since", "parcel_count"]

@@ -57,9 +57,9 @@ CONFIG_PATH = ""  # the child's config, for its pool workers
 
 def _extract(name: str, now: datetime, full: bool) -> tuple[str, float]:
     """One source landed, in a pool worker: (source, seconds)."""
-    from order_pipeline.config import load_config
-    from order_pipeline.loading import load_source
-    from order_pipeline.warehouse import Warehouse
+    from order_pipeline.contract.config import load_config
+    from order_pipeline.pipeline.loading import load_source
+    from order_pipeline.warehouse.engine import Warehouse
 
     config = load_config(CONFIG_PATH, check_sources=False)
     sc = config.sources[name]
@@ -99,8 +99,8 @@ def _extract_all(config, now, full) -> dict[str, float]:
 
 
 def _load_all(config, engine, now, full) -> dict[str, float]:
-    from order_pipeline.publish import publish
-    from order_pipeline.unify import unify
+    from order_pipeline.pipeline.publish import publish
+    from order_pipeline.pipeline.unify import unify
 
     started = time.perf_counter()
     phase("extract")
@@ -128,8 +128,8 @@ def step_incremental(config, engine) -> dict:
 
 
 def _read_one(name: str) -> int:
-    from order_pipeline.config import load_config
-    from order_pipeline.loading import read_source
+    from order_pipeline.contract.config import load_config
+    from order_pipeline.pipeline.loading import read_source
 
     sc = load_config(CONFIG_PATH, check_sources=False).sources[name]
     return len(read_source(sa.create_engine(sc.url.resolve()), sc))
@@ -142,8 +142,8 @@ def step_floor(config, engine) -> dict:
 
     import pandas as pd
 
-    from order_pipeline.schema import order_tracking_snapshot, unified_orders
-    from order_pipeline.warehouse import insert_frame, read_frame
+    from order_pipeline.contract.schema import order_tracking_snapshot, unified_orders
+    from order_pipeline.warehouse.engine import insert_frame, read_frame
 
     started = time.perf_counter()
     with ProcessPoolExecutor(EXTRACT_WORKERS, mp_context=multiprocessing.get_context("fork")) as pool:
@@ -173,8 +173,8 @@ def step_required(config, engine) -> dict:
 
     Read from what the rebuild just wrote (untimed), one table at a time.
     """
-    from order_pipeline.schema import RAW_TABLES, order_tracking_events, unified_orders
-    from order_pipeline.warehouse import insert_frame, read_frame
+    from order_pipeline.contract.schema import RAW_TABLES, order_tracking_events, unified_orders
+    from order_pipeline.warehouse.engine import insert_frame, read_frame
 
     def bare(table: sa.Table) -> sa.Table:
         copy = sa.Table("bench_bare_" + table.name, sa.MetaData(), *(sa.Column(c.name, c.type) for c in table.columns))
@@ -208,8 +208,8 @@ STEPS = {"full": step_full, "incremental": step_incremental, "floor": step_floor
 
 
 def child(step: str, config_path: str) -> None:
-    from order_pipeline.config import load_config
-    from order_pipeline.warehouse import Warehouse
+    from order_pipeline.contract.config import load_config
+    from order_pipeline.warehouse.engine import Warehouse
 
     global CONFIG_PATH
     CONFIG_PATH = config_path
@@ -291,7 +291,7 @@ def run_child(step: str, config_path: Path) -> dict:
 # -- setup ------------------------------------------------------------------------------------
 
 def company(orders: int) -> Path:
-    from order_pipeline.demo import build_demo_company
+    from order_pipeline.demo.company import build_demo_company
 
     target = OUT / f"company-{orders}"
     marker = target / ".complete"
@@ -328,10 +328,10 @@ def land_carrier_feed(config_path: Path, carrier_db: Path) -> float:
     """Put the carrier's answers into the warehouse, as polls and pushes would have over the month."""
     import pandas as pd
 
-    from order_pipeline.config import load_config
-    from order_pipeline.schema import raw_tracking, raw_tracking_events
-    from order_pipeline.validation import parse_timestamps
-    from order_pipeline.warehouse import Warehouse, insert_frame, rebuilding
+    from order_pipeline.contract.config import load_config
+    from order_pipeline.contract.schema import raw_tracking, raw_tracking_events
+    from order_pipeline.domain.validation import parse_timestamps
+    from order_pipeline.warehouse.engine import Warehouse, insert_frame, rebuilding
 
     started = time.perf_counter()
     config = load_config(config_path, check_sources=False)

@@ -29,12 +29,12 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from order_pipeline.alerting import Alerting  # noqa: E402
-from order_pipeline.config import CarrierConfig, Config, Secret  # noqa: E402
-from order_pipeline.rules import default_rules, evaluate  # noqa: E402
-from order_pipeline.schema import RAW_TABLES, order_tracking_snapshot  # noqa: E402
-from order_pipeline.stages import NEXT_OWNER, STAGE_LABELS  # noqa: E402
-from order_pipeline.warehouse import Warehouse, insert_frame, set_state  # noqa: E402
+from order_pipeline.alerts.evaluation import Alerting  # noqa: E402
+from order_pipeline.contract.config import CarrierConfig, Config, Secret  # noqa: E402
+from order_pipeline.alerts.rules import default_rules, evaluate  # noqa: E402
+from order_pipeline.contract.schema import RAW_TABLES, order_tracking_snapshot  # noqa: E402
+from order_pipeline.domain.stages import NEXT_OWNER, STAGE_LABELS  # noqa: E402
+from order_pipeline.warehouse.engine import Warehouse, insert_frame, set_state  # noqa: E402
 
 NOW = datetime(2026, 11, 25, 2, 0, tzinfo=timezone.utc)
 TZ = "Asia/Shanghai"
@@ -156,7 +156,7 @@ def bench(name: str, url: str, n: int) -> None:
     ev = alerting.evaluate(NOW)
     first = time.perf_counter() - started
     print(f"  evaluate + ledger, first time       {first:8.3f} s   {ev.queued:>7,} messages queued")
-    from sensors.dispatch import Dispatcher, build_channels
+    from order_pipeline.alerts.dispatch import Dispatcher, build_channels
 
     dispatcher = Dispatcher(engine, build_channels(alerting.settings, engine))
     started = time.perf_counter()

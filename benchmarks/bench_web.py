@@ -56,18 +56,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_rules import PG_ADMIN, synthetic
 
-from order_pipeline.canonical import SOURCE_ENTITIES
-from order_pipeline.publish import STAGE_TIMES
-from order_pipeline.schema import (
-    order_tracking_events,
-    order_tracking_parcels,
-    order_tracking_snapshot,
-    tracking_access_log,
-)
-from order_pipeline.warehouse import Warehouse, insert_frame
-from order_pipeline.web.audit import FLUSH_SECONDS
-from order_pipeline.web.links import make_token
-from order_pipeline.web.passwords import hash_password
+from order_pipeline.contract.canonical import SOURCE_ENTITIES
+from order_pipeline.pipeline.publish import STAGE_TIMES
+from order_pipeline.contract.schema import order_tracking_events, order_tracking_parcels, order_tracking_snapshot, tracking_access_log
+from order_pipeline.warehouse.engine import Warehouse, insert_frame
+from order_pipeline.web.security.audit import FLUSH_SECONDS
+from order_pipeline.domain.links import make_token
+from order_pipeline.domain.passwords import hash_password
 
 DB_NAME = "order_pipeline_bench_web"
 CHUNK = 100_000

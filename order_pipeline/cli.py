@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from .config import CONFIG_ENV, Config, ConfigError, load_config
-from .demo import DEMO_KEY, DEMO_KEY_ENV, MIN_DAYS, MIN_ORDERS
+from order_pipeline.contract.config import CONFIG_ENV, Config, ConfigError, load_config
+from order_pipeline.demo.company import DEMO_KEY, DEMO_KEY_ENV, MIN_DAYS, MIN_ORDERS
 
 
 def _now(value: str | None) -> datetime:
@@ -39,7 +39,7 @@ def _step(name: str, seconds: float) -> None:
 
 
 def _run(config: Config, now: datetime | None, full_refresh: bool) -> None:
-    from .runner import dagster_instance, run_pipeline
+    from order_pipeline.runner import dagster_instance, run_pipeline
 
     click.echo("Running the pipeline: extract each source, poll the carrier, unify, publish …")
     outcome = run_pipeline(config, dagster_instance(config), now=now.isoformat() if now else None,
@@ -51,8 +51,8 @@ def _run(config: Config, now: datetime | None, full_refresh: bool) -> None:
 
 def _dispatch(config: Config, now: datetime, *, show: int = 5) -> None:
     """Evaluate every rule and freshness SLA, send what is due, and print it grouped by recipient."""
-    from .definitions import alert_runtime
-    from .warehouse import Warehouse
+    from order_pipeline.definitions import alert_runtime
+    from order_pipeline.warehouse.engine import Warehouse
 
     alerting, dispatcher = alert_runtime(config, Warehouse(config.warehouse_url.resolve()).engine)
     ev = alerting.evaluate(now)
@@ -81,8 +81,8 @@ def _dispatch(config: Config, now: datetime, *, show: int = 5) -> None:
 
 
 def _summary(config: Config) -> None:
-    from .summary import summarize
-    from .warehouse import Warehouse
+    from order_pipeline.pipeline.summary import summarize
+    from order_pipeline.warehouse.engine import Warehouse
 
     click.echo("")
     click.echo(summarize(Warehouse(config.warehouse_url.resolve()).engine))
@@ -106,7 +106,7 @@ now_option = click.option("--now", help="Pin the clock (ISO time; naive means As
 @now_option
 def demo(target: str, orders: int, days: int, seed: int, now: str | None) -> None:
     """Build the demo company, run the pipeline once and print what it found."""
-    from .demo import build_demo_company
+    from order_pipeline.demo.company import build_demo_company
 
     pinned = _now(now)
     target_path = Path(target).resolve()
@@ -151,10 +151,10 @@ def alerts(config_path: str | None, now: str | None, show_all: bool, rule_ids: t
     """List the open alerts of the ledger (order_alerts)."""
     import sqlalchemy as sa
 
-    from .alert_ledger import ensure_schema
-    from .alert_messages import local_time, waited_text
-    from .schema import order_alerts
-    from .warehouse import Warehouse, read_frame
+    from order_pipeline.alerts.ledger import ensure_schema
+    from order_pipeline.alerts.messages import local_time, waited_text
+    from order_pipeline.contract.schema import order_alerts
+    from order_pipeline.warehouse.engine import Warehouse, read_frame
 
     config = _config(config_path)
     engine = Warehouse(config.warehouse_url.resolve()).engine
@@ -202,7 +202,7 @@ def ui(config_path: str | None, port: int) -> None:
 
 
 def _web_settings(config: Config):
-    from .web.settings import WebSettings
+    from order_pipeline.web.settings import WebSettings
 
     try:
         return WebSettings.from_config(config)
@@ -216,7 +216,7 @@ def _web_settings(config: Config):
 @click.option("--port", default=8080, show_default=True)
 def serve(config_path: str | None, host: str, port: int) -> None:
     """Serve the customer tracking page and the ops board (reads the published tables)."""
-    from .web.server import serve as serve_web
+    from order_pipeline.web.server import serve as serve_web
 
     config = _config(config_path, check_sources=False)  # the pages read the warehouse, never the sources
     _web_settings(config)  # fail on a bad `web:` section before binding the port
@@ -229,7 +229,7 @@ def serve(config_path: str | None, host: str, port: int) -> None:
 @click.argument("order_no")
 def link(config_path: str | None, now: str | None, order_no: str) -> None:
     """Print a signed, expiring tracking link for ORDER_NO."""
-    from .web.links import customer_link
+    from order_pipeline.domain.links import customer_link
 
     config = _config(config_path, check_sources=False)
     click.echo(customer_link(_web_settings(config), order_no, _now(now)))
@@ -239,7 +239,7 @@ def link(config_path: str | None, now: str | None, order_no: str) -> None:
 @click.password_option()
 def hash_password(password: str) -> None:
     """Print a scrypt hash for a staff user's `password_hash:` in the config."""
-    from .web.passwords import hash_password as make_hash
+    from order_pipeline.domain.passwords import hash_password as make_hash
 
     click.echo(make_hash(password))
 
@@ -251,8 +251,8 @@ def carrier_sandbox(db: str, port: int) -> None:
     """Serve the Kuaidi100 stand-in on loopback (POST /poll/query.do)."""
     import uvicorn
 
-    from .carrier_sandbox import app
-    from .demo import DEMO_CUSTOMER
+    from order_pipeline.carrier.sandbox import app
+    from order_pipeline.demo.company import DEMO_CUSTOMER
 
     uvicorn.run(app(db, DEMO_CUSTOMER, os.environ.get(DEMO_KEY_ENV, DEMO_KEY)), host="127.0.0.1", port=port)
 

@@ -23,17 +23,17 @@ from assets.common import CLOCK, KUAIDI100, WAREHOUSE, source_resource_key
 from assets.published import EVENTS, PARCELS, SNAPSHOT, published_checks, published_tracking_tables
 from assets.sources import raw_source_asset
 from assets.unified import UNIFIED_ORDERS, unified_orders_asset
-from resources.kuaidi100 import Kuaidi100Client
+from resources.carrier import Kuaidi100Client
 from resources.warehouse import PipelineClock, SourceDatabase, WarehouseResource
 from sensors.alerts import alert_sensor, run_failure_sensor, run_success_sensor
 from sensors.automation import automation_sensor, freshness_sensor
 from sensors.carrier import carrier_poll_schedule, carrier_push_sensor
-from sensors.dispatch import build_channels
+from order_pipeline.alerts.dispatch import build_channels
 from sensors.runtime import CLI_RETRIES, alerting_runtime
 from sensors.sources import source_sensors
 
-from .alert_settings import load_alert_settings
-from .config import Config, Secret, load_config
+from order_pipeline.alerts.settings import load_alert_settings
+from order_pipeline.contract.config import Config, Secret, load_config
 
 PIPELINE_JOB = "order_pipeline"
 NOW_ENV = "ORDER_PIPELINE_NOW"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from .config import Config
-from .definitions import NOW_ENV, PIPELINE_JOB, build_definitions
+from order_pipeline.contract.config import Config
+from order_pipeline.definitions import NOW_ENV, PIPELINE_JOB, build_definitions
 
 DAGSTER_HOME = "DAGSTER_HOME"
 # Assets that take `full_refresh` from run config (see assets.common.LoadConfig).

@@ -9,7 +9,7 @@ import pandas as pd
 import sqlalchemy as sa
 from pydantic import PrivateAttr
 
-from order_pipeline.warehouse import Warehouse, driver_url
+from order_pipeline.warehouse.engine import Warehouse, driver_url
 
 
 class WarehouseResource(dg.ConfigurableResource):

@@ -18,12 +18,12 @@ from datetime import datetime
 
 import dagster as dg
 
-from order_pipeline.alerting import Alerting, Evaluation, run_entity
-from order_pipeline.config import Config
+from order_pipeline.alerts.evaluation import Alerting, Evaluation, run_entity
+from order_pipeline.contract.config import Config
 from resources.warehouse import PipelineClock, WarehouseResource
 
-from .dispatch import Dispatcher, DrainResult
-from .runtime import alerting_runtime
+from order_pipeline.alerts.dispatch import Dispatcher, DrainResult
+from sensors.runtime import alerting_runtime
 
 ALERT_SENSOR = "alert_dispatch"
 RUN_FAILURE_SENSOR = "run_failure_alerts"

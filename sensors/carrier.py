@@ -13,10 +13,10 @@ import dagster as dg
 import sqlalchemy as sa
 
 from assets.carrier import RAW_TRACKING
-from order_pipeline.schema import BATCH, raw_tracking
+from order_pipeline.contract.schema import BATCH, raw_tracking
 from resources.warehouse import WarehouseResource
 
-from .runtime import warehouse_engine
+from sensors.runtime import warehouse_engine
 
 POLL_SCHEDULE = "carrier_poll"
 PUSH_SENSOR = "carrier_push_received"

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from order_pipeline.alerting import Alerting
-from order_pipeline.config import Config, SourceConfig
-from order_pipeline.warehouse import Warehouse, driver_url
+from order_pipeline.alerts.evaluation import Alerting
+from order_pipeline.contract.config import Config, SourceConfig
+from order_pipeline.warehouse.engine import Warehouse, driver_url
 
-from .dispatch import Dispatcher, build_channels
+from order_pipeline.alerts.dispatch import Dispatcher, build_channels
 
 # Attempts per message beyond the first, within one drain. A sensor tick makes one attempt and
 # leaves a failure to a later tick (the queue row's retry time, which the alert sensor's cursor

@@ -12,10 +12,10 @@ import dagster as dg
 import sqlalchemy as sa
 
 from assets.common import raw_asset_key
-from order_pipeline.canonical import SOURCE_ENTITIES
-from order_pipeline.config import SourceConfig
+from order_pipeline.contract.canonical import SOURCE_ENTITIES
+from order_pipeline.contract.config import SourceConfig
 
-from .runtime import source_engine
+from sensors.runtime import source_engine
 
 INTERVAL_SECONDS = 30
 

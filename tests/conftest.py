@@ -58,7 +58,7 @@ def pg_database(pg_server):
 @pytest.fixture(scope="session")
 def demo_template(tmp_path_factory) -> Path:
     """A small demo company, built once per session; tests copy it."""
-    from order_pipeline.demo import build_demo_company
+    from order_pipeline.demo.company import build_demo_company
 
     target = tmp_path_factory.mktemp("demo-template")
     build_demo_company(target, orders=400, days=30, now=NOW, seed=11)

@@ -12,15 +12,15 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from order_pipeline import alert_ledger
-from order_pipeline.alert_settings import CARRIER, SourceSla
-from order_pipeline.alerting import Alerting
-from order_pipeline.config import SourceConfig, Secret
-from order_pipeline.schema import BATCH, alert_deliveries, alert_outbox, alert_queue, order_alerts, raw_tracking
-from order_pipeline.source_freshness import source_ages
-from order_pipeline.warehouse import Warehouse, set_state
-from resources.channels import OutboxChannel, WeComRobot
-from sensors.dispatch import Dispatcher, build_channels
+from order_pipeline.alerts import ledger as alert_ledger
+from order_pipeline.alerts.settings import CARRIER, SourceSla
+from order_pipeline.alerts.evaluation import Alerting
+from order_pipeline.contract.config import SourceConfig, Secret
+from order_pipeline.contract.schema import BATCH, alert_deliveries, alert_outbox, alert_queue, order_alerts, raw_tracking
+from order_pipeline.alerts.freshness import source_ages
+from order_pipeline.warehouse.engine import Warehouse, set_state
+from order_pipeline.alerts.channels import OutboxChannel, WeComRobot
+from order_pipeline.alerts.dispatch import Dispatcher, build_channels
 
 from conftest import NOW
 from test_rules import D, H, S, TZ, add_rows, engine, make_config, order, publish_rows, warehouse_url  # noqa: F401
@@ -322,7 +322,7 @@ def test_a_crash_between_send_and_record_never_sends_twice_within_the_cooldown(t
 def test_a_crash_between_claim_and_send_delays_but_never_loses(tmp_path, engine, monkeypatch):
     publish_rows(engine, [paid_order()])
     alerting, dispatcher = runtime(tmp_path, engine)
-    import sensors.dispatch as dispatch
+    import order_pipeline.alerts.dispatch as dispatch
 
     def crash(*args, **kwargs):
         raise Crash()
@@ -439,7 +439,7 @@ def test_each_new_order_gets_one_tracking_link(tmp_path, engine, monkeypatch):
 
 def test_without_a_web_section_links_are_skipped_and_logged(tmp_path, engine, caplog):
     publish_rows(engine, [order("NEW-1", "ordered", ordered_at=NOW - H)])
-    with caplog.at_level(logging.INFO, logger="order_pipeline.alerting"):
+    with caplog.at_level(logging.INFO, logger="order_pipeline.alerts.evaluation"):
         alerting, dispatcher = runtime(tmp_path, engine)
     ev, _ = tick(alerting, dispatcher, NOW)
     assert ev.links_queued == 0

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from order_pipeline.web.links import make_token
+from order_pipeline.domain.links import make_token
 from web_fixtures import LINK_SECRET, ORDER_IN_TRANSIT, PHONE_TAIL, STAFF_PASSWORD, STAFF_USER, build_world
 
 pytestmark = pytest.mark.browser

@@ -22,25 +22,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from order_pipeline.config import ConfigError
-from order_pipeline.schema import alert_outbox, metadata
-from resources.channels import (
-    TRUNCATED,
-    AlertMessage,
-    DingTalkRobot,
-    EmailChannel,
-    FeishuBot,
-    JsonWebhook,
-    OutboxChannel,
-    RateBudget,
-    SlackWebhook,
-    WeComRobot,
-    build_channel,
-    deliver,
-    digest,
-    plan,
-    truncate,
-)
+from order_pipeline.contract.config import ConfigError
+from order_pipeline.contract.schema import alert_outbox, metadata
+from order_pipeline.alerts.channels import TRUNCATED, AlertMessage, DingTalkRobot, EmailChannel, FeishuBot, JsonWebhook, OutboxChannel, RateBudget, SlackWebhook, WeComRobot, build_channel, deliver, digest, plan, truncate
 
 NOW = 1_764_000_000.123  # pinned clock for signatures
 MSG = AlertMessage(
@@ -570,7 +554,7 @@ def test_email_unreachable_server_is_retryable():
 def test_outbox_writes_a_row_and_logs(caplog):
     engine = sa.create_engine("sqlite://")
     metadata.create_all(engine)
-    with caplog.at_level(logging.INFO, logger="resources.channels"):
+    with caplog.at_level(logging.INFO, logger="order_pipeline.alerts.channels"):
         (attempt,) = deliver(OutboxChannel(engine, name="demo", mentions=["ops"]), MSG, sleep=Sleeps())
     assert attempt.ok
     with engine.connect() as conn:
@@ -581,7 +565,7 @@ def test_outbox_writes_a_row_and_logs(caplog):
 
 def test_outbox_never_fails(caplog):
     engine = sa.create_engine("sqlite://")  # no tables
-    with caplog.at_level(logging.INFO, logger="resources.channels"):
+    with caplog.at_level(logging.INFO, logger="order_pipeline.alerts.channels"):
         OutboxChannel(engine).send(MSG)
     assert MSG.body_text in caplog.text and "could not write" in caplog.text
 

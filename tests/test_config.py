@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from order_pipeline.canonical import SOURCE_ENTITIES
-from order_pipeline.config import ConfigError, load_config, parse_duration
+from order_pipeline.contract.canonical import SOURCE_ENTITIES
+from order_pipeline.contract.config import ConfigError, load_config, parse_duration
 
 
 def write_sources(folder: Path) -> dict:

@@ -10,11 +10,11 @@ from click.testing import CliRunner
 
 from order_pipeline import definitions
 from order_pipeline.cli import main
-from order_pipeline.config import CONFIG_ENV, ConfigError, load_config
+from order_pipeline.contract.config import CONFIG_ENV, ConfigError, load_config
 from order_pipeline.definitions import NOW_ENV, alert_runtime, build_definitions
 from order_pipeline.runner import run_pipeline
-from order_pipeline.schema import alert_outbox, order_alerts
-from order_pipeline.warehouse import Warehouse
+from order_pipeline.contract.schema import alert_outbox, order_alerts
+from order_pipeline.warehouse.engine import Warehouse
 from sensors import runtime
 from sensors.runtime import CLI_RETRIES
 

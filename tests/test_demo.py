@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from order_pipeline import carrier_sandbox, kuaidi100
-from order_pipeline.canonical import SOURCE_ENTITIES
-from order_pipeline.config import load_config
-from order_pipeline.demo import DEMO_CUSTOMER, DEMO_KEY, DEMO_KEY_ENV, DemoCompany, build_demo_company
-from order_pipeline.loading import read_source
-from order_pipeline.validation import validate
+from order_pipeline.carrier import sandbox as carrier_sandbox, protocol as kuaidi100
+from order_pipeline.contract.canonical import SOURCE_ENTITIES
+from order_pipeline.contract.config import load_config
+from order_pipeline.demo.company import DEMO_CUSTOMER, DEMO_KEY, DEMO_KEY_ENV, DemoCompany, build_demo_company
+from order_pipeline.pipeline.loading import read_source
+from order_pipeline.domain.validation import validate
 
 NOW = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
 LOCAL_NOW = "2026-11-25 10:00:00"  # NOW in Shanghai, as the sources write time

@@ -17,9 +17,9 @@ import httpx
 import pytest
 import uvicorn
 
-from order_pipeline import carrier_sandbox, kuaidi100
-from order_pipeline.kuaidi100 import Kuaidi100Error
-from resources.kuaidi100 import Kuaidi100Client
+from order_pipeline.carrier import sandbox as carrier_sandbox, protocol as kuaidi100
+from order_pipeline.carrier.protocol import Kuaidi100Error
+from resources.carrier import Kuaidi100Client
 
 CUSTOMER, KEY, SALT = "CUST0001", "key-abc", "salt-xyz"
 REAL_URL = "https://poll.kuaidi100.com/poll/query.do"

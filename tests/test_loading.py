@@ -11,10 +11,10 @@ import yaml
 from conftest import NOW
 from test_config import write_sources
 
-from order_pipeline.config import load_config
-from order_pipeline.loading import load_source
-from order_pipeline.schema import RAW_TABLES, pipeline_rejects
-from order_pipeline.warehouse import Warehouse
+from order_pipeline.contract.config import load_config
+from order_pipeline.pipeline.loading import load_source
+from order_pipeline.contract.schema import RAW_TABLES, pipeline_rejects
+from order_pipeline.warehouse.engine import Warehouse
 
 
 @pytest.fixture

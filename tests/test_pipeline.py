@@ -12,16 +12,15 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from order_pipeline.config import load_config
+from order_pipeline.contract.config import load_config
 from order_pipeline.definitions import NOW_ENV
-from order_pipeline.publish import publish
+from order_pipeline.pipeline.publish import publish
 from order_pipeline.runner import run_pipeline
-from order_pipeline.kuaidi100 import TrackingAnswer, TrackingEvent
-from order_pipeline.schema import (PUBLISHED_ORDER_TABLES, RAW_TABLES, order_tracking_events, order_tracking_snapshot,
-                                   pipeline_rejects, raw_tracking, raw_tracking_events, unified_orders)
-from order_pipeline.tracking_store import store_tracking_answers
-from order_pipeline.unify import unify
-from order_pipeline.warehouse import Warehouse, utc
+from order_pipeline.carrier.protocol import TrackingAnswer, TrackingEvent
+from order_pipeline.contract.schema import PUBLISHED_ORDER_TABLES, RAW_TABLES, order_tracking_events, order_tracking_snapshot, pipeline_rejects, raw_tracking, raw_tracking_events, unified_orders
+from order_pipeline.carrier.store import store_tracking_answers
+from order_pipeline.pipeline.unify import unify
+from order_pipeline.warehouse.engine import Warehouse, utc
 
 from conftest import NOW
 
@@ -377,7 +376,7 @@ def test_postgres_warehouse_publishes_the_same_snapshot(config, engine, demo_com
     sqlite_snapshot = snapshot(engine)
 
     pg_config = _on_postgres(demo_company, pg_database, monkeypatch)
-    monkeypatch.setattr("order_pipeline.unify.SLICE_ORDERS", 700)  # slices split by PostgreSQL's collation
+    monkeypatch.setattr("order_pipeline.pipeline.unify.SLICE_ORDERS", 700)  # slices split by PostgreSQL's collation
     run(pg_config, monkeypatch)
     pg_engine = Warehouse(pg_config.warehouse_url.resolve()).engine
     assert pg_engine.dialect.name == "postgresql"
@@ -475,7 +474,7 @@ def test_concurrent_loads_get_distinct_batches_in_commit_order(backend, earlier,
     """Two loads racing for a batch number: the second waits for the first to commit."""
     import threading
 
-    from order_pipeline.warehouse import next_batch
+    from order_pipeline.warehouse.engine import next_batch
 
     url = f"sqlite:///{tmp_path / 'wh.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")()
     wh = Warehouse(url)
@@ -498,7 +497,7 @@ def test_concurrent_loads_get_distinct_batches_in_commit_order(backend, earlier,
 
 
 def _take_batch(engine) -> int:
-    from order_pipeline.warehouse import next_batch
+    from order_pipeline.warehouse.engine import next_batch
 
     with engine.begin() as conn:
         return next_batch(conn, NOW)
@@ -507,7 +506,7 @@ def _take_batch(engine) -> int:
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_an_index_whose_columns_changed_is_rebuilt_at_start(backend, tmp_path, request):
     """A warehouse from when the timeline's index covered every column gets the current index."""
-    from order_pipeline.warehouse import rebuild_changed_indexes
+    from order_pipeline.warehouse.engine import rebuild_changed_indexes
 
     url = f"sqlite:///{tmp_path / 'wh.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")()
     wh = Warehouse(url)

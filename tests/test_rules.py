@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from order_pipeline.alert_settings import BUILTIN_GROUPS, load_alert_settings
-from order_pipeline.config import CarrierConfig, Config, ConfigError, Secret
-from order_pipeline.roles import ROLE_LABELS
-from order_pipeline.rules import FieldRef, count_and_sample, default_rules, evaluate, parse_rules
-from order_pipeline.schema import RAW_TABLES, order_tracking_snapshot, unified_orders
-from order_pipeline.stages import MISSING_FACTS, NEXT_OWNER, STAGE_LABELS
-from order_pipeline.warehouse import Warehouse, insert_frame, set_state
+from order_pipeline.alerts.settings import BUILTIN_GROUPS, load_alert_settings
+from order_pipeline.contract.config import CarrierConfig, Config, ConfigError, Secret
+from order_pipeline.contract.roles import ROLE_LABELS
+from order_pipeline.alerts.rules import FieldRef, count_and_sample, default_rules, evaluate, parse_rules
+from order_pipeline.contract.schema import RAW_TABLES, order_tracking_snapshot, unified_orders
+from order_pipeline.domain.stages import MISSING_FACTS, NEXT_OWNER, STAGE_LABELS
+from order_pipeline.warehouse.engine import Warehouse, insert_frame, set_state
 
 from conftest import NOW
 

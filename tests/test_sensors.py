@@ -12,22 +12,22 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from order_pipeline import alert_ledger
-from order_pipeline.alerting import Alerting
-from order_pipeline.config import Secret, SourceConfig
-from order_pipeline.schema import BATCH, alert_deliveries, alert_outbox, alert_queue, order_alerts, raw_tracking
-from resources.channels import WeComRobot
+from order_pipeline.alerts import ledger as alert_ledger
+from order_pipeline.alerts.evaluation import Alerting
+from order_pipeline.contract.config import Secret, SourceConfig
+from order_pipeline.contract.schema import BATCH, alert_deliveries, alert_outbox, alert_queue, order_alerts, raw_tracking
+from order_pipeline.alerts.channels import WeComRobot
 from resources.warehouse import PipelineClock, WarehouseResource
 from sensors import runtime
 from sensors.alerts import AlertCursor, alert_sensor, run_failure_sensor, run_success_sensor
 from sensors.carrier import carrier_push_sensor, poll_cron
-from sensors.dispatch import Dispatcher
+from order_pipeline.alerts.dispatch import Dispatcher
 from sensors.sources import source_change_sensor
 
 from conftest import NOW
 from test_alerting import GROUPS, paid_order
 from test_rules import H, S, TZ, make_config, order, publish_rows, warehouse_url  # noqa: F401
-from order_pipeline.warehouse import Warehouse
+from order_pipeline.warehouse.engine import Warehouse
 
 M = timedelta(minutes=1)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from order_pipeline.stages import OrderInputs, derive_orders
+from order_pipeline.domain.stages import OrderInputs, derive_orders
 
 T0 = pd.Timestamp("2026-11-20 02:00", tz="UTC")
 

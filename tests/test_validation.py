@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from order_pipeline.canonical import ORDERS, ORDER_LINES, PAYMENTS
-from order_pipeline.validation import parse_timestamps, validate
+from order_pipeline.contract.canonical import ORDERS, ORDER_LINES, PAYMENTS
+from order_pipeline.domain.validation import parse_timestamps, validate
 
 
 def order(**overrides) -> dict:

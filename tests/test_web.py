@@ -21,26 +21,19 @@ with warnings.catch_warnings():  # the installed httpx works; Starlette merely p
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from starlette.testclient import TestClient
 
-from order_pipeline.canonical import SOURCE_ENTITIES
-from order_pipeline.config import ConfigError, load_config
-from order_pipeline.schema import raw_tracking, raw_tracking_events, tracking_access_log
-from order_pipeline.web import customer as customer_module
+from order_pipeline.contract.canonical import SOURCE_ENTITIES
+from order_pipeline.contract.config import ConfigError, load_config
+from order_pipeline.contract.schema import raw_tracking, raw_tracking_events, tracking_access_log
+from order_pipeline.web.customer import page as customer_module
 from order_pipeline.web import db as web_db
-from order_pipeline.web import queries
+from order_pipeline.web.ops import queries
 from order_pipeline.web.app import create_app
-from order_pipeline.web.audit import AccessLog
-from order_pipeline.web.export import csv_cell
-from order_pipeline.web.links import TokenCheck, customer_link, make_token, verify_token
-from order_pipeline.web.masking import (
-    mask_address,
-    mask_carrier_text,
-    mask_name,
-    mask_names_in_text,
-    mask_phone,
-    mask_phones_in_text,
-)
-from order_pipeline.web.passwords import hash_password, verify_password
-from order_pipeline.web.ratelimit import Rate, RateLimiter, client_key, take
+from order_pipeline.web.security.audit import AccessLog
+from order_pipeline.web.ops.export import csv_cell
+from order_pipeline.domain.links import TokenCheck, customer_link, make_token, verify_token
+from order_pipeline.domain.masking import mask_address, mask_carrier_text, mask_name, mask_names_in_text, mask_phone, mask_phones_in_text
+from order_pipeline.domain.passwords import hash_password, verify_password
+from order_pipeline.web.security.ratelimit import Rate, RateLimiter, client_key, take
 from order_pipeline.web.settings import WebSettings, parse_rate
 
 from web_fixtures import (

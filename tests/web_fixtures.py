@@ -11,23 +11,12 @@ from pathlib import Path
 import sqlalchemy as sa
 import yaml
 
-from order_pipeline.canonical import SOURCE_ENTITIES
-from order_pipeline.config import load_config
-from order_pipeline.schema import (
-    PUBLISHED_ORDER_TABLES,
-    metadata,
-    order_alerts,
-    order_tracking_events,
-    order_tracking_parcels,
-    order_tracking_snapshot,
-    pipeline_state,
-    raw_tracking,
-    raw_tracking_events,
-    tracking_access_log,
-)
-from order_pipeline.warehouse import create_engine
+from order_pipeline.contract.canonical import SOURCE_ENTITIES
+from order_pipeline.contract.config import load_config
+from order_pipeline.contract.schema import PUBLISHED_ORDER_TABLES, metadata, order_alerts, order_tracking_events, order_tracking_parcels, order_tracking_snapshot, pipeline_state, raw_tracking, raw_tracking_events, tracking_access_log
+from order_pipeline.warehouse.engine import create_engine
 from order_pipeline.web.db import SQLITE_BUSY_TIMEOUT, make_engine
-from order_pipeline.web.passwords import hash_password
+from order_pipeline.domain.passwords import hash_password
 
 NOW = datetime(2026, 11, 25, 2, 0, tzinfo=timezone.utc)  # 10:00 in Shanghai
 LINK_SECRET = "test-link-secret-0123456789abcdef"

@@ -18,13 +18,15 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from ..config import Config
-from . import customer, hooks, ops_auth, ops_board, ops_orders
-from .context import WebContext, web_context
-from .db import make_engine
-from .i18n import pick_lang
-from .pages import Pages
-from .settings import WebSettings
+from order_pipeline.contract.config import Config
+from order_pipeline.web.customer import page as customer
+from order_pipeline.web import hooks
+from order_pipeline.web.ops import auth as ops_auth, board as ops_board, orders as ops_orders
+from order_pipeline.web.context import WebContext, web_context
+from order_pipeline.web.db import make_engine
+from order_pipeline.web.rendering.i18n import pick_lang
+from order_pipeline.web.rendering.pages import Pages
+from order_pipeline.web.settings import WebSettings
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from starlette.requests import Request
 
-from ..config import Config
-from .audit import AccessLog
-from .pages import Pages
-from .ratelimit import RateLimiter
-from .settings import WebSettings
+from order_pipeline.contract.config import Config
+from order_pipeline.web.security.audit import AccessLog
+from order_pipeline.web.rendering.pages import Pages
+from order_pipeline.web.security.ratelimit import RateLimiter
+from order_pipeline.web.settings import WebSettings
 
 
 @dataclass

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from .. import warehouse
+from order_pipeline.warehouse import engine as warehouse
 
 POOL_SIZE = 4
 MAX_OVERFLOW = 4

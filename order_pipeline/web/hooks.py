@@ -14,11 +14,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..kuaidi100 import Kuaidi100Error, parse_push, push_reply, verify_push
-from ..tracking_store import store_tracking_answers
-from .audit import client_ip
-from .context import web_context
-from .forms import FormError, read_form
+from order_pipeline.carrier.protocol import Kuaidi100Error, parse_push, push_reply, verify_push
+from order_pipeline.carrier.store import store_tracking_answers
+from order_pipeline.web.security.audit import client_ip
+from order_pipeline.web.context import web_context
+from order_pipeline.web.security.forms import FormError, read_form
 
 log = logging.getLogger(__name__)
 

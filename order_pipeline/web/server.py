@@ -11,9 +11,9 @@ import sys
 
 import uvicorn
 
-from ..config import Config, ConfigError, load_config
-from .app import create_app
-from .settings import WebSettings
+from order_pipeline.contract.config import Config, ConfigError, load_config
+from order_pipeline.web.app import create_app
+from order_pipeline.web.settings import WebSettings
 
 
 def serve(config: Config, host: str = "127.0.0.1", port: int = 8080) -> None:

@@ -25,9 +25,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, SectionParser, parse_duration
-from .passwords import parse_password_hash
-from .ratelimit import Rate
+from order_pipeline.contract.config import Config, SectionParser, parse_duration
+from order_pipeline.domain.passwords import parse_password_hash
+from order_pipeline.web.security.ratelimit import Rate
 
 DEFAULT_LINK_SECRET_ENV = "ORDER_PIPELINE_LINK_SECRET"
 MIN_SECRET_LEN = 16

@@ -1,0 +1,142 @@
+"""Drain the alert queue through the configured channels.
+
+Per channel: start a rate budget from what the channel took in the last minute (recorded in
+`alert_deliveries`), let `plan` fold what does not fit into digests, claim the rows, send
+(`deliver`), and record every attempt right after each send. A channel that fails keeps its rows
+pending with a retry time; the other channels are not held up by it.
+
+By default a message gets one attempt per drain and a failure waits for its retry time, a later
+drain: a sensor tick never sleeps. `retries` > 0 retries within the drain, with backoff, for a
+caller that has no later drain (`order-pipeline run`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import pandas as pd
+import sqlalchemy as sa
+
+from order_pipeline.alerts import ledger
+from order_pipeline.alerts.messages import MessageText
+from order_pipeline.alerts.channels import AlertMessage, Attempt, Channel, RateBudget, deliver, plan
+
+log = logging.getLogger(__name__)
+
+# Channels without a platform limit (outbox, e-mail, a plain webhook) still fold a flood into
+# digests rather than writing thousands of single messages in one round.
+DEFAULT_PER_MINUTE = 120
+RETRY_AFTER_OUTAGE = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class Sent:
+    channel: str
+    targets: str  # the groups (or channels) the rules named
+    title: str
+    alerts: int  # queue rows the message carried (a digest carries several)
+    ok: bool
+    attempts: int
+    error: str | None = None
+
+
+@dataclass
+class DrainResult:
+    sent: list[Sent] = field(default_factory=list)
+    waiting: int = 0  # ready rows left for the next round (rate limits)
+
+    @property
+    def delivered(self) -> int:
+        return sum(s.alerts for s in self.sent if s.ok)
+
+    @property
+    def failed(self) -> int:
+        return sum(s.alerts for s in self.sent if not s.ok)
+
+
+class Dispatcher:
+    def __init__(self, engine: sa.Engine, channels: Mapping[str, Channel], *, retries: int = 0, backoff: float = 1.0,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.engine, self.channels = engine, dict(channels)
+        self.retries, self.backoff, self.sleep = retries, backoff, sleep
+
+    def drain(self, now: datetime) -> DrainResult:
+        result = DrainResult()
+        started = time.monotonic()
+        clock = lambda: now + timedelta(seconds=time.monotonic() - started)  # noqa: E731 - attempts keep their order
+        with self.engine.connect() as conn:
+            rows = ledger.ready(conn, now)
+            used = ledger.sends_in_last_minute(conn, now) if len(rows) else {}
+        for name, group in rows.groupby("channel", sort=False):
+            channel = self.channels.get(name)
+            if channel is None:
+                # The config no longer has this channel: the rows wait (and say why) until it is back.
+                attempt = Attempt(False, clock(), f"channel {name!r} is not configured", False)
+                ledger.record_outcome(self.engine, group, name, [attempt], now)
+                result.sent.append(Sent(name, _targets(group), "-", len(group), False, 1, attempt.error))
+                continue
+            self._drain_channel(channel, group, used.get(name, 0), now, clock, result)
+        return result
+
+    def _drain_channel(self, channel: Channel, group: pd.DataFrame, used: int, now: datetime,
+                       clock: Callable[[], datetime], result: DrainResult) -> None:
+        budget = RateBudget(channel.max_per_minute or DEFAULT_PER_MINUTE, clock=time.monotonic)
+        budget.record(min(used, budget.per_minute))
+        messages = [_message(r) for r in group.itertuples(index=False)]
+        batch = plan(channel, messages, budget)
+        planned = {int(k) for m in batch for k in m.keys}
+        won = set(ledger.claim(self.engine, group[group["id"].isin(planned)], now))
+        if won != planned:  # another dispatcher took some: send only ours
+            batch = plan(channel, [m for m in messages if int(m.keys[0]) in won], budget)
+        result.waiting += len(group) - len(won)
+        for n, piece in enumerate(batch):
+            ids = [int(k) for k in piece.keys]
+            try:
+                attempts = deliver(channel, piece, retries=self.retries, backoff=self.backoff, sleep=self.sleep,
+                                   budget=budget, now=clock)
+            except Exception as e:  # a bug in a channel must not stop the others
+                log.exception("channel %s failed unexpectedly", channel.name)
+                attempts = [Attempt(False, clock(), f"{type(e).__name__}: {e}", True)]
+            rows = group[group["id"].isin(ids)]
+            ledger.record_outcome(self.engine, rows, channel.name, attempts, now)
+            last = attempts[-1]
+            result.sent.append(Sent(channel.name, _targets(rows), piece.title, len(ids), last.ok, len(attempts),
+                                    last.error))
+            if not last.ok:
+                log.warning("alert %r via %s failed after %d attempt(s): %s", piece.title, channel.name,
+                            len(attempts), last.error)
+                if last.retryable and n + 1 < len(batch):
+                    # The platform is down or throttling: the rest waits for the next round
+                    # instead of each message waiting for its own answer (or retries) now.
+                    rest = [int(k) for m in batch[n + 1:] for k in m.keys]
+                    ledger.release(self.engine, rest, now + RETRY_AFTER_OUTAGE)
+                    result.waiting += len(rest)
+                    break
+
+
+def _message(row) -> AlertMessage:
+    text = MessageText.from_json(row.payload)
+    return AlertMessage(title=text.title, body_markdown=text.body_markdown, body_text=text.body_text,
+                        mentions=text.mentions, severity=text.severity, keys=(str(int(row.id)),))
+
+
+def _targets(rows: pd.DataFrame) -> str:
+    names = []
+    for t in rows.get("target", pd.Series(dtype=object)).dropna():
+        names += [n for n in str(t).split(",") if n not in names]
+    return ",".join(names)
+
+
+def build_channels(settings, engine: sa.Engine) -> dict[str, Channel]:
+    """Every configured channel plus the outbox, ready to send (settings: AlertSettings)."""
+    from order_pipeline.alerts.settings import OUTBOX
+    from order_pipeline.alerts.channels import OutboxChannel, build_channel
+
+    built: dict[str, Channel] = {OUTBOX: OutboxChannel(engine, name=OUTBOX)}
+    for name, spec in settings.channel_specs.items():
+        built[name] = build_channel(name, spec, engine, settings.config_path)
+    return built

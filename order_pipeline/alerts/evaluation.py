@@ -1,0 +1,209 @@
+"""Evaluate the rules, source freshness and new orders, and bring the ledger and the queue up to date.
+
+`Alerting.evaluate(now)` is what the alert sensor and `order-pipeline run` call: one SELECT per
+rule over the published snapshot, the freshness of every source, then one transaction that
+updates `order_alerts` and queues the messages that are due (see `alert_ledger` for the order
+of record and send). Sending is the dispatcher's part (`sensors.dispatch`), which holds the
+channels.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+from order_pipeline.alerts import ledger
+from order_pipeline.alerts.messages import MessageText, freshness_message, rule_message, rule_summary, run_failure_message, tracking_link_message
+from order_pipeline.alerts.settings import AlertSettings, load_alert_settings
+from order_pipeline.contract.config import Config
+from order_pipeline.alerts.rules import Rule, aware_utc, evaluate as evaluate_rules, fetch_frame, time_param
+from order_pipeline.contract.schema import order_tracking_snapshot, pipeline_state, tracking_link_sends
+from order_pipeline.alerts.freshness import SourceAge, source_ages
+from order_pipeline.warehouse.engine import insert_frame
+
+log = logging.getLogger(__name__)
+
+FRESHNESS_RULE = "source_freshness"
+RUN_FAILURE_RULE = "run_failure"
+TRACKING_LINK = "tracking_link"
+ASSETS_PREFIX = "assets:"
+PUBLISHED_STATE = "published_batch"  # order_pipeline.publish.STATE_KEY
+LINK_HOLD = timedelta(days=1)  # an in-doubt tracking link is sent again after a day at the earliest
+
+_schema_ready: set[str] = set()
+
+
+@dataclass
+class Evaluation:
+    now: datetime
+    breaching: dict[str, int]  # rule id -> offending orders or SKUs now
+    results: dict[str, ledger.SyncResult]  # rule id (or freshness key) -> ledger changes
+    sources: list[SourceAge] = field(default_factory=list)
+    links_queued: int = 0
+    next_due: datetime | None = None
+
+    @property
+    def queued(self) -> int:
+        return sum(sum(r.queued.values()) for r in self.results.values()) + self.links_queued
+
+
+class Alerting:
+    """The alerting of one configuration against one warehouse."""
+
+    def __init__(self, config: Config, engine: sa.Engine, settings: AlertSettings | None = None):
+        self.config, self.engine = config, engine
+        self.settings = settings or load_alert_settings(config)
+        self.web = self._web_settings()
+        key = str(engine.url)
+        if key not in _schema_ready:
+            ledger.ensure_schema(engine)
+            _schema_ready.add(key)
+
+    # -- specs --------------------------------------------------------------------------------
+
+    def rule_spec(self, rule: Rule) -> ledger.AlertSpec:
+        s = self.settings
+        return ledger.AlertSpec(rule.id, rule.scope, rule.title, rule.severity, rule.notify, rule.cooldown,
+                                rule.escalate_to or (), rule.escalate_after, s.max_escalations,
+                                bool(rule.resolve_note), rule.risk)
+
+    def freshness_spec(self, owner: tuple[str, ...]) -> ledger.AlertSpec:
+        s = self.settings
+        return ledger.AlertSpec(FRESHNESS_RULE, "source", "数据源不新鲜", "warning", owner, s.cooldown, s.escalate_to,
+                                s.escalate_after, s.max_escalations, s.resolve_note)
+
+    def run_spec(self) -> ledger.AlertSpec:
+        s = self.settings
+        return ledger.AlertSpec(RUN_FAILURE_RULE, "run", "流水线运行失败", "critical", s.run_failures_to, s.cooldown,
+                                resolve_note=s.resolve_note)
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    def published_batch(self, conn: sa.Connection | None = None) -> str | None:
+        """The batch the published snapshot reflects: it changes whenever a publish ran."""
+        q = sa.select(pipeline_state.c.value, pipeline_state.c.updated_at).where(pipeline_state.c.key == PUBLISHED_STATE)
+        if conn is not None:
+            row = conn.execute(q).first()
+        else:
+            with self.engine.connect() as c:
+                row = c.execute(q).first()
+        return None if row is None else f"{row[0]}@{row[1]}"
+
+    def evaluate(self, now: datetime) -> Evaluation:
+        """Evaluate every rule and freshness SLA at `now`, update the ledger and queue what is due."""
+        now = aware_utc(now)
+        s, tz = self.settings, self.config.timezone
+        with self.engine.connect() as conn:
+            found = evaluate_rules(conn, s.rules, now, tz)
+            ages = source_ages(conn, s.freshness, now)
+        results: dict[str, ledger.SyncResult] = {}
+        with self.engine.begin() as conn:
+            for rule in s.rules:
+                results[rule.id] = ledger.sync(conn, self.rule_spec(rule), found[rule.id].rows, now,
+                                               self._rule_render(rule, now), s.route, s.board_url)
+            for age in ages:
+                key = age.sla.asset_key
+                rows = pd.DataFrame([{"entity_key": key, "order_no": None, "source": age.source,
+                                      "newest": age.newest}] if age.stale else [],
+                                    columns=["entity_key", "order_no", "source", "newest"])
+                results[f"{FRESHNESS_RULE}:{age.source}"] = ledger.sync(
+                    conn, self.freshness_spec(age.sla.owner), rows, now, self._freshness_render(age, now), s.route,
+                    s.board_url, scope_keys=[key])
+            links = self._queue_links(conn, now)
+        dues = [r.next_due for r in results.values() if r.next_due]
+        return Evaluation(now, {r: b.count for r, b in found.items()}, results, ages, links, min(dues) if dues else None)
+
+    def queue_ready_at(self, now: datetime) -> datetime | None:
+        """When a queued message can next go out (now, a retry time or an expiring claim); None: queue empty."""
+        with self.engine.connect() as conn:
+            return ledger.next_ready_at(conn, now)
+
+    def _rule_render(self, rule: Rule, now: datetime):
+        tz, board = self.config.timezone, self.settings.board_url
+
+        def render(row: dict, kind: str, first_seen: Any) -> tuple[str, MessageText]:
+            summary = rule_summary(rule, row, now, tz)
+            return summary, rule_message(rule, row, summary, now, tz, board, kind, first_seen)
+
+        return render
+
+    def _freshness_render(self, age: SourceAge, now: datetime):
+        def render(row: dict, kind: str, first_seen: Any) -> tuple[str, MessageText]:
+            return freshness_message(age.source, age.sla.asset_key, age.newest, age.sla.max_age, now,
+                                     self.config.timezone, kind)
+
+        return render
+
+    # -- run failures -------------------------------------------------------------------------
+
+    def run_failed(self, entity: str, job: str, run_id: str, error: str, now: datetime) -> ledger.SyncResult:
+        """A failed run: one open alert per job (or asset selection), re-sent after the cool-down."""
+        now = aware_utc(now)
+        summary, msg = run_failure_message(job, run_id, error)
+        rows = pd.DataFrame([{"entity_key": entity, "order_no": None, "job": job, "run_id": run_id}])
+        with self.engine.begin() as conn:
+            return ledger.sync(conn, self.run_spec(), rows, now, lambda row, kind, fs: (summary, msg),
+                               self.settings.route, self.settings.board_url, scope_keys=[entity])
+
+    def run_succeeded(self, job: str, asset_keys: list[str] | None, now: datetime) -> ledger.SyncResult:
+        """A later successful run resolves the failure alerts it covers: the same job, or for asset
+        runs every failure whose assets it materialized again."""
+        done = set(asset_keys or ())
+        with self.engine.connect() as conn:
+            open_keys = ledger.open_alerts(conn, [RUN_FAILURE_RULE])["entity_key"].tolist()
+        covered = [k for k in open_keys
+                   if k == job or (k.startswith(ASSETS_PREFIX) and set(k[len(ASSETS_PREFIX):].split(",")) <= done)]
+        empty = pd.DataFrame(columns=["entity_key", "order_no"])
+        with self.engine.begin() as conn:
+            return ledger.sync(conn, self.run_spec(), empty, aware_utc(now), lambda row, kind, fs: ("", None),
+                               self.settings.route, self.settings.board_url, scope_keys=covered)
+
+    # -- customer tracking links ----------------------------------------------------------------
+
+    def _web_settings(self):
+        if self.settings.tracking_links is None:
+            return None
+        if not self.settings.web_configured:
+            log.info("customer tracking links are not sent: the config has no `web:` section (base_url, link secret)")
+            return None
+        from order_pipeline.web.settings import WebSettings
+
+        return WebSettings.from_config(self.config)
+
+    def _queue_links(self, conn: sa.Connection, now: datetime) -> int:
+        """Queue one tracking link for each new order that has none yet."""
+        tl = self.settings.tracking_links
+        if tl is None or self.web is None:
+            return 0
+        from order_pipeline.domain.links import customer_link
+        from order_pipeline.domain.masking import mask_phone
+
+        s, t = order_tracking_snapshot, tracking_link_sends
+        new = fetch_frame(conn, sa.select(s.c.order_no, s.c.customer_phone)
+                         .where(s.c.status == "open").where(s.c.ordered_at >= time_param(now - tl.within))
+                         .where(~sa.exists().where(t.c.order_no == s.c.order_no)).order_by(s.c.order_no))
+        if new.empty:
+            return 0
+        insert_frame(conn, t, pd.DataFrame({"order_no": new["order_no"], "channel": tl.channel, "queued_at": now}))
+        items = [(order_no, tl.channel, tracking_link_message(order_no, customer_link(self.web, order_no, now),
+                                                              mask_phone(phone), self.web.link_ttl))
+                 for order_no, phone in zip(new["order_no"], new["customer_phone"])]
+        return ledger.queue_messages(conn, TRACKING_LINK, ledger.LINK, items, now, LINK_HOLD)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def open_alerts(self) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            return ledger.open_alerts(conn)
+
+
+def run_entity(job_name: str, asset_keys: list[str] | None) -> str:
+    """The ledger key of a run: its job, or for ad-hoc asset runs the assets it was to materialize."""
+    if asset_keys and job_name.startswith("__"):
+        return ASSETS_PREFIX + ",".join(sorted(asset_keys))
+    return job_name

@@ -1,0 +1,257 @@
+"""Who hears about what: the `alerts:`, `channels:` and `freshness:` sections, checked at load time.
+
+    channels:                          # each built by resources.channels.build_channel
+      wecom_warehouse: {type: wecom, webhook_url_env: WECOM_WAREHOUSE_URL, mentions: ["13800000000"]}
+      ops_mail: {type: email, host: smtp.example.com, sender: ops@example.com, recipients: [lead@example.com]}
+    alerts:
+      cooldown: 2h                     # re-send an open alert at most this often
+      escalate_after: 4h               # still open this long after first seen: tell escalate_to
+      escalate_to: [ops_lead]
+      max_escalations: 1
+      resolve_note: true               # say so when the condition clears
+      evaluate_every: 5m               # the alert sensor re-evaluates at least this often
+      board_url: https://ops.example.com   # links go to {board_url}/ops/order/{order_no}
+      default_channels: [outbox]       # for groups not listed below
+      run_failures_to: [data]
+      groups:
+        warehouse: {channels: [wecom_warehouse], mentions: [zhangsan]}
+        ops_lead: {channels: [ops_mail]}
+      tracking_links: {channel: outbox, within: 24h}   # or `false`
+    freshness:                         # newest source update older than this: the data owner hears
+      owner: data
+      orders: 5m
+      inventory: {max_age: 30m, owner: warehouse}
+      carrier: 2h                      # or `off`
+
+Nothing configured: every group goes to the local outbox channel (table `alert_outbox` and
+the log), which is what the demo uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from order_pipeline.contract.canonical import SOURCE_ENTITIES
+from order_pipeline.contract.config import Config, SectionParser
+from order_pipeline.contract.roles import ROLE_LABELS
+from order_pipeline.alerts.rules import Rule, parse_rules, with_defaults
+
+OUTBOX = "outbox"
+CARRIER = "carrier"
+# Built-in groups: a rule may name them without an `alerts.groups` entry (they then use default_channels).
+# Their labels are the roles' (order_pipeline.roles.ROLE_LABELS).
+BUILTIN_GROUPS = ("warehouse", "purchasing", "customer_service", "ops_lead", "data", "sales", "finance", "logistics")
+ALERTS_FIELDS = {"cooldown", "escalate_after", "escalate_to", "max_escalations", "resolve_note", "evaluate_every",
+                 "board_url", "groups", "default_channels", "run_failures_to", "tracking_links"}
+GROUP_FIELDS = {"channels", "mentions", "label"}
+LINK_FIELDS = {"channel", "within"}
+DEFAULT_BOARD_URL = "http://127.0.0.1:8080"
+
+# The seed's update SLA per source; `carrier` is the Kuaidi100 feed (raw_tracking).
+FRESHNESS_DEFAULTS = {
+    "orders": timedelta(minutes=5), "shipments": timedelta(minutes=5), "payments": timedelta(hours=1),
+    "reservations": timedelta(minutes=30), "inventory": timedelta(minutes=30), CARRIER: timedelta(hours=2),
+}
+FRESHNESS_SOURCES = tuple(n for n, e in SOURCE_ENTITIES.items() if e.watermark) + (CARRIER,)
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    label: str
+    channels: tuple[str, ...]
+    mentions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SourceSla:
+    source: str  # a source entity, or "carrier"
+    max_age: timedelta
+    owner: tuple[str, ...]  # groups or channels told when it is stale
+
+    @property
+    def asset_key(self) -> str:
+        return "raw_tracking" if self.source == CARRIER else f"raw_{self.source}"
+
+
+@dataclass(frozen=True)
+class TrackingLinks:
+    channel: str
+    within: timedelta  # orders placed this recently get a link; older ones are not new
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    config_path: Path
+    timezone: str
+    rules: tuple[Rule, ...]  # enabled rules, alert defaults filled in
+    groups: Mapping[str, Group]
+    channel_specs: Mapping[str, Any]  # `channels:` entries; the outbox is implicit
+    default_channels: tuple[str, ...] = (OUTBOX,)
+    cooldown: timedelta = timedelta(hours=2)
+    escalate_after: timedelta = timedelta(hours=4)
+    escalate_to: tuple[str, ...] = ("ops_lead",)
+    max_escalations: int = 1
+    resolve_note: bool = True
+    evaluate_every: timedelta = timedelta(minutes=5)
+    board_url: str = DEFAULT_BOARD_URL
+    freshness: tuple[SourceSla, ...] = ()
+    run_failures_to: tuple[str, ...] = ("data",)
+    tracking_links: TrackingLinks | None = None
+    web_configured: bool = False
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys([OUTBOX, *self.channel_specs]))
+
+    def group(self, name: str) -> Group:
+        return self.groups.get(name) or Group(name, ROLE_LABELS.get(name, name), self.default_channels)
+
+    def route(self, target: str) -> list[tuple[str, tuple[str, ...]]]:
+        """(channel, mentions) pairs a message for `target` (a group or a channel name) goes to."""
+        if target in self.channel_names and target not in self.groups:
+            return [(target, ())]
+        g = self.group(target)
+        return [(ch, g.mentions) for ch in g.channels]
+
+
+def load_alert_settings(config: Config) -> AlertSettings:
+    return _Parser(config).parse()
+
+
+class _Parser(SectionParser):
+    def __init__(self, config: Config):
+        super().__init__(config.path)
+        self.config = config
+
+    def names(self, value, entry: str, known: set[str], what: str) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            self.fail(entry, f"{value!r} is not a list of {what}", f"write e.g. `[{next(iter(sorted(known)), 'x')}]`")
+        for v in value:
+            if v not in known:
+                one = "group or channel" if what == "groups or channels" else what.rstrip("s")
+                self.fail(entry, f"unknown {one} {v!r}", f"use one of: {', '.join(sorted(known))}")
+        return tuple(dict.fromkeys(value))
+
+    def parse(self) -> AlertSettings:
+        sections = self.config.sections
+        channel_specs = self.channels(sections.get("channels"))
+        channel_names = {OUTBOX, *channel_specs}
+        a = self.mapping(sections.get("alerts"), "alerts", ALERTS_FIELDS)
+        d = AlertSettings(self.path, self.config.timezone, (), {}, {})
+        default_channels = (self.names(a["default_channels"], "alerts.default_channels", channel_names, "channels")
+                            if "default_channels" in a else d.default_channels)
+        groups = self.groups(a.get("groups"), channel_names)
+        targets = set(BUILTIN_GROUPS) | set(groups) | channel_names
+        resolve_note = a.get("resolve_note", d.resolve_note)
+        if not isinstance(resolve_note, bool):
+            self.fail("alerts.resolve_note", f"{resolve_note!r} is not true or false", "write `resolve_note: true`")
+        max_esc = a.get("max_escalations", d.max_escalations)
+        if isinstance(max_esc, bool) or not isinstance(max_esc, int) or max_esc < 0:
+            self.fail("alerts.max_escalations", f"{max_esc!r} is not a whole number", "write e.g. 1 (0: never escalate)")
+        web = sections.get("web") if isinstance(sections.get("web"), dict) else None
+        board_url = str(a.get("board_url") or (web or {}).get("base_url") or DEFAULT_BOARD_URL).rstrip("/")
+        if not board_url.startswith(("http://", "https://")):
+            self.fail("alerts.board_url", f"{board_url!r} is not an http(s) URL", "write e.g. https://ops.example.com")
+        settings = AlertSettings(
+            config_path=self.path,
+            timezone=self.config.timezone,
+            rules=(),
+            groups=groups,
+            channel_specs=channel_specs,
+            default_channels=default_channels,
+            cooldown=self.duration(a["cooldown"], "alerts.cooldown") if "cooldown" in a else d.cooldown,
+            escalate_after=(self.duration(a["escalate_after"], "alerts.escalate_after")
+                            if "escalate_after" in a else d.escalate_after),
+            escalate_to=(self.names(a["escalate_to"], "alerts.escalate_to", targets, "groups or channels")
+                         if "escalate_to" in a else d.escalate_to),
+            max_escalations=max_esc,
+            resolve_note=resolve_note,
+            evaluate_every=(self.duration(a["evaluate_every"], "alerts.evaluate_every")
+                            if "evaluate_every" in a else d.evaluate_every),
+            board_url=board_url,
+            freshness=self.freshness(sections.get("freshness"), targets),
+            run_failures_to=(self.names(a["run_failures_to"], "alerts.run_failures_to", targets, "groups or channels")
+                             if "run_failures_to" in a else d.run_failures_to),
+            tracking_links=self.tracking_links(a.get("tracking_links", ...), channel_names, web is not None),
+            web_configured=web is not None,
+        )
+        rules = parse_rules(sections.get("rules"), self.path, targets)
+        rules = tuple(with_defaults(r, cooldown=settings.cooldown, escalate_after=settings.escalate_after,
+                                    escalate_to=settings.escalate_to, resolve_note=settings.resolve_note)
+                      for r in rules)
+        return replace(settings, rules=rules)
+
+    def channels(self, value) -> dict[str, Any]:
+        """The `channels:` entries by name; each entry is checked where the channels are built."""
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail("channels", "must be a mapping of channel name to channel",
+                      "write `channels:` followed by `<name>: {type: wecom, webhook_url_env: ...}` lines")
+        return {str(k): v for k, v in value.items()}
+
+    def groups(self, value, channel_names: set[str]) -> dict[str, Group]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail("alerts.groups", "must be a mapping of group name to its channels",
+                      "write e.g. `warehouse: {channels: [wecom_warehouse]}`")
+        groups = {}
+        for name, spec in value.items():
+            entry = f"alerts.groups.{name}"
+            spec = self.mapping(spec, entry, GROUP_FIELDS)
+            if "channels" not in spec:
+                self.fail(f"{entry}.channels", "missing", f"list the channels, e.g. `channels: [{OUTBOX}]`")
+            channels = self.names(spec["channels"], f"{entry}.channels", channel_names, "channels")
+            mentions = spec.get("mentions", [])
+            if not isinstance(mentions, list) or not all(isinstance(m, str | int) and not isinstance(m, bool)
+                                                          for m in mentions):
+                self.fail(f"{entry}.mentions", f"{mentions!r} is not a list", 'write e.g. `mentions: ["13800000000", zhangsan]`')
+            label = str(spec.get("label") or ROLE_LABELS.get(str(name), name))
+            groups[str(name)] = Group(str(name), label, channels, tuple(str(m) for m in mentions))
+        return groups
+
+    def freshness(self, value, targets: set[str]) -> tuple[SourceSla, ...]:
+        f = self.mapping(value, "freshness", {*FRESHNESS_SOURCES, "owner"})
+        owner = self.names(f["owner"], "freshness.owner", targets, "groups or channels") if "owner" in f else ("data",)
+        out = []
+        for source in FRESHNESS_SOURCES:
+            entry = f"freshness.{source}"
+            spec = f.get(source, FRESHNESS_DEFAULTS.get(source))
+            if spec is None or spec is False or str(spec).lower() == "off":
+                continue
+            if source != CARRIER and source not in self.config.sources:
+                if source in f:
+                    self.fail(entry, f"source {source!r} is not configured", f"remove it or add `sources.{source}`")
+                continue
+            this_owner = owner
+            if isinstance(spec, dict):
+                spec = self.mapping(spec, entry, {"max_age", "owner"})
+                if "owner" in spec:
+                    this_owner = self.names(spec["owner"], f"{entry}.owner", targets, "groups or channels")
+                if "max_age" not in spec:
+                    self.fail(f"{entry}.max_age", "missing", "write e.g. `max_age: 30m`")
+                spec = spec["max_age"]
+                entry += ".max_age"
+            out.append(SourceSla(source, self.duration(spec, entry), this_owner))
+        return tuple(out)
+
+    def tracking_links(self, value, channel_names: set[str], web: bool) -> TrackingLinks | None:
+        if value is False:
+            return None
+        if value is ... or value is True or value is None:
+            value = {}
+        spec = self.mapping(value, "alerts.tracking_links", LINK_FIELDS)
+        channel = spec.get("channel", OUTBOX)
+        if channel not in channel_names:
+            self.fail("alerts.tracking_links.channel", f"unknown channel {channel!r}",
+                      f"use one of: {', '.join(sorted(channel_names))}")
+        within = self.duration(spec.get("within", "24h"), "alerts.tracking_links.within")
+        return TrackingLinks(channel, within)

@@ -1,0 +1,310 @@
+"""Load and validate the YAML configuration.
+
+Every mistake a user can make in the file fails here, at load time, with a
+message that names the file, the entry and the fix. Secrets are never in the
+file: an entry names the environment variable that holds them (`url_env`,
+`key_env`, ...), and resources read them through Dagster's `EnvVar`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import sqlalchemy as sa
+import yaml
+
+from order_pipeline.contract.canonical import SOURCE_ENTITIES
+
+CONFIG_ENV = "ORDER_PIPELINE_CONFIG"
+DEFAULT_CONFIG = "order_pipeline.yaml"
+
+
+class ConfigError(ValueError):
+    """A mistake in the configuration file, phrased for the person who made it."""
+
+    def __init__(self, file: str | Path, entry: str, problem: str, fix: str):
+        self.file, self.entry, self.problem, self.fix = str(file), entry, problem, fix
+        super().__init__(f"{file}: {entry}: {problem}. Fix: {fix}")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: Any) -> timedelta:
+    """'90s', '30m', '2h', '1d', '1w' -> timedelta. Raises ValueError otherwise."""
+    m = _DURATION.match(str(text))
+    if not m:
+        raise ValueError(f"{text!r} is not a duration")
+    return timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A value given either inline (non-secret) or by the name of an environment variable."""
+
+    value: str | None = None
+    env: str | None = None
+
+    def resolve(self) -> str | None:
+        return os.environ.get(self.env) if self.env else self.value
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    entity: str
+    url: Secret
+    table: str | None
+    query: str | None
+    columns: dict[str, str]  # canonical name -> the source's own column name
+    timezone: str
+
+    def selectable(self) -> str:
+        """The FROM clause: a table name or the configured SELECT as a subquery."""
+        return f"({self.query}) AS src" if self.query else self.table
+
+
+@dataclass(frozen=True)
+class CarrierConfig:
+    endpoint: str = "https://poll.kuaidi100.com/poll/query.do"
+    customer: Secret = Secret()
+    key: Secret = Secret()
+    push_salt: Secret = Secret()
+    poll_interval: timedelta = timedelta(hours=2)
+    max_polls_per_run: int = 500
+    timeout: timedelta = timedelta(seconds=10)
+    retries: int = 3
+    transit_days: int = 3  # ETA when the carrier gives none: shipped_at + this
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    timezone: str
+    data_dir: Path
+    warehouse_url: Secret
+    sources: dict[str, SourceConfig]
+    carrier: CarrierConfig
+    reject_threshold: int = 100
+    sections: dict[str, Any] = field(default_factory=dict)  # rules, channels, web: parsed by their modules
+
+
+TOP_LEVEL = {"timezone", "data_dir", "warehouse", "sources", "carrier", "pipeline", "freshness", "rules", "channels", "alerts", "web"}
+
+
+def config_path(explicit: str | Path | None = None) -> Path:
+    """The config to use: an explicit path, else $ORDER_PIPELINE_CONFIG, else ./order_pipeline.yaml."""
+    return Path(explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG).resolve()
+
+
+def load_config(path: str | Path | None = None, check_sources: bool = True) -> Config:
+    path = config_path(path)
+    if not path.exists():
+        raise ConfigError(
+            path, "(file)", "the configuration file does not exist",
+            f"create it (see README, 'Configuration'), run `order-pipeline demo` to generate one, "
+            f"or point ${CONFIG_ENV} / --config at the right file",
+        )
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(path, "(file)", f"not valid YAML ({e})", "correct the YAML syntax at the position shown") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(path, "(file)", "the top level must be a mapping", "start the file with keys such as `warehouse:` and `sources:`")
+    return _Parser(path, doc, check_sources).parse()
+
+
+class SectionParser:
+    """The checks every part of the config shares; each failure names the file, the entry and the fix.
+
+    Entries are reported under `prefix` (e.g. "web" makes "web.link_ttl").
+    """
+
+    prefix = ""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, entry: str, problem: str, fix: str):
+        raise ConfigError(self.path, ".".join(p for p in (self.prefix, entry) if p) or "(file)", problem, fix)
+
+    def mapping(self, value, entry: str, allowed: set[str]) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(entry, "must be a mapping", f"write `{entry.split('.')[-1] or 'key'}:` followed by indented "
+                                                  "`key: value` lines")
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            self.fail(f"{entry}.{unknown[0]}" if entry else unknown[0], "unknown setting",
+                      f"use one of: {', '.join(sorted(allowed))}")
+        return value
+
+    def duration(self, value, entry: str) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        try:
+            d = parse_duration(value)
+        except ValueError:
+            self.fail(entry, f"{value!r} is not a duration", "write a number and a unit, e.g. 90s, 30m, 2h, 1d")
+        if d <= timedelta(0):
+            self.fail(entry, "must be longer than zero", "write e.g. 2h")
+        return d
+
+class _Parser(SectionParser):
+    def __init__(self, path: Path, doc: dict, check_sources: bool):
+        super().__init__(path)
+        self.doc, self.check_sources = doc, check_sources
+        self.base = path.parent
+
+    def positive_int(self, value, entry: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            self.fail(entry, f"{value!r} is not a non-negative whole number", "write a number such as 500")
+        return value
+
+    def secret(self, d: dict, name: str, entry: str, required: bool) -> Secret:
+        value, env = d.get(name), d.get(f"{name}_env")
+        if value is not None and env is not None:
+            self.fail(f"{entry}.{name}", f"both `{name}` and `{name}_env` are set", "keep one of them")
+        if env is not None:
+            if not isinstance(env, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env):
+                self.fail(f"{entry}.{name}_env", f"{env!r} is not an environment variable name", "write a name such as ERP_DATABASE_URL")
+            if required and env not in os.environ:
+                self.fail(f"{entry}.{name}_env", f"environment variable {env} is not set", f"export {env}=... before starting")
+            return Secret(env=env)
+        if value is None and required:
+            self.fail(f"{entry}.{name}", "missing", f"set `{name}:` or `{name}_env:` (the name of an environment variable)")
+        return Secret(value=None if value is None else str(value))
+
+    def timezone(self, value, entry: str) -> str:
+        try:
+            ZoneInfo(str(value))
+        except (ZoneInfoNotFoundError, ValueError):
+            self.fail(entry, f"unknown time zone {value!r}", "use an IANA name such as Asia/Shanghai or UTC")
+        return str(value)
+
+    def db_url(self, secret: Secret, entry: str) -> Secret:
+        """Resolve relative SQLite paths against the config file's folder and check the URL parses."""
+        url = secret.resolve()
+        try:
+            parsed = sa.engine.make_url(url)
+        except Exception:
+            self.fail(entry, f"{url!r} is not a SQLAlchemy database URL",
+                      "write e.g. sqlite:///erp.db or postgresql+psycopg2://user@host/db")
+        if parsed.password and secret.value is not None:
+            self.fail(entry, "the URL carries a password, and secrets must not be in the file",
+                      f"export the URL in an environment variable and write `{entry.split('.')[-1]}_env: NAME`")
+        if parsed.drivername.startswith("sqlite") and parsed.database and parsed.database != ":memory:":
+            db = Path(parsed.database)
+            if not db.is_absolute():
+                db = (self.base / db).resolve()
+                if secret.value is not None:
+                    return Secret(value=str(parsed.set(database=str(db))))
+        return secret
+
+    def parse(self) -> Config:
+        doc = self.mapping(self.doc, "", TOP_LEVEL)
+        tz = self.timezone(doc.get("timezone", "Asia/Shanghai"), "timezone")
+        data_dir = (self.base / str(doc.get("data_dir", "data"))).resolve()
+
+        wh = self.mapping(doc.get("warehouse"), "warehouse", {"url", "url_env"})
+        if not wh:
+            wh = {"url": f"sqlite:///{data_dir / 'warehouse.db'}"}
+        warehouse_url = self.db_url(self.secret(wh, "url", "warehouse", required=True), "warehouse.url")
+
+        sources = self.sources(doc.get("sources"), tz)
+        carrier = self.carrier(doc.get("carrier"))
+        pipe = self.mapping(doc.get("pipeline"), "pipeline", {"reject_threshold"})
+        threshold = self.positive_int(pipe.get("reject_threshold", 100), "pipeline.reject_threshold")
+        sections = {k: doc[k] for k in ("freshness", "rules", "channels", "alerts", "web") if k in doc}
+        return Config(self.path, tz, data_dir, warehouse_url, sources, carrier, threshold, sections)
+
+    def sources(self, value, tz: str) -> dict[str, SourceConfig]:
+        value = self.mapping(value, "sources", set(SOURCE_ENTITIES))
+        missing = [n for n, e in SOURCE_ENTITIES.items() if not e.optional and n not in value]
+        if missing:
+            self.fail(f"sources.{missing[0]}", "required source is not configured",
+                      f"add `{missing[0]}:` under `sources:` with url, table (or query) and columns")
+        return {name: self.source(name, spec, tz) for name, spec in value.items()}
+
+    def source(self, name: str, spec, tz: str) -> SourceConfig:
+        entry = f"sources.{name}"
+        spec = self.mapping(spec, entry, {"url", "url_env", "table", "query", "columns", "timezone"})
+        url = self.db_url(self.secret(spec, "url", entry, required=True), f"{entry}.url")
+        table, query = spec.get("table"), spec.get("query")
+        if bool(table) == bool(query):
+            self.fail(entry, "needs exactly one of `table` and `query`",
+                      "name the source table (`table: T_SAL_ORDER`) or give a SELECT (`query: SELECT ...`)")
+        if table and not re.fullmatch(r"[\w.\"]+", str(table)):
+            self.fail(f"{entry}.table", f"{table!r} is not a table name", "give a plain table name, or use `query:` for anything else")
+        entity = SOURCE_ENTITIES[name]
+        columns = self.mapping(spec.get("columns"), f"{entry}.columns", set(entity.column_names))
+        absent = [c for c in entity.required_columns if c not in columns]
+        if absent:
+            self.fail(f"{entry}.columns.{absent[0]}", "required column is not mapped",
+                      f"add `{absent[0]}: <the source's column name>` under {entry}.columns")
+        for canon, src in columns.items():
+            if not isinstance(src, str) or not src:
+                self.fail(f"{entry}.columns.{canon}", f"{src!r} is not a column name", "write the source's column name as text")
+        src_tz = self.timezone(spec.get("timezone", tz), f"{entry}.timezone")
+        sc = SourceConfig(name, url, table and str(table), query and str(query), dict(columns), src_tz)
+        if self.check_sources:
+            self.reachable(sc, entry)
+        return sc
+
+    def reachable(self, sc: SourceConfig, entry: str) -> None:
+        from order_pipeline.warehouse.engine import driver_url
+
+        url = driver_url(sc.url.resolve())
+        parsed = sa.engine.make_url(url)
+        if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
+            if not Path(parsed.database).exists():
+                self.fail(f"{entry}.url", f"database file {parsed.database} does not exist",
+                          "correct the path (relative paths are read from the config file's folder)")
+        engine = sa.create_engine(url, connect_args={"connect_timeout": 5} if parsed.drivername.startswith("postgres") else {})
+        try:
+            with engine.connect() as conn:
+                cols = conn.execute(sa.text(f"SELECT * FROM {sc.selectable()} WHERE 1 = 0")).keys()
+        except sa.exc.OperationalError as e:
+            self.fail(f"{entry}.url", f"cannot reach the database or read {sc.table or 'the query'} ({_first_line(e)})",
+                      "check the URL, that the server is up, and the table name or query")
+        except sa.exc.SQLAlchemyError as e:
+            self.fail(entry, f"the source cannot be read ({_first_line(e)})", "check the table name or the query")
+        finally:
+            engine.dispose()
+        have = set(cols)
+        for canon, src in sc.columns.items():
+            if src not in have:
+                self.fail(f"{entry}.columns.{canon}", f"the source has no column {src!r}",
+                          f"map {canon} to one of: {', '.join(sorted(have))}")
+
+    def carrier(self, value) -> CarrierConfig:
+        allowed = {"endpoint", "customer", "customer_env", "key", "key_env", "push_salt", "push_salt_env", "poll_interval",
+                   "max_polls_per_run", "timeout", "retries", "transit_days"}
+        c = self.mapping(value, "carrier", allowed)
+        for name, env in (("key", "KUAIDI100_KEY"), ("push_salt", "KUAIDI100_SALT")):
+            if name in c:
+                self.fail(f"carrier.{name}", f"the Kuaidi100 {name.replace('_', ' ')} is a secret and must not be in the file",
+                          f"remove it and set `{name}_env: {env}` (the variable that holds it)")
+        d = CarrierConfig()
+        return CarrierConfig(
+            endpoint=str(c.get("endpoint", d.endpoint)),
+            customer=self.secret(c, "customer", "carrier", required=False),
+            key=self.secret(c, "key", "carrier", required=False),
+            push_salt=self.secret(c, "push_salt", "carrier", required=False),
+            poll_interval=self.duration(c.get("poll_interval", "2h"), "carrier.poll_interval"),
+            max_polls_per_run=self.positive_int(c.get("max_polls_per_run", d.max_polls_per_run), "carrier.max_polls_per_run"),
+            timeout=self.duration(c.get("timeout", "10s"), "carrier.timeout"),
+            retries=self.positive_int(c.get("retries", d.retries), "carrier.retries"),
+            transit_days=self.positive_int(c.get("transit_days", d.transit_days), "carrier.transit_days"),
+        )
+
+
+def _first_line(e: Exception) -> str:
+    return str(getattr(e, "orig", e)).strip().splitlines()[0]

@@ -1,0 +1,147 @@
+"""Staff login, logout, the session check and CSRF-checked forms."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from urllib.parse import urlencode
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from order_pipeline.web.ops import queries
+from order_pipeline.web.security.audit import client_ip, ip_hash, logged_actor, logged_order_no, user_agent
+from order_pipeline.web.context import WebContext, web_context
+from order_pipeline.web.security.forms import FormError, read_form
+from order_pipeline.domain.passwords import dummy_hash, verify_password
+from order_pipeline.web.security.ratelimit import client_key
+from order_pipeline.web.security.sessions import LOGIN_COOKIE, SESSION_COOKIE, Session, csrf_token, login_csrf_token, new_nonce, read_session, sign_session, tokens_match
+
+log = logging.getLogger(__name__)
+
+COOKIE_PATH = "/ops"
+LOGIN_NONCE_TTL = timedelta(hours=2)
+
+StaffEndpoint = Callable[[Request, Session], Awaitable[Response]]
+
+
+def staff_session(request: Request) -> Session | None:
+    web = web_context(request)
+    session = read_session(request.cookies.get(SESSION_COOKIE), web.settings.session_secret, web.clock())
+    if session is None or web.settings.staff_user(session.username) is None:
+        return None  # no session, or a user since removed from the config
+    return session
+
+
+def safe_next(target: str | None) -> str:
+    """Only a path on the ops board itself may be the place to return to after logging in."""
+    if target and target.startswith("/ops") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/ops/"
+
+
+def staff_only(endpoint: StaffEndpoint) -> Callable[[Request], Awaitable[Response]]:
+    """Run `endpoint` with the staff session, or send the visitor to the login page."""
+
+    @functools.wraps(endpoint)
+    async def guarded(request: Request) -> Response:
+        session = staff_session(request)
+        if session is None:
+            back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/ops/login?{urlencode({'next': back})}", status_code=303)
+        return await endpoint(request, session)
+
+    return guarded
+
+
+async def checked_form(request: Request, session: Session) -> dict[str, str] | None:
+    """The posted form, or None when its CSRF token does not belong to this session."""
+    web = web_context(request)
+    try:
+        form = await read_form(request)
+    except FormError:
+        return None
+    return form if tokens_match(csrf_token(session, web.settings.session_secret), form.get("csrf")) else None
+
+
+def staff_access(web: WebContext, request: Request, session: Session, order_no: str | None, outcome: str) -> queries.Access:
+    return queries.Access(web.clock(), logged_order_no(order_no), session.username, outcome,
+                          ip_hash(client_ip(request), web.settings.link_secret), user_agent(request))
+
+
+def _set_cookie(web: WebContext, response: Response, name: str, value: str, max_age: timedelta) -> None:
+    response.set_cookie(name, value, max_age=int(max_age.total_seconds()), path=COOKIE_PATH, httponly=True,
+                        samesite="lax", secure=web.settings.secure_cookies)
+
+
+def _login_page(web: WebContext, nonce: str, next_url: str, error: str = "", status: int = 200) -> Response:
+    context = {"csrf": login_csrf_token(nonce, web.settings.session_secret), "next": next_url, "error": error,
+               "no_staff": not web.settings.staff}
+    response = web.pages.html("ops_login.html", context, status=status)
+    _set_cookie(web, response, LOGIN_COOKIE, nonce, LOGIN_NONCE_TTL)
+    return response
+
+
+async def login_form(request: Request) -> Response:
+    web = web_context(request)
+    next_url = safe_next(request.query_params.get("next"))
+    if staff_session(request) is not None:
+        return RedirectResponse(next_url, status_code=303)
+    return _login_page(web, request.cookies.get(LOGIN_COOKIE) or new_nonce(), next_url)
+
+
+def _audit_login(web: WebContext, request: Request, username: str | None, outcome: str) -> None:
+    """A login or logout in the access log: who it was (or claimed to be), never what password it tried."""
+    access = queries.Access(web.clock(), None, logged_actor(username), outcome,
+                            ip_hash(client_ip(request), web.settings.link_secret), user_agent(request))
+    web.access_log.add(access)
+
+
+async def login(request: Request) -> Response:
+    web = web_context(request)
+    ip = client_ip(request)
+    try:
+        form = await read_form(request)
+    except FormError:
+        form = {}
+    username, password = form.get("username", "").strip(), form.get("password", "")
+    wait = web.login_limiter.hit(client_key(ip), web.clock().timestamp())
+    if wait:
+        log.warning("login attempts from one address over the limit; retry in %ss", wait)
+        _audit_login(web, request, username, "rate_limited")
+        return web.pages.error(429, headers={"Retry-After": str(wait)}, seconds=wait)
+    nonce = request.cookies.get(LOGIN_COOKIE)
+    if not nonce or not tokens_match(login_csrf_token(nonce, web.settings.session_secret), form.get("csrf")):
+        log.warning("login form without a valid CSRF token refused")
+        _audit_login(web, request, username, "csrf_refused")
+        return web.pages.error(403, wording="csrf")
+    next_url = safe_next(form.get("next"))
+    user = web.settings.staff_user(username)
+    stored = user.password_hash if user else dummy_hash()
+    ok = await run_in_threadpool(verify_password, password, stored)
+    if not (ok and user):
+        log.warning("failed staff login for %r", username[:64])
+        _audit_login(web, request, username, "login_failed")
+        return _login_page(web, nonce, next_url, error="用户名或密码错误。", status=401)
+    session = Session(user.username, int((web.clock() + web.settings.session_ttl).timestamp()), new_nonce())
+    response = RedirectResponse(next_url, status_code=303)
+    _set_cookie(web, response, SESSION_COOKIE, sign_session(session, web.settings.session_secret), web.settings.session_ttl)
+    response.delete_cookie(LOGIN_COOKIE, path=COOKIE_PATH)
+    _audit_login(web, request, user.username, "login")
+    log.info("staff login: %s", user.username)
+    return response
+
+
+@staff_only
+async def logout(request: Request, session: Session) -> Response:
+    web = web_context(request)
+    if await checked_form(request, session) is None:
+        return web.pages.error(403, wording="csrf")
+    response = RedirectResponse("/ops/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH)
+    _audit_login(web, request, session.username, "logout")
+    log.info("staff logout: %s", session.username)
+    return response
