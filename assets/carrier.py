@@ -1,14 +1,12 @@
 """Carrier tracking: poll Kuaidi100 for the waybills that are due."""
 
-
 from datetime import timedelta
 
 import dagster as dg
 
+from assets.common import CLOCK, KUAIDI100, SOURCES_GROUP, WAREHOUSE, raw_asset_key
 from order_pipeline.carrier.protocol import Kuaidi100Error
 from order_pipeline.carrier.store import due_waybills, store_poll_errors, store_tracking_answers
-
-from assets.common import CLOCK, KUAIDI100, SOURCES_GROUP, WAREHOUSE, raw_asset_key
 
 RAW_TRACKING = dg.AssetKey("raw_tracking")
 
@@ -20,8 +18,10 @@ def carrier_tracking_asset(poll_interval: timedelta, max_polls_per_run: int) -> 
         deps=[raw_asset_key("shipments"), raw_asset_key("orders")],
         kinds={"kuaidi100"},
         required_resource_keys={WAREHOUSE, CLOCK, KUAIDI100},
-        description=(f"Kuaidi100 state and events per waybill. Polls unsigned waybills not polled for "
-                     f"{poll_interval}, at most {max_polls_per_run} a run; pushed callbacks land here too."),
+        description=(
+            f"Kuaidi100 state and events per waybill. Polls unsigned waybills not polled for "
+            f"{poll_interval}, at most {max_polls_per_run} a run; pushed callbacks land here too."
+        ),
     )
     def raw_tracking(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         res = context.resources
@@ -39,12 +39,19 @@ def carrier_tracking_asset(poll_interval: timedelta, max_polls_per_run: int) -> 
         store_tracking_answers(engine, answers, via="poll", now=now)
         store_poll_errors(engine, errors, now)
         if errors:
-            context.log.warning(f"{len(errors)} of {len(due)} waybills got no answer; they wait for the next poll. "
-                                f"First: {next(iter(errors.items()))}")
+            context.log.warning(
+                f"{len(errors)} of {len(due)} waybills got no answer; they wait for the next poll. "
+                f"First: {next(iter(errors.items()))}"
+            )
         if backlog:
             context.log.info(f"more than {max_polls_per_run} waybills are due; the rest wait for the next run")
-        return dg.MaterializeResult(metadata={
-            "waybills_polled": len(due), "answers": len(answers), "poll_errors": len(errors), "backlog": backlog,
-        })
+        return dg.MaterializeResult(
+            metadata={
+                "waybills_polled": len(due),
+                "answers": len(answers),
+                "poll_errors": len(errors),
+                "backlog": backlog,
+            }
+        )
 
     return raw_tracking

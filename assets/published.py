@@ -1,15 +1,13 @@
 """The tracking tables downstream apps read, published together in one transaction."""
 
-
 import dagster as dg
 import sqlalchemy as sa
 
-from order_pipeline.contract.canonical import SOURCE_ENTITIES
-from order_pipeline.pipeline.publish import publish
-from order_pipeline.contract.schema import RAW_TABLES, order_tracking_snapshot, pipeline_rejects
-
 from assets.common import CLOCK, PUBLISHED_GROUP, WAREHOUSE, LoadConfig
 from assets.unified import UNIFIED_ORDERS
+from order_pipeline.contract.canonical import SOURCE_ENTITIES
+from order_pipeline.contract.schema import RAW_TABLES, order_tracking_snapshot, pipeline_rejects
+from order_pipeline.pipeline.publish import publish
 
 SNAPSHOT = dg.AssetKey("order_tracking_snapshot")
 EVENTS = dg.AssetKey("order_tracking_events")
@@ -22,59 +20,101 @@ REJECTS_BELOW_THRESHOLD = "rejects_below_threshold"
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec(SNAPSHOT, deps=[UNIFIED_ORDERS], group_name=PUBLISHED_GROUP, kinds={"sql"},
-                     description="One row per order: the tracking page, the ops board and BI read this."),
-        dg.AssetSpec(PARCELS, deps=[UNIFIED_ORDERS], group_name=PUBLISHED_GROUP, kinds={"sql"},
-                     description="One row per parcel (waybill), so a waybill number finds its order."),
-        dg.AssetSpec(EVENTS, deps=[UNIFIED_ORDERS], group_name=PUBLISHED_GROUP, kinds={"sql"},
-                     description="Each order's timeline: stage changes and carrier events."),
+        dg.AssetSpec(
+            SNAPSHOT,
+            deps=[UNIFIED_ORDERS],
+            group_name=PUBLISHED_GROUP,
+            kinds={"sql"},
+            description="One row per order: the tracking page, the ops board and BI read this.",
+        ),
+        dg.AssetSpec(
+            PARCELS,
+            deps=[UNIFIED_ORDERS],
+            group_name=PUBLISHED_GROUP,
+            kinds={"sql"},
+            description="One row per parcel (waybill), so a waybill number finds its order.",
+        ),
+        dg.AssetSpec(
+            EVENTS,
+            deps=[UNIFIED_ORDERS],
+            group_name=PUBLISHED_GROUP,
+            kinds={"sql"},
+            description="Each order's timeline: stage changes and carrier events.",
+        ),
     ],
     required_resource_keys={WAREHOUSE, CLOCK},
 )
 def published_tracking_tables(context: dg.AssetExecutionContext, config: LoadConfig):
     result = publish(context.resources.warehouse.engine, context.resources.clock.now(), full=config.full_refresh)
-    yield dg.MaterializeResult(asset_key=SNAPSHOT, metadata={
-        "orders_published": result.orders, "full_refresh": result.full,
-        "orders_total": sum(result.stage_counts.values()),
-        **{f"orders_{stage}": n for stage, n in sorted(result.stage_counts.items())},
-    })
+    yield dg.MaterializeResult(
+        asset_key=SNAPSHOT,
+        metadata={
+            "orders_published": result.orders,
+            "full_refresh": result.full,
+            "orders_total": sum(result.stage_counts.values()),
+            **{f"orders_{stage}": n for stage, n in sorted(result.stage_counts.items())},
+        },
+    )
     yield dg.MaterializeResult(asset_key=PARCELS, metadata={"orders_published": result.orders})
-    yield dg.MaterializeResult(asset_key=EVENTS, metadata={
-        "events_written": result.events_written, "orders_carrier_compared": result.carrier_orders})
+    yield dg.MaterializeResult(
+        asset_key=EVENTS,
+        metadata={"events_written": result.events_written, "orders_carrier_compared": result.carrier_orders},
+    )
 
 
 def published_checks(reject_threshold: int) -> list[dg.AssetChecksDefinition]:
-    @dg.asset_check(asset=SNAPSHOT, name=UNIQUE_ORDER_NO, required_resource_keys={WAREHOUSE},
-                    description="Each order appears once in the snapshot.")
+    @dg.asset_check(
+        asset=SNAPSHOT,
+        name=UNIQUE_ORDER_NO,
+        required_resource_keys={WAREHOUSE},
+        description="Each order appears once in the snapshot.",
+    )
     def unique_order_no(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         s = order_tracking_snapshot
         q = sa.select(s.c.order_no, sa.func.count().label("n")).group_by(s.c.order_no).having(sa.func.count() > 1)
         with context.resources.warehouse.engine.connect() as conn:
             dups = conn.execute(q.limit(20)).all()
-        return dg.AssetCheckResult(passed=not dups, metadata={
-            "duplicated_order_nos": len(dups), "examples": dg.MetadataValue.json([r.order_no for r in dups])})
+        return dg.AssetCheckResult(
+            passed=not dups,
+            metadata={"duplicated_order_nos": len(dups), "examples": dg.MetadataValue.json([r.order_no for r in dups])},
+        )
 
-    @dg.asset_check(asset=SNAPSHOT, name=COVERS_OPEN_ORDERS, required_resource_keys={WAREHOUSE},
-                    description="Every open order the ERP sent is in the snapshot.")
+    @dg.asset_check(
+        asset=SNAPSHOT,
+        name=COVERS_OPEN_ORDERS,
+        required_resource_keys={WAREHOUSE},
+        description="Every open order the ERP sent is in the snapshot.",
+    )
     def covers_open_orders(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         o, s = RAW_TABLES["orders"], order_tracking_snapshot
-        missing = sa.select(o.c.order_no).where(o.c.status == "open").where(
-            ~sa.exists().where(s.c.order_no == o.c.order_no))
+        missing = (
+            sa.select(o.c.order_no).where(o.c.status == "open").where(~sa.exists().where(s.c.order_no == o.c.order_no))
+        )
         with context.resources.warehouse.engine.connect() as conn:
             count = conn.execute(sa.select(sa.func.count()).select_from(missing.subquery())).scalar()
             examples = conn.execute(missing.limit(20)).scalars().all()
-        return dg.AssetCheckResult(passed=count == 0, metadata={
-            "missing_orders": count, "examples": dg.MetadataValue.json(examples)})
+        return dg.AssetCheckResult(
+            passed=count == 0, metadata={"missing_orders": count, "examples": dg.MetadataValue.json(examples)}
+        )
 
-    @dg.asset_check(asset=SNAPSHOT, name=REJECTS_BELOW_THRESHOLD, required_resource_keys={WAREHOUSE},
-                    description=f"At most {reject_threshold} source rows are rejected (pipeline.reject_threshold).")
+    @dg.asset_check(
+        asset=SNAPSHOT,
+        name=REJECTS_BELOW_THRESHOLD,
+        required_resource_keys={WAREHOUSE},
+        description=f"At most {reject_threshold} source rows are rejected (pipeline.reject_threshold).",
+    )
     def rejects_below_threshold(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         r = pipeline_rejects
         with context.resources.warehouse.engine.connect() as conn:
             per_source = dict(conn.execute(sa.select(r.c.source, sa.func.count()).group_by(r.c.source)).all())
         total = sum(per_source.values())
-        return dg.AssetCheckResult(passed=total <= reject_threshold, metadata={
-            "rejects": total, "threshold": reject_threshold,
-            **{f"rejects_{name}": per_source.get(name, 0) for name in SOURCE_ENTITIES}})
+        return dg.AssetCheckResult(
+            passed=total <= reject_threshold,
+            metadata={
+                "rejects": total,
+                "threshold": reject_threshold,
+                **{f"rejects_{name}": per_source.get(name, 0) for name in SOURCE_ENTITIES},
+            },
+        )
 
     return [unique_order_no, covers_open_orders, rejects_below_threshold]

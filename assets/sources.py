@@ -1,13 +1,11 @@
 """One asset per configured source, landing its extract into `raw_<entity>`."""
 
-
 import dagster as dg
 
+from assets.common import CLOCK, SOURCES_GROUP, WAREHOUSE, LoadConfig, raw_asset_key, source_resource_key
 from order_pipeline.contract.canonical import SOURCE_ENTITIES
 from order_pipeline.contract.config import SourceConfig
 from order_pipeline.pipeline.loading import load_source
-
-from assets.common import CLOCK, SOURCES_GROUP, WAREHOUSE, LoadConfig, raw_asset_key, source_resource_key
 
 
 def raw_source_asset(sc: SourceConfig) -> dg.AssetsDefinition:
@@ -27,8 +25,13 @@ def raw_source_asset(sc: SourceConfig) -> dg.AssetsDefinition:
     )
     def _raw(context: dg.AssetExecutionContext, config: LoadConfig) -> dg.MaterializeResult:
         res = context.resources
-        result = load_source(res.warehouse.engine, getattr(res, source_resource_key(entity.name)).engine, sc,
-                             res.clock.now(), full=config.full_refresh)
+        result = load_source(
+            res.warehouse.engine,
+            getattr(res, source_resource_key(entity.name)).engine,
+            sc,
+            res.clock.now(),
+            full=config.full_refresh,
+        )
         if result.rejected:
             context.log.warning(f"{result.rejected} {entity.name} rows rejected: see pipeline_rejects")
         metadata = {**result.metadata, "batch": result.batch, "full_refresh": config.full_refresh}

@@ -1,15 +1,13 @@
 """The unified order: one row per order with its stage, gaps and owner."""
 
-
 import dagster as dg
 import sqlalchemy as sa
 
+from assets.carrier import RAW_TRACKING
+from assets.common import CLOCK, ORDERS_GROUP, WAREHOUSE, LoadConfig, preview, raw_asset_key
 from order_pipeline.contract.schema import unified_orders
 from order_pipeline.domain.stages import HAPPY_PATH, STAGE_LABELS
 from order_pipeline.pipeline.unify import unify
-
-from assets.carrier import RAW_TRACKING
-from assets.common import CLOCK, ORDERS_GROUP, WAREHOUSE, LoadConfig, preview, raw_asset_key
 
 UNIFIED_ORDERS = dg.AssetKey("unified_orders")
 PREVIEW_COLUMNS = ["order_no", "stage_label", "missing_info", "responsible_role", "waiting_since", "parcel_count"]
@@ -23,22 +21,24 @@ def unified_orders_asset(entities: list[str], transit_days: int) -> dg.AssetsDef
         kinds={"pandas", "sql"},
         required_resource_keys={WAREHOUSE, CLOCK},
         description="One row per order: lifecycle stage, stage times, missing facts, owner of the next step, "
-                    "waiting since, parcels, latest carrier event and ETA. Recomputes only the orders a source touched.",
+        "waiting since, parcels, latest carrier event and ETA. Recomputes only the orders a source touched.",
     )
     def _unified(context: dg.AssetExecutionContext, config: LoadConfig) -> dg.MaterializeResult:
         engine = context.resources.warehouse.engine
         result = unify(engine, context.resources.clock.now(), transit_days, full=config.full_refresh)
         with engine.connect() as conn:
-            per_stage = dict(conn.execute(sa.select(unified_orders.c.stage, sa.func.count())
-                                          .group_by(unified_orders.c.stage)).all())
+            per_stage = dict(
+                conn.execute(sa.select(unified_orders.c.stage, sa.func.count()).group_by(unified_orders.c.stage)).all()
+            )
         metadata = {
             "orders_recomputed": result.touched,
             "full_refresh": result.full,
             "orphan_rows": result.orphans,
             "orders_total": sum(per_stage.values()),
             **{f"orders_{s}": per_stage.get(s, 0) for s in (*HAPPY_PATH, "cancelled", "exception")},
-            "preview": preview(result.preview.assign(stage_label=result.preview["stage"].map(STAGE_LABELS)),
-                               PREVIEW_COLUMNS),
+            "preview": preview(
+                result.preview.assign(stage_label=result.preview["stage"].map(STAGE_LABELS)), PREVIEW_COLUMNS
+            ),
         }
         return dg.MaterializeResult(metadata=metadata)
 

@@ -85,9 +85,17 @@ def main() -> None:
             print(f"{table}:")
             frame = timed("read, sqlite3 → pandas", lambda: read_sqlite3(table))
             arrow = timed("read, ADBC → Arrow", lambda: read_adbc(table))
-            timed("     Arrow → pandas, strings as Python objects", lambda: arrow.to_pandas(types_mapper=python_strings))
-            timed(f"write {len(frame):,} rows, sqlite3 executemany", lambda: write_sqlite3(Path(tmp) / f"a-{table}.db", frame))
-            timed(f"write {len(frame):,} rows, ADBC ingest from pandas", lambda: write_adbc(Path(tmp) / f"b-{table}.db", frame))
+            timed(
+                "     Arrow → pandas, strings as Python objects", lambda: arrow.to_pandas(types_mapper=python_strings)
+            )
+            timed(
+                f"write {len(frame):,} rows, sqlite3 executemany",
+                lambda: write_sqlite3(Path(tmp) / f"a-{table}.db", frame),
+            )
+            timed(
+                f"write {len(frame):,} rows, ADBC ingest from pandas",
+                lambda: write_adbc(Path(tmp) / f"b-{table}.db", frame),
+            )
     print(f"a column of 5,000 integers and then one text, through ADBC: {mixed_types()}")
 
 

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -42,7 +42,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "out"
-NOW = datetime(2026, 11, 25, 2, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
 LATER = NOW + timedelta(hours=1)
 PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 INCREMENTAL_ROUNDS = 3
@@ -54,6 +54,7 @@ CONFIG_PATH = ""  # the child's config, for its pool workers
 
 
 # -- steps, each run in a child process -------------------------------------------------------
+
 
 def _extract(name: str, now: datetime, full: bool) -> tuple[str, float]:
     """One source landed, in a pool worker: (source, seconds)."""
@@ -140,8 +141,6 @@ def step_floor(config, engine) -> dict:
     what no implementation can skip."""
     from concurrent.futures import ProcessPoolExecutor
 
-    import pandas as pd
-
     from order_pipeline.contract.schema import order_tracking_snapshot, unified_orders
     from order_pipeline.warehouse.engine import insert_frame, read_frame
 
@@ -154,8 +153,11 @@ def step_floor(config, engine) -> dict:
         rows = read_frame(conn, sa.select(*(c for c in unified_orders.c if c.name != "_batch")))
     rows["published_at"] = pd.Timestamp(NOW)
     # Same columns, no secondary indexes: the bare write.
-    floor = sa.Table("bench_floor_snapshot", sa.MetaData(),
-                     *(sa.Column(c.name, c.type, primary_key=c.primary_key) for c in order_tracking_snapshot.c))
+    floor = sa.Table(
+        "bench_floor_snapshot",
+        sa.MetaData(),
+        *(sa.Column(c.name, c.type, primary_key=c.primary_key) for c in order_tracking_snapshot.c),
+    )
     floor.drop(engine, checkfirst=True)
     floor.create(engine)
     started = time.perf_counter()
@@ -185,8 +187,9 @@ def step_required(config, engine) -> dict:
     times = {"write raw rows": 0.0, "write unified rows": 0.0}
     for table in (*RAW_TABLES.values(), unified_orders):
         with engine.connect() as conn:
-            rows = read_frame(conn, sa.select(table),
-                              [c.name for c in table.columns if isinstance(c.type, (sa.DateTime, sa.Date))])
+            rows = read_frame(
+                conn, sa.select(table), [c.name for c in table.columns if isinstance(c.type, (sa.DateTime, sa.Date))]
+            )
         copy = bare(table)
         started = time.perf_counter()
         with engine.begin() as conn:
@@ -198,7 +201,9 @@ def step_required(config, engine) -> dict:
     copy = bare(order_tracking_events)
     started = time.perf_counter()
     with engine.begin() as conn:
-        conn.execute(sa.insert(copy).from_select([c.name for c in order_tracking_events.c], sa.select(order_tracking_events)))
+        conn.execute(
+            sa.insert(copy).from_select([c.name for c in order_tracking_events.c], sa.select(order_tracking_events))
+        )
     times["copy timeline"] = time.perf_counter() - started
     copy.drop(engine)
     return times
@@ -283,12 +288,14 @@ def _rss_mb(pid: int) -> float:
 
 
 def run_child(step: str, config_path: Path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", step, str(config_path)],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", step, str(config_path)], check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # -- setup ------------------------------------------------------------------------------------
+
 
 def company(orders: int) -> Path:
     from order_pipeline.demo.company import build_demo_company
@@ -326,7 +333,6 @@ def warehouse_config(target: Path, kind: str, orders: int) -> Path:
 
 def land_carrier_feed(config_path: Path, carrier_db: Path) -> float:
     """Put the carrier's answers into the warehouse, as polls and pushes would have over the month."""
-    import pandas as pd
 
     from order_pipeline.contract.config import load_config
     from order_pipeline.contract.schema import raw_tracking, raw_tracking_events
@@ -345,19 +351,24 @@ def land_carrier_feed(config_path: Path, carrier_db: Path) -> float:
     first = events.groupby("waybill_no", sort=False).head(1).set_index("waybill_no")
     last = events.groupby("waybill_no", sort=False).tail(1).set_index("waybill_no")
     w = waybills.set_index("waybill_no")
-    tracking = pd.DataFrame({
-        "waybill_no": w.index, "carrier_code": w["carrier_code"].to_numpy(), "state": w["state"].to_numpy(),
-        "is_signed": (w["ischeck"] == 1).to_numpy(),
-        "first_event_at": first["event_at"].reindex(w.index).to_numpy(),
-        "last_event_at": last["event_at"].reindex(w.index).to_numpy(),
-        "last_context": last["context"].reindex(w.index).to_numpy(),
-        "last_area": last["area"].reindex(w.index).to_numpy(),
-        "polled_at": pd.Timestamp(NOW), "via": "push", "_batch": 1,
-    })
-    with wh.engine.begin() as conn:
-        with rebuilding(conn, raw_tracking, raw_tracking_events):
-            insert_frame(conn, raw_tracking, tracking)
-            insert_frame(conn, raw_tracking_events, events)
+    tracking = pd.DataFrame(
+        {
+            "waybill_no": w.index,
+            "carrier_code": w["carrier_code"].to_numpy(),
+            "state": w["state"].to_numpy(),
+            "is_signed": (w["ischeck"] == 1).to_numpy(),
+            "first_event_at": first["event_at"].reindex(w.index).to_numpy(),
+            "last_event_at": last["event_at"].reindex(w.index).to_numpy(),
+            "last_context": last["context"].reindex(w.index).to_numpy(),
+            "last_area": last["area"].reindex(w.index).to_numpy(),
+            "polled_at": pd.Timestamp(NOW),
+            "via": "push",
+            "_batch": 1,
+        }
+    )
+    with wh.engine.begin() as conn, rebuilding(conn, raw_tracking, raw_tracking_events):
+        insert_frame(conn, raw_tracking, tracking)
+        insert_frame(conn, raw_tracking_events, events)
     return time.perf_counter() - started
 
 
@@ -366,9 +377,12 @@ def change_one_percent(target: Path, part: int) -> int:
     each stamped after anything already there, spread over the next hour, a few to a second."""
     with sqlite3.connect(target / "erp.db") as erp:
         newest = erp.execute("SELECT max(FModifyDate) FROM T_SAL_ORDER").fetchone()[0]
-        return erp.execute("UPDATE T_SAL_ORDER SET FAmount = FAmount + 1, "
-                           "FModifyDate = datetime(?, '+' || (60 + (rowid / 100) % 3600) || ' seconds') "
-                           "WHERE rowid % 100 = ?", (newest, part)).rowcount
+        return erp.execute(
+            "UPDATE T_SAL_ORDER SET FAmount = FAmount + 1, "
+            "FModifyDate = datetime(?, '+' || (60 + (rowid / 100) % 3600) || ' seconds') "
+            "WHERE rowid % 100 = ?",
+            (newest, part),
+        ).rowcount
 
 
 def undo_change(target: Path, part: int) -> None:
@@ -397,6 +411,7 @@ def incremental_rounds(target: Path, config_path: Path) -> list[dict]:
 
 # -- report -----------------------------------------------------------------------------------
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000")
@@ -416,33 +431,64 @@ def main() -> None:
             print(f"  carrier feed landed in {feed:.1f} s (setup, not timed below)")
             full = run_child("full", config_path)
             for name, value in full.items():
-                print(f"  full  {name:<22}{value:>10.1f}" if isinstance(value, float) else
-                      f"  full  {name:<22}{value:>10,}", flush=True)
+                print(
+                    f"  full  {name:<22}{value:>10.1f}"
+                    if isinstance(value, float)
+                    else f"  full  {name:<22}{value:>10,}",
+                    flush=True,
+                )
             floor = run_child("floor", config_path)
             floor_total = floor["read sources"] + floor["write snapshot"]
-            print(f"  floor read {floor['read sources']:.1f} s ({floor['rows read']:,} rows) + "
-                  f"write {floor['write snapshot']:.1f} s = {floor_total:.1f} s", flush=True)
+            print(
+                f"  floor read {floor['read sources']:.1f} s ({floor['rows read']:,} rows) + "
+                f"write {floor['write snapshot']:.1f} s = {floor_total:.1f} s",
+                flush=True,
+            )
             runs = incremental_rounds(target, config_path)
             for i, inc in enumerate(runs, 1):
-                print(f"  incremental {i}: {inc['changed']:,} orders changed, {inc['orders recomputed']:,} recomputed "
-                      f"in {inc['total']:.2f} s, peak RSS {inc['peak_rss_mb']:.0f} MB", flush=True)
+                print(
+                    f"  incremental {i}: {inc['changed']:,} orders changed, {inc['orders recomputed']:,} recomputed "
+                    f"in {inc['total']:.2f} s, peak RSS {inc['peak_rss_mb']:.0f} MB",
+                    flush=True,
+                )
             # After the incremental rounds: its bulk writes would leave them a colder cache than a rebuild does.
             required = run_child("required", config_path)
             required_total = floor_total + sum(v for k, v in required.items() if k.startswith(("write", "copy")))
-            print("  required writes, bare: " + ", ".join(f"{k} {required[k]:.1f} s" for k in
-                  ("write raw rows", "write unified rows", "copy timeline")) +
-                  f"; with the floor {required_total:.1f} s = {required_total / floor_total:.2f}× the floor", flush=True)
+            print(
+                "  required writes, bare: "
+                + ", ".join(
+                    f"{k} {required[k]:.1f} s" for k in ("write raw rows", "write unified rows", "copy timeline")
+                )
+                + f"; with the floor {required_total:.1f} s = {required_total / floor_total:.2f}× the floor",
+                flush=True,
+            )
             seconds = [inc["total"] for inc in runs]
-            rows.append((orders, kind, full["total"], full["peak_rss_mb"], floor_total, full["total"] / floor_total,
-                         required_total, runs[0]["changed"], seconds[0], statistics.median(seconds),
-                         max(inc["peak_rss_mb"] for inc in runs)))
-    print("\n| orders | warehouse | full rebuild s | peak RSS MB | I/O floor s | rebuild / floor |"
-          " floor + required writes s | rebuild / that |"
-          f" changed orders | incremental s, first | median of {INCREMENTAL_ROUNDS} | incr. peak RSS MB |")
+            rows.append(
+                (
+                    orders,
+                    kind,
+                    full["total"],
+                    full["peak_rss_mb"],
+                    floor_total,
+                    full["total"] / floor_total,
+                    required_total,
+                    runs[0]["changed"],
+                    seconds[0],
+                    statistics.median(seconds),
+                    max(inc["peak_rss_mb"] for inc in runs),
+                )
+            )
+    print(
+        "\n| orders | warehouse | full rebuild s | peak RSS MB | I/O floor s | rebuild / floor |"
+        " floor + required writes s | rebuild / that |"
+        f" changed orders | incremental s, first | median of {INCREMENTAL_ROUNDS} | incr. peak RSS MB |"
+    )
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r[0]:,} | {r[1]} | {r[2]:.1f} | {r[3]:.0f} | {r[4]:.1f} | {r[5]:.2f}× | {r[6]:.1f} | {r[2] / r[6]:.2f}× |"
-              f" {r[7]:,} | {r[8]:.2f} | {r[9]:.2f} | {r[10]:.0f} |")
+        print(
+            f"| {r[0]:,} | {r[1]} | {r[2]:.1f} | {r[3]:.0f} | {r[4]:.1f} | {r[5]:.2f}× | {r[6]:.1f} | {r[2] / r[6]:.2f}× |"
+            f" {r[7]:,} | {r[8]:.2f} | {r[9]:.2f} | {r[10]:.0f} |"
+        )
 
 
 if __name__ == "__main__":

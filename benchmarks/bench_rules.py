@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +29,14 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from order_pipeline.alerts.evaluation import Alerting  # noqa: E402
-from order_pipeline.contract.config import CarrierConfig, Config, Secret  # noqa: E402
-from order_pipeline.alerts.rules import default_rules, evaluate  # noqa: E402
-from order_pipeline.contract.schema import RAW_TABLES, order_tracking_snapshot  # noqa: E402
-from order_pipeline.domain.stages import NEXT_OWNER, STAGE_LABELS  # noqa: E402
-from order_pipeline.warehouse.engine import Warehouse, insert_frame, set_state  # noqa: E402
+from order_pipeline.alerts.evaluation import Alerting
+from order_pipeline.alerts.rules import default_rules, evaluate
+from order_pipeline.contract.config import CarrierConfig, Config, Secret
+from order_pipeline.contract.schema import RAW_TABLES, order_tracking_snapshot
+from order_pipeline.domain.stages import NEXT_OWNER, STAGE_LABELS
+from order_pipeline.warehouse.engine import Warehouse, insert_frame, set_state
 
-NOW = datetime(2026, 11, 25, 2, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
 TZ = "Asia/Shanghai"
 PG_ADMIN = os.environ.get("ORDER_PIPELINE_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 STAGES = np.array(["ordered", "paid", "locked", "shipped", "in_transit", "delivered", "exception", "cancelled"])
@@ -53,13 +53,18 @@ def synthetic(n: int, seed: int = 7) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
     rank = pd.Series(stage).map({s: i for i, s in enumerate(STAGES)}).to_numpy()
     hours = lambda lo, hi: (rng.uniform(lo, hi, n) * 3600).astype("timedelta64[s]")  # noqa: E731
     # Each stage's orders are as old as orders in that stage usually are.
-    age = np.select([stage == "ordered", stage == "paid", stage == "locked", stage == "shipped"],
-                    [hours(0, 3), hours(0.5, 4), hours(1, 24), hours(2, 30)], hours(24, 30 * 24))
+    age = np.select(
+        [stage == "ordered", stage == "paid", stage == "locked", stage == "shipped"],
+        [hours(0, 3), hours(0.5, 4), hours(1, 24), hours(2, 30)],
+        hours(24, 30 * 24),
+    )
     ordered_at = now - age
     paid_at = np.where(rank >= 1, ordered_at + hours(0.02, 1.5), np.datetime64("NaT"))
     paid_at = np.where(stage == "paid", now - hours(0, 2.5), paid_at)  # a fifth waits longer than 2 h
     paid_at = np.where(stage == "cancelled", np.datetime64("NaT"), paid_at)
-    locked_at = np.where((rank >= 2) & (stage != "cancelled"), np.minimum(paid_at + hours(0.05, 1), now), np.datetime64("NaT"))
+    locked_at = np.where(
+        (rank >= 2) & (stage != "cancelled"), np.minimum(paid_at + hours(0.05, 1), now), np.datetime64("NaT")
+    )
     shipped = (rank >= 3) & (stage != "cancelled")
     shipped_at = np.where(shipped, np.minimum(locked_at + hours(1, 20), now), np.datetime64("NaT"))
     moving = np.isin(stage, ["in_transit", "delivered", "exception"])
@@ -71,42 +76,79 @@ def synthetic(n: int, seed: int = 7) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
     delivered_at = np.where(stage == "delivered", latest, np.datetime64("NaT"))
     promised = (ordered_at + rng.integers(1, 4, n).astype("timedelta64[D]")).astype("datetime64[D]")
     promised = np.where(rng.random(n) < 0.3, promised, np.datetime64("NaT"))
-    waiting = np.select([stage == "paid", stage == "locked", stage == "shipped", moving],
-                        [paid_at, locked_at, shipped_at, latest], ordered_at)
+    waiting = np.select(
+        [stage == "paid", stage == "locked", stage == "shipped", moving],
+        [paid_at, locked_at, shipped_at, latest],
+        ordered_at,
+    )
     order_no = np.strings.add("SO", (10_000_000 + np.arange(n)).astype(str))
     utc = lambda a: pd.to_datetime(a).tz_localize("UTC")  # noqa: E731
-    snapshot = pd.DataFrame({
-        "order_no": order_no, "stage": stage, "stage_label": pd.Series(stage).map(STAGE_LABELS).to_numpy(),
-        "status": np.where(stage == "cancelled", "cancelled", "open"),
-        "customer_name": "张三", "customer_phone": "13812345678", "phone_tail": "5678",
-        "amount": rng.uniform(20, 2000, n).round(2), "ordered_at": utc(ordered_at), "paid_at": utc(paid_at),
-        "locked_at": utc(locked_at), "shipped_at": utc(shipped_at), "delivered_at": utc(delivered_at),
-        "latest_event_at": utc(latest), "promised_date": pd.to_datetime(promised),
-        "parcel_count": shipped.astype(np.int64), "parcels_signed": (stage == "delivered").astype(np.int64),
-        "out_for_delivery": False, "waybill_nos": np.where(shipped, np.strings.add("YT", order_no), None),
-        "responsible_role": pd.Series(stage).map(NEXT_OWNER).to_numpy(), "waiting_since": utc(waiting),
-        "published_at": pd.Timestamp(NOW),
-    })
+    snapshot = pd.DataFrame(
+        {
+            "order_no": order_no,
+            "stage": stage,
+            "stage_label": pd.Series(stage).map(STAGE_LABELS).to_numpy(),
+            "status": np.where(stage == "cancelled", "cancelled", "open"),
+            "customer_name": "张三",
+            "customer_phone": "13812345678",
+            "phone_tail": "5678",
+            "amount": rng.uniform(20, 2000, n).round(2),
+            "ordered_at": utc(ordered_at),
+            "paid_at": utc(paid_at),
+            "locked_at": utc(locked_at),
+            "shipped_at": utc(shipped_at),
+            "delivered_at": utc(delivered_at),
+            "latest_event_at": utc(latest),
+            "promised_date": pd.to_datetime(promised),
+            "parcel_count": shipped.astype(np.int64),
+            "parcels_signed": (stage == "delivered").astype(np.int64),
+            "out_for_delivery": False,
+            "waybill_nos": np.where(shipped, np.strings.add("YT", order_no), None),
+            "responsible_role": pd.Series(stage).map(NEXT_OWNER).to_numpy(),
+            "waiting_since": utc(waiting),
+            "published_at": pd.Timestamp(NOW),
+        }
+    )
     n_skus = 5000
     per_order = rng.choice([1, 2, 3], n, p=[0.6, 0.3, 0.1])
     line_order = np.repeat(np.arange(n), per_order)
     line_no = np.arange(len(line_order)) - np.repeat(np.cumsum(per_order) - per_order, per_order)
     sku = (rng.integers(0, n_skus, n)[line_order] + line_no * 7) % n_skus
     sku_code = np.strings.add("M", (100_000 + np.arange(n_skus)).astype(str))
-    lines = pd.DataFrame({"order_no": order_no[line_order], "sku": sku_code[sku],
-                          "qty": rng.integers(1, 4, len(line_order)).astype(float), "_batch": 1})
+    lines = pd.DataFrame(
+        {
+            "order_no": order_no[line_order],
+            "sku": sku_code[sku],
+            "qty": rng.integers(1, 4, len(line_order)).astype(float),
+            "_batch": 1,
+        }
+    )
     on_hand = rng.integers(0, 1200, n_skus).astype(float)
     reserved = np.minimum(on_hand, rng.integers(0, 60, n_skus)).astype(float)
     safety = rng.integers(5, 80, n_skus).astype(float)
-    inventory = pd.DataFrame({"sku": sku_code, "on_hand": on_hand, "reserved": reserved, "safety_stock": safety,
-                              "updated_at": pd.Timestamp(NOW), "_batch": 1})
-    locked_lines = (stage[line_order] == "locked")
-    reservations = pd.DataFrame({
-        "reservation_id": np.strings.add("LK", np.arange(int(locked_lines.sum())).astype(str)),
-        "order_no": order_no[line_order][locked_lines], "sku": sku_code[sku][locked_lines],
-        "qty": lines["qty"].to_numpy()[locked_lines], "status": "locked",
-        "locked_at": pd.Timestamp(NOW), "updated_at": pd.Timestamp(NOW), "_batch": 1,
-    })
+    inventory = pd.DataFrame(
+        {
+            "sku": sku_code,
+            "on_hand": on_hand,
+            "reserved": reserved,
+            "safety_stock": safety,
+            "updated_at": pd.Timestamp(NOW),
+            "_batch": 1,
+        }
+    )
+    locked_lines = stage[line_order] == "locked"
+    reservations = pd.DataFrame(
+        {
+            "reservation_id": np.strings.add("LK", np.arange(int(locked_lines.sum())).astype(str)),
+            "order_no": order_no[line_order][locked_lines],
+            "sku": sku_code[sku][locked_lines],
+            "qty": lines["qty"].to_numpy()[locked_lines],
+            "status": "locked",
+            "locked_at": pd.Timestamp(NOW),
+            "updated_at": pd.Timestamp(NOW),
+            "_batch": 1,
+        }
+    )
     return snapshot, lines, inventory, reservations
 
 
@@ -114,10 +156,14 @@ def load(engine: sa.Engine, n: int) -> float:
     started = time.perf_counter()
     snapshot, lines, inventory, reservations = synthetic(n)
     with engine.begin() as conn:
-        for table, frame in ((order_tracking_snapshot, snapshot), (RAW_TABLES["order_lines"], lines),
-                             (RAW_TABLES["inventory"], inventory), (RAW_TABLES["reservations"], reservations)):
+        for table, frame in (
+            (order_tracking_snapshot, snapshot),
+            (RAW_TABLES["order_lines"], lines),
+            (RAW_TABLES["inventory"], inventory),
+            (RAW_TABLES["reservations"], reservations),
+        ):
             for i in range(0, len(frame), CHUNK):
-                insert_frame(conn, table, frame.iloc[i:i + CHUNK])
+                insert_frame(conn, table, frame.iloc[i : i + CHUNK])
         set_state(conn, "published_batch", "1", NOW)
     if engine.dialect.name == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -161,8 +207,10 @@ def bench(name: str, url: str, n: int) -> None:
     dispatcher = Dispatcher(engine, build_channels(alerting.settings, engine))
     started = time.perf_counter()
     drained = dispatcher.drain(NOW)
-    print(f"  first drain (outbox, digests)       {time.perf_counter() - started:8.3f} s   "
-          f"{len(drained.sent):>7,} messages for {drained.delivered:,} alerts")
+    print(
+        f"  first drain (outbox, digests)       {time.perf_counter() - started:8.3f} s   "
+        f"{len(drained.sent):>7,} messages for {drained.delivered:,} alerts"
+    )
     started = time.perf_counter()
     alerting.evaluate(NOW + timedelta(minutes=1))
     print(f"  evaluate + ledger, steady state     {time.perf_counter() - started:8.3f} s")
@@ -183,14 +231,19 @@ def idle_tick(alerting: Alerting, config: Config, url: str) -> None:
     with dg.instance_for_test() as instance:
         for i in range(12):
             now = NOW + timedelta(seconds=10 + i)
-            ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources={
-                "warehouse": WarehouseResource(url=url), "clock": PipelineClock(now_iso=now.isoformat())})
+            ctx = dg.build_sensor_context(
+                instance=instance,
+                cursor=cursor,
+                resources={"warehouse": WarehouseResource(url=url), "clock": PipelineClock(now_iso=now.isoformat())},
+            )
             started = time.perf_counter()
             data = sensor.evaluate_tick(ctx)
             times.append(time.perf_counter() - started)
             assert data.skip_message.startswith("snapshot unchanged"), data.skip_message
-    print(f"  idle alert-sensor tick              {statistics.median(times[2:]) * 1000:8.1f} ms (median; "
-          f"first {times[0] * 1000:.0f} ms builds the runtime)")
+    print(
+        f"  idle alert-sensor tick              {statistics.median(times[2:]) * 1000:8.1f} ms (median; "
+        f"first {times[0] * 1000:.0f} ms builds the runtime)"
+    )
 
 
 def main() -> None:
@@ -213,8 +266,11 @@ def main() -> None:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
         try:
-            bench("PostgreSQL", sa.engine.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False),
-                  args.orders)
+            bench(
+                "PostgreSQL",
+                sa.engine.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False),
+                args.orders,
+            )
         finally:
             from sensors import runtime
 

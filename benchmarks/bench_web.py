@@ -42,7 +42,7 @@ import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -57,12 +57,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_rules import PG_ADMIN, synthetic
 
 from order_pipeline.contract.canonical import SOURCE_ENTITIES
-from order_pipeline.pipeline.publish import STAGE_TIMES
-from order_pipeline.contract.schema import order_tracking_events, order_tracking_parcels, order_tracking_snapshot, tracking_access_log
-from order_pipeline.warehouse.engine import Warehouse, insert_frame
-from order_pipeline.web.security.audit import FLUSH_SECONDS
+from order_pipeline.contract.schema import (
+    order_tracking_events,
+    order_tracking_parcels,
+    order_tracking_snapshot,
+    tracking_access_log,
+)
 from order_pipeline.domain.links import make_token
 from order_pipeline.domain.passwords import hash_password
+from order_pipeline.pipeline.publish import STAGE_TIMES
+from order_pipeline.warehouse.engine import Warehouse, insert_frame
+from order_pipeline.web.security.audit import FLUSH_SECONDS
 
 DB_NAME = "order_pipeline_bench_web"
 CHUNK = 100_000
@@ -75,15 +80,66 @@ SEARCH_KINDS = ("search order no", "search waybill", "search phone tail", "searc
 # -- synthetic published tables --------------------------------------------------------------
 
 SURNAMES = list("张王李赵刘陈杨黄吴周徐孙马朱胡郭何高林罗郑梁谢宋唐")
-GIVEN = ["伟", "芳", "娜", "敏", "静", "丽", "强", "磊", "军", "洋", "勇", "艳", "杰", "娟", "涛", "明", "超", "秀英",
-         "桂英", "建华", "志强", "晓燕", "浩然", "子涵"]
+GIVEN = [
+    "伟",
+    "芳",
+    "娜",
+    "敏",
+    "静",
+    "丽",
+    "强",
+    "磊",
+    "军",
+    "洋",
+    "勇",
+    "艳",
+    "杰",
+    "娟",
+    "涛",
+    "明",
+    "超",
+    "秀英",
+    "桂英",
+    "建华",
+    "志强",
+    "晓燕",
+    "浩然",
+    "子涵",
+]
 # (province + city, district) pairs; the customer page cuts the address after the district.
-PLACES = [("广东省深圳市", "南山区"), ("广东省广州市", "天河区"), ("浙江省杭州市", "西湖区"), ("江苏省南京市", "鼓楼区"),
-          ("四川省成都市", "武侯区"), ("湖北省武汉市", "洪山区"), ("北京市", "朝阳区"), ("上海市", "浦东新区"),
-          ("陕西省西安市", "雁塔区"), ("山东省济南市", "历下区"), ("福建省厦门市", "思明区"), ("河南省郑州市", "金水区")]
+PLACES = [
+    ("广东省深圳市", "南山区"),
+    ("广东省广州市", "天河区"),
+    ("浙江省杭州市", "西湖区"),
+    ("江苏省南京市", "鼓楼区"),
+    ("四川省成都市", "武侯区"),
+    ("湖北省武汉市", "洪山区"),
+    ("北京市", "朝阳区"),
+    ("上海市", "浦东新区"),
+    ("陕西省西安市", "雁塔区"),
+    ("山东省济南市", "历下区"),
+    ("福建省厦门市", "思明区"),
+    ("河南省郑州市", "金水区"),
+]
 STREETS = ["科技园路", "人民路", "建设大道", "中山路", "解放路", "文化路", "长江路", "学府路"]
 HUBS = ["广州转运中心", "深圳转运中心", "杭州转运中心", "上海转运中心", "武汉转运中心", "成都转运中心", "北京转运中心"]
-MOBILE_PREFIXES = ["138", "139", "135", "136", "137", "150", "151", "152", "158", "159", "186", "187", "188", "177", "199"]
+MOBILE_PREFIXES = [
+    "138",
+    "139",
+    "135",
+    "136",
+    "137",
+    "150",
+    "151",
+    "152",
+    "158",
+    "159",
+    "186",
+    "187",
+    "188",
+    "177",
+    "199",
+]
 CARRIERS = {"zhongtong": "ZT", "yuantong": "YT", "yunda": "YD", "shunfeng": "SF", "jd": "JD"}
 
 
@@ -107,13 +163,23 @@ def customers(rng: np.random.Generator, n: int) -> pd.DataFrame:
     def number(lo: int, hi: int) -> np.ndarray:
         return rng.integers(lo, hi, n).astype(str)
 
-    return pd.DataFrame({
-        "customer_phone": mobiles(rng, n),
-        "customer_name": cat(pick(rng, SURNAMES, n), pick(rng, GIVEN, n)),
-        "ship_address": cat(np.array([p + d for p, d in PLACES])[place], pick(rng, STREETS, n),
-                            number(1, 300), "号", number(1, 20), "栋", number(101, 2999), "室"),
-        "_city": np.array([p[-3:] for p, _ in PLACES])[place],
-    })
+    return pd.DataFrame(
+        {
+            "customer_phone": mobiles(rng, n),
+            "customer_name": cat(pick(rng, SURNAMES, n), pick(rng, GIVEN, n)),
+            "ship_address": cat(
+                np.array([p + d for p, d in PLACES])[place],
+                pick(rng, STREETS, n),
+                number(1, 300),
+                "号",
+                number(1, 20),
+                "栋",
+                number(101, 2999),
+                "室",
+            ),
+            "_city": np.array([p[-3:] for p, _ in PLACES])[place],
+        }
+    )
 
 
 def snapshot_frame(n: int, seed: int = 11) -> pd.DataFrame:
@@ -132,23 +198,32 @@ def snapshot_frame(n: int, seed: int = 11) -> pd.DataFrame:
     out = (stage == "in_transit") & (rng.random(n) < 0.2)
     carrier = pick(rng, list(CARRIERS), n)
     snap["_carrier"] = carrier
-    snap["waybill_nos"] = np.where(shipped, cat(pd.Series(carrier).map(CARRIERS).to_numpy(dtype=str),
-                                                (730_000_000_000 + np.arange(n)).astype(str)), None)
+    snap["waybill_nos"] = np.where(
+        shipped,
+        cat(pd.Series(carrier).map(CARRIERS).to_numpy(dtype=str), (730_000_000_000 + np.arange(n)).astype(str)),
+        None,
+    )
     snap["carrier_codes"] = np.where(shipped, carrier, None)
     # Picked up a few hours after shipping, never after the latest carrier event.
     pickup = np.minimum(snap["shipped_at"] + pd.to_timedelta(rng.uniform(1, 8, n), unit="h"), snap["latest_event_at"])
     snap["in_transit_at"] = pickup.where(moving)
     snap["eta"] = (snap["shipped_at"] + pd.Timedelta(days=3)).where(np.isin(stage, ["shipped", "in_transit"]))
     snap["out_for_delivery"] = out
-    snap["carrier_state"] = pd.Series(np.select([stage == "delivered", out, stage == "exception"], [3, 5, 2], 0),
-                                      dtype="Int64").where(moving)  # Kuaidi100 states
+    snap["carrier_state"] = pd.Series(
+        np.select([stage == "delivered", out, stage == "exception"], [3, 5, 2], 0), dtype="Int64"
+    ).where(moving)  # Kuaidi100 states
     # The latest event; courier numbers in it are what the page must mask.
     city = snap["_city"].to_numpy(dtype=str)
     courier = cat("快递员 ", pick(rng, SURNAMES, n), "师傅（", mobiles(rng, n), "）")
-    latest = np.select([stage == "delivered", out, stage == "exception"],
-                       [cat("快件已签收，签收人：本人。如有疑问请联系", courier), cat("【", city, "】", courier, "正在为您派送"),
-                        np.full(n, "收件人电话无人接听，快件滞留在派送网点，将再次派送")],
-                       cat("快件已到达【", city, "转运中心】"))
+    latest = np.select(
+        [stage == "delivered", out, stage == "exception"],
+        [
+            cat("快件已签收，签收人：本人。如有疑问请联系", courier),
+            cat("【", city, "】", courier, "正在为您派送"),
+            np.full(n, "收件人电话无人接听，快件滞留在派送网点，将再次派送"),
+        ],
+        cat("快件已到达【", city, "转运中心】"),
+    )
     snap["latest_event_context"] = np.where(moving, latest, None)
     snap["latest_event_area"] = np.where(moving, city, None)
     snap["exception_reason"] = np.where(stage == "exception", "收件人电话 13912345678 无人接听，派送失败", None)
@@ -159,19 +234,31 @@ def snapshot_frame(n: int, seed: int = 11) -> pd.DataFrame:
 
 def parcels_frame(snap: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     s = snap[snap["waybill_nos"].notna()].reset_index(drop=True)
-    return pd.DataFrame({
-        "waybill_no": s["waybill_nos"], "order_no": s["order_no"], "carrier_code": s["_carrier"],
-        "weight_kg": rng.uniform(0.2, 8, len(s)).round(2), "shipped_at": s["shipped_at"],
-        "carrier_state": s["carrier_state"], "is_signed": s["stage"] == "delivered",
-        "signer": s["stage"].map({"delivered": "本人"}), "signed_at": s["delivered_at"],
-        "latest_event_at": s["latest_event_at"], "latest_event_context": s["latest_event_context"],
-    })
+    return pd.DataFrame(
+        {
+            "waybill_no": s["waybill_nos"],
+            "order_no": s["order_no"],
+            "carrier_code": s["_carrier"],
+            "weight_kg": rng.uniform(0.2, 8, len(s)).round(2),
+            "shipped_at": s["shipped_at"],
+            "carrier_state": s["carrier_state"],
+            "is_signed": s["stage"] == "delivered",
+            "signer": s["stage"].map({"delivered": "本人"}),
+            "signed_at": s["delivered_at"],
+            "latest_event_at": s["latest_event_at"],
+            "latest_event_context": s["latest_event_context"],
+        }
+    )
 
 
 def events_frame(snap: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     """The timeline the publisher writes: one stage row per stage reached, then the carrier events."""
-    stage_rows = pd.concat([pd.DataFrame({"order_no": snap["order_no"], "event_at": snap[col], "kind": "stage", "stage": code})
-                            for code, col in STAGE_TIMES]).dropna(subset=["event_at"])
+    stage_rows = pd.concat(
+        [
+            pd.DataFrame({"order_no": snap["order_no"], "event_at": snap[col], "kind": "stage", "stage": code})
+            for code, col in STAGE_TIMES
+        ]
+    ).dropna(subset=["event_at"])
 
     s = snap[snap["_events"] > 0]
     k = s["_events"].to_numpy()
@@ -181,15 +268,25 @@ def events_frame(snap: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     first = s["in_transit_at"].dt.tz_convert(None).to_numpy()[row]  # naive UTC, as insert_frame takes it
     last = s["latest_event_at"].dt.tz_convert(None).to_numpy()[row]
     hub = pick(rng, HUBS, len(row))
-    context = np.select([pos == 0, is_last, pos % 2 == 1],
-                        [np.full(len(row), "快件已揽收"), s["latest_event_context"].to_numpy(dtype=str)[row],
-                         cat("快件已到达【", hub, "】")],
-                        cat("快件已从【", hub, "】发出"))
-    carrier_rows = pd.DataFrame({
-        "order_no": s["order_no"].to_numpy()[row], "kind": "carrier", "waybill_no": s["waybill_nos"].to_numpy()[row],
-        "event_at": first + (last - first) * (pos / (k[row] - 1)),  # evenly spread from pick-up to the latest event
-        "context": context, "area": np.where(is_last, s["_city"].to_numpy(dtype=str)[row], np.strings.slice(hub, 0, 2)),
-    })
+    context = np.select(
+        [pos == 0, is_last, pos % 2 == 1],
+        [
+            np.full(len(row), "快件已揽收"),
+            s["latest_event_context"].to_numpy(dtype=str)[row],
+            cat("快件已到达【", hub, "】"),
+        ],
+        cat("快件已从【", hub, "】发出"),
+    )
+    carrier_rows = pd.DataFrame(
+        {
+            "order_no": s["order_no"].to_numpy()[row],
+            "kind": "carrier",
+            "waybill_no": s["waybill_nos"].to_numpy()[row],
+            "event_at": first + (last - first) * (pos / (k[row] - 1)),  # evenly spread from pick-up to the latest event
+            "context": context,
+            "area": np.where(is_last, s["_city"].to_numpy(dtype=str)[row], np.strings.slice(hub, 0, 2)),
+        }
+    )
     return pd.concat([stage_rows, carrier_rows], ignore_index=True)
 
 
@@ -202,9 +299,12 @@ def load_database(url: str, n: int) -> dict[str, int]:
     counts = Counter()
     with wh.engine.begin() as conn:
         for i in range(0, n, CHUNK):
-            part = snap.iloc[i:i + CHUNK]
-            for table, frame in ((order_tracking_snapshot, part), (order_tracking_parcels, parcels_frame(part, rng)),
-                                 (order_tracking_events, events_frame(part, rng))):
+            part = snap.iloc[i : i + CHUNK]
+            for table, frame in (
+                (order_tracking_snapshot, part),
+                (order_tracking_parcels, parcels_frame(part, rng)),
+                (order_tracking_events, events_frame(part, rng)),
+            ):
                 counts[table.name] += insert_frame(conn, table, frame)
     with wh.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql("VACUUM ANALYZE")  # the steady state: visibility map set, statistics current
@@ -216,22 +316,34 @@ def sample_targets(url: str, secret: bytes, count: int) -> tuple[list, list]:
     """(customer page paths, board requests) for random orders, read back from the database."""
     engine = sa.create_engine(url)
     with engine.connect() as conn:
-        rows = conn.exec_driver_sql("SELECT order_no, customer_phone, phone_tail, waybill_nos FROM order_tracking_snapshot "
-                                    f"ORDER BY random() LIMIT {int(count)}").all()
+        rows = conn.exec_driver_sql(
+            "SELECT order_no, customer_phone, phone_tail, waybill_nos FROM order_tracking_snapshot "
+            f"ORDER BY random() LIMIT {int(count)}"
+        ).all()
     engine.dispose()
-    expires = datetime.now(timezone.utc) + timedelta(days=7)
-    customer = [("customer page", f"/order/{r.order_no}?t={make_token(r.order_no, expires, secret)}"
-                 + ("&lang=en" if i % 5 == 0 else "")) for i, r in enumerate(rows)]
+    expires = datetime.now(UTC) + timedelta(days=7)
+    customer = [
+        (
+            "customer page",
+            f"/order/{r.order_no}?t={make_token(r.order_no, expires, secret)}" + ("&lang=en" if i % 5 == 0 else ""),
+        )
+        for i, r in enumerate(rows)
+    ]
     board = []
     for r in rows[:2000]:
-        board += [("search order no", f"/ops/search?q={r.order_no}"), ("search phone tail", f"/ops/search?q={r.phone_tail}"),
-                  ("search phone", f"/ops/search?q={r.customer_phone}"), ("staff order view", f"/ops/order/{r.order_no}")]
+        board += [
+            ("search order no", f"/ops/search?q={r.order_no}"),
+            ("search phone tail", f"/ops/search?q={r.phone_tail}"),
+            ("search phone", f"/ops/search?q={r.customer_phone}"),
+            ("staff order view", f"/ops/order/{r.order_no}"),
+        ]
         if r.waybill_nos:
             board.append(("search waybill", f"/ops/search?q={r.waybill_nos}"))
     return customer, board
 
 
 # -- the server under test -------------------------------------------------------------------
+
 
 @dataclass
 class Setup:
@@ -255,10 +367,16 @@ def write_config(folder: Path, url: str) -> Setup:
         "timezone": "Asia/Shanghai",
         "data_dir": str(folder / "data"),
         "warehouse": {"url": url},
-        "sources": {name: {"url": f"sqlite:///{sources_db}", "table": name, "columns": {c: c for c in e.required_columns}}
-                    for name, e in SOURCE_ENTITIES.items() if not e.optional},
-        "web": {"link_secret_file": "link.key", "rate_limits": RATE_LIMITS,
-                "staff": [{"username": username, "password_hash": hash_password(password)}]},
+        "sources": {
+            name: {"url": f"sqlite:///{sources_db}", "table": name, "columns": {c: c for c in e.required_columns}}
+            for name, e in SOURCE_ENTITIES.items()
+            if not e.optional
+        },
+        "web": {
+            "link_secret_file": "link.key",
+            "rate_limits": RATE_LIMITS,
+            "staff": [{"username": username, "password_hash": hash_password(password)}],
+        },
     }
     config = folder / "order_pipeline.yaml"
     config.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
@@ -272,14 +390,24 @@ def free_port() -> int:
 
 
 def start_server(setup: Setup, port: int) -> subprocess.Popen:
-    cmd = [str(Path(sys.executable).parent / "order-pipeline"), "serve", "--config", str(setup.config),
-           "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        str(Path(sys.executable).parent / "order-pipeline"),
+        "serve",
+        "--config",
+        str(setup.config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with open(setup.folder / "serve.log", "wb") as log:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=setup.folder)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"order-pipeline serve exited with {proc.returncode}:\n{(setup.folder / 'serve.log').read_text()}")
+            raise SystemExit(
+                f"order-pipeline serve exited with {proc.returncode}:\n{(setup.folder / 'serve.log').read_text()}"
+            )
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                 return proc
@@ -295,8 +423,9 @@ def staff_cookie(base: str, setup: Setup) -> str:
     with httpx.Client(base_url=base) as client:
         page = client.get("/ops/login")
         csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
-        answer = client.post("/ops/login", data={"username": setup.username, "password": setup.password, "csrf": csrf,
-                                                 "next": "/ops/"})
+        answer = client.post(
+            "/ops/login", data={"username": setup.username, "password": setup.password, "csrf": csrf, "next": "/ops/"}
+        )
         if answer.status_code != 303 or "ops_session" not in client.cookies:
             raise SystemExit(f"staff login failed: {answer.status_code}")
         return f"ops_session={client.cookies['ops_session']}"
@@ -315,6 +444,7 @@ def host_busy() -> tuple[float, float]:
 
 
 # -- the load generator (runs in its own process) --------------------------------------------
+
 
 @dataclass
 class Phase:
@@ -414,7 +544,7 @@ async def drive(phase: Phase, port: int, seed: int) -> Outcome:
         except Dropped:
             out.dropped += 1
             return
-        except Exception:  # noqa: BLE001 - refused, reset, timed out or garbled: counted, the schedule goes on
+        except Exception:
             out.errors += 1
             return
         done = time.perf_counter()
@@ -452,6 +582,7 @@ def run_phase(phase: Phase, port: int, seed: int) -> Outcome:
 
 # -- running the phases and reporting --------------------------------------------------------
 
+
 @dataclass
 class Row:
     phase: Phase
@@ -482,8 +613,11 @@ class Row:
         return (self.bad + self.out.errors + self.out.dropped) / max(1, sent)
 
     def sustained(self) -> bool:
-        return (self.achieved >= SUSTAINED["achieved"] * self.phase.rate and self.ms(99) <= SUSTAINED["p99_ms"]
-                and self.error_share < SUSTAINED["errors"])
+        return (
+            self.achieved >= SUSTAINED["achieved"] * self.phase.rate
+            and self.ms(99) <= SUSTAINED["p99_ms"]
+            and self.error_share < SUSTAINED["errors"]
+        )
 
 
 class Bench:
@@ -504,23 +638,30 @@ class Bench:
         return row
 
 
-HEADER = (f"{'phase':<26}{'offered/s':>10}{'achieved/s':>11}{'answered':>9}{'>=400':>6}{'err':>5}{'drop':>6}"
-          f"{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}{'max ms':>8}{'server':>8}{'host':>6}{'client':>7}")
+HEADER = (
+    f"{'phase':<26}{'offered/s':>10}{'achieved/s':>11}{'answered':>9}{'>=400':>6}{'err':>5}{'drop':>6}"
+    f"{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}{'max ms':>8}{'server':>8}{'host':>6}{'client':>7}"
+)
 
 
 def print_row(row: Row) -> None:
     o = row.out
-    print(f"{row.phase.name:<26}{row.phase.rate:>10.0f}{row.achieved:>11.1f}{row.answered:>9}{row.bad:>6}"
-          f"{o.errors:>5}{o.dropped:>6}{row.ms(50):>8.1f}{row.ms(90):>8.1f}{row.ms(99):>8.1f}{row.ms(100):>8.1f}"
-          f"{row.server_cpu:>7.0%}{row.host_cpu:>6.0%}{o.client_cpu / o.elapsed:>7.0%}", flush=True)
+    print(
+        f"{row.phase.name:<26}{row.phase.rate:>10.0f}{row.achieved:>11.1f}{row.answered:>9}{row.bad:>6}"
+        f"{o.errors:>5}{o.dropped:>6}{row.ms(50):>8.1f}{row.ms(90):>8.1f}{row.ms(99):>8.1f}{row.ms(100):>8.1f}"
+        f"{row.server_cpu:>7.0%}{row.host_cpu:>6.0%}{o.client_cpu / o.elapsed:>7.0%}",
+        flush=True,
+    )
 
 
 def print_kinds(row: Row) -> None:
     groups = [(label, (label,)) for label in sorted(row.out.latencies)] + [("all searches", SEARCH_KINDS)]
     for name, labels in groups:
         n = sum(len(row.out.latencies.get(label, ())) for label in labels)
-        print(f"  {name:<24}{n:>7} answered   p50 {row.ms(50, labels):6.1f} ms   p90 {row.ms(90, labels):6.1f} ms"
-              f"   p99 {row.ms(99, labels):6.1f} ms   max {row.ms(100, labels):6.1f} ms")
+        print(
+            f"  {name:<24}{n:>7} answered   p50 {row.ms(50, labels):6.1f} ms   p90 {row.ms(90, labels):6.1f} ms"
+            f"   p99 {row.ms(99, labels):6.1f} ms   max {row.ms(100, labels):6.1f} ms"
+        )
 
 
 def sanity(base: str, customer: list, cookie: str, board: list) -> None:
@@ -532,9 +673,14 @@ def sanity(base: str, customer: list, cookie: str, board: list) -> None:
             break
     tail = next(path for label, path in board if label == "search phone tail")
     phone = next(path for label, path in board if label == "search phone")
-    found = [re.search(r"：(\d+) 个订单", httpx.get(base + p, headers={"Cookie": cookie}).text).group(1) for p in (tail, phone)]
-    print(f"sanity: customer page 200, {len(page.content):,} bytes, {events} carrier events; "
-          f"phone tail {tail[-4:]} -> {found[0]} rows shown, whole number -> {found[1]} rows")
+    found = [
+        re.search(r"：(\d+) 个订单", httpx.get(base + p, headers={"Cookie": cookie}).text).group(1)
+        for p in (tail, phone)
+    ]
+    print(
+        f"sanity: customer page 200, {len(page.content):,} bytes, {events} carrier events; "
+        f"phone tail {tail[-4:]} -> {found[0]} rows shown, whole number -> {found[1]} rows"
+    )
 
 
 def access_rows(url: str) -> int:
@@ -548,16 +694,20 @@ def access_rows(url: str) -> int:
 def benchmark(url: str, args: argparse.Namespace) -> None:
     started = time.perf_counter()
     counts = load_database(url, args.orders)
-    print(f"data: {counts['order_tracking_snapshot']:,} orders, {counts['order_tracking_parcels']:,} parcels, "
-          f"{counts['order_tracking_events']:,} timeline rows, written in {time.perf_counter() - started:.0f} s")
+    print(
+        f"data: {counts['order_tracking_snapshot']:,} orders, {counts['order_tracking_parcels']:,} parcels, "
+        f"{counts['order_tracking_events']:,} timeline rows, written in {time.perf_counter() - started:.0f} s"
+    )
     with tempfile.TemporaryDirectory(prefix="bench-web-") as tmp:
         setup = write_config(Path(tmp), url)
         customer, board = sample_targets(url, setup.secret, args.sample)
         port = free_port()
         server = start_server(setup, port)
         base = f"http://127.0.0.1:{port}"
-        print(f"server: order-pipeline serve --config {setup.config.name} --port {port} (pid {server.pid}, one uvicorn "
-              f"worker); rate limits raised to {RATE_LIMITS} so that the page, not the limiter, is measured")
+        print(
+            f"server: order-pipeline serve --config {setup.config.name} --port {port} (pid {server.pid}, one uvicorn "
+            f"worker); rate limits raised to {RATE_LIMITS} so that the page, not the limiter, is measured"
+        )
         try:
             cookie = staff_cookie(base, setup)
             sanity(base, customer, cookie, board)
@@ -589,7 +739,11 @@ def run_all(bench: Bench, customer: list, board: list, cookie: str, args: argpar
     print(HEADER)
     misses = 0 if bench.run(Phase("customer page @200/s", 200, args.seconds, customer)).sustained() else 1
     for rate in STEP_RATES:
-        misses = 0 if bench.run(Phase(f"customer page step {rate}", rate, args.step_seconds, customer)).sustained() else misses + 1
+        misses = (
+            0
+            if bench.run(Phase(f"customer page step {rate}", rate, args.step_seconds, customer)).sustained()
+            else misses + 1
+        )
         if misses == 2:  # two in a row: past the limit, not a passing disturbance from other work on the host
             break
     board_row = bench.run(Phase(f"ops board @{args.board_rate}/s", args.board_rate, args.seconds, board, cookie))
@@ -607,10 +761,14 @@ def summary(rows: list[Row]) -> None:
     ok = [r.phase.rate for r in steps if r.sustained()]
     board = rows[-1]
     print("\nsummary")
-    print(f"  customer page at 200/s  p50 {verdict(first.ms(50), TARGETS['customer p50'])}, "
-          f"p99 {verdict(first.ms(99), TARGETS['customer p99'])}, {first.bad + first.out.errors} errors")
-    print(f"  max sustained rate      {max(ok) if ok else 'below 200'} req/s "
-          f"(>= {SUSTAINED['achieved']:.0%} of offered answered, p99 <= {SUSTAINED['p99_ms']:g} ms, < 1 % errors)")
+    print(
+        f"  customer page at 200/s  p50 {verdict(first.ms(50), TARGETS['customer p50'])}, "
+        f"p99 {verdict(first.ms(99), TARGETS['customer p99'])}, {first.bad + first.out.errors} errors"
+    )
+    print(
+        f"  max sustained rate      {max(ok) if ok else 'below 200'} req/s "
+        f"(>= {SUSTAINED['achieved']:.0%} of offered answered, p99 <= {SUSTAINED['p99_ms']:g} ms, < 1 % errors)"
+    )
     print(f"  board search p99        {verdict(board.ms(99, SEARCH_KINDS), TARGETS['search p99'])}")
 
 

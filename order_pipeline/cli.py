@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -17,7 +17,7 @@ from order_pipeline.demo.company import DEMO_KEY, DEMO_KEY_ENV, MIN_DAYS, MIN_OR
 
 def _now(value: str | None) -> datetime:
     if not value:
-        return datetime.now(timezone.utc).replace(microsecond=0)
+        return datetime.now(UTC).replace(microsecond=0)
     try:
         ts = pd.Timestamp(value)
     except ValueError:
@@ -42,8 +42,9 @@ def _run(config: Config, now: datetime | None, full_refresh: bool) -> None:
     from order_pipeline.runner import dagster_instance, run_pipeline
 
     click.echo("Running the pipeline: extract each source, poll the carrier, unify, publish …")
-    outcome = run_pipeline(config, dagster_instance(config), now=now.isoformat() if now else None,
-                           full_refresh=full_refresh, on_step=_step)
+    outcome = run_pipeline(
+        config, dagster_instance(config), now=now.isoformat() if now else None, full_refresh=full_refresh, on_step=_step
+    )
     if not outcome.success:
         raise click.ClickException("the run failed:\n  " + "\n  ".join(outcome.failures))
     click.echo(f"  run {outcome.run_id} succeeded")
@@ -63,15 +64,19 @@ def _dispatch(config: Config, now: datetime, *, show: int = 5) -> None:
         click.echo(f"  {rule.id:<26}{ev.breaching.get(rule.id, 0):>6} now  {rule.title}")
     stale = [f"{a.source} (newest {a.newest.isoformat() if a.newest else 'never'})" for a in ev.sources if a.stale]
     click.echo(f"  {'source_freshness':<26}{len(stale):>6} stale{': ' + ', '.join(stale) if stale else ''}")
-    click.echo(f"  queued {ev.queued} messages, delivered {drained.delivered}, failed {drained.failed}, "
-               f"waiting for a rate limit {drained.waiting}")
+    click.echo(
+        f"  queued {ev.queued} messages, delivered {drained.delivered}, failed {drained.failed}, "
+        f"waiting for a rate limit {drained.waiting}"
+    )
     groups: dict[tuple[str, str], list] = {}
     for sent in drained.sent:
         groups.setdefault((sent.targets, sent.channel), []).append(sent)
     for (targets, channel), items in groups.items():
         ok = sum(s.alerts for s in items if s.ok)
-        click.echo(f"  → {targets or channel} via {channel}: {ok} sent" +
-                   (f", {sum(s.alerts for s in items if not s.ok)} failed" if ok < sum(s.alerts for s in items) else ""))
+        click.echo(
+            f"  → {targets or channel} via {channel}: {ok} sent"
+            + (f", {sum(s.alerts for s in items if not s.ok)} failed" if ok < sum(s.alerts for s in items) else "")
+        )
         for s in items[:show]:
             click.echo(f"      {'✓' if s.ok else '✗'} {s.title}" + (f"  ({s.error})" if s.error else ""))
         if len(items) > show:
@@ -93,8 +98,13 @@ def main() -> None:
     """order-pipeline: one order lifecycle view across ERP, finance, WMS and carrier."""
 
 
-config_option = click.option("--config", "config_path", envvar=CONFIG_ENV, type=click.Path(dir_okay=False),
-                             help=f"Config file (default: ${CONFIG_ENV} or ./order_pipeline.yaml).")
+config_option = click.option(
+    "--config",
+    "config_path",
+    envvar=CONFIG_ENV,
+    type=click.Path(dir_okay=False),
+    help=f"Config file (default: ${CONFIG_ENV} or ./order_pipeline.yaml).",
+)
 now_option = click.option("--now", help="Pin the clock (ISO time; naive means Asia/Shanghai) for a reproducible run.")
 
 
@@ -110,10 +120,13 @@ def demo(target: str, orders: int, days: int, seed: int, now: str | None) -> Non
 
     pinned = _now(now)
     target_path = Path(target).resolve()
-    click.echo(f"Building the demo company in {target_path}: {orders} orders over {days} days, now = {pinned.isoformat()}")
+    click.echo(
+        f"Building the demo company in {target_path}: {orders} orders over {days} days, now = {pinned.isoformat()}"
+    )
     started = time.perf_counter()
-    company = build_demo_company(target_path, orders=orders, days=days, now=pinned, seed=seed,
-                                 progress=lambda msg: click.echo(f"  … {msg}"))
+    company = build_demo_company(
+        target_path, orders=orders, days=days, now=pinned, seed=seed, progress=lambda msg: click.echo(f"  … {msg}")
+    )
     click.echo(f"  ✓ sources written in {time.perf_counter() - started:.1f} s")
     config = _config(str(company.config_path))
     _run(config, pinned, full_refresh=True)
@@ -166,18 +179,26 @@ def alerts(config_path: str | None, now: str | None, show_all: bool, rule_ids: t
     if rule_ids:
         q = q.where(a.c.rule_id.in_(rule_ids))
     with engine.connect() as conn:
-        rows = read_frame(conn, q.order_by(a.c.rule_id, a.c.first_seen, a.c.entity_key),
-                          ["first_seen", "last_seen", "notified_at", "resolved_at"])
+        rows = read_frame(
+            conn,
+            q.order_by(a.c.rule_id, a.c.first_seen, a.c.entity_key),
+            ["first_seen", "last_seen", "notified_at", "resolved_at"],
+        )
     if rows.empty:
         click.echo("No open alerts." if not show_all else "The ledger is empty.")
         return
     at, tz = _now(now), config.timezone
-    click.echo(f"{len(rows)} {'alerts' if show_all else 'open alerts'} ({config.warehouse_url.resolve()}, table order_alerts)")
+    click.echo(
+        f"{len(rows)} {'alerts' if show_all else 'open alerts'} ({config.warehouse_url.resolve()}, table order_alerts)"
+    )
     for rule_id, group in rows.groupby("rule_id", sort=False):
         click.echo(f"\n{rule_id} ({len(group)})")
         for r in group.itertuples(index=False):
-            state = f"resolved {local_time(r.resolved_at, tz)}" if pd.notna(r.resolved_at) else \
-                f"open {waited_text(pd.Timestamp(at) - r.first_seen)}"
+            state = (
+                f"resolved {local_time(r.resolved_at, tz)}"
+                if pd.notna(r.resolved_at)
+                else f"open {waited_text(pd.Timestamp(at) - r.first_seen)}"
+            )
             told = f"notified {local_time(r.notified_at, tz)}" if pd.notna(r.notified_at) else "not yet notified"
             level = f", escalated ×{r.escalation_level}" if r.escalation_level else ""
             risk = ", high risk" if r.risk == "high" else ""

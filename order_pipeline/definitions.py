@@ -23,17 +23,16 @@ from assets.common import CLOCK, KUAIDI100, WAREHOUSE, source_resource_key
 from assets.published import EVENTS, PARCELS, SNAPSHOT, published_checks, published_tracking_tables
 from assets.sources import raw_source_asset
 from assets.unified import UNIFIED_ORDERS, unified_orders_asset
+from order_pipeline.alerts.dispatch import build_channels
+from order_pipeline.alerts.settings import load_alert_settings
+from order_pipeline.contract.config import Config, Secret, load_config
 from resources.carrier import Kuaidi100Client
 from resources.warehouse import PipelineClock, SourceDatabase, WarehouseResource
 from sensors.alerts import alert_sensor, run_failure_sensor, run_success_sensor
 from sensors.automation import automation_sensor, freshness_sensor
 from sensors.carrier import carrier_poll_schedule, carrier_push_sensor
-from order_pipeline.alerts.dispatch import build_channels
 from sensors.runtime import CLI_RETRIES, alerting_runtime
 from sensors.sources import source_sensors
-
-from order_pipeline.alerts.settings import load_alert_settings
-from order_pipeline.contract.config import Config, Secret, load_config
 
 PIPELINE_JOB = "order_pipeline"
 NOW_ENV = "ORDER_PIPELINE_NOW"
@@ -76,13 +75,19 @@ def build_definitions(config: Config) -> dg.Definitions:
         WAREHOUSE: WarehouseResource(url=_setting(config.warehouse_url)),
         CLOCK: PipelineClock(now_iso=os.environ.get(NOW_ENV)),
         KUAIDI100: Kuaidi100Client(
-            endpoint=carrier.endpoint, customer=_setting(carrier.customer), key=_setting(carrier.key),
-            timeout_seconds=carrier.timeout.total_seconds(), retries=carrier.retries,
+            endpoint=carrier.endpoint,
+            customer=_setting(carrier.customer),
+            key=_setting(carrier.key),
+            timeout_seconds=carrier.timeout.total_seconds(),
+            retries=carrier.retries,
         ),
         **{source_resource_key(name): SourceDatabase(url=_setting(sc.url)) for name, sc in config.sources.items()},
     }
-    job = dg.define_asset_job(PIPELINE_JOB, selection=dg.AssetSelection.all(),
-                              description="Extract every source, poll the carrier, unify and publish.")
+    job = dg.define_asset_job(
+        PIPELINE_JOB,
+        selection=dg.AssetSelection.all(),
+        description="Extract every source, poll the carrier, unify and publish.",
+    )
     sensors = [
         *source_sensors(config.sources),
         carrier_push_sensor(),

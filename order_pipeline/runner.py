@@ -39,13 +39,20 @@ def run_config(config: Config, full_refresh: bool) -> dict:
     return {"ops": {op: {"config": {"full_refresh": True}} for op in ops}}
 
 
-def run_pipeline(config: Config, instance: dg.DagsterInstance, *, now: str | None = None, full_refresh: bool = False,
-                 on_step: Callable[[str, float], None] | None = None) -> RunOutcome:
+def run_pipeline(
+    config: Config,
+    instance: dg.DagsterInstance,
+    *,
+    now: str | None = None,
+    full_refresh: bool = False,
+    on_step: Callable[[str, float], None] | None = None,
+) -> RunOutcome:
     if now:
         os.environ[NOW_ENV] = now
     job = build_definitions(config).resolve_job_def(PIPELINE_JOB)
-    result = job.execute_in_process(instance=instance, run_config=run_config(config, full_refresh),
-                                    raise_on_error=False)
+    result = job.execute_in_process(
+        instance=instance, run_config=run_config(config, full_refresh), raise_on_error=False
+    )
     steps, failures = {}, []
     for event in result.all_events:
         if event.event_type == dg.DagsterEventType.STEP_SUCCESS:

@@ -10,9 +10,9 @@ import dagster as dg
 import httpx
 from pydantic import PrivateAttr
 
-from order_pipeline.carrier import sandbox as carrier_sandbox, protocol as kuaidi100
+from order_pipeline.carrier import protocol as kuaidi100
+from order_pipeline.carrier import sandbox as carrier_sandbox
 from order_pipeline.carrier.protocol import Kuaidi100Error, TrackingAnswer
-
 from order_pipeline.domain.http_retry import retry_after
 
 SANDBOX_SCHEME = "sandbox://"
@@ -122,4 +122,3 @@ class _TryAgain(Exception):
 
     def __init__(self, error: Kuaidi100Error, retry_after: float | None = None):
         self.error, self.retry_after = error, retry_after
-

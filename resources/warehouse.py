@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 import pandas as pd
@@ -48,4 +48,4 @@ class PipelineClock(dg.ConfigurableResource):
         if self.now_iso:
             ts = pd.Timestamp(self.now_iso)
             return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).to_pydatetime()
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)

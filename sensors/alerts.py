@@ -18,11 +18,10 @@ from datetime import datetime
 
 import dagster as dg
 
+from order_pipeline.alerts.dispatch import Dispatcher, DrainResult
 from order_pipeline.alerts.evaluation import Alerting, Evaluation, run_entity
 from order_pipeline.contract.config import Config
 from resources.warehouse import PipelineClock, WarehouseResource
-
-from order_pipeline.alerts.dispatch import Dispatcher, DrainResult
 from sensors.runtime import alerting_runtime
 
 ALERT_SENSOR = "alert_dispatch"
@@ -62,14 +61,15 @@ def describe(ev: Evaluation, drained: DrainResult) -> str:
     return text
 
 
-def alert_sensor(config: Config, interval: int = INTERVAL_SECONDS, runtime: Runtime = alerting_runtime
-                 ) -> dg.SensorDefinition:
+def alert_sensor(
+    config: Config, interval: int = INTERVAL_SECONDS, runtime: Runtime = alerting_runtime
+) -> dg.SensorDefinition:
     @dg.sensor(
         name=ALERT_SENSOR,
         minimum_interval_seconds=interval,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Evaluates the SLA rules and source freshness on the published snapshot and sends the alerts "
-                    "that are due (ledger: order_alerts, attempts: alert_deliveries).",
+        "that are due (ledger: order_alerts, attempts: alert_deliveries).",
     )
     def alert_dispatch(context: dg.SensorEvaluationContext, warehouse: WarehouseResource, clock: PipelineClock):
         now = clock.now()
@@ -79,8 +79,10 @@ def alert_sensor(config: Config, interval: int = INTERVAL_SECONDS, runtime: Runt
         if batch is None:
             return dg.SkipReason("nothing published yet: the rules read order_tracking_snapshot")
         if batch == cursor.batch and cursor.due_at and now < cursor.due_at:
-            return dg.SkipReason(f"snapshot unchanged since {cursor.evaluated_at.isoformat()} and nothing due "
-                                 f"before {cursor.due_at.isoformat()}")
+            return dg.SkipReason(
+                f"snapshot unchanged since {cursor.evaluated_at.isoformat()} and nothing due "
+                f"before {cursor.due_at.isoformat()}"
+            )
         ev = alerting.evaluate(now)
         drained = dispatcher.drain(now)
         due = now + alerting.settings.evaluate_every
@@ -106,15 +108,21 @@ def _failure_text(context: dg.RunFailureSensorContext) -> str:
 
 
 def run_failure_sensor(config: Config, runtime: Runtime = alerting_runtime) -> dg.SensorDefinition:
-    @dg.run_failure_sensor(name=RUN_FAILURE_SENSOR, default_status=dg.DefaultSensorStatus.RUNNING,
-                           description="A failed run alerts the data team (alerts.run_failures_to).")
+    @dg.run_failure_sensor(
+        name=RUN_FAILURE_SENSOR,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="A failed run alerts the data team (alerts.run_failures_to).",
+    )
     def run_failure_alerts(context: dg.RunFailureSensorContext, warehouse: WarehouseResource, clock: PipelineClock):
         now = clock.now()
         alerting, dispatcher = runtime(config, warehouse.url)
         run = context.dagster_run
         keys = sorted(k.to_user_string() for k in (run.asset_selection or ()))
-        label = run.job_name if not keys or not run.job_name.startswith("__") else \
-            keys[0] + (f" 等{len(keys)}个资产" if len(keys) > 1 else "")
+        label = (
+            run.job_name
+            if not keys or not run.job_name.startswith("__")
+            else keys[0] + (f" 等{len(keys)}个资产" if len(keys) > 1 else "")
+        )
         alerting.run_failed(run_entity(run.job_name, keys), label, run.run_id, _failure_text(context), now)
         drained = dispatcher.drain(now)
         context.log.info(f"run {run.run_id} failed: alerted, {drained.delivered} delivered, {drained.failed} failed")
@@ -123,11 +131,15 @@ def run_failure_sensor(config: Config, runtime: Runtime = alerting_runtime) -> d
 
 
 def run_success_sensor(config: Config, runtime: Runtime = alerting_runtime) -> dg.SensorDefinition:
-    @dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, name=RUN_SUCCESS_SENSOR,
-                          default_status=dg.DefaultSensorStatus.RUNNING,
-                          description="A successful run resolves the failure alert of the same job or assets.")
-    def run_success_resolves_alerts(context: dg.RunStatusSensorContext, warehouse: WarehouseResource,
-                                    clock: PipelineClock):
+    @dg.run_status_sensor(
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        name=RUN_SUCCESS_SENSOR,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="A successful run resolves the failure alert of the same job or assets.",
+    )
+    def run_success_resolves_alerts(
+        context: dg.RunStatusSensorContext, warehouse: WarehouseResource, clock: PipelineClock
+    ):
         now = clock.now()
         alerting, dispatcher = runtime(config, warehouse.url)
         run = context.dagster_run

@@ -28,6 +28,8 @@ def freshness_sensor(checks: Sequence[dg.AssetChecksDefinition], interval: int =
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.SupersessionWarning)  # see assets.checks.freshness_checks
         return dg.build_sensor_for_freshness_checks(
-            freshness_checks=checks, minimum_interval_seconds=interval, name=FRESHNESS_SENSOR,
+            freshness_checks=checks,
+            minimum_interval_seconds=interval,
+            name=FRESHNESS_SENSOR,
             default_status=dg.DefaultSensorStatus.RUNNING,
         )

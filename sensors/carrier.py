@@ -15,7 +15,6 @@ import sqlalchemy as sa
 from assets.carrier import RAW_TRACKING
 from order_pipeline.contract.schema import BATCH, raw_tracking
 from resources.warehouse import WarehouseResource
-
 from sensors.runtime import warehouse_engine
 
 POLL_SCHEDULE = "carrier_poll"
@@ -54,7 +53,9 @@ def carrier_push_sensor(interval: int = 30) -> dg.SensorDefinition:
     def _sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource):
         engine = warehouse_engine(warehouse.url)
         with engine.connect() as conn:
-            newest = conn.execute(sa.select(sa.func.max(raw_tracking.c[BATCH])).where(raw_tracking.c.via == "push")).scalar()
+            newest = conn.execute(
+                sa.select(sa.func.max(raw_tracking.c[BATCH])).where(raw_tracking.c.via == "push")
+            ).scalar()
         if newest is None:
             return dg.SkipReason("no Kuaidi100 push received yet")
         if context.cursor and int(context.cursor) >= int(newest):

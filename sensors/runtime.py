@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from order_pipeline.alerts.dispatch import Dispatcher, build_channels
 from order_pipeline.alerts.evaluation import Alerting
 from order_pipeline.contract.config import Config, SourceConfig
 from order_pipeline.warehouse.engine import Warehouse, driver_url
-
-from order_pipeline.alerts.dispatch import Dispatcher, build_channels
 
 # Attempts per message beyond the first, within one drain. A sensor tick makes one attempt and
 # leaves a failure to a later tick (the queue row's retry time, which the alert sensor's cursor
@@ -45,8 +44,9 @@ def source_engine(sc: SourceConfig) -> sa.Engine:
     return _sources[url]
 
 
-def alerting_runtime(config: Config, warehouse: str | sa.Engine, *, retries: int = TICK_RETRIES
-                     ) -> tuple[Alerting, Dispatcher]:
+def alerting_runtime(
+    config: Config, warehouse: str | sa.Engine, *, retries: int = TICK_RETRIES
+) -> tuple[Alerting, Dispatcher]:
     """The alerting of `config` and the dispatcher of its channels.
 
     `warehouse` is a URL, whose engine and runtime are kept for the process (the sensors), or an

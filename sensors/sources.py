@@ -14,7 +14,6 @@ import sqlalchemy as sa
 from assets.common import raw_asset_key
 from order_pipeline.contract.canonical import SOURCE_ENTITIES
 from order_pipeline.contract.config import SourceConfig
-
 from sensors.runtime import source_engine
 
 INTERVAL_SECONDS = 30
@@ -34,8 +33,9 @@ def newest_update(sc: SourceConfig) -> str | None:
     return None if value is None else str(value)
 
 
-def source_change_sensor(sc: SourceConfig, followers: list[str] = (), interval: int = INTERVAL_SECONDS
-                         ) -> dg.SensorDefinition:
+def source_change_sensor(
+    sc: SourceConfig, followers: list[str] = (), interval: int = INTERVAL_SECONDS
+) -> dg.SensorDefinition:
     """The sensor for one source with a watermark; `followers` are sources re-read with it (order lines)."""
     entity = SOURCE_ENTITIES[sc.entity]
     if entity.watermark is None:
@@ -48,8 +48,10 @@ def source_change_sensor(sc: SourceConfig, followers: list[str] = (), interval: 
         target=keys,
         minimum_interval_seconds=interval,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description=(f"Asks the {entity.system.upper()} for MAX({column}) of {sc.table or 'its query'} and loads "
-                     f"{', '.join(k.to_user_string() for k in keys)} when it moved."),
+        description=(
+            f"Asks the {entity.system.upper()} for MAX({column}) of {sc.table or 'its query'} and loads "
+            f"{', '.join(k.to_user_string() for k in keys)} when it moved."
+        ),
     )
     def _sensor(context: dg.SensorEvaluationContext):
         newest = newest_update(sc)
@@ -58,8 +60,13 @@ def source_change_sensor(sc: SourceConfig, followers: list[str] = (), interval: 
         if newest == context.cursor:
             return dg.SkipReason(f"no new rows in {sc.entity} since {newest}")
         return dg.SensorResult(
-            run_requests=[dg.RunRequest(run_key=f"{sc.entity}:{newest}", asset_selection=keys,
-                                        tags={"order_pipeline/source": sc.entity, "order_pipeline/watermark": newest})],
+            run_requests=[
+                dg.RunRequest(
+                    run_key=f"{sc.entity}:{newest}",
+                    asset_selection=keys,
+                    tags={"order_pipeline/source": sc.entity, "order_pipeline/watermark": newest},
+                )
+            ],
             cursor=newest,
         )
 

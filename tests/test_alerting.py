@@ -11,28 +11,46 @@ import httpx
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from conftest import NOW
+from test_rules import TZ, D, H, S, add_rows, engine, make_config, order, publish_rows, warehouse_url  # noqa: F401
 
 from order_pipeline.alerts import ledger as alert_ledger
-from order_pipeline.alerts.settings import CARRIER, SourceSla
-from order_pipeline.alerts.evaluation import Alerting
-from order_pipeline.contract.config import SourceConfig, Secret
-from order_pipeline.contract.schema import BATCH, alert_deliveries, alert_outbox, alert_queue, order_alerts, raw_tracking
-from order_pipeline.alerts.freshness import source_ages
-from order_pipeline.warehouse.engine import Warehouse, set_state
 from order_pipeline.alerts.channels import OutboxChannel, WeComRobot
 from order_pipeline.alerts.dispatch import Dispatcher, build_channels
-
-from conftest import NOW
-from test_rules import D, H, S, TZ, add_rows, engine, make_config, order, publish_rows, warehouse_url  # noqa: F401
+from order_pipeline.alerts.evaluation import Alerting
+from order_pipeline.alerts.freshness import source_ages
+from order_pipeline.alerts.settings import CARRIER, SourceSla
+from order_pipeline.contract.config import Secret, SourceConfig
+from order_pipeline.contract.schema import (
+    BATCH,
+    alert_deliveries,
+    alert_outbox,
+    alert_queue,
+    order_alerts,
+    raw_tracking,
+)
+from order_pipeline.warehouse.engine import Warehouse, set_state
 
 M = timedelta(minutes=1)
 GROUPS = {
-    "channels": {"wh_box": {"type": "outbox"}, "lead_box": {"type": "outbox"}, "cs_box": {"type": "outbox"},
-                 "data_box": {"type": "outbox"}},
-    "alerts": {"cooldown": "2h", "escalate_after": "4h", "escalate_to": ["ops_lead"], "max_escalations": 1,
-               "groups": {"warehouse": {"channels": ["wh_box"], "mentions": ["13800000000"]},
-                          "ops_lead": {"channels": ["lead_box"]}, "customer_service": {"channels": ["cs_box"]},
-                          "data": {"channels": ["data_box"]}}},
+    "channels": {
+        "wh_box": {"type": "outbox"},
+        "lead_box": {"type": "outbox"},
+        "cs_box": {"type": "outbox"},
+        "data_box": {"type": "outbox"},
+    },
+    "alerts": {
+        "cooldown": "2h",
+        "escalate_after": "4h",
+        "escalate_to": ["ops_lead"],
+        "max_escalations": 1,
+        "groups": {
+            "warehouse": {"channels": ["wh_box"], "mentions": ["13800000000"]},
+            "ops_lead": {"channels": ["lead_box"]},
+            "customer_service": {"channels": ["cs_box"]},
+            "data": {"channels": ["data_box"]},
+        },
+    },
 }
 
 
@@ -55,8 +73,13 @@ def outbox(engine) -> pd.DataFrame:
 
 def ledger_row(engine, rule_id, key) -> dict:
     with engine.connect() as conn:
-        return dict(conn.execute(sa.select(order_alerts).where(order_alerts.c.rule_id == rule_id)
-                                 .where(order_alerts.c.entity_key == key)).mappings().one())
+        return dict(
+            conn.execute(
+                sa.select(order_alerts).where(order_alerts.c.rule_id == rule_id).where(order_alerts.c.entity_key == key)
+            )
+            .mappings()
+            .one()
+        )
 
 
 def deliveries(engine) -> pd.DataFrame:
@@ -141,7 +164,9 @@ def test_dedup_across_orders_and_ticks(tmp_path, engine):
 
 def test_message_is_short_chinese_with_order_stage_wait_owner_and_link(tmp_path, engine):
     publish_rows(engine, [paid_order(hours=3)])
-    alerting, dispatcher = runtime(tmp_path, engine, alerts={**GROUPS["alerts"], "board_url": "https://ops.example.com"})
+    alerting, dispatcher = runtime(
+        tmp_path, engine, alerts={**GROUPS["alerts"], "board_url": "https://ops.example.com"}
+    )
     tick(alerting, dispatcher, NOW + 15 * M)
     body = outbox(engine)["body"].iloc[0]
     assert "SO-1" in body and "支付确认" in body and "已等待：3小时15分" in body and "负责人：仓库" in body
@@ -150,8 +175,19 @@ def test_message_is_short_chinese_with_order_stage_wait_owner_and_link(tmp_path,
 
 
 def test_stuck_parcel_marks_the_order_high_risk(tmp_path, engine):
-    publish_rows(engine, [order("SO-9", "in_transit", shipped_at=NOW - 3 * D, latest_event_at=NOW - 50 * H,
-                                parcel_count=1, waybill_nos="YT123")])
+    publish_rows(
+        engine,
+        [
+            order(
+                "SO-9",
+                "in_transit",
+                shipped_at=NOW - 3 * D,
+                latest_event_at=NOW - 50 * H,
+                parcel_count=1,
+                waybill_nos="YT123",
+            )
+        ],
+    )
     alerting, dispatcher = runtime(tmp_path, engine)
     tick(alerting, dispatcher, NOW)
     row = ledger_row(engine, "stuck_parcel", "SO-9")
@@ -176,11 +212,18 @@ class WeComStub:
 
 
 def wecom_runtime(tmp_path, engine, stub, **dispatch):
-    channels = {"wecom_wh": WeComRobot("https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=k", name="wecom_wh",
-                                       transport=httpx.MockTransport(stub)),
-                "wh_box": OutboxChannel(engine, name="wh_box")}
-    alerts = {**GROUPS["alerts"], "groups": {**GROUPS["alerts"]["groups"],
-                                             "warehouse": {"channels": ["wecom_wh", "wh_box"]}}}
+    channels = {
+        "wecom_wh": WeComRobot(
+            "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=k",
+            name="wecom_wh",
+            transport=httpx.MockTransport(stub),
+        ),
+        "wh_box": OutboxChannel(engine, name="wh_box"),
+    }
+    alerts = {
+        **GROUPS["alerts"],
+        "groups": {**GROUPS["alerts"]["groups"], "warehouse": {"channels": ["wecom_wh", "wh_box"]}},
+    }
     sections = {"channels": {**GROUPS["channels"], "wecom_wh": {"type": "outbox"}}, "alerts": alerts}
     config = make_config(tmp_path, str(engine.url), **sections)
     alerting = Alerting(config, engine)
@@ -268,9 +311,20 @@ def test_a_burst_becomes_digests_within_twenty_messages_a_minute(tmp_path, engin
     alerting, dispatcher = wecom_runtime(tmp_path, engine, stub)
     # The robot already took 18 messages this minute (recorded by earlier sends).
     with engine.begin() as conn:
-        conn.execute(alert_deliveries.insert(), [
-            {"rule_id": "x", "entity_key": str(i), "channel": "wecom_wh", "kind": "notify",
-             "attempted_at": NOW - timedelta(seconds=50 - i), "ok": True} for i in range(18)])
+        conn.execute(
+            alert_deliveries.insert(),
+            [
+                {
+                    "rule_id": "x",
+                    "entity_key": str(i),
+                    "channel": "wecom_wh",
+                    "kind": "notify",
+                    "attempted_at": NOW - timedelta(seconds=50 - i),
+                    "ok": True,
+                }
+                for i in range(18)
+            ],
+        )
     _, drained = tick(alerting, dispatcher, NOW)
     assert len(stub.posts) == 2  # 20 a minute: two posts left, each a digest
     assert all("条告警汇总" in p["markdown"]["content"] for p in stub.posts)
@@ -280,8 +334,13 @@ def test_a_burst_becomes_digests_within_twenty_messages_a_minute(tmp_path, engin
     for minutes in range(1, 6):  # the rest goes out in later minutes, nothing dropped, nothing twice
         dispatcher.drain(NOW + minutes * M + S)
     with engine.connect() as conn:
-        statuses = dict(conn.execute(sa.select(alert_queue.c.status, sa.func.count())
-                                     .where(alert_queue.c.channel == "wecom_wh").group_by(alert_queue.c.status)).all())
+        statuses = dict(
+            conn.execute(
+                sa.select(alert_queue.c.status, sa.func.count())
+                .where(alert_queue.c.channel == "wecom_wh")
+                .group_by(alert_queue.c.status)
+            ).all()
+        )
     assert statuses == {"sent": 120}
     text = "".join(p["markdown"]["content"] for p in stub.posts)
     assert all(text.count(f"SO-{i:03d} ") >= 1 for i in range(120))
@@ -375,15 +434,21 @@ def test_the_carrier_feed_is_stale_only_while_a_parcel_waits_for_an_answer(engin
         return age.stale, age.newest
 
     def shipment(order_no, waybill_no):
-        return {"order_no": order_no, "waybill_no": waybill_no, "carrier_code": "shunfeng",
-                "shipped_at": NOW - 5 * H, "updated_at": NOW - 5 * H}
+        return {
+            "order_no": order_no,
+            "waybill_no": waybill_no,
+            "carrier_code": "shunfeng",
+            "shipped_at": NOW - 5 * H,
+            "updated_at": NOW - 5 * H,
+        }
 
     assert carrier() == (False, None)  # no parcel: nothing to wait for
     add_rows(engine, "shipments", [shipment("SO-1", "SF1")])
     assert carrier() == (True, None)  # shipped, never answered
     with engine.begin() as conn:
-        conn.execute(raw_tracking.insert().values(waybill_no="SF1", is_signed=False, polled_at=NOW - 2 * H,
-                                                  **{BATCH: 1}))
+        conn.execute(
+            raw_tracking.insert().values(waybill_no="SF1", is_signed=False, polled_at=NOW - 2 * H, **{BATCH: 1})
+        )
     assert carrier() == (False, NOW - 2 * H)  # answered exactly the SLA ago
     with engine.begin() as conn:
         conn.execute(raw_tracking.update().values(polled_at=NOW - 2 * H - S))
@@ -392,9 +457,22 @@ def test_the_carrier_feed_is_stale_only_while_a_parcel_waits_for_an_answer(engin
         conn.execute(raw_tracking.update().values(state=3))  # Kuaidi100's "signed", before `ischeck` says so
     assert carrier() == (False, NOW - 2 * H - S)
     add_rows(engine, "shipments", [shipment("SO-2", "SF2")])
-    add_rows(engine, "orders", [{"order_no": "SO-2", "customer_name": "李四", "customer_phone": "13900000000",
-                                 "ship_address": "上海", "amount": 10.0, "ordered_at": NOW - D, "status": "cancelled",
-                                 "updated_at": NOW - H}])
+    add_rows(
+        engine,
+        "orders",
+        [
+            {
+                "order_no": "SO-2",
+                "customer_name": "李四",
+                "customer_phone": "13900000000",
+                "ship_address": "上海",
+                "amount": 10.0,
+                "ordered_at": NOW - D,
+                "status": "cancelled",
+                "updated_at": NOW - H,
+            }
+        ],
+    )
     assert carrier()[0] is False  # a cancelled order's parcel waits for nothing
 
 
@@ -402,8 +480,9 @@ def test_a_failed_run_alerts_the_data_team_once_and_a_success_resolves_it(tmp_pa
     alerting, dispatcher = runtime(tmp_path, engine)
     failed = "assets:raw_order_lines,raw_orders"
     for minutes in (0, 5):
-        alerting.run_failed(failed, "raw_order_lines 等2个资产", f"run-{minutes}", "raw_orders: cannot reach ERP",
-                            NOW + minutes * M)
+        alerting.run_failed(
+            failed, "raw_order_lines 等2个资产", f"run-{minutes}", "raw_orders: cannot reach ERP", NOW + minutes * M
+        )
         dispatcher.drain(NOW + minutes * M)
     sent = outbox(engine)
     assert sent["channel"].tolist() == ["data_box"] and "cannot reach ERP" in sent["body"].iloc[0]
@@ -420,11 +499,14 @@ def test_a_failed_run_alerts_the_data_team_once_and_a_success_resolves_it(tmp_pa
 
 def test_each_new_order_gets_one_tracking_link(tmp_path, engine, monkeypatch):
     monkeypatch.setenv("TEST_LINK_SECRET", "s" * 32)
-    publish_rows(engine, [
-        order("NEW-1", "ordered", ordered_at=NOW - H),
-        order("OLD-1", "ordered", ordered_at=NOW - 3 * D),
-        order("GONE-1", "cancelled", ordered_at=NOW - H),
-    ])
+    publish_rows(
+        engine,
+        [
+            order("NEW-1", "ordered", ordered_at=NOW - H),
+            order("OLD-1", "ordered", ordered_at=NOW - 3 * D),
+            order("GONE-1", "cancelled", ordered_at=NOW - H),
+        ],
+    )
     web = {"base_url": "https://track.example.com", "link_secret_env": "TEST_LINK_SECRET"}
     alerting, dispatcher = runtime(tmp_path, engine, web=web)
     ev, _ = tick(alerting, dispatcher, NOW)
@@ -451,7 +533,8 @@ def test_the_alerting_creates_its_tables_in_an_empty_warehouse(tmp_path):
     engine = Warehouse(url).engine  # no create_schema: the alert tables are the alerting's to create
     alerting, dispatcher = runtime(tmp_path, engine)
     assert {"order_alerts", "alert_queue", "alert_deliveries", "alert_outbox", "tracking_link_sends"} <= set(
-        sa.inspect(engine).get_table_names())
+        sa.inspect(engine).get_table_names()
+    )
     alerting.run_failed("order_pipeline", "order_pipeline", "run-1", "boom", NOW)
     assert dispatcher.drain(NOW).delivered == 1
     alert_ledger.ensure_schema(engine)  # again: nothing to do, nothing lost

@@ -11,20 +11,26 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from web_fixtures import LINK_SECRET, ORDER_IN_TRANSIT, PHONE_TAIL, STAFF_PASSWORD, STAFF_USER, build_world
 
 from order_pipeline.domain.links import make_token
-from web_fixtures import LINK_SECRET, ORDER_IN_TRANSIT, PHONE_TAIL, STAFF_PASSWORD, STAFF_USER, build_world
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-output" / "screenshots"
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,7 +58,7 @@ def browser():
     with sync_playwright() as p:
         try:
             b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        except Exception as e:  # noqa: BLE001 - any launch failure means no browser here
+        except Exception as e:
             _unavailable(f"Chromium does not start: {str(e).splitlines()[0]}")
         yield b
         b.close()
@@ -67,7 +73,10 @@ def server(tmp_path_factory):
     log = (world.root / "server.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "order_pipeline.web.server", "--config", str(world.config_path), "--port", str(port)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -110,7 +119,7 @@ def phone_page(browser):
 
 
 def test_customer_link_shows_timeline_and_masked_phone(server, phone_page):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     response = phone_page.goto(_link(server, ORDER_IN_TRANSIT, now + timedelta(days=7)))
     assert response.status == 200
     steps = phone_page.locator("ol.steps li")
@@ -125,7 +134,7 @@ def test_customer_link_shows_timeline_and_masked_phone(server, phone_page):
 
 
 def test_expired_link_shows_410_page(server, phone_page):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     response = phone_page.goto(_link(server, ORDER_IN_TRANSIT, now - timedelta(hours=1)))
     assert response.status == 410
     assert "链接已过期" in phone_page.locator("h1").inner_text()

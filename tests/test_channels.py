@@ -22,9 +22,25 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from order_pipeline.alerts.channels import (
+    TRUNCATED,
+    AlertMessage,
+    DingTalkRobot,
+    EmailChannel,
+    FeishuBot,
+    JsonWebhook,
+    OutboxChannel,
+    RateBudget,
+    SlackWebhook,
+    WeComRobot,
+    build_channel,
+    deliver,
+    digest,
+    plan,
+    truncate,
+)
 from order_pipeline.contract.config import ConfigError
 from order_pipeline.contract.schema import alert_outbox, metadata
-from order_pipeline.alerts.channels import TRUNCATED, AlertMessage, DingTalkRobot, EmailChannel, FeishuBot, JsonWebhook, OutboxChannel, RateBudget, SlackWebhook, WeComRobot, build_channel, deliver, digest, plan, truncate
 
 NOW = 1_764_000_000.123  # pinned clock for signatures
 MSG = AlertMessage(
@@ -137,15 +153,19 @@ def test_wecom_mobile_mentions_follow_with_a_text_message(server):
     markdown, text = (r.json() for r in server.received)
     assert markdown["msgtype"] == "markdown"
     assert markdown["markdown"]["content"].endswith("<@lisi>")
-    assert text == {"msgtype": "text",
-                    "text": {"content": "库存不足", "mentioned_mobile_list": ["13800000000", "13900000000"]}}
+    assert text == {
+        "msgtype": "text",
+        "text": {"content": "库存不足", "mentioned_mobile_list": ["13800000000", "13900000000"]},
+    }
     assert robot.posts(AlertMessage("t", "b", "b")) == 2  # the channel's own mobile is on every message
     assert WeComRobot("http://x").posts(AlertMessage("t", "b", "b", mentions=("lisi",))) == 1
 
 
 def test_dingtalk_signed_markdown(server):
     secret = "SEC0123456789abcdef"
-    robot = DingTalkRobot(server.url("/robot/send?access_token=T1"), secret, clock=lambda: NOW, mentions=["13800000000"])
+    robot = DingTalkRobot(
+        server.url("/robot/send?access_token=T1"), secret, clock=lambda: NOW, mentions=["13800000000"]
+    )
     robot.send(MSG)
     (req,) = server.received
     timestamp = str(int(NOW * 1000))
@@ -193,7 +213,9 @@ def test_slack_text(server):
     server.reply = (200, b"ok")
     msg = AlertMessage("a < b & c", "ignored", "line one\nline <two>", mentions=("U123",), link="https://x/y")
     SlackWebhook(server.url("/services/T/B/X")).send(msg)
-    assert server.received[0].json() == {"text": "*a &lt; b &amp; c*\nline one\nline &lt;two&gt;\n<https://x/y|查看详情>\n<@U123>"}
+    assert server.received[0].json() == {
+        "text": "*a &lt; b &amp; c*\nline one\nline &lt;two&gt;\n<https://x/y|查看详情>\n<@U123>"
+    }
 
 
 def test_json_webhook_signature(server):
@@ -212,8 +234,10 @@ def test_json_webhook_signature(server):
 
 
 def test_wecom_rate_limit_is_retried_then_ok():
-    transport, seen = mock(httpx.Response(200, json={"errcode": 45009, "errmsg": "api freq out of limit"}),
-                           httpx.Response(200, json={"errcode": 0, "errmsg": "ok"}))
+    transport, seen = mock(
+        httpx.Response(200, json={"errcode": 45009, "errmsg": "api freq out of limit"}),
+        httpx.Response(200, json={"errcode": 0, "errmsg": "ok"}),
+    )
     sleeps = Sleeps()
     attempts = deliver(WeComRobot("https://qyapi.example/send?key=K", transport=transport), MSG, sleep=sleeps)
     assert [a.ok for a in attempts] == [False, True]
@@ -253,9 +277,13 @@ def test_timeout_is_retryable():
 
 
 def test_dingtalk_throttle_waits_for_the_next_round():
-    transport, seen = mock(httpx.Response(200, json={"errcode": 130101, "errmsg": "send too fast, exceed 20 times per minute"}))
+    transport, seen = mock(
+        httpx.Response(200, json={"errcode": 130101, "errmsg": "send too fast, exceed 20 times per minute"})
+    )
     sleeps = Sleeps()
-    (attempt,) = deliver(DingTalkRobot("https://oapi.example/robot/send?access_token=T", transport=transport), MSG, sleep=sleeps)
+    (attempt,) = deliver(
+        DingTalkRobot("https://oapi.example/robot/send?access_token=T", transport=transport), MSG, sleep=sleeps
+    )
     # Muted for 10 minutes: retrying within this call would only extend it.
     assert not attempt.ok and attempt.retryable and "130101" in attempt.error
     assert sleeps == [] and len(seen) == 1
@@ -276,21 +304,27 @@ def test_feishu_sign_error_is_not_retried():
 
 
 def test_feishu_rate_limit_is_retried():
-    transport, _ = mock(httpx.Response(200, json={"code": 11232, "msg": "frequency limited"}),
-                        httpx.Response(200, json={"code": 0, "msg": "success"}))
+    transport, _ = mock(
+        httpx.Response(200, json={"code": 11232, "msg": "frequency limited"}),
+        httpx.Response(200, json={"code": 0, "msg": "success"}),
+    )
     assert [a.ok for a in deliver(FeishuBot("https://x", transport=transport), MSG, sleep=Sleeps())] == [False, True]
 
 
 def test_feishu_gateway_429_uses_its_reset_header():
-    transport, _ = mock(httpx.Response(429, headers={"x-ogw-ratelimit-reset": "4"}, json={"code": 99991400}),
-                        httpx.Response(200, json={"code": 0}))
+    transport, _ = mock(
+        httpx.Response(429, headers={"x-ogw-ratelimit-reset": "4"}, json={"code": 99991400}),
+        httpx.Response(200, json={"code": 0}),
+    )
     sleeps = Sleeps()
     deliver(FeishuBot("https://x", transport=transport), MSG, sleep=sleeps)
     assert sleeps == [4.0]
 
 
 def test_slack_429_retry_after_is_honoured():
-    transport, _ = mock(httpx.Response(429, headers={"Retry-After": "7"}, text="rate_limited"), httpx.Response(200, text="ok"))
+    transport, _ = mock(
+        httpx.Response(429, headers={"Retry-After": "7"}, text="rate_limited"), httpx.Response(200, text="ok")
+    )
     sleeps = Sleeps()
     attempts = deliver(SlackWebhook("https://hooks.example/services/T/B/X", transport=transport), MSG, sleep=sleeps)
     assert [a.ok for a in attempts] == [False, True] and sleeps == [7.0]
@@ -341,11 +375,14 @@ def test_truncate_on_character_boundaries():
     assert truncate("中文", 4) == "中"  # no room for the marker
 
 
-@pytest.mark.parametrize("body,expected", [
-    ("中" * 1363 + "x", "中" * 1363 + "x"),  # with the 6-byte title line: exactly 4096 bytes
-    ("中" * 1363 + "xy", "中" * 1358 + TRUNCATED),  # 4097 bytes
-    ("中" * 1364, "中" * 1358 + TRUNCATED),  # 4098 bytes, the last character straddling the limit
-])
+@pytest.mark.parametrize(
+    "body,expected",
+    [
+        ("中" * 1363 + "x", "中" * 1363 + "x"),  # with the 6-byte title line: exactly 4096 bytes
+        ("中" * 1363 + "xy", "中" * 1358 + TRUNCATED),  # 4097 bytes
+        ("中" * 1364, "中" * 1358 + TRUNCATED),  # 4098 bytes, the last character straddling the limit
+    ],
+)
 def test_wecom_markdown_at_the_byte_limit(server, body, expected):
     WeComRobot(server.url("/send")).send(AlertMessage("T", body, body))
     content = server.received[0].json()["markdown"]["content"]
@@ -366,9 +403,14 @@ def test_wecom_truncation_keeps_the_mentions(server):
 
 def _burst(n: int) -> list[AlertMessage]:
     return [
-        AlertMessage(f"订单 SO-{i:04d} 支付后未锁库", f"订单 **SO-{i:04d}** 已支付 {i} 小时，仓库尚未锁定库存。" * 3,
-                     f"订单 SO-{i:04d} 已支付 {i} 小时", mentions=("13800000000",) if i % 2 else ("lisi",),
-                     severity="critical" if i == 44 else "warning", keys=(f"r1:SO-{i:04d}",))
+        AlertMessage(
+            f"订单 SO-{i:04d} 支付后未锁库",
+            f"订单 **SO-{i:04d}** 已支付 {i} 小时，仓库尚未锁定库存。" * 3,
+            f"订单 SO-{i:04d} 已支付 {i} 小时",
+            mentions=("13800000000",) if i % 2 else ("lisi",),
+            severity="critical" if i == 44 else "warning",
+            keys=(f"r1:SO-{i:04d}",),
+        )
         for i in range(n)
     ]
 
@@ -514,9 +556,12 @@ def smtp():
 
 def test_email_is_sent(smtp):
     port = smtp.server_address[1]
-    channel = EmailChannel("127.0.0.1", port, "alerts@example.com", ["ops@example.com", "wh@example.com"],
-                           username="alerts", password="pw")
-    channel.send(AlertMessage("库存不足", "md", "SKU-1 可用 3\n.leading dot", body_html="<p>SKU-1</p>", link="https://x"))
+    channel = EmailChannel(
+        "127.0.0.1", port, "alerts@example.com", ["ops@example.com", "wh@example.com"], username="alerts", password="pw"
+    )
+    channel.send(
+        AlertMessage("库存不足", "md", "SKU-1 可用 3\n.leading dot", body_html="<p>SKU-1</p>", link="https://x")
+    )
     ((mail_from, rcpts, data),) = smtp.mails
     assert mail_from == "<alerts@example.com>"
     assert rcpts == ["<ops@example.com>", "<wh@example.com>"]
@@ -543,8 +588,9 @@ def test_email_unreachable_server_is_retryable():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
-    (attempt,) = deliver(EmailChannel("127.0.0.1", port, "a@example.com", ["b@example.com"], timeout=2), MSG,
-                         retries=0, sleep=Sleeps())
+    (attempt,) = deliver(
+        EmailChannel("127.0.0.1", port, "a@example.com", ["b@example.com"], timeout=2), MSG, retries=0, sleep=Sleeps()
+    )
     assert not attempt.ok and attempt.retryable
 
 
@@ -559,7 +605,12 @@ def test_outbox_writes_a_row_and_logs(caplog):
     assert attempt.ok
     with engine.connect() as conn:
         (row,) = conn.execute(sa.select(alert_outbox)).mappings()
-    assert (row["channel"], row["recipient"], row["title"], row["body"]) == ("demo", "ops", MSG.title, MSG.body_markdown)
+    assert (row["channel"], row["recipient"], row["title"], row["body"]) == (
+        "demo",
+        "ops",
+        MSG.title,
+        MSG.body_markdown,
+    )
     assert MSG.title in caplog.text
 
 
@@ -581,42 +632,86 @@ def test_build_channels(monkeypatch):
     monkeypatch.setenv("DING_SECRET", "SEC1")
     monkeypatch.setenv("SMTP_PASSWORD", "pw")
     engine = sa.create_engine("sqlite://")
-    wecom = build_channel("warehouse", {"type": "wecom", "webhook_url_env": "WECOM_URL", "mentions": [13800000000, "zhangsan"],
-                                        "timeout": "5s"}, engine, CONFIG)
+    wecom = build_channel(
+        "warehouse",
+        {"type": "wecom", "webhook_url_env": "WECOM_URL", "mentions": [13800000000, "zhangsan"], "timeout": "5s"},
+        engine,
+        CONFIG,
+    )
     assert isinstance(wecom, WeComRobot)
     assert (wecom.name, wecom.mentions, wecom._http.timeout) == ("warehouse", ("13800000000", "zhangsan"), 5.0)
-    ding = build_channel("ops", {"type": "dingtalk", "webhook_url_env": "DING_URL", "secret_env": "DING_SECRET"}, engine, CONFIG)
+    ding = build_channel(
+        "ops", {"type": "dingtalk", "webhook_url_env": "DING_URL", "secret_env": "DING_SECRET"}, engine, CONFIG
+    )
     assert isinstance(ding, DingTalkRobot) and ding._secret == "SEC1"
     hook = build_channel("bi", {"type": "webhook", "url": "https://bi.example.com/hook"}, engine, CONFIG)
     assert isinstance(hook, JsonWebhook)
-    mail = build_channel("mail", {"type": "email", "host": "smtp.example.com", "sender": "a@example.com",
-                                  "recipients": ["b@example.com"], "username": "a", "password_env": "SMTP_PASSWORD",
-                                  "ssl": True}, engine, CONFIG)
+    mail = build_channel(
+        "mail",
+        {
+            "type": "email",
+            "host": "smtp.example.com",
+            "sender": "a@example.com",
+            "recipients": ["b@example.com"],
+            "username": "a",
+            "password_env": "SMTP_PASSWORD",
+            "ssl": True,
+        },
+        engine,
+        CONFIG,
+    )
     assert isinstance(mail, EmailChannel) and mail.port == 465 and mail._password == "pw"
     assert isinstance(build_channel("local", {"type": "outbox"}, engine, CONFIG), OutboxChannel)
 
 
-@pytest.mark.parametrize("spec,entry,words", [
-    ({"type": "wechat"}, "channels.x.type", ["unknown channel type 'wechat'", "wecom, dingtalk"]),
-    ({"webhook_url_env": "W"}, "channels.x.type", ["missing"]),
-    ({"type": "wecom", "webhook_url_env": "WECOM_URL", "colour": "red"}, "channels.x.colour", ["unknown setting", "webhook_url_env"]),
-    ({"type": "wecom", "webhook_url_env": "NOT_SET_ANYWHERE"}, "channels.x.webhook_url_env",
-     ["NOT_SET_ANYWHERE is not set", "export NOT_SET_ANYWHERE="]),
-    ({"type": "wecom"}, "channels.x.webhook_url_env", ["missing"]),
-    ({"type": "wecom", "webhook_url": "https://qyapi.weixin.qq.com/...key=k"}, "channels.x.webhook_url",
-     ["secret", "webhook_url_env"]),
-    ({"type": "dingtalk", "webhook_url_env": "WECOM_URL", "secret": "s"}, "channels.x.secret", ["secret_env"]),
-    ({"type": "wecom", "webhook_url_env": "BAD_URL"}, "channels.x.webhook_url_env", ["BAD_URL does not hold an http(s) URL"]),
-    ({"type": "wecom", "webhook_url_env": "WECOM_URL", "timeout": "soon"}, "channels.x.timeout", ["10s"]),
-    ({"type": "wecom", "webhook_url_env": "WECOM_URL", "mentions": "zhangsan"}, "channels.x.mentions", ["write a list"]),
-    ({"type": "email", "host": "h", "sender": "a@b"}, "channels.x.recipients", ["missing"]),
-    ({"type": "email", "host": "h", "sender": "a@b", "recipients": ["c@d"], "username": "u"}, "channels.x.password_env",
-     ["missing"]),
-    ({"type": "email", "host": "h", "sender": "a@b", "recipients": ["c@d"], "ssl": True, "starttls": True}, "channels.x.ssl",
-     ["not both"]),
-    ({"type": "webhook"}, "channels.x.url", ["missing"]),
-    ("wecom", "channels.x", ["must be a mapping"]),
-])
+@pytest.mark.parametrize(
+    "spec,entry,words",
+    [
+        ({"type": "wechat"}, "channels.x.type", ["unknown channel type 'wechat'", "wecom, dingtalk"]),
+        ({"webhook_url_env": "W"}, "channels.x.type", ["missing"]),
+        (
+            {"type": "wecom", "webhook_url_env": "WECOM_URL", "colour": "red"},
+            "channels.x.colour",
+            ["unknown setting", "webhook_url_env"],
+        ),
+        (
+            {"type": "wecom", "webhook_url_env": "NOT_SET_ANYWHERE"},
+            "channels.x.webhook_url_env",
+            ["NOT_SET_ANYWHERE is not set", "export NOT_SET_ANYWHERE="],
+        ),
+        ({"type": "wecom"}, "channels.x.webhook_url_env", ["missing"]),
+        (
+            {"type": "wecom", "webhook_url": "https://qyapi.weixin.qq.com/...key=k"},
+            "channels.x.webhook_url",
+            ["secret", "webhook_url_env"],
+        ),
+        ({"type": "dingtalk", "webhook_url_env": "WECOM_URL", "secret": "s"}, "channels.x.secret", ["secret_env"]),
+        (
+            {"type": "wecom", "webhook_url_env": "BAD_URL"},
+            "channels.x.webhook_url_env",
+            ["BAD_URL does not hold an http(s) URL"],
+        ),
+        ({"type": "wecom", "webhook_url_env": "WECOM_URL", "timeout": "soon"}, "channels.x.timeout", ["10s"]),
+        (
+            {"type": "wecom", "webhook_url_env": "WECOM_URL", "mentions": "zhangsan"},
+            "channels.x.mentions",
+            ["write a list"],
+        ),
+        ({"type": "email", "host": "h", "sender": "a@b"}, "channels.x.recipients", ["missing"]),
+        (
+            {"type": "email", "host": "h", "sender": "a@b", "recipients": ["c@d"], "username": "u"},
+            "channels.x.password_env",
+            ["missing"],
+        ),
+        (
+            {"type": "email", "host": "h", "sender": "a@b", "recipients": ["c@d"], "ssl": True, "starttls": True},
+            "channels.x.ssl",
+            ["not both"],
+        ),
+        ({"type": "webhook"}, "channels.x.url", ["missing"]),
+        ("wecom", "channels.x", ["must be a mapping"]),
+    ],
+)
 def test_build_channel_errors_name_file_entry_and_fix(monkeypatch, spec, entry, words):
     monkeypatch.setenv("WECOM_URL", "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=k")
     monkeypatch.setenv("BAD_URL", "just-the-key")

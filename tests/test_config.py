@@ -21,8 +21,7 @@ def write_sources(folder: Path) -> dict:
             continue
         with sqlite3.connect(folder / f"{name}.db") as conn:
             conn.execute(f"CREATE TABLE {name} ({', '.join(entity.column_names)})")
-        sources[name] = {"url": f"sqlite:///{name}.db", "table": name,
-                         "columns": {c: c for c in entity.column_names}}
+        sources[name] = {"url": f"sqlite:///{name}.db", "table": name, "columns": {c: c for c in entity.column_names}}
     return {"timezone": "Asia/Shanghai", "sources": sources}
 
 
@@ -97,9 +96,17 @@ def test_bad_duration(tmp_path, doc, value):
     assert e.entry == "carrier.poll_interval" and "90s, 30m, 2h, 1d" in e.fix
 
 
-@pytest.mark.parametrize("text, expected", [("90s", timedelta(seconds=90)), ("30m", timedelta(minutes=30)),
-                                            ("2h", timedelta(hours=2)), ("48h", timedelta(hours=48)),
-                                            ("1d", timedelta(days=1)), ("1.5h", timedelta(minutes=90))])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("90s", timedelta(seconds=90)),
+        ("30m", timedelta(minutes=30)),
+        ("2h", timedelta(hours=2)),
+        ("48h", timedelta(hours=48)),
+        ("1d", timedelta(days=1)),
+        ("1.5h", timedelta(minutes=90)),
+    ],
+)
 def test_durations(text, expected):
     assert parse_duration(text) == expected
 

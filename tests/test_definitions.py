@@ -7,18 +7,17 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from conftest import NOW
 
 from order_pipeline import definitions
 from order_pipeline.cli import main
 from order_pipeline.contract.config import CONFIG_ENV, ConfigError, load_config
+from order_pipeline.contract.schema import alert_outbox, order_alerts
 from order_pipeline.definitions import NOW_ENV, alert_runtime, build_definitions
 from order_pipeline.runner import run_pipeline
-from order_pipeline.contract.schema import alert_outbox, order_alerts
 from order_pipeline.warehouse.engine import Warehouse
 from sensors import runtime
 from sensors.runtime import CLI_RETRIES
-
-from conftest import NOW
 
 RULES = ("paid_not_locked", "stock_below_safety", "stuck_parcel", "promise_due_not_shipped")
 
@@ -39,9 +38,18 @@ def test_the_demo_definitions_load_and_validate(config, monkeypatch):
     dg.Definitions.validate_loadable(defs)
     repo = defs.get_repository_def()
     sensors = {s.name for s in repo.sensor_defs}
-    assert {"orders_source_changed", "payments_source_changed", "inventory_source_changed",
-            "reservations_source_changed", "shipments_source_changed", "carrier_push_received", "follow_sources",
-            "raw_asset_freshness_checks", "alert_dispatch", "run_failure_alerts"} <= sensors
+    assert {
+        "orders_source_changed",
+        "payments_source_changed",
+        "inventory_source_changed",
+        "reservations_source_changed",
+        "shipments_source_changed",
+        "carrier_push_received",
+        "follow_sources",
+        "raw_asset_freshness_checks",
+        "alert_dispatch",
+        "run_failure_alerts",
+    } <= sensors
     assert "order_lines_source_changed" not in sensors  # lines ride along with orders
     assert [s.name for s in repo.schedule_defs] == ["carrier_poll"]
     assert repo.get_schedule_def("carrier_poll").cron_schedule == "0 */2 * * *"
@@ -54,9 +62,14 @@ def test_the_demo_definitions_load_and_validate(config, monkeypatch):
 
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert {("unified_orders", f"sla_{rule}") for rule in RULES} <= checks
-    assert {("raw_orders", "freshness_check"), ("raw_shipments", "freshness_check"), ("raw_payments", "freshness_check"),
-            ("raw_inventory", "freshness_check"), ("raw_reservations", "freshness_check"),
-            ("raw_tracking", "freshness_check")} <= checks
+    assert {
+        ("raw_orders", "freshness_check"),
+        ("raw_shipments", "freshness_check"),
+        ("raw_payments", "freshness_check"),
+        ("raw_inventory", "freshness_check"),
+        ("raw_reservations", "freshness_check"),
+        ("raw_tracking", "freshness_check"),
+    } <= checks
 
     # What `dagster dev` and `dagster definitions validate` load: the module's lazy `defs`.
     monkeypatch.setenv(CONFIG_ENV, str(config.path))
@@ -65,8 +78,15 @@ def test_the_demo_definitions_load_and_validate(config, monkeypatch):
 
 def test_a_bad_channel_fails_when_the_definitions_load(config, monkeypatch):
     monkeypatch.delenv("WECOM_WAREHOUSE_URL", raising=False)
-    bad = type(config)(**{**config.__dict__, "sections": {**config.sections, "channels": {
-        "wecom_warehouse": {"type": "wecom", "webhook_url_env": "WECOM_WAREHOUSE_URL"}}}})
+    bad = type(config)(
+        **{
+            **config.__dict__,
+            "sections": {
+                **config.sections,
+                "channels": {"wecom_warehouse": {"type": "wecom", "webhook_url_env": "WECOM_WAREHOUSE_URL"}},
+            },
+        }
+    )
     with pytest.raises(ConfigError) as err:
         build_definitions(bad)
     assert err.value.entry == "channels.wecom_warehouse.webhook_url_env"
@@ -109,8 +129,9 @@ def test_cli_run_sends_and_prints_the_alerts_then_lists_them(config, monkeypatch
     assert result.exit_code == 0, result.output
     assert "告警 alerts at 2026-11-25T02:00:00+00:00" in result.output
     assert "→ warehouse via outbox" in result.output and "→ customer_service via outbox" in result.output
-    listed = cli.invoke(main, ["alerts", "--config", str(config.path), "--now", NOW.isoformat(),
-                               "--rule", "stuck_parcel"])
+    listed = cli.invoke(
+        main, ["alerts", "--config", str(config.path), "--now", NOW.isoformat(), "--rule", "stuck_parcel"]
+    )
     assert listed.exit_code == 0, listed.output
     assert "stuck_parcel (" in listed.output and "high risk" in listed.output
     again = cli.invoke(main, ["run", "--config", str(config.path), "--now", NOW.isoformat()])

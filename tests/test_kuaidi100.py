@@ -17,7 +17,8 @@ import httpx
 import pytest
 import uvicorn
 
-from order_pipeline.carrier import sandbox as carrier_sandbox, protocol as kuaidi100
+from order_pipeline.carrier import protocol as kuaidi100
+from order_pipeline.carrier import sandbox as carrier_sandbox
 from order_pipeline.carrier.protocol import Kuaidi100Error
 from resources.carrier import Kuaidi100Client
 
@@ -38,9 +39,23 @@ def answer_payload(state: str = "0", ischeck: str = "0", data: list[dict] | None
         "com": "yuantong",
         "status": "200",
         "state": state,
-        "data": data if data is not None else [
-            {"time": "2026-11-24 09:00:00", "ftime": "2026-11-24 09:00:00", "context": "派件中", "areaName": "上海,上海市", "status": "派件"},
-            {"time": "2026-11-23 20:00:00", "ftime": "2026-11-23 20:00:00", "context": "已揽收", "areaName": None, "status": "揽收"},
+        "data": data
+        if data is not None
+        else [
+            {
+                "time": "2026-11-24 09:00:00",
+                "ftime": "2026-11-24 09:00:00",
+                "context": "派件中",
+                "areaName": "上海,上海市",
+                "status": "派件",
+            },
+            {
+                "time": "2026-11-23 20:00:00",
+                "ftime": "2026-11-23 20:00:00",
+                "context": "已揽收",
+                "areaName": None,
+                "status": "揽收",
+            },
         ],
     }
 
@@ -336,7 +351,12 @@ def test_one_http_client_per_resource():
 
 
 def push_param(status: str = "polling", last: dict | None = None) -> str:
-    body = {"status": status, "billstatus": "got", "message": "变化", "lastResult": last or answer_payload(state="3", ischeck="1")}
+    body = {
+        "status": status,
+        "billstatus": "got",
+        "message": "变化",
+        "lastResult": last or answer_payload(state="3", ischeck="1"),
+    }
     return json.dumps(body, ensure_ascii=False)
 
 
@@ -360,7 +380,9 @@ def test_push_tampered_or_unsalted_is_rejected():
 
 
 def test_push_abort_without_tracking():
-    update = kuaidi100.parse_push(json.dumps({"status": "abort", "message": "3天查询无记录", "lastResult": {"message": "3天查询无记录"}}))
+    update = kuaidi100.parse_push(
+        json.dumps({"status": "abort", "message": "3天查询无记录", "lastResult": {"message": "3天查询无记录"}})
+    )
     assert update.status == "abort" and update.answer is None
 
 
@@ -413,7 +435,11 @@ def test_sandbox_answers_in_the_real_shape(carrier_db: Path):
     assert payload["nu"] == "YT100" and payload["com"] == "yuantong" and "condition" in payload
     assert [d["time"] for d in payload["data"]] == ["2026-11-24 15:30:00", "2026-11-23 22:10:00", "2026-11-23 08:00:00"]
     assert payload["data"][0] == {
-        "time": "2026-11-24 15:30:00", "ftime": "2026-11-24 15:30:00", "context": "已签收", "areaName": "上海,上海市", "status": "签收",
+        "time": "2026-11-24 15:30:00",
+        "ftime": "2026-11-24 15:30:00",
+        "context": "已签收",
+        "areaName": "上海,上海市",
+        "status": "签收",
     }
 
 

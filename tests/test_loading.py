@@ -12,8 +12,8 @@ from conftest import NOW
 from test_config import write_sources
 
 from order_pipeline.contract.config import load_config
-from order_pipeline.pipeline.loading import load_source
 from order_pipeline.contract.schema import RAW_TABLES, pipeline_rejects
+from order_pipeline.pipeline.loading import load_source
 from order_pipeline.warehouse.engine import Warehouse
 
 
@@ -30,8 +30,11 @@ def setup(tmp_path):
 
 def stock(db, *rows):
     with sqlite3.connect(db) as conn:
-        conn.executemany("INSERT OR REPLACE INTO inventory (sku, on_hand, reserved, safety_stock, updated_at) "
-                         "VALUES (?, ?, 0, 5, ?)", rows)
+        conn.executemany(
+            "INSERT OR REPLACE INTO inventory (sku, on_hand, reserved, safety_stock, updated_at) "
+            "VALUES (?, ?, 0, 5, ?)",
+            rows,
+        )
 
 
 def raw(engine) -> dict:

@@ -11,18 +11,26 @@ import dagster as dg
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from conftest import NOW
 
+from order_pipeline.carrier.protocol import TrackingAnswer, TrackingEvent
+from order_pipeline.carrier.store import store_tracking_answers
 from order_pipeline.contract.config import load_config
+from order_pipeline.contract.schema import (
+    PUBLISHED_ORDER_TABLES,
+    RAW_TABLES,
+    order_tracking_events,
+    order_tracking_snapshot,
+    pipeline_rejects,
+    raw_tracking,
+    raw_tracking_events,
+    unified_orders,
+)
 from order_pipeline.definitions import NOW_ENV
 from order_pipeline.pipeline.publish import publish
-from order_pipeline.runner import run_pipeline
-from order_pipeline.carrier.protocol import TrackingAnswer, TrackingEvent
-from order_pipeline.contract.schema import PUBLISHED_ORDER_TABLES, RAW_TABLES, order_tracking_events, order_tracking_snapshot, pipeline_rejects, raw_tracking, raw_tracking_events, unified_orders
-from order_pipeline.carrier.store import store_tracking_answers
 from order_pipeline.pipeline.unify import unify
+from order_pipeline.runner import run_pipeline
 from order_pipeline.warehouse.engine import Warehouse, utc
-
-from conftest import NOW
 
 
 def local(ts) -> str:
@@ -45,7 +53,9 @@ def snapshot(engine) -> pd.DataFrame:
 
 def recomputed(engine, batch_after: int) -> set[str]:
     with engine.connect() as conn:
-        return set(conn.execute(sa.select(unified_orders.c.order_no).where(unified_orders.c._batch > batch_after)).scalars())
+        return set(
+            conn.execute(sa.select(unified_orders.c.order_no).where(unified_orders.c._batch > batch_after)).scalars()
+        )
 
 
 def max_batch(engine) -> int:
@@ -71,25 +81,40 @@ def test_all_assets_materialize_and_checks_pass(config, engine, monkeypatch):
         checks = {
             key.name: record
             for key, record in instance.event_log_storage.get_latest_asset_check_execution_by_key(
-                [dg.AssetCheckKey(dg.AssetKey("order_tracking_snapshot"), name) for name in (
-                    "snapshot_order_no_unique", "snapshot_covers_open_orders", "rejects_below_threshold")]).items()
+                [
+                    dg.AssetCheckKey(dg.AssetKey("order_tracking_snapshot"), name)
+                    for name in ("snapshot_order_no_unique", "snapshot_covers_open_orders", "rejects_below_threshold")
+                ]
+            ).items()
         }
         assert {name: c.status.value for name, c in checks.items()} == {
-            "snapshot_order_no_unique": "SUCCEEDED", "snapshot_covers_open_orders": "SUCCEEDED",
-            "rejects_below_threshold": "SUCCEEDED"}
+            "snapshot_order_no_unique": "SUCCEEDED",
+            "snapshot_covers_open_orders": "SUCCEEDED",
+            "rejects_below_threshold": "SUCCEEDED",
+        }
         meta = instance.get_latest_materialization_event(dg.AssetKey("unified_orders")).asset_materialization.metadata
         assert meta["orders_total"].value == meta["orders_recomputed"].value > 300
     with engine.connect() as conn:
         orders = conn.execute(sa.select(sa.func.count()).select_from(RAW_TABLES["orders"])).scalar()
-        stages = dict(conn.execute(sa.select(order_tracking_snapshot.c.stage, sa.func.count())
-                                   .group_by(order_tracking_snapshot.c.stage)).all())
-        events = conn.execute(sa.select(sa.func.count()).select_from(order_tracking_events)
-                              .where(order_tracking_events.c.kind == "carrier")).scalar()
-        unsigned_in_delivered = conn.execute(sa.text(
-            "SELECT count(*) FROM order_tracking_parcels p JOIN order_tracking_snapshot s ON s.order_no = p.order_no "
-            "WHERE s.stage = 'delivered' AND NOT p.is_signed")).scalar()
-        untracked_parcels = conn.execute(sa.text(
-            "SELECT count(*) FROM order_tracking_parcels WHERE carrier_state IS NULL AND NOT is_signed")).scalar()
+        stages = dict(
+            conn.execute(
+                sa.select(order_tracking_snapshot.c.stage, sa.func.count()).group_by(order_tracking_snapshot.c.stage)
+            ).all()
+        )
+        events = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(order_tracking_events)
+            .where(order_tracking_events.c.kind == "carrier")
+        ).scalar()
+        unsigned_in_delivered = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM order_tracking_parcels p JOIN order_tracking_snapshot s ON s.order_no = p.order_no "
+                "WHERE s.stage = 'delivered' AND NOT p.is_signed"
+            )
+        ).scalar()
+        untracked_parcels = conn.execute(
+            sa.text("SELECT count(*) FROM order_tracking_parcels WHERE carrier_state IS NULL AND NOT is_signed")
+        ).scalar()
     assert sum(stages.values()) == orders
     assert unsigned_in_delivered == 0  # the parcels table agrees with the stage
     assert untracked_parcels > 0
@@ -121,15 +146,25 @@ def _bump(company, now) -> list[str]:
     one paid, one shipped. Returns them in that order."""
     stamp = local(now)
     with sqlite3.connect(company / "erp.db") as erp:
-        open_orders = [r[0] for r in erp.execute(
-            "SELECT FBillNo FROM T_SAL_ORDER WHERE FStatus = 'A' AND FBillNo <> '' ORDER BY FBillNo LIMIT 3")]
+        open_orders = [
+            r[0]
+            for r in erp.execute(
+                "SELECT FBillNo FROM T_SAL_ORDER WHERE FStatus = 'A' AND FBillNo <> '' ORDER BY FBillNo LIMIT 3"
+            )
+        ]
         erp.execute("UPDATE T_SAL_ORDER SET FStatus = 'C', FModifyDate = ? WHERE FBillNo = ?", (stamp, open_orders[0]))
     with sqlite3.connect(company / "finance.db") as fin:
-        fin.execute("INSERT INTO 收款单 (收款单号, 订单编号, 金额, 收款时间, 凭证号, 状态, 修改时间) "
-                    "VALUES ('SK-TEST-1', ?, 1.0, ?, 'V-TEST', '已收款', ?)", (open_orders[1], stamp, stamp))
+        fin.execute(
+            "INSERT INTO 收款单 (收款单号, 订单编号, 金额, 收款时间, 凭证号, 状态, 修改时间) "
+            "VALUES ('SK-TEST-1', ?, 1.0, ?, 'V-TEST', '已收款', ?)",
+            (open_orders[1], stamp, stamp),
+        )
     with sqlite3.connect(company / "wms.db") as wms:
-        wms.execute("INSERT INTO outbound (ref_order, tracking_no, express_company, gross_weight, outbound_time, "
-                    "last_modified) VALUES (?, 'YT9999999999999', 'yuantong', 1.0, ?, ?)", (open_orders[2], stamp, stamp))
+        wms.execute(
+            "INSERT INTO outbound (ref_order, tracking_no, express_company, gross_weight, outbound_time, "
+            "last_modified) VALUES (?, 'YT9999999999999', 'yuantong', 1.0, ?, ?)",
+            (open_orders[2], stamp, stamp),
+        )
     return open_orders
 
 
@@ -145,16 +180,32 @@ def _carrier_news(engine, now) -> set[str]:
     """
     t, e, s = raw_tracking, raw_tracking_events, RAW_TABLES["shipments"]
     with engine.connect() as conn:
-        waybills = conn.execute(sa.select(t.c.waybill_no, t.c.carrier_code, s.c.order_no)
-                                .join(s, s.c.waybill_no == t.c.waybill_no).where(t.c.state == 0)
-                                .order_by(t.c.waybill_no).limit(2)).all()
-        history = {w.waybill_no: [TrackingEvent(utc(r.event_at), r.context, r.area, r.status) for r in conn.execute(
-            sa.select(e).where(e.c.waybill_no == w.waybill_no).order_by(e.c.event_at))] for w in waybills}
+        waybills = conn.execute(
+            sa.select(t.c.waybill_no, t.c.carrier_code, s.c.order_no)
+            .join(s, s.c.waybill_no == t.c.waybill_no)
+            .where(t.c.state == 0)
+            .order_by(t.c.waybill_no)
+            .limit(2)
+        ).all()
+        history = {
+            w.waybill_no: [
+                TrackingEvent(utc(r.event_at), r.context, r.area, r.status)
+                for r in conn.execute(sa.select(e).where(e.c.waybill_no == w.waybill_no).order_by(e.c.event_at))
+            ]
+            for w in waybills
+        }
     (grown, grown_code, grown_order), (reworded, reworded_code, reworded_order) = waybills
     answers = [
-        TrackingAnswer(grown, grown_code, 5, False, (*history[grown], TrackingEvent(now, LONG_CONTEXT, "上海", "派件"))),
-        TrackingAnswer(reworded, reworded_code, 0, False,
-                       (*history[reworded][:-1], replace(history[reworded][-1], context="已到达转运中心（更正）"))),
+        TrackingAnswer(
+            grown, grown_code, 5, False, (*history[grown], TrackingEvent(now, LONG_CONTEXT, "上海", "派件"))
+        ),
+        TrackingAnswer(
+            reworded,
+            reworded_code,
+            0,
+            False,
+            (*history[reworded][:-1], replace(history[reworded][-1], context="已到达转运中心（更正）")),
+        ),
     ]
     assert store_tracking_answers(engine, answers, via="push", now=now) == 2
     return {grown_order, reworded_order}
@@ -172,13 +223,21 @@ def _ship_a_second_parcel(company) -> str:
             "SELECT o.ref_order, o.tracking_no, o.outbound_time, o.last_modified FROM outbound o "
             "JOIN carrier.carrier_waybills w ON w.waybill_no = o.tracking_no AND w.state = 0 AND w.ischeck = 0 "
             "WHERE (SELECT count(*) FROM outbound x WHERE x.ref_order = o.ref_order) = 1 "
-            "ORDER BY o.ref_order LIMIT 1").fetchone()
-        wms.execute("INSERT INTO outbound VALUES (?, ?, 'yuantong', 1.0, datetime(?, '+1 hour'), ?)",
-                    (order, SECOND_PARCEL, shipped, modified))
-        wms.execute("INSERT INTO carrier.carrier_waybills (waybill_no, com, state, ischeck) VALUES (?, 'yuantong', 0, 0)",
-                    (SECOND_PARCEL,))
-        wms.execute("INSERT INTO carrier.carrier_events SELECT ?, datetime(time, '+1 hour'), context, area_name, status "
-                    "FROM carrier.carrier_events WHERE waybill_no = ?", (SECOND_PARCEL, first))
+            "ORDER BY o.ref_order LIMIT 1"
+        ).fetchone()
+        wms.execute(
+            "INSERT INTO outbound VALUES (?, ?, 'yuantong', 1.0, datetime(?, '+1 hour'), ?)",
+            (order, SECOND_PARCEL, shipped, modified),
+        )
+        wms.execute(
+            "INSERT INTO carrier.carrier_waybills (waybill_no, com, state, ischeck) VALUES (?, 'yuantong', 0, 0)",
+            (SECOND_PARCEL,),
+        )
+        wms.execute(
+            "INSERT INTO carrier.carrier_events SELECT ?, datetime(time, '+1 hour'), context, area_name, status "
+            "FROM carrier.carrier_events WHERE waybill_no = ?",
+            (SECOND_PARCEL, first),
+        )
         wms.commit()
         wms.execute("DETACH DATABASE carrier")
     return order
@@ -194,38 +253,53 @@ def _move_parcels(engine, company, now, second_parcel_of: str) -> set[str]:
     s, u = RAW_TABLES["shipments"], unified_orders
     with engine.connect() as conn:  # the two newest orders with one parcel each
         (alone, alone_order), (_, joined) = conn.execute(
-            sa.select(sa.func.min(s.c.waybill_no), s.c.order_no).join(u, u.c.order_no == s.c.order_no)
+            sa.select(sa.func.min(s.c.waybill_no), s.c.order_no)
+            .join(u, u.c.order_no == s.c.order_no)
             .where(s.c.order_no != second_parcel_of)
-            .group_by(s.c.order_no).having(sa.func.count() == 1).order_by(s.c.order_no.desc()).limit(2)).all()
+            .group_by(s.c.order_no)
+            .having(sa.func.count() == 1)
+            .order_by(s.c.order_no.desc())
+            .limit(2)
+        ).all()
     with sqlite3.connect(company / "wms.db") as wms:
         for waybill in (alone, SECOND_PARCEL):
-            wms.execute("UPDATE outbound SET ref_order = ?, last_modified = ? WHERE tracking_no = ?",
-                        (joined, local(now), waybill))
+            wms.execute(
+                "UPDATE outbound SET ref_order = ?, last_modified = ? WHERE tracking_no = ?",
+                (joined, local(now), waybill),
+            )
     return {alone_order, second_parcel_of, joined}
 
 
 def _edit_an_amount(company, now, other_than: set[str]) -> str:
     """The ERP corrects an open order's amount: none of its parcels changes. Returns the order."""
     with sqlite3.connect(company / "erp.db") as erp:
-        order = next(r[0] for r in erp.execute(
-            "SELECT FBillNo FROM T_SAL_ORDER WHERE FStatus = 'A' AND FBillNo <> '' ORDER BY FBillNo")
-            if r[0] not in other_than)
-        erp.execute("UPDATE T_SAL_ORDER SET FAmount = FAmount + 1, FModifyDate = ? WHERE FBillNo = ?",
-                    (local(now), order))
+        order = next(
+            r[0]
+            for r in erp.execute(
+                "SELECT FBillNo FROM T_SAL_ORDER WHERE FStatus = 'A' AND FBillNo <> '' ORDER BY FBillNo"
+            )
+            if r[0] not in other_than
+        )
+        erp.execute(
+            "UPDATE T_SAL_ORDER SET FAmount = FAmount + 1, FModifyDate = ? WHERE FBillNo = ?", (local(now), order)
+        )
     return order
 
 
 def published(engine) -> dict[str, pd.DataFrame]:
     """Every published table in a stable order, without the publishing time."""
     with engine.connect() as conn:
-        frames = {t.name: pd.read_sql(sa.select(t), conn).drop(columns=["published_at"], errors="ignore")
-                  for t in PUBLISHED_ORDER_TABLES}
+        frames = {
+            t.name: pd.read_sql(sa.select(t), conn).drop(columns=["published_at"], errors="ignore")
+            for t in PUBLISHED_ORDER_TABLES
+        }
     return {name: f.sort_values(list(f.columns)).reset_index(drop=True) for name, f in frames.items()}
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(backend, config, engine, demo_company,
-                                                                             request, monkeypatch):
+def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(
+    backend, config, engine, demo_company, request, monkeypatch
+):
     if backend == "postgres":
         config = _on_postgres(demo_company, request.getfixturevalue("pg_database"), monkeypatch)
         engine = Warehouse(config.warehouse_url.resolve()).engine
@@ -233,8 +307,9 @@ def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(
     run(config, monkeypatch)
     if backend == "postgres":  # vacuumed after the rebuild, not left to autovacuum
         with engine.connect() as conn:
-            pages, visible = conn.execute(sa.text(
-                "SELECT relpages, relallvisible FROM pg_class WHERE relname = 'order_tracking_events'")).one()
+            pages, visible = conn.execute(
+                sa.text("SELECT relpages, relallvisible FROM pg_class WHERE relname = 'order_tracking_events'")
+            ).one()
         assert pages > 0 and visible >= 0.9 * pages
     before = max_batch(engine)
     tables_before = published(engine)
@@ -242,8 +317,9 @@ def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(
     snapshot_before = tables_before["order_tracking_snapshot"].set_index("order_no")
     later = NOW + timedelta(minutes=10)
     cancelled, paid, shipped = _bump(demo_company, later)
-    parcels_changed = ({shipped} | _carrier_news(engine, later)
-                       | _move_parcels(engine, demo_company, later, second_parcel_of=split))
+    parcels_changed = (
+        {shipped} | _carrier_news(engine, later) | _move_parcels(engine, demo_company, later, second_parcel_of=split)
+    )
     changed = {cancelled, paid} | parcels_changed
     edited = _edit_an_amount(demo_company, later, other_than=changed)
     changed.add(edited)
@@ -253,11 +329,15 @@ def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(
     assert recomputed(engine, before) == changed
     incremental = published(engine)
     # The stage counts the run kept (moved by the orders it republished) are the snapshot's.
-    kept = instance.get_latest_materialization_event(dg.AssetKey("order_tracking_snapshot")) \
-        .asset_materialization.metadata
+    kept = instance.get_latest_materialization_event(
+        dg.AssetKey("order_tracking_snapshot")
+    ).asset_materialization.metadata
     counted = incremental["order_tracking_snapshot"]["stage"].value_counts()
-    per_stage = {key.removeprefix("orders_"): m.value for key, m in kept.items()
-                 if key.startswith("orders_") and key not in ("orders_published", "orders_total")}
+    per_stage = {
+        key.removeprefix("orders_"): m.value
+        for key, m in kept.items()
+        if key.startswith("orders_") and key not in ("orders_published", "orders_total")
+    }
     assert per_stage == counted.to_dict()
     assert counted["cancelled"] > tables_before["order_tracking_snapshot"]["stage"].value_counts()["cancelled"]
 
@@ -283,8 +363,9 @@ def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(
     # Only the difference was written: far fewer timeline rows than the recomputed orders have.
     # Carrier rows were compared only for orders with parcel news, not for the cancelled, the
     # paid or the edited one.
-    written = instance.get_latest_materialization_event(dg.AssetKey("order_tracking_events")) \
-        .asset_materialization.metadata
+    written = instance.get_latest_materialization_event(
+        dg.AssetKey("order_tracking_events")
+    ).asset_materialization.metadata
     timelines = full["order_tracking_events"]
     assert 0 < written["events_written"].value < timelines["order_no"].isin(changed).sum() / 2
     assert written["orders_carrier_compared"].value == len(parcels_changed)
@@ -299,17 +380,27 @@ def test_an_orders_lines_are_rewritten_only_where_they_changed(config, engine, d
             return {r.sku: (r.qty, r._batch) for r in conn.execute(sa.select(lines).where(lines.c.order_no == order))}
 
     with engine.connect() as conn:
-        order = conn.execute(sa.select(lines.c.order_no).group_by(lines.c.order_no).having(sa.func.count() >= 3)
-                             .order_by(lines.c.order_no).limit(1)).scalar()
+        order = conn.execute(
+            sa.select(lines.c.order_no)
+            .group_by(lines.c.order_no)
+            .having(sa.func.count() >= 3)
+            .order_by(lines.c.order_no)
+            .limit(1)
+        ).scalar()
     before = stored(order)
     changed, removed, *kept = sorted(before)
     later = NOW + timedelta(minutes=10)
     with sqlite3.connect(demo_company / "erp.db") as erp:
         erp.execute("UPDATE T_SAL_ORDER SET FModifyDate = ? WHERE FBillNo = ?", (local(later), order))
-        erp.execute("UPDATE T_SAL_ORDERENTRY SET FQty = FQty + 1 WHERE FBillNo = ? AND FMaterialId = ?", (order, changed))
+        erp.execute(
+            "UPDATE T_SAL_ORDERENTRY SET FQty = FQty + 1 WHERE FBillNo = ? AND FMaterialId = ?", (order, changed)
+        )
         erp.execute("DELETE FROM T_SAL_ORDERENTRY WHERE FBillNo = ? AND FMaterialId = ?", (order, removed))
-        erp.execute("INSERT INTO T_SAL_ORDERENTRY (FEntryID, FBillNo, FMaterialId, FQty, FPrice) "
-                    "VALUES (999999, ?, 'SKU-NEW', 2, 9.5)", (order,))
+        erp.execute(
+            "INSERT INTO T_SAL_ORDERENTRY (FEntryID, FBillNo, FMaterialId, FQty, FPrice) "
+            "VALUES (999999, ?, 'SKU-NEW', 2, 9.5)",
+            (order,),
+        )
     run(config, monkeypatch, now=later)
 
     after = stored(order)
@@ -328,13 +419,18 @@ def unified(engine) -> pd.DataFrame:
 def rejects(engine) -> pd.DataFrame:
     with engine.connect() as conn:
         frame = pd.read_sql(sa.select(pipeline_rejects), conn)
-    return frame.drop(columns=["id"], errors="ignore").sort_values(["source", "record_key", "reason"]).reset_index(drop=True)
+    return (
+        frame.drop(columns=["id"], errors="ignore")
+        .sort_values(["source", "record_key", "reason"])
+        .reset_index(drop=True)
+    )
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def test_a_full_rebuild_in_slices_derives_the_same_orders_and_orphans(backend, workers, config, engine, demo_company,
-                                                                      request, monkeypatch):
+def test_a_full_rebuild_in_slices_derives_the_same_orders_and_orphans(
+    backend, workers, config, engine, demo_company, request, monkeypatch
+):
     """In slices, in this process or in worker processes beside it (which prepare the rows for the
     bulk write there), as in one piece."""
     if backend == "postgres":
@@ -343,8 +439,10 @@ def test_a_full_rebuild_in_slices_derives_the_same_orders_and_orphans(backend, w
     run(config, monkeypatch)
     with sqlite3.connect(demo_company / "finance.db") as db:  # a payment for an order the ERP never had
         db.execute("INSERT INTO 收款单 SELECT * FROM 收款单 LIMIT 1")
-        db.execute("UPDATE 收款单 SET 收款单号 = 'PAY-ORPHAN', 订单编号 = 'ZZ-NO-SUCH-ORDER' WHERE rowid = "
-                   "(SELECT MAX(rowid) FROM 收款单)")
+        db.execute(
+            "UPDATE 收款单 SET 收款单号 = 'PAY-ORPHAN', 订单编号 = 'ZZ-NO-SUCH-ORDER' WHERE rowid = "
+            "(SELECT MAX(rowid) FROM 收款单)"
+        )
     run(config, monkeypatch, full=True)
     whole, whole_rejects = unified(engine), rejects(engine)
     assert "ZZ-NO-SUCH-ORDER" not in set(whole["order_no"])
@@ -358,7 +456,9 @@ def test_a_full_rebuild_in_slices_derives_the_same_orders_and_orphans(backend, w
 
     payments = RAW_TABLES["payments"]  # the payment's order turns up: its reject is settled
     with engine.begin() as conn:
-        conn.execute(payments.update().where(payments.c.payment_id == "PAY-ORPHAN").values(order_no=whole["order_no"][0]))
+        conn.execute(
+            payments.update().where(payments.c.payment_id == "PAY-ORPHAN").values(order_no=whole["order_no"][0])
+        )
     unify(engine, NOW, config.carrier.transit_days, full=True, slice_orders=37, workers=workers)
     assert "PAY-ORPHAN" not in set(rejects(engine)["record_key"])
 
@@ -385,8 +485,9 @@ def test_postgres_warehouse_publishes_the_same_snapshot(config, engine, demo_com
 
 
 @pytest.mark.postgres
-def test_a_postgres_rebuild_swaps_in_fresh_tables_keeping_grants_and_views(config, demo_company, pg_database,
-                                                                          monkeypatch):
+def test_a_postgres_rebuild_swaps_in_fresh_tables_keeping_grants_and_views(
+    config, demo_company, pg_database, monkeypatch
+):
     """A full publish fills new tables and swaps them in; one a view depends on is rebuilt in place."""
     pg_config = _on_postgres(demo_company, pg_database, monkeypatch)
     run(pg_config, monkeypatch)
@@ -395,14 +496,18 @@ def test_a_postgres_rebuild_swaps_in_fresh_tables_keeping_grants_and_views(confi
 
     def oids() -> dict[str, int]:
         with engine.connect() as conn:
-            return {t.name: conn.execute(sa.text("SELECT to_regclass(:t)::oid"), {"t": t.name}).scalar()
-                    for t in PUBLISHED_ORDER_TABLES}
+            return {
+                t.name: conn.execute(sa.text("SELECT to_regclass(:t)::oid"), {"t": t.name}).scalar()
+                for t in PUBLISHED_ORDER_TABLES
+            }
 
     with engine.begin() as conn:
         conn.exec_driver_sql(f"CREATE ROLE {reader}")
         conn.exec_driver_sql(f"GRANT SELECT ON order_tracking_snapshot, order_tracking_parcels TO {reader}")
-        conn.exec_driver_sql("CREATE VIEW timeline_by_day AS SELECT order_no, CAST(event_at AS date) AS day, count(*) "
-                             "AS events FROM order_tracking_events GROUP BY 1, 2")
+        conn.exec_driver_sql(
+            "CREATE VIEW timeline_by_day AS SELECT order_no, CAST(event_at AS date) AS day, count(*) "
+            "AS events FROM order_tracking_events GROUP BY 1, 2"
+        )
     try:
         published_before, before = published(engine), oids()
         result = publish(engine, NOW, full=True)
@@ -414,17 +519,32 @@ def test_a_postgres_rebuild_swaps_in_fresh_tables_keeping_grants_and_views(confi
         for name, frame in published(engine).items():
             pd.testing.assert_frame_equal(frame, published_before[name], obj=name)
         with engine.connect() as conn:
-            assert conn.execute(sa.text(
-                "SELECT has_table_privilege(:r, 'order_tracking_snapshot', 'SELECT')"
-                " AND has_table_privilege(:r, 'order_tracking_parcels', 'SELECT')"
-                " AND NOT has_table_privilege(:r, 'order_tracking_events', 'SELECT')"), {"r": reader}).scalar()
-            assert conn.execute(sa.text("SELECT sum(events) FROM timeline_by_day")).scalar() == \
-                len(published_before["order_tracking_events"])
-            indexes = set(conn.execute(sa.text(
-                "SELECT indexname FROM pg_indexes WHERE tablename IN ('order_tracking_snapshot', "
-                "'order_tracking_parcels')")).scalars())
-        assert indexes == {"order_tracking_snapshot_pkey", "ix_snapshot_phone_tail", "ix_snapshot_stage_waiting",
-                           "order_tracking_parcels_pkey", "ix_order_tracking_parcels_order_no"}
+            assert conn.execute(
+                sa.text(
+                    "SELECT has_table_privilege(:r, 'order_tracking_snapshot', 'SELECT')"
+                    " AND has_table_privilege(:r, 'order_tracking_parcels', 'SELECT')"
+                    " AND NOT has_table_privilege(:r, 'order_tracking_events', 'SELECT')"
+                ),
+                {"r": reader},
+            ).scalar()
+            assert conn.execute(sa.text("SELECT sum(events) FROM timeline_by_day")).scalar() == len(
+                published_before["order_tracking_events"]
+            )
+            indexes = set(
+                conn.execute(
+                    sa.text(
+                        "SELECT indexname FROM pg_indexes WHERE tablename IN ('order_tracking_snapshot', "
+                        "'order_tracking_parcels')"
+                    )
+                ).scalars()
+            )
+        assert indexes == {
+            "order_tracking_snapshot_pkey",
+            "ix_snapshot_phone_tail",
+            "ix_snapshot_stage_waiting",
+            "order_tracking_parcels_pkey",
+            "ix_order_tracking_parcels_order_no",
+        }
         # and the swapped tables take an incremental run as before
         assert publish(engine, NOW + timedelta(minutes=1)).orders == 0
     finally:
@@ -463,7 +583,9 @@ def test_dagster_instance_storage_on_postgres(config, pg_database, tmp_path, mon
     engine = sa.create_engine(url)
     with engine.connect() as conn:
         stored = conn.execute(sa.text("SELECT count(*) FROM runs WHERE run_id = :r"), {"r": outcome.run_id}).scalar()
-        events = conn.execute(sa.text("SELECT count(*) FROM event_logs WHERE run_id = :r"), {"r": outcome.run_id}).scalar()
+        events = conn.execute(
+            sa.text("SELECT count(*) FROM event_logs WHERE run_id = :r"), {"r": outcome.run_id}
+        ).scalar()
     engine.dispose()
     assert stored == 1 and events > 10
 
@@ -513,8 +635,10 @@ def test_an_index_whose_columns_changed_is_rebuilt_at_start(backend, tmp_path, r
     wh.create_schema()
     with wh.engine.begin() as conn:
         conn.exec_driver_sql("DROP INDEX ix_events_order_time")
-        conn.exec_driver_sql("CREATE INDEX ix_events_order_time ON order_tracking_events "
-                             "(order_no, event_at, kind, stage, waybill_no, context, area)")
+        conn.exec_driver_sql(
+            "CREATE INDEX ix_events_order_time ON order_tracking_events "
+            "(order_no, event_at, kind, stage, waybill_no, context, area)"
+        )
 
     wh.create_schema()
     indexes = {ix["name"]: ix["column_names"] for ix in sa.inspect(wh.engine).get_indexes("order_tracking_events")}

@@ -11,23 +11,29 @@ import httpx
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from conftest import NOW
+from test_alerting import GROUPS, paid_order
+from test_rules import TZ, H, S, make_config, order, publish_rows, warehouse_url  # noqa: F401
 
 from order_pipeline.alerts import ledger as alert_ledger
+from order_pipeline.alerts.channels import WeComRobot
+from order_pipeline.alerts.dispatch import Dispatcher
 from order_pipeline.alerts.evaluation import Alerting
 from order_pipeline.contract.config import Secret, SourceConfig
-from order_pipeline.contract.schema import BATCH, alert_deliveries, alert_outbox, alert_queue, order_alerts, raw_tracking
-from order_pipeline.alerts.channels import WeComRobot
+from order_pipeline.contract.schema import (
+    BATCH,
+    alert_deliveries,
+    alert_outbox,
+    alert_queue,
+    order_alerts,
+    raw_tracking,
+)
+from order_pipeline.warehouse.engine import Warehouse
 from resources.warehouse import PipelineClock, WarehouseResource
 from sensors import runtime
 from sensors.alerts import AlertCursor, alert_sensor, run_failure_sensor, run_success_sensor
 from sensors.carrier import carrier_push_sensor, poll_cron
-from order_pipeline.alerts.dispatch import Dispatcher
 from sensors.sources import source_change_sensor
-
-from conftest import NOW
-from test_alerting import GROUPS, paid_order
-from test_rules import H, S, TZ, make_config, order, publish_rows, warehouse_url  # noqa: F401
-from order_pipeline.warehouse.engine import Warehouse
 
 M = timedelta(minutes=1)
 
@@ -69,8 +75,14 @@ def erp(tmp_path):
 def orders_source(path, query: bool = False) -> SourceConfig:
     columns = {"order_no": "FBillNo", "updated_at": "FModifyDate"}
     if query:
-        return SourceConfig("orders", Secret(value=f"sqlite:///{path}"), None,
-                            "SELECT FBillNo, FModifyDate FROM T_SAL_ORDER WHERE FBillNo <> ''", columns, TZ)
+        return SourceConfig(
+            "orders",
+            Secret(value=f"sqlite:///{path}"),
+            None,
+            "SELECT FBillNo, FModifyDate FROM T_SAL_ORDER WHERE FBillNo <> ''",
+            columns,
+            TZ,
+        )
     return SourceConfig("orders", Secret(value=f"sqlite:///{path}"), "T_SAL_ORDER", None, columns, TZ)
 
 
@@ -85,8 +97,9 @@ def test_source_sensor_requests_a_load_only_when_the_watermark_moves(tmp_path, i
     empty = tick(None)
     assert not empty.run_requests and "no rows yet" in empty.skip_message
     with sqlite3.connect(path) as conn:
-        conn.executemany("INSERT INTO T_SAL_ORDER VALUES (?, ?)",
-                         [("SO1", "2026-11-25 09:58:00"), ("SO2", "2026-11-25 09:59:30")])
+        conn.executemany(
+            "INSERT INTO T_SAL_ORDER VALUES (?, ?)", [("SO1", "2026-11-25 09:58:00"), ("SO2", "2026-11-25 09:59:30")]
+        )
     first = tick(None)
     [request] = first.run_requests
     assert request.run_key == "orders:2026-11-25 09:59:30"
@@ -126,8 +139,13 @@ def outbox(engine) -> pd.DataFrame:
 
 def alert(engine, rule_id="paid_not_locked", key="SO-1") -> dict:
     with engine.connect() as conn:
-        return dict(conn.execute(sa.select(order_alerts).where(order_alerts.c.rule_id == rule_id)
-                                 .where(order_alerts.c.entity_key == key)).mappings().one())
+        return dict(
+            conn.execute(
+                sa.select(order_alerts).where(order_alerts.c.rule_id == rule_id).where(order_alerts.c.entity_key == key)
+            )
+            .mappings()
+            .one()
+        )
 
 
 @pytest.fixture
@@ -221,8 +239,7 @@ def test_a_channel_that_times_out_gets_one_attempt_per_tick_and_no_sleep(tmp_pat
     publish_rows(engine, [paid_order()])
     url = str(engine.url)
     alerts = {**GROUPS["alerts"], "groups": {**GROUPS["alerts"]["groups"], "warehouse": {"channels": ["wecom_wh"]}}}
-    config = make_config(tmp_path, url, channels={**GROUPS["channels"], "wecom_wh": {"type": "outbox"}},
-                         alerts=alerts)
+    config = make_config(tmp_path, url, channels={**GROUPS["channels"], "wecom_wh": {"type": "outbox"}}, alerts=alerts)
     _, dispatcher = runtime.alerting_runtime(config, url)  # the runtime the sensor's ticks use
     slept: list[float] = []
     dispatcher.sleep = slept.append
@@ -234,8 +251,9 @@ def test_a_channel_that_times_out_gets_one_attempt_per_tick_and_no_sleep(tmp_pat
             raise httpx.ReadTimeout("timed out", request=request)
         return httpx.Response(200, json={"errcode": 0, "errmsg": "ok"})
 
-    dispatcher.channels["wecom_wh"] = WeComRobot("https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=k",
-                                                 name="wecom_wh", transport=httpx.MockTransport(robot))
+    dispatcher.channels["wecom_wh"] = WeComRobot(
+        "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=k", name="wecom_wh", transport=httpx.MockTransport(robot)
+    )
     ticks = Ticks(alert_sensor(config), instance, url)
 
     first = ticks(NOW)
@@ -257,8 +275,14 @@ def test_a_channel_that_times_out_gets_one_attempt_per_tick_and_no_sleep(tmp_pat
 
 
 def test_a_postgresql_source_url_gets_the_installed_driver():
-    sc = SourceConfig("orders", Secret(value="postgresql://erp:secret@erp-db:5432/erp"), "T_SAL_ORDER", None,
-                      {"order_no": "FBillNo", "updated_at": "FModifyDate"}, TZ)
+    sc = SourceConfig(
+        "orders",
+        Secret(value="postgresql://erp:secret@erp-db:5432/erp"),
+        "T_SAL_ORDER",
+        None,
+        {"order_no": "FBillNo", "updated_at": "FModifyDate"},
+        TZ,
+    )
     engine = runtime.source_engine(sc)  # connects lazily: nothing reaches erp-db here
     assert (engine.dialect.name, engine.dialect.driver) == ("postgresql", "psycopg2")
     assert runtime.source_engine(sc) is engine
@@ -279,8 +303,13 @@ def test_a_failed_run_alerts_the_data_team_and_a_success_resolves_it(tmp_path, e
     def status_context(result, event_type):
         run = instance.get_run_by_id(result.run_id)
         event = next(e for e in result.all_events if e.event_type == event_type)
-        return dg.build_run_status_sensor_context(sensor_name="s", dagster_event=event, dagster_instance=instance,
-                                                  dagster_run=run, resources=resources(str(engine.url), NOW))
+        return dg.build_run_status_sensor_context(
+            sensor_name="s",
+            dagster_event=event,
+            dagster_instance=instance,
+            dagster_run=run,
+            resources=resources(str(engine.url), NOW),
+        )
 
     failed = dg.materialize([raw_orders], instance=instance, raise_on_error=False)
     run_failure_sensor(config)(status_context(failed, dg.DagsterEventType.RUN_FAILURE).for_run_failure())
@@ -313,9 +342,14 @@ def test_a_kuaidi100_push_is_recorded_as_a_raw_tracking_update(engine, instance)
     assert not again.asset_events and "since batch 7" in again.skip_message
 
 
-@pytest.mark.parametrize("every, cron", [
-    (timedelta(hours=2), "0 */2 * * *"), (timedelta(minutes=30), "*/30 * * * *"), (timedelta(days=1), "0 0 * * *"),
-    (timedelta(hours=5), "0 * * * *"),
-])
+@pytest.mark.parametrize(
+    "every, cron",
+    [
+        (timedelta(hours=2), "0 */2 * * *"),
+        (timedelta(minutes=30), "*/30 * * * *"),
+        (timedelta(days=1), "0 0 * * *"),
+        (timedelta(hours=5), "0 * * * *"),
+    ],
+)
 def test_poll_cadence(every, cron):
     assert poll_cron(every) == cron

@@ -18,15 +18,25 @@ class Order:
     """Builder for one order's rows across every source."""
 
     def __init__(self, amount=100.0, status="open", lines=(("SKU-1", 2),)):
-        self.order = {"order_no": "SO1", "customer_name": "张三", "customer_phone": "13812341234",
-                      "ship_address": "浙江省杭州市西湖区文三路1号", "amount": amount, "currency": "CNY",
-                      "ordered_at": h(0), "promised_date": None, "status": status, "updated_at": h(0)}
+        self.order = {
+            "order_no": "SO1",
+            "customer_name": "张三",
+            "customer_phone": "13812341234",
+            "ship_address": "浙江省杭州市西湖区文三路1号",
+            "amount": amount,
+            "currency": "CNY",
+            "ordered_at": h(0),
+            "promised_date": None,
+            "status": status,
+            "updated_at": h(0),
+        }
         self.lines = [{"order_no": "SO1", "sku": sku, "qty": qty} for sku, qty in lines]
         self.payments, self.reservations, self.shipments, self.tracking, self.deliveries = [], [], [], [], []
 
     def pay(self, amount, at=1, status="paid", voucher="V1"):
-        self.payments.append({"order_no": "SO1", "amount": amount, "paid_at": h(at), "voucher_no": voucher,
-                              "status": status})
+        self.payments.append(
+            {"order_no": "SO1", "amount": amount, "paid_at": h(at), "voucher_no": voucher, "status": status}
+        )
         return self
 
     def lock(self, sku="SKU-1", qty=2, at=2, status="locked"):
@@ -34,14 +44,38 @@ class Order:
         return self
 
     def ship(self, waybill="SF1", at=3, weight=1.2, carrier="shunfeng"):
-        self.shipments.append({"order_no": "SO1", "waybill_no": waybill, "carrier_code": carrier,
-                               "weight_kg": weight, "shipped_at": h(at)})
+        self.shipments.append(
+            {
+                "order_no": "SO1",
+                "waybill_no": waybill,
+                "carrier_code": carrier,
+                "weight_kg": weight,
+                "shipped_at": h(at),
+            }
+        )
         return self
 
-    def track(self, waybill="SF1", state=0, first=4, last=5, signed=False, context="快件已到达 杭州转运中心",
-              area="浙江省,杭州市"):
-        self.tracking.append({"waybill_no": waybill, "state": state, "is_signed": signed, "first_event_at": h(first),
-                              "last_event_at": h(last), "last_context": context, "last_area": area})
+    def track(
+        self,
+        waybill="SF1",
+        state=0,
+        first=4,
+        last=5,
+        signed=False,
+        context="快件已到达 杭州转运中心",
+        area="浙江省,杭州市",
+    ):
+        self.tracking.append(
+            {
+                "waybill_no": waybill,
+                "state": state,
+                "is_signed": signed,
+                "first_event_at": h(first),
+                "last_event_at": h(last),
+                "last_context": context,
+                "last_area": area,
+            }
+        )
         return self
 
     def pod(self, waybill="SF1", signer="张三", at=30):
@@ -76,13 +110,16 @@ def test_order_without_lines_is_missing_them_and_sales_owns_it():
     assert r["responsible_role"] == "sales"
 
 
-@pytest.mark.parametrize("payments, stage", [
-    ([99.99], "ordered"),          # a cent short: not paid
-    ([99.995], "paid"),            # within the cent tolerance
-    ([100.0], "paid"),
-    ([60.0, 40.0], "paid"),        # partial payments that together cover it
-    ([60.0], "ordered"),           # partial payment only
-])
+@pytest.mark.parametrize(
+    "payments, stage",
+    [
+        ([99.99], "ordered"),  # a cent short: not paid
+        ([99.995], "paid"),  # within the cent tolerance
+        ([100.0], "paid"),
+        ([60.0, 40.0], "paid"),  # partial payments that together cover it
+        ([60.0], "ordered"),  # partial payment only
+    ],
+)
 def test_paid_when_paid_payments_cover_the_amount(payments, stage):
     o = Order()
     for i, amount in enumerate(payments):
@@ -115,11 +152,14 @@ def test_locked_when_reservations_cover_every_line():
     assert r["stage"] == "locked" and r["locked_at"] == h(2.5) and r["responsible_role"] == "logistics"
 
 
-@pytest.mark.parametrize("reservations", [
-    [("SKU-1", 1, "locked")],                           # short by one
-    [("SKU-1", 2, "released")],                         # released does not hold stock
-    [("SKU-2", 2, "locked")],                           # the wrong SKU
-])
+@pytest.mark.parametrize(
+    "reservations",
+    [
+        [("SKU-1", 1, "locked")],  # short by one
+        [("SKU-1", 2, "released")],  # released does not hold stock
+        [("SKU-2", 2, "locked")],  # the wrong SKU
+    ],
+)
 def test_not_locked_when_a_line_is_not_covered(reservations):
     o = Order().pay(100)
     for sku, qty, status in reservations:
@@ -234,8 +274,14 @@ def test_many_orders_at_once_keep_their_own_facts():
     a, b = paid_locked(), Order()
     b.order["order_no"] = "SO2"
     orders = pd.DataFrame([a.order, b.order])
-    out = derive_orders(OrderInputs(orders=orders, lines=pd.DataFrame(a.lines), payments=pd.DataFrame(a.payments),
-                                    reservations=pd.DataFrame(a.reservations))).set_index("order_no")
+    out = derive_orders(
+        OrderInputs(
+            orders=orders,
+            lines=pd.DataFrame(a.lines),
+            payments=pd.DataFrame(a.payments),
+            reservations=pd.DataFrame(a.reservations),
+        )
+    ).set_index("order_no")
     assert out.loc["SO1", "stage"] == "locked"
     assert out.loc["SO2", "stage"] == "ordered" and out.loc["SO2", "missing_info"] == "order_lines"
 
@@ -244,12 +290,29 @@ def test_typed_but_empty_carrier_frames_are_no_carrier_facts():
     """An incremental run reads typed, empty frames for parcels nobody has tracked or signed yet."""
     o = paid_locked().ship()
     ts = pd.Series([], dtype="datetime64[us, UTC]")
-    tracking = pd.DataFrame({"waybill_no": pd.Series([], dtype=object), "state": pd.Series([], dtype=float),
-                             "is_signed": pd.Series([], dtype=bool), "first_event_at": ts, "last_event_at": ts,
-                             "last_context": pd.Series([], dtype=object), "last_area": pd.Series([], dtype=object)})
-    deliveries = pd.DataFrame({"waybill_no": pd.Series([], dtype=object), "signer": pd.Series([], dtype=object),
-                               "signed_at": ts})
-    r = derive_orders(OrderInputs(orders=pd.DataFrame([o.order]), lines=pd.DataFrame(o.lines),
-                                  payments=pd.DataFrame(o.payments), reservations=pd.DataFrame(o.reservations),
-                                  shipments=pd.DataFrame(o.shipments), tracking=tracking, deliveries=deliveries)).iloc[0]
+    tracking = pd.DataFrame(
+        {
+            "waybill_no": pd.Series([], dtype=object),
+            "state": pd.Series([], dtype=float),
+            "is_signed": pd.Series([], dtype=bool),
+            "first_event_at": ts,
+            "last_event_at": ts,
+            "last_context": pd.Series([], dtype=object),
+            "last_area": pd.Series([], dtype=object),
+        }
+    )
+    deliveries = pd.DataFrame(
+        {"waybill_no": pd.Series([], dtype=object), "signer": pd.Series([], dtype=object), "signed_at": ts}
+    )
+    r = derive_orders(
+        OrderInputs(
+            orders=pd.DataFrame([o.order]),
+            lines=pd.DataFrame(o.lines),
+            payments=pd.DataFrame(o.payments),
+            reservations=pd.DataFrame(o.reservations),
+            shipments=pd.DataFrame(o.shipments),
+            tracking=tracking,
+            deliveries=deliveries,
+        )
+    ).iloc[0]
     assert r["stage"] == "shipped" and r["missing_info"] == "carrier_tracking"

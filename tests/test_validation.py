@@ -7,20 +7,37 @@ import json
 import pandas as pd
 import pytest
 
-from order_pipeline.contract.canonical import ORDERS, ORDER_LINES, PAYMENTS
+from order_pipeline.contract.canonical import ORDER_LINES, ORDERS, PAYMENTS
 from order_pipeline.domain.validation import parse_timestamps, validate
 
 
 def order(**overrides) -> dict:
-    row = {"order_no": "SO1", "customer_name": "张三", "customer_phone": "13812341234", "customer_id_no": None,
-           "ship_address": "浙江省杭州市西湖区", "amount": "100.5", "currency": "CNY", "ordered_at": "2026-11-25 10:00:00",
-           "promised_date": "2026-11-28", "status": "open", "updated_at": "2026-11-25 10:00:00"}
+    row = {
+        "order_no": "SO1",
+        "customer_name": "张三",
+        "customer_phone": "13812341234",
+        "customer_id_no": None,
+        "ship_address": "浙江省杭州市西湖区",
+        "amount": "100.5",
+        "currency": "CNY",
+        "ordered_at": "2026-11-25 10:00:00",
+        "promised_date": "2026-11-28",
+        "status": "open",
+        "updated_at": "2026-11-25 10:00:00",
+    }
     return {**row, **overrides}
 
 
 def payment(**overrides) -> dict:
-    row = {"payment_id": "P1", "order_no": "SO1", "amount": 10, "paid_at": "2026-11-25 10:00:00",
-           "voucher_no": "V1", "status": "paid", "updated_at": "2026-11-25 10:00:00"}
+    row = {
+        "payment_id": "P1",
+        "order_no": "SO1",
+        "amount": 10,
+        "paid_at": "2026-11-25 10:00:00",
+        "voucher_no": "V1",
+        "status": "paid",
+        "updated_at": "2026-11-25 10:00:00",
+    }
     return {**row, **overrides}
 
 
@@ -48,14 +65,17 @@ def test_times_with_an_offset_keep_it():
     assert parsed.iloc[0] == pd.Timestamp("2026-11-25 10:00", tz="UTC")
 
 
-@pytest.mark.parametrize("overrides, reason", [
-    ({"order_no": None}, "missing order_no"),
-    ({"order_no": "  "}, "missing order_no"),
-    ({"amount": "-1"}, "negative amount"),
-    ({"amount": "lots"}, "amount is not a number"),
-    ({"ordered_at": "2026-13-45 99:00"}, "unparseable ordered_at"),
-    ({"status": "shipped"}, "unknown status"),
-])
+@pytest.mark.parametrize(
+    "overrides, reason",
+    [
+        ({"order_no": None}, "missing order_no"),
+        ({"order_no": "  "}, "missing order_no"),
+        ({"amount": "-1"}, "negative amount"),
+        ({"amount": "lots"}, "amount is not a number"),
+        ({"ordered_at": "2026-13-45 99:00"}, "unparseable ordered_at"),
+        ({"status": "shipped"}, "unknown status"),
+    ],
+)
 def test_each_broken_order_is_rejected_with_its_reason(overrides, reason):
     good, rejects = check(ORDERS, [order(order_no="SO0"), order(**overrides)])
     assert list(good["order_no"]) == ["SO0"]
@@ -102,8 +122,13 @@ def test_newer_version_of_a_row_wins_over_an_older_one():
 
 
 def test_two_lines_of_the_same_sku_add_up():
-    good, rejects = check(ORDER_LINES, [{"order_no": "SO1", "sku": "A", "qty": 1, "unit_price": 2},
-                                        {"order_no": "SO1", "sku": "A", "qty": 3, "unit_price": 0},
-                                        {"order_no": "SO1", "sku": "B", "qty": 1, "unit_price": 5}])
+    good, rejects = check(
+        ORDER_LINES,
+        [
+            {"order_no": "SO1", "sku": "A", "qty": 1, "unit_price": 2},
+            {"order_no": "SO1", "sku": "A", "qty": 3, "unit_price": 0},
+            {"order_no": "SO1", "sku": "B", "qty": 1, "unit_price": 5},
+        ],
+    )
     assert rejects.empty
     assert good.set_index("sku")["qty"].to_dict() == {"A": 4.0, "B": 1.0}

@@ -21,21 +21,6 @@ with warnings.catch_warnings():  # the installed httpx works; Starlette merely p
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from starlette.testclient import TestClient
 
-from order_pipeline.contract.canonical import SOURCE_ENTITIES
-from order_pipeline.contract.config import ConfigError, load_config
-from order_pipeline.contract.schema import raw_tracking, raw_tracking_events, tracking_access_log
-from order_pipeline.web.customer import page as customer_module
-from order_pipeline.web import db as web_db
-from order_pipeline.web.ops import queries
-from order_pipeline.web.app import create_app
-from order_pipeline.web.security.audit import AccessLog
-from order_pipeline.web.ops.export import csv_cell
-from order_pipeline.domain.links import TokenCheck, customer_link, make_token, verify_token
-from order_pipeline.domain.masking import mask_address, mask_carrier_text, mask_name, mask_names_in_text, mask_phone, mask_phones_in_text
-from order_pipeline.domain.passwords import hash_password, verify_password
-from order_pipeline.web.security.ratelimit import Rate, RateLimiter, client_key, take
-from order_pipeline.web.settings import WebSettings, parse_rate
-
 from web_fixtures import (
     COURIER_PHONE,
     COURIER_PHONE_INTL,
@@ -63,10 +48,41 @@ from web_fixtures import (
     write_config,
 )
 
+from order_pipeline.contract.canonical import SOURCE_ENTITIES
+from order_pipeline.contract.config import ConfigError, load_config
+from order_pipeline.contract.schema import raw_tracking, raw_tracking_events, tracking_access_log
+from order_pipeline.domain.links import TokenCheck, customer_link, make_token, verify_token
+from order_pipeline.domain.masking import (
+    mask_address,
+    mask_carrier_text,
+    mask_name,
+    mask_names_in_text,
+    mask_phone,
+    mask_phones_in_text,
+)
+from order_pipeline.domain.passwords import hash_password, verify_password
+from order_pipeline.web import db as web_db
+from order_pipeline.web.app import create_app
+from order_pipeline.web.customer import page as customer_module
+from order_pipeline.web.ops import queries
+from order_pipeline.web.ops.export import csv_cell
+from order_pipeline.web.security.audit import AccessLog
+from order_pipeline.web.security.ratelimit import Rate, RateLimiter, client_key, take
+from order_pipeline.web.settings import WebSettings, parse_rate
+
 SECRET = LINK_SECRET.encode()
 # "8765" is the middle of both courier numbers, whatever way they are written.
-NEVER_SHOWN = [RAW_PHONE, FULL_NAME, FULL_ADDRESS, STREET, COURIER_PHONE, COURIER_PHONE_INTL, "8765", SIGNER_NAME,
-               "腾讯大厦"]
+NEVER_SHOWN = [
+    RAW_PHONE,
+    FULL_NAME,
+    FULL_ADDRESS,
+    STREET,
+    COURIER_PHONE,
+    COURIER_PHONE_INTL,
+    "8765",
+    SIGNER_NAME,
+    "腾讯大厦",
+]
 
 
 # --- fixtures ---------------------------------------------------------------------------------------
@@ -110,14 +126,19 @@ def link_path(order_no: str, expires=None, lang: str | None = None) -> str:
 def access_rows(client) -> list[dict]:
     client.app.state.web.access_log.flush()  # what the writer thread would write within a quarter second
     with client.world.engine.connect() as conn:
-        return [dict(r) for r in conn.execute(sa.select(tracking_access_log).order_by(tracking_access_log.c.id)).mappings()]
+        return [
+            dict(r) for r in conn.execute(sa.select(tracking_access_log).order_by(tracking_access_log.c.id)).mappings()
+        ]
 
 
 def login(client, password: str = STAFF_PASSWORD):
     page = client.get("/ops/login")
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
-    return client.post("/ops/login", data={"username": STAFF_USER, "password": password, "csrf": csrf, "next": "/ops/"},
-                       follow_redirects=False)
+    return client.post(
+        "/ops/login",
+        data={"username": STAFF_USER, "password": password, "csrf": csrf, "next": "/ops/"},
+        follow_redirects=False,
+    )
 
 
 def page_csrf(html: str) -> str:
@@ -127,81 +148,122 @@ def page_csrf(html: str) -> str:
 # --- pure parts -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("raw, masked", [
-    ("13812345678", "138****5678"), ("+86 138 1234 5678", "138****5678"), ("138-1234-5678", "138****5678"),
-    ("010-87654321", "****4321"), ("", ""), (None, ""),
-])
+@pytest.mark.parametrize(
+    "raw, masked",
+    [
+        ("13812345678", "138****5678"),
+        ("+86 138 1234 5678", "138****5678"),
+        ("138-1234-5678", "138****5678"),
+        ("010-87654321", "****4321"),
+        ("", ""),
+        (None, ""),
+    ],
+)
 def test_mask_phone(raw, masked):
     assert mask_phone(raw) == masked
 
 
-@pytest.mark.parametrize("raw, masked", [("张三丰", "张*"), ("李四", "李*"), ("欧阳娜娜", "欧*"), ("  ", ""), (None, "")])
+@pytest.mark.parametrize(
+    "raw, masked", [("张三丰", "张*"), ("李四", "李*"), ("欧阳娜娜", "欧*"), ("  ", ""), (None, "")]
+)
 def test_mask_name(raw, masked):
     assert mask_name(raw) == masked
 
 
-@pytest.mark.parametrize("raw, masked", [
-    (FULL_ADDRESS, "广东省深圳市南山区"),
-    ("北京市朝阳区建国路88号SOHO现代城", "北京市朝阳区"),
-    ("上海浦东新区张江路1号", "上海浦东新区"),
-    ("江苏省苏州市昆山市玉山镇前进路2号", "江苏省苏州市昆山市"),
-    ("浙江省杭州市淳安县千岛湖镇新安大街3号", "浙江省杭州市淳安县"),
-    ("广西壮族自治区南宁市青秀区民族大道100号", "广西壮族自治区南宁市青秀区"),
-    ("新疆维吾尔自治区伊犁哈萨克自治州伊宁市解放路1号", "新疆维吾尔自治区伊犁哈萨克自治州伊宁市"),
-    ("深圳市南山区科技园", "深圳市南山区"),
-    ("123 Main Street, Springfield", ""),
-    (None, ""),
-])
+@pytest.mark.parametrize(
+    "raw, masked",
+    [
+        (FULL_ADDRESS, "广东省深圳市南山区"),
+        ("北京市朝阳区建国路88号SOHO现代城", "北京市朝阳区"),
+        ("上海浦东新区张江路1号", "上海浦东新区"),
+        ("江苏省苏州市昆山市玉山镇前进路2号", "江苏省苏州市昆山市"),
+        ("浙江省杭州市淳安县千岛湖镇新安大街3号", "浙江省杭州市淳安县"),
+        ("广西壮族自治区南宁市青秀区民族大道100号", "广西壮族自治区南宁市青秀区"),
+        ("新疆维吾尔自治区伊犁哈萨克自治州伊宁市解放路1号", "新疆维吾尔自治区伊犁哈萨克自治州伊宁市"),
+        ("深圳市南山区科技园", "深圳市南山区"),
+        ("123 Main Street, Springfield", ""),
+        (None, ""),
+    ],
+)
 def test_mask_address_keeps_province_city_district_only(raw, masked):
     assert mask_address(raw) == masked
 
 
 def test_mask_phones_in_carrier_text():
     text = "快递员李师傅正在派件，电话13987654321，备用 139-8765-4321；运单 SF139876543210 网点 0755-12345678"
-    assert mask_phones_in_text(text) == ("快递员李师傅正在派件，电话139****4321，备用 139****4321；"
-                                         "运单 SF139876543210 网点 0755-12345678")
+    assert mask_phones_in_text(text) == (
+        "快递员李师傅正在派件，电话139****4321，备用 139****4321；运单 SF139876543210 网点 0755-12345678"
+    )
 
 
-@pytest.mark.parametrize("raw, masked", [
-    ("电话+8613987654321", "电话139****4321"),
-    ("电话 +86 139 8765 4321。", "电话 139****4321。"),
-    ("联系 86 139 8765 4321", "联系 139****4321"),
-    ("联系8613987654321", "联系139****4321"),
-    ("0086-139-8765-4321", "139****4321"),
-    ("备用 139-8765-4321", "备用 139****4321"),
-    ("(+86)13987654321", "(+86)139****4321"),
-])
+@pytest.mark.parametrize(
+    "raw, masked",
+    [
+        ("电话+8613987654321", "电话139****4321"),
+        ("电话 +86 139 8765 4321。", "电话 139****4321。"),
+        ("联系 86 139 8765 4321", "联系 139****4321"),
+        ("联系8613987654321", "联系139****4321"),
+        ("0086-139-8765-4321", "139****4321"),
+        ("备用 139-8765-4321", "备用 139****4321"),
+        ("(+86)13987654321", "(+86)139****4321"),
+    ],
+)
 def test_mask_phones_with_country_code(raw, masked):
     assert mask_phones_in_text(raw) == masked
 
 
-@pytest.mark.parametrize("text", [
-    "运单 SF139876543210 已揽收", "运单 SF8613987654321", "运单 75139876543210", "单号 13987654321012",
-    "2026-11-25 13:59:59 到达", "20261125 139 件", "邮编 518000，重 1.39 kg", "网点 0755-12345678", "+86 755 8765 4321",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "运单 SF139876543210 已揽收",
+        "运单 SF8613987654321",
+        "运单 75139876543210",
+        "单号 13987654321012",
+        "2026-11-25 13:59:59 到达",
+        "20261125 139 件",
+        "邮编 518000，重 1.39 kg",
+        "网点 0755-12345678",
+        "+86 755 8765 4321",
+    ],
+)
 def test_ordinary_numbers_stay_as_they_are(text):
     assert mask_phones_in_text(text) == text
     assert mask_carrier_text(text) == text
 
 
-@pytest.mark.parametrize("raw, masked", [
-    ("已签收，签收人：张三丰", "已签收，签收人：张*"),
-    ("收件人 李四 已签收", "收件人 李* 已签收"),
-    ("收件人李四已签收", "收件人李*已签收"),
-    ("签收人是王五，感谢使用", "签收人是王*，感谢使用"),
-    ("签收人:欧阳娜娜 电话:13912345678", "签收人:欧* 电话:139****5678"),
-    ("您的快件已由代收人赵六代收", "您的快件已由代收人赵*代收"),
-    ("签收人: Zhang San, thanks", "签收人: Z*, thanks"),
-    ("签收人：于谦。", "签收人：于*。"),
-])
+@pytest.mark.parametrize(
+    "raw, masked",
+    [
+        ("已签收，签收人：张三丰", "已签收，签收人：张*"),
+        ("收件人 李四 已签收", "收件人 李* 已签收"),
+        ("收件人李四已签收", "收件人李*已签收"),
+        ("签收人是王五，感谢使用", "签收人是王*，感谢使用"),
+        ("签收人:欧阳娜娜 电话:13912345678", "签收人:欧* 电话:139****5678"),
+        ("您的快件已由代收人赵六代收", "您的快件已由代收人赵*代收"),
+        ("签收人: Zhang San, thanks", "签收人: Z*, thanks"),
+        ("签收人：于谦。", "签收人：于*。"),
+    ],
+)
 def test_mask_signer_names_in_carrier_text(raw, masked):
     assert mask_carrier_text(raw) == masked
 
 
-@pytest.mark.parametrize("text", [
-    "本人签收", "快件已由收件人本人签收", "拒签: 收件人拒收", "收件人不在，已放驿站", "收件人要求改派", "收件人电话无人接听",
-    "签收人：前台", "已签收，签收人: 菜鸟驿站", "代收人：门卫", "收件人于2026-11-25签收", "收件人地址不详",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "本人签收",
+        "快件已由收件人本人签收",
+        "拒签: 收件人拒收",
+        "收件人不在，已放驿站",
+        "收件人要求改派",
+        "收件人电话无人接听",
+        "签收人：前台",
+        "已签收，签收人: 菜鸟驿站",
+        "代收人：门卫",
+        "收件人于2026-11-25签收",
+        "收件人地址不详",
+    ],
+)
 def test_signer_texts_without_a_person_name_stay(text):
     assert mask_names_in_text(text) == text
 
@@ -219,7 +281,9 @@ def test_tokens_sign_order_and_expiry():
 
 
 def test_customer_link_uses_base_url_and_ttl(tmp_path, monkeypatch):
-    path = write_config(tmp_path, f"sqlite:///{tmp_path / 'w.db'}", {"base_url": "https://track.example.com/", "link_ttl": "2d"})
+    path = write_config(
+        tmp_path, f"sqlite:///{tmp_path / 'w.db'}", {"base_url": "https://track.example.com/", "link_ttl": "2d"}
+    )
     settings = WebSettings.from_config(load_config(path, check_sources=False))
     url = customer_link(settings, "SO 1/2", NOW)
     assert url.startswith("https://track.example.com/order/SO%201%2F2?t=")
@@ -247,15 +311,22 @@ def test_token_bucket_allows_burst_then_refills():
     assert all(limiter.hit("k", 0.0) == 0 for _ in range(1000))
 
 
-@pytest.mark.parametrize("ip, key", [
-    ("203.0.113.7", "203.0.113.7"), ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
-    ("::ffff:203.0.113.7", "203.0.113.7"), ("testclient", "testclient"),
-])
+@pytest.mark.parametrize(
+    "ip, key",
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),
+        ("testclient", "testclient"),
+    ],
+)
 def test_rate_limit_key_groups_ipv6_by_network(ip, key):
     assert client_key(ip) == key
 
 
-@pytest.mark.parametrize("text, count, seconds", [("60/1m", 60, 60), ("20/m", 20, 60), ("1000/1h", 1000, 3600), ("5/30s", 5, 30)])
+@pytest.mark.parametrize(
+    "text, count, seconds", [("60/1m", 60, 60), ("20/m", 20, 60), ("1000/1h", 1000, 3600), ("5/30s", 5, 30)]
+)
 def test_parse_rate(text, count, seconds):
     rate = parse_rate(text)
     assert (rate.count, rate.period.total_seconds()) == (count, seconds)
@@ -265,18 +336,25 @@ def test_parse_rate(text, count, seconds):
 # --- settings ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("web, entry, words", [
-    ({"colour": "blue"}, "web.colour", "unknown setting"),
-    ({"link_ttl": "seven days"}, "web.link_ttl", "not a duration"),
-    ({"rate_limits": {"per_ip": "lots"}}, "web.rate_limits.per_ip", "not a rate"),
-    ({"rate_limits": {"per_minute": "5/1m"}}, "web.rate_limits.per_minute", "unknown setting"),
-    ({"link_secret_file": None, "link_secret_env": "WEB_TEST_UNSET_SECRET"}, "web.link_secret_env", "is not set"),
-    ({"link_secret_file": "missing.key"}, "web.link_secret_file", "does not exist"),
-    ({"link_secret": "inline-secret-value-123"}, "web.link_secret", "must not be written"),
-    ({"staff": [{"username": "bob", "password_hash": "md5$abc"}]}, "web.staff[0].password_hash", "not a valid scrypt hash"),
-    ({"staff": [{"username": "bob", "password": "pw"}]}, "web.staff[0].password", "plain passwords"),
-    ({"base_url": "track.example.com"}, "web.base_url", "not an http(s) URL"),
-])
+@pytest.mark.parametrize(
+    "web, entry, words",
+    [
+        ({"colour": "blue"}, "web.colour", "unknown setting"),
+        ({"link_ttl": "seven days"}, "web.link_ttl", "not a duration"),
+        ({"rate_limits": {"per_ip": "lots"}}, "web.rate_limits.per_ip", "not a rate"),
+        ({"rate_limits": {"per_minute": "5/1m"}}, "web.rate_limits.per_minute", "unknown setting"),
+        ({"link_secret_file": None, "link_secret_env": "WEB_TEST_UNSET_SECRET"}, "web.link_secret_env", "is not set"),
+        ({"link_secret_file": "missing.key"}, "web.link_secret_file", "does not exist"),
+        ({"link_secret": "inline-secret-value-123"}, "web.link_secret", "must not be written"),
+        (
+            {"staff": [{"username": "bob", "password_hash": "md5$abc"}]},
+            "web.staff[0].password_hash",
+            "not a valid scrypt hash",
+        ),
+        ({"staff": [{"username": "bob", "password": "pw"}]}, "web.staff[0].password", "plain passwords"),
+        ({"base_url": "track.example.com"}, "web.base_url", "not an http(s) URL"),
+    ],
+)
 def test_bad_web_settings_fail_with_entry_and_fix(tmp_path, monkeypatch, web, entry, words):
     monkeypatch.delenv("WEB_TEST_UNSET_SECRET", raising=False)
     path = write_config(tmp_path, f"sqlite:///{tmp_path / 'w.db'}", web)
@@ -322,7 +400,7 @@ def test_postgres_sessions_run_in_utc_and_reads_are_read_only(pg_database):
     name = sa.engine.make_url(url).database
     admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:  # a server whose sessions default to another zone
-        conn.exec_driver_sql(f'ALTER DATABASE "{name}" SET timezone TO \'Asia/Shanghai\'')
+        conn.exec_driver_sql(f"ALTER DATABASE \"{name}\" SET timezone TO 'Asia/Shanghai'")
         conn.exec_driver_sql("CREATE TABLE t (at timestamptz)")
     admin.dispose()
     engine = web_db.make_engine("postgresql://" + url.split("://", 1)[1])
@@ -365,7 +443,14 @@ def test_english_page(client):
     r = client.get(link_path(ORDER_IN_TRANSIT, lang="en"))
     assert r.status_code == 200
     assert 'lang="en"' in r.text
-    for label in ("Order placed", "Payment confirmed", "Stock reserved", "Packed and shipped", "In transit", "Delivered"):
+    for label in (
+        "Order placed",
+        "Payment confirmed",
+        "Stock reserved",
+        "Packed and shipped",
+        "In transit",
+        "Delivered",
+    ):
         assert label in r.text
     assert "SF Express" in r.text and "Your parcel is on its way" in r.text and "Beijing time" in r.text
     assert "138****5678" in r.text
@@ -379,17 +464,23 @@ def test_off_path_orders_say_so(client):
     assert "收件人 欧* 拒收" in r.text and SIGNER_NAME not in r.text
 
 
-@pytest.mark.parametrize("path, status", [
-    (f"/order/{ORDER_IN_TRANSIT}", 403),  # no token
-    (f"/order/{ORDER_IN_TRANSIT}?t=garbage", 403),
-    ("/order/SO9999?t=" + make_token(ORDER_IN_TRANSIT, NOW + timedelta(days=1), SECRET), 403),  # another order's token
-    ("/order/SO9999?t=1.abc", 403),  # unknown order, bad token: 403, not 404
-    ("/order/SO9999?t=" + make_token("SO9999", NOW + timedelta(days=1), SECRET), 404),
-    (f"/order/{ORDER_IN_TRANSIT}?t=" + make_token(ORDER_IN_TRANSIT, NOW - timedelta(seconds=1), SECRET), 410),
-    ("/order/bad%20no?t=x", 400),
-    ("/order/" + "A" * 80 + "?t=x", 400),
-    ("/order/-leading-dash?t=x", 400),
-])
+@pytest.mark.parametrize(
+    "path, status",
+    [
+        (f"/order/{ORDER_IN_TRANSIT}", 403),  # no token
+        (f"/order/{ORDER_IN_TRANSIT}?t=garbage", 403),
+        (
+            "/order/SO9999?t=" + make_token(ORDER_IN_TRANSIT, NOW + timedelta(days=1), SECRET),
+            403,
+        ),  # another order's token
+        ("/order/SO9999?t=1.abc", 403),  # unknown order, bad token: 403, not 404
+        ("/order/SO9999?t=" + make_token("SO9999", NOW + timedelta(days=1), SECRET), 404),
+        (f"/order/{ORDER_IN_TRANSIT}?t=" + make_token(ORDER_IN_TRANSIT, NOW - timedelta(seconds=1), SECRET), 410),
+        ("/order/bad%20no?t=x", 400),
+        ("/order/" + "A" * 80 + "?t=x", 400),
+        ("/order/-leading-dash?t=x", 400),
+    ],
+)
 def test_customer_statuses(client, path, status):
     r = client.get(path)
     assert r.status_code == status
@@ -412,9 +503,13 @@ def test_expired_link_says_how_to_get_a_new_one(client):
 
 def test_no_customer_response_leaks_personal_data(client):
     paths = [
-        link_path(ORDER_IN_TRANSIT), link_path(ORDER_IN_TRANSIT, lang="en"), link_path(ORDER_EXCEPTION),
-        f"/order/{ORDER_IN_TRANSIT}?t=bad", link_path(ORDER_IN_TRANSIT, expires=NOW - timedelta(days=1)),
-        link_path("SO9999"), "/order/bad%20no",
+        link_path(ORDER_IN_TRANSIT),
+        link_path(ORDER_IN_TRANSIT, lang="en"),
+        link_path(ORDER_EXCEPTION),
+        f"/order/{ORDER_IN_TRANSIT}?t=bad",
+        link_path(ORDER_IN_TRANSIT, expires=NOW - timedelta(days=1)),
+        link_path("SO9999"),
+        "/order/bad%20no",
     ]
     for path in paths:
         html = client.get(path).text
@@ -452,8 +547,11 @@ def test_every_customer_access_is_audited(client):
     client.get("/order/bad%20no")
     rows = access_rows(client)
     assert [(r["order_no"], r["outcome"]) for r in rows] == [
-        (ORDER_IN_TRANSIT, "ok"), (ORDER_IN_TRANSIT, "forbidden"), (ORDER_IN_TRANSIT, "expired"),
-        ("SO9999", "not_found"), ("bad no", "bad_request"),
+        (ORDER_IN_TRANSIT, "ok"),
+        (ORDER_IN_TRANSIT, "forbidden"),
+        (ORDER_IN_TRANSIT, "expired"),
+        ("SO9999", "not_found"),
+        ("bad no", "bad_request"),
     ]
     assert {r["actor"] for r in rows} == {"customer"}
     assert rows[0]["user_agent"] == "Mozilla/5.0 test phone"
@@ -500,8 +598,9 @@ def publish_in_progress():
         publisher.close()
 
 
-def test_customer_page_is_served_while_a_publish_holds_the_write_lock(tmp_path, clock, monkeypatch, caplog,
-                                                                       publish_in_progress):
+def test_customer_page_is_served_while_a_publish_holds_the_write_lock(
+    tmp_path, clock, monkeypatch, caplog, publish_in_progress
+):
     world = build_world(tmp_path / "w", busy_timeout=0.2)
     for k, v in world.env.items():
         monkeypatch.setenv(k, v)
@@ -516,7 +615,9 @@ def test_customer_page_is_served_while_a_publish_holds_the_write_lock(tmp_path, 
     client.app.state.web.access_log.flush()
     assert refused.status_code == 403
     # The audit rows could not be written; they are in the error log instead of lost.
-    unwritten = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and "access log row" in r.getMessage()]
+    unwritten = [
+        r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and "access log row" in r.getMessage()
+    ]
     assert len(unwritten) == 2
     assert all(ORDER_IN_TRANSIT in m and "'customer'" in m for m in unwritten)
     assert "'ok'" in unwritten[0] and "'forbidden'" in unwritten[1]
@@ -588,8 +689,9 @@ def test_login_without_csrf_token_is_refused(client):
     r = client.post("/ops/login", data={"username": STAFF_USER, "password": STAFF_PASSWORD}, follow_redirects=False)
     assert r.status_code == 403
     fresh = TestClient(client.app)  # no login cookie at all
-    r = fresh.post("/ops/login", data={"username": STAFF_USER, "password": STAFF_PASSWORD, "csrf": "x"},
-                   follow_redirects=False)
+    r = fresh.post(
+        "/ops/login", data={"username": STAFF_USER, "password": STAFF_PASSWORD, "csrf": "x"}, follow_redirects=False
+    )
     assert r.status_code == 403
 
 
@@ -602,8 +704,12 @@ def test_refused_logins_are_audited_without_the_password(make_client):
     assert client.post("/ops/login", data={}).status_code == 429
     rows = access_rows(client)
     assert [(r["actor"], r["outcome"], r["order_no"]) for r in rows] == [
-        (STAFF_USER, "login_failed", None), ("mallory", "csrf_refused", None), ("anonymous", "csrf_refused", None),
-        ("eve", "rate_limited", None), ("anonymous", "rate_limited", None)]
+        (STAFF_USER, "login_failed", None),
+        ("mallory", "csrf_refused", None),
+        ("anonymous", "csrf_refused", None),
+        ("eve", "rate_limited", None),
+        ("anonymous", "rate_limited", None),
+    ]
     assert all(re.fullmatch(r"[0-9a-f]{32}", r["ip_hash"]) for r in rows)
     assert "wrong-password" not in repr(rows)
 
@@ -630,7 +736,11 @@ def test_logout_needs_csrf(client):
     assert client.get("/ops/", follow_redirects=False).status_code == 303
     # The session's start and end are in the access log, as is what happened in between.
     assert [(r["actor"], r["outcome"]) for r in access_rows(client)] == [
-        (STAFF_USER, "login"), (STAFF_USER, "overview"), (STAFF_USER, "overview"), (STAFF_USER, "logout")]
+        (STAFF_USER, "login"),
+        (STAFF_USER, "overview"),
+        (STAFF_USER, "overview"),
+        (STAFF_USER, "logout"),
+    ]
 
 
 def test_overview(client):
@@ -667,8 +777,15 @@ def test_search_audit_keeps_order_numbers_but_no_phone_numbers(client):
         assert client.get("/ops/search", params={"q": q}).status_code == 200
     rows = [r for r in access_rows(client) if r["outcome"].startswith("search:")]
     assert [(r["order_no"], r["outcome"]) for r in rows] == [
-        (ORDER_PAID, "search:1"), (None, "search:2"), (None, "search:1"), (None, "search:1"), (None, "search:1"),
-        (None, "search:0"), (None, "search:1"), (None, "search:0")]
+        (ORDER_PAID, "search:1"),
+        (None, "search:2"),
+        (None, "search:1"),
+        (None, "search:1"),
+        (None, "search:1"),
+        (None, "search:0"),
+        (None, "search:1"),
+        (None, "search:0"),
+    ]
     stored = repr(access_rows(client))
     for personal in (PHONE_TAIL, RAW_PHONE, "1234", FULL_NAME):
         assert personal not in stored
@@ -690,7 +807,11 @@ def test_staff_order_view_is_complete_and_audited(client):
     assert client.get("/ops/order/SO9999").status_code == 404
     staff_rows = [r for r in access_rows(client) if r["actor"] == STAFF_USER]
     assert [(r["order_no"], r["outcome"]) for r in staff_rows] == [
-        (None, "login"), (ORDER_PAID, "ok"), (ORDER_IN_TRANSIT, "ok"), ("SO9999", "not_found")]
+        (None, "login"),
+        (ORDER_PAID, "ok"),
+        (ORDER_IN_TRANSIT, "ok"),
+        ("SO9999", "not_found"),
+    ]
 
 
 def test_staff_issue_customer_link(client):
@@ -720,7 +841,10 @@ def test_order_list_and_csv_export(client):
     r = client.get("/ops/orders.csv")
     assert len(list(csv.DictReader(io.StringIO(r.content.decode("utf-8-sig"))))) == 3
     assert [r["outcome"] for r in access_rows(client) if r["outcome"].startswith("export")] == [
-        "export:stage=in_transit", "export:role=warehouse", "export:all"]
+        "export:stage=in_transit",
+        "export:role=warehouse",
+        "export:all",
+    ]
 
 
 def test_no_export_without_its_audit_row(make_client, monkeypatch, caplog):
@@ -741,7 +865,7 @@ def test_no_export_without_its_audit_row(make_client, monkeypatch, caplog):
 
 
 def test_csv_cells_cannot_become_formulas():
-    assert csv_cell("=HYPERLINK(\"x\")", "UTC") == "'=HYPERLINK(\"x\")"
+    assert csv_cell('=HYPERLINK("x")', "UTC") == '\'=HYPERLINK("x")'
     assert csv_cell(-5.0, "UTC") == -5.0
 
 
@@ -769,13 +893,16 @@ def test_push_as_multipart_is_read_too(client):
     assert r.status_code == 200 and r.json()["result"] is True
 
 
-@pytest.mark.parametrize("change, status", [
-    (lambda f: {**f, "sign": "0" * 32}, 403),
-    (lambda f: {**f, "param": f["param"].replace("深圳", "广州")}, 403),  # param changed after signing
-    (lambda f: {"param": f["param"]}, 400),
-    (lambda f: {}, 400),
-    (lambda f: push_form(salt="someone-elses-salt"), 403),
-])
+@pytest.mark.parametrize(
+    "change, status",
+    [
+        (lambda f: {**f, "sign": "0" * 32}, 403),
+        (lambda f: {**f, "param": f["param"].replace("深圳", "广州")}, 403),  # param changed after signing
+        (lambda f: {"param": f["param"]}, 400),
+        (lambda f: {}, 400),
+        (lambda f: push_form(salt="someone-elses-salt"), 403),
+    ],
+)
 def test_push_with_bad_or_missing_sign_stores_nothing(client, caplog, change, status):
     r = client.post("/hooks/kuaidi100", data=change(push_form()))
     assert r.status_code == status
@@ -846,13 +973,28 @@ def test_app_works_on_the_published_tables_alone(tmp_path, clock, monkeypatch, b
             assert r.headers["location"] == f"/ops/order/{ORDER_IN_TRANSIT}"
             page = client.get(f"/ops/order/{ORDER_IN_TRANSIT}")
             assert page.status_code == 200 and RAW_PHONE in page.text
-            assert client.post(f"/ops/order/{ORDER_IN_TRANSIT}/link", data={"csrf": page_csrf(page.text)}).status_code == 200
+            assert (
+                client.post(f"/ops/order/{ORDER_IN_TRANSIT}/link", data={"csrf": page_csrf(page.text)}).status_code
+                == 200
+            )
             assert ORDER_PAID in client.get("/ops/orders", params={"stage": "paid"}).text
             export = client.get("/ops/orders.csv")
             assert len(list(csv.DictReader(io.StringIO(export.content.decode("utf-8-sig"))))) == 3
         with app.state.web.engine.connect() as conn:
-            outcomes = conn.execute(sa.select(tracking_access_log.c.outcome).order_by(tracking_access_log.c.id)).scalars()
-            assert list(outcomes) == ["ok", "not_found", "login", "overview", "search:2", "search:1", "ok", "link_issued",
-                                      "list", "export:all"]
+            outcomes = conn.execute(
+                sa.select(tracking_access_log.c.outcome).order_by(tracking_access_log.c.id)
+            ).scalars()
+            assert list(outcomes) == [
+                "ok",
+                "not_found",
+                "login",
+                "overview",
+                "search:2",
+                "search:1",
+                "ok",
+                "link_issued",
+                "list",
+                "export:all",
+            ]
     finally:
         app.state.web.engine.dispose()

@@ -52,7 +52,6 @@ import sqlalchemy as sa
 
 from order_pipeline.contract.config import ConfigError, parse_duration
 from order_pipeline.contract.schema import alert_outbox
-
 from order_pipeline.domain.http_retry import retry_after
 
 log = logging.getLogger(__name__)
@@ -153,19 +152,25 @@ class _Http:
     def __init__(self, timeout: float, transport: httpx.BaseTransport | None):
         self.timeout, self.transport = timeout, transport
 
-    def post(self, url: str, *, json_body: Any = None, content: bytes | None = None,
-             headers: dict[str, str] | None = None) -> httpx.Response:
+    def post(
+        self, url: str, *, json_body: Any = None, content: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
         try:
             with httpx.Client(timeout=self.timeout, transport=self.transport) as client:
                 resp = client.post(url, json=json_body, content=content, headers=headers)
         except httpx.TimeoutException:
             raise ChannelError(f"no answer within {self.timeout:g} s", retryable=True, code="timeout") from None
         except httpx.TransportError as e:
-            raise ChannelError(f"cannot reach the server ({type(e).__name__}: {e})", retryable=True,
-                               code="transport") from None
+            raise ChannelError(
+                f"cannot reach the server ({type(e).__name__}: {e})", retryable=True, code="transport"
+            ) from None
         if resp.status_code in (408, 429) or resp.status_code >= 500:
-            raise ChannelError(f"HTTP {resp.status_code}: {_snippet(resp)}", retryable=True,
-                               code=str(resp.status_code), retry_after=retry_after(resp, "x-ogw-ratelimit-reset"))  # Feishu's reset header
+            raise ChannelError(
+                f"HTTP {resp.status_code}: {_snippet(resp)}",
+                retryable=True,
+                code=str(resp.status_code),
+                retry_after=retry_after(resp, "x-ogw-ratelimit-reset"),
+            )  # Feishu's reset header
         return resp
 
 
@@ -180,8 +185,9 @@ def _answer(resp: httpx.Response) -> dict[str, Any]:
     except ValueError:
         doc = None
     if not isinstance(doc, dict):
-        raise ChannelError(f"HTTP {resp.status_code}, unexpected answer: {_snippet(resp)}", retryable=False,
-                           code=str(resp.status_code))
+        raise ChannelError(
+            f"HTTP {resp.status_code}, unexpected answer: {_snippet(resp)}", retryable=False, code=str(resp.status_code)
+        )
     return doc
 
 
@@ -192,8 +198,9 @@ def _hmac_base64(key: str | bytes, msg: str | bytes) -> str:
 
 
 class _HttpChannel(Channel):
-    def __init__(self, name: str, url: str, mentions: Sequence[str], timeout: float,
-                 transport: httpx.BaseTransport | None):
+    def __init__(
+        self, name: str, url: str, mentions: Sequence[str], timeout: float, transport: httpx.BaseTransport | None
+    ):
         super().__init__(name, mentions)
         self._url = url
         self._http = _Http(timeout, transport)
@@ -214,8 +221,15 @@ class WeComRobot(_HttpChannel):
     TEXT_BYTES = 2048
     max_bytes = MARKDOWN_BYTES - _HEADROOM
 
-    def __init__(self, webhook_url: str, *, name: str = "wecom", mentions: Sequence[str] = (),
-                 timeout: float = DEFAULT_TIMEOUT, transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self,
+        webhook_url: str,
+        *,
+        name: str = "wecom",
+        mentions: Sequence[str] = (),
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ):
         super().__init__(name, webhook_url, mentions, timeout, transport)
 
     def posts(self, msg: AlertMessage) -> int:
@@ -225,10 +239,12 @@ class WeComRobot(_HttpChannel):
         mentions = self._mentions(msg)
         mobiles = [m for m in mentions if _is_mobile(m)]
         users = [m for m in mentions if not _is_mobile(m)]
-        tail = "".join([
-            f"\n[查看详情]({msg.link})" if msg.link else "",
-            "\n" + " ".join(f"<@{u}>" for u in users) if users else "",
-        ])
+        tail = "".join(
+            [
+                f"\n[查看详情]({msg.link})" if msg.link else "",
+                "\n" + " ".join(f"<@{u}>" for u in users) if users else "",
+            ]
+        )
         content = _fit(f"**{msg.title}**\n", msg.body_markdown, tail, self.MARKDOWN_BYTES)
         self._post({"msgtype": "markdown", "markdown": {"content": content}})
         if mobiles:
@@ -243,8 +259,11 @@ class WeComRobot(_HttpChannel):
         if code == 45009:
             raise ChannelError(f"WeCom rate limit, errcode 45009: {text}", retryable=True, code="45009")
         if code == 93000:
-            raise ChannelError("WeCom does not know the webhook key (errcode 93000): "
-                               "check the robot's webhook URL", retryable=False, code="93000")
+            raise ChannelError(
+                "WeCom does not know the webhook key (errcode 93000): check the robot's webhook URL",
+                retryable=False,
+                code="93000",
+            )
         raise ChannelError(f"WeCom errcode {code}: {text}", retryable=False, code=str(code))
 
 
@@ -256,38 +275,61 @@ class DingTalkRobot(_HttpChannel):
     max_bytes = TEXT_BYTES - _HEADROOM
     MUTED_SECONDS = 600.0  # after errcode 130101 "send too fast, exceed 20 times per minute"
 
-    def __init__(self, webhook_url: str, secret: str | None = None, *, name: str = "dingtalk",
-                 mentions: Sequence[str] = (), timeout: float = DEFAULT_TIMEOUT,
-                 transport: httpx.BaseTransport | None = None, clock: Clock = time.time):
+    def __init__(
+        self,
+        webhook_url: str,
+        secret: str | None = None,
+        *,
+        name: str = "dingtalk",
+        mentions: Sequence[str] = (),
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+        clock: Clock = time.time,
+    ):
         super().__init__(name, webhook_url, mentions, timeout, transport)
         self._secret, self._clock = secret, clock
 
     def send(self, msg: AlertMessage) -> None:
         mentions = self._mentions(msg)
         # DingTalk notifies only the people whose @ also appears in the text.
-        tail = "".join([
-            f"\n\n[查看详情]({msg.link})" if msg.link else "",
-            "\n\n" + " ".join(f"@{m}" for m in mentions) if mentions else "",
-        ])
+        tail = "".join(
+            [
+                f"\n\n[查看详情]({msg.link})" if msg.link else "",
+                "\n\n" + " ".join(f"@{m}" for m in mentions) if mentions else "",
+            ]
+        )
         payload = {
             "msgtype": "markdown",
-            "markdown": {"title": msg.title,
-                         "text": _fit(f"### {msg.title}\n\n", msg.body_markdown, tail, self.TEXT_BYTES)},
-            "at": {"atMobiles": [m for m in mentions if _is_mobile(m)],
-                   "atUserIds": [m for m in mentions if not _is_mobile(m)], "isAtAll": False},
+            "markdown": {
+                "title": msg.title,
+                "text": _fit(f"### {msg.title}\n\n", msg.body_markdown, tail, self.TEXT_BYTES),
+            },
+            "at": {
+                "atMobiles": [m for m in mentions if _is_mobile(m)],
+                "atUserIds": [m for m in mentions if not _is_mobile(m)],
+                "isAtAll": False,
+            },
         }
         answer = _answer(self._http.post(self._signed_url(), json_body=payload))
         code, text = answer.get("errcode"), answer.get("errmsg", "")
         if code == 0:
             return
         if code == 130101:
-            raise ChannelError(f"DingTalk throttled the robot, errcode 130101: {text}", retryable=True,
-                               code="130101", retry_after=self.MUTED_SECONDS)
+            raise ChannelError(
+                f"DingTalk throttled the robot, errcode 130101: {text}",
+                retryable=True,
+                code="130101",
+                retry_after=self.MUTED_SECONDS,
+            )
         if code == -1:
             raise ChannelError(f"DingTalk busy, errcode -1: {text}", retryable=True, code="-1")
         if code == 310000:
-            raise ChannelError(f"DingTalk refused the message, errcode 310000: {text}; check the signing secret, "
-                               "the robot's keywords and its IP allow-list", retryable=False, code="310000")
+            raise ChannelError(
+                f"DingTalk refused the message, errcode 310000: {text}; check the signing secret, "
+                "the robot's keywords and its IP allow-list",
+                retryable=False,
+                code="310000",
+            )
         raise ChannelError(f"DingTalk errcode {code}: {text}", retryable=False, code=str(code))
 
     def _signed_url(self) -> str:
@@ -317,21 +359,35 @@ class FeishuBot(_HttpChannel):
         19024: "put one of the bot's keywords in the title",
     }
 
-    def __init__(self, webhook_url: str, secret: str | None = None, *, name: str = "feishu",
-                 mentions: Sequence[str] = (), timeout: float = DEFAULT_TIMEOUT,
-                 transport: httpx.BaseTransport | None = None, clock: Clock = time.time):
+    def __init__(
+        self,
+        webhook_url: str,
+        secret: str | None = None,
+        *,
+        name: str = "feishu",
+        mentions: Sequence[str] = (),
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+        clock: Clock = time.time,
+    ):
         super().__init__(name, webhook_url, mentions, timeout, transport)
         self._secret, self._clock = secret, clock
 
     def send(self, msg: AlertMessage) -> None:
         mentions = self._mentions(msg)
-        tail = "".join([
-            f"\n[查看详情]({msg.link})" if msg.link else "",
-            "\n" + " ".join(f"@{m}" if _is_mobile(m) else f"<at id={m}></at>" for m in mentions) if mentions else "",
-        ])
+        tail = "".join(
+            [
+                f"\n[查看详情]({msg.link})" if msg.link else "",
+                "\n" + " ".join(f"@{m}" if _is_mobile(m) else f"<at id={m}></at>" for m in mentions)
+                if mentions
+                else "",
+            ]
+        )
         card = {
-            "header": {"title": {"tag": "plain_text", "content": msg.title},
-                       "template": self._COLOURS.get(msg.severity, "orange")},
+            "header": {
+                "title": {"tag": "plain_text", "content": msg.title},
+                "template": self._COLOURS.get(msg.severity, "orange"),
+            },
             "elements": [{"tag": "markdown", "content": _fit("", msg.body_markdown, tail, self.CONTENT_BYTES)}],
         }
         payload: dict[str, Any] = {"msg_type": "interactive", "card": card}
@@ -357,24 +413,34 @@ class SlackWebhook(_HttpChannel):
     TEXT_BYTES = 40000  # Slack cuts text past 40,000 characters; bytes are never fewer
     max_bytes = TEXT_BYTES - _HEADROOM
 
-    def __init__(self, webhook_url: str, *, name: str = "slack", mentions: Sequence[str] = (),
-                 timeout: float = DEFAULT_TIMEOUT, transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self,
+        webhook_url: str,
+        *,
+        name: str = "slack",
+        mentions: Sequence[str] = (),
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ):
         super().__init__(name, webhook_url, mentions, timeout, transport)
 
     def send(self, msg: AlertMessage) -> None:
         mentions = self._mentions(msg)
         # The plain-text body: Slack's mrkdwn is not Markdown (*bold*, <url|label>).
-        tail = "".join([
-            f"\n<{msg.link}|查看详情>" if msg.link else "",
-            "\n" + " ".join(f"@{m}" if _is_mobile(m) else f"<@{m}>" for m in mentions) if mentions else "",
-        ])
+        tail = "".join(
+            [
+                f"\n<{msg.link}|查看详情>" if msg.link else "",
+                "\n" + " ".join(f"@{m}" if _is_mobile(m) else f"<@{m}>" for m in mentions) if mentions else "",
+            ]
+        )
         text = _fit(f"*{_slack_escape(msg.title)}*\n", _slack_escape(msg.body_text), tail, self.TEXT_BYTES)
         resp = self._http.post(self._url, json_body={"text": text})
         if resp.status_code == 200:
             return
         code = _snippet(resp)  # invalid_payload, no_service, channel_is_archived, ...
-        raise ChannelError(f"Slack HTTP {resp.status_code}: {code}", retryable=False,
-                           code=code or str(resp.status_code))
+        raise ChannelError(
+            f"Slack HTTP {resp.status_code}: {code}", retryable=False, code=code or str(resp.status_code)
+        )
 
 
 def _slack_escape(text: str) -> str:
@@ -388,9 +454,17 @@ class JsonWebhook(_HttpChannel):
     check the sender; `sent_at` inside the signed body lets it refuse replays.
     """
 
-    def __init__(self, url: str, secret: str | None = None, *, name: str = "webhook", mentions: Sequence[str] = (),
-                 timeout: float = DEFAULT_TIMEOUT, transport: httpx.BaseTransport | None = None,
-                 clock: Clock = time.time):
+    def __init__(
+        self,
+        url: str,
+        secret: str | None = None,
+        *,
+        name: str = "webhook",
+        mentions: Sequence[str] = (),
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+        clock: Clock = time.time,
+    ):
         super().__init__(name, url, mentions, timeout, transport)
         self._secret, self._clock = secret, clock
 
@@ -412,8 +486,9 @@ class JsonWebhook(_HttpChannel):
             headers["X-Signature"] = "sha256=" + hmac.new(self._secret.encode(), body, hashlib.sha256).hexdigest()
         resp = self._http.post(self._url, content=body, headers=headers)
         if not resp.is_success:
-            raise ChannelError(f"HTTP {resp.status_code}: {_snippet(resp)}", retryable=False,
-                               code=str(resp.status_code))
+            raise ChannelError(
+                f"HTTP {resp.status_code}: {_snippet(resp)}", retryable=False, code=str(resp.status_code)
+            )
 
 
 # --- e-mail and outbox --------------------------------------------------------------------------
@@ -425,9 +500,20 @@ class EmailChannel(Channel):
     `starttls` upgrades a plain connection (port 587); `ssl` is TLS from the first byte (port 465).
     """
 
-    def __init__(self, host: str, port: int, sender: str, recipients: Sequence[str], username: str | None = None,
-                 password: str | None = None, starttls: bool = False, *, ssl: bool = False, name: str = "email",
-                 timeout: float = DEFAULT_TIMEOUT):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        sender: str,
+        recipients: Sequence[str],
+        username: str | None = None,
+        password: str | None = None,
+        starttls: bool = False,
+        *,
+        ssl: bool = False,
+        name: str = "email",
+        timeout: float = DEFAULT_TIMEOUT,
+    ):
         super().__init__(name)
         self.host, self.port, self.sender, self.recipients = host, port, sender, tuple(recipients)
         self.username, self._password = username, password
@@ -448,21 +534,30 @@ class EmailChannel(Channel):
                 refused = smtp.send_message(mail)
         except smtplib.SMTPRecipientsRefused as e:
             codes = [code for code, _ in e.recipients.values()]
-            raise ChannelError(f"the mail server refused every recipient: {_refusals(e.recipients)}",
-                               retryable=all(400 <= c < 500 for c in codes), code=str(codes[0])) from None
+            raise ChannelError(
+                f"the mail server refused every recipient: {_refusals(e.recipients)}",
+                retryable=all(400 <= c < 500 for c in codes),
+                code=str(codes[0]),
+            ) from None
         except smtplib.SMTPResponseException as e:
-            raise ChannelError(f"SMTP {e.smtp_code}: {_smtp_text(e.smtp_error)}", retryable=400 <= e.smtp_code < 500,
-                               code=str(e.smtp_code)) from None
+            raise ChannelError(
+                f"SMTP {e.smtp_code}: {_smtp_text(e.smtp_error)}",
+                retryable=400 <= e.smtp_code < 500,
+                code=str(e.smtp_code),
+            ) from None
         except smtplib.SMTPNotSupportedError as e:
-            raise ChannelError(f"the mail server does not support this: {e}", retryable=False,
-                               code="unsupported") from None
+            raise ChannelError(
+                f"the mail server does not support this: {e}", retryable=False, code="unsupported"
+            ) from None
         except (smtplib.SMTPException, OSError) as e:  # disconnects, refused connections, timeouts
-            raise ChannelError(f"cannot reach the mail server ({type(e).__name__}: {e})", retryable=True,
-                               code="connection") from None
+            raise ChannelError(
+                f"cannot reach the mail server ({type(e).__name__}: {e})", retryable=True, code="connection"
+            ) from None
         if refused:
             # The others have it: sending again would repeat it to them.
-            raise ChannelError(f"the mail server refused some recipients: {_refusals(refused)}", retryable=False,
-                               code="recipients")
+            raise ChannelError(
+                f"the mail server refused some recipients: {_refusals(refused)}", retryable=False, code="recipients"
+            )
 
     def _connect(self) -> smtplib.SMTP:
         context = ssl.create_default_context()  # smtplib alone would not verify the certificate
@@ -498,10 +593,14 @@ class OutboxChannel(Channel):
 
     def send(self, msg: AlertMessage) -> None:
         mentions = self._mentions(msg)
-        log.info("alert for %s via %s: %s\n%s", ", ".join(mentions) or "everyone", self.name, msg.title,
-                 msg.body_text)
-        row = {"created_at": datetime.now(UTC), "channel": self.name, "recipient": ", ".join(mentions) or None,
-               "title": msg.title, "body": msg.body_markdown}
+        log.info("alert for %s via %s: %s\n%s", ", ".join(mentions) or "everyone", self.name, msg.title, msg.body_text)
+        row = {
+            "created_at": datetime.now(UTC),
+            "channel": self.name,
+            "recipient": ", ".join(mentions) or None,
+            "title": msg.title,
+            "body": msg.body_markdown,
+        }
         try:
             with self.engine.begin() as conn:
                 conn.execute(alert_outbox.insert().values(**row))
@@ -541,9 +640,16 @@ class RateBudget:
         self._sent.extend([self._clock()] * n)
 
 
-def deliver(channel: Channel, msg: AlertMessage, retries: int = 3, backoff: float = 1.0, max_delay: float = 30.0,
-            sleep: Callable[[float], None] = time.sleep, budget: RateBudget | None = None,
-            now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> list[Attempt]:
+def deliver(
+    channel: Channel,
+    msg: AlertMessage,
+    retries: int = 3,
+    backoff: float = 1.0,
+    max_delay: float = 30.0,
+    sleep: Callable[[float], None] = time.sleep,
+    budget: RateBudget | None = None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> list[Attempt]:
     """Send `msg`, retrying retryable errors; every attempt is returned, the last tells the outcome.
 
     Waits `backoff`, 2×, 4×, ... between attempts, or what the platform asked for (Retry-After).
@@ -597,8 +703,10 @@ class _Digest:
     text: list[str] = field(default_factory=list)
 
     def has_room(self, md: str, text: str, max_bytes: int | None) -> bool:
-        return max_bytes is None or (_nbytes(_SEPARATOR.join([*self.markdown, md])) <= max_bytes
-                                     and _nbytes(_SEPARATOR.join([*self.text, text])) <= max_bytes)
+        return max_bytes is None or (
+            _nbytes(_SEPARATOR.join([*self.markdown, md])) <= max_bytes
+            and _nbytes(_SEPARATOR.join([*self.text, text])) <= max_bytes
+        )
 
     def add(self, msg: AlertMessage, md: str, text: str) -> None:
         self.messages.append(msg)
@@ -610,8 +718,9 @@ class _Digest:
             m = self.messages[0]
             if max_bytes is None:
                 return m
-            return replace(m, body_markdown=truncate(m.body_markdown, max_bytes),
-                           body_text=truncate(m.body_text, max_bytes))
+            return replace(
+                m, body_markdown=truncate(m.body_markdown, max_bytes), body_text=truncate(m.body_text, max_bytes)
+            )
         return AlertMessage(
             title=f"{len(self.messages)} 条告警汇总",
             body_markdown=_SEPARATOR.join(self.markdown),
@@ -661,18 +770,20 @@ def build_channel(name: str, spec: Any, engine: sa.Engine, config_file: str | Pa
     """
     r = _Entry(name, spec, Path(config_file))
     kind = r.kind()
-    mentions = r.strings("mentions", "[\"13800000000\", zhangsan]")
+    mentions = r.strings("mentions", '["13800000000", zhangsan]')
     if kind == "outbox":
         return OutboxChannel(engine, name=name, mentions=mentions)
     timeout = r.timeout()
     if kind == "wecom":
         return WeComRobot(r.url_env("webhook_url_env"), name=name, mentions=mentions, timeout=timeout)
     if kind == "dingtalk":
-        return DingTalkRobot(r.url_env("webhook_url_env"), r.env("secret_env"), name=name, mentions=mentions,
-                             timeout=timeout)
+        return DingTalkRobot(
+            r.url_env("webhook_url_env"), r.env("secret_env"), name=name, mentions=mentions, timeout=timeout
+        )
     if kind == "feishu":
-        return FeishuBot(r.url_env("webhook_url_env"), r.env("secret_env"), name=name, mentions=mentions,
-                         timeout=timeout)
+        return FeishuBot(
+            r.url_env("webhook_url_env"), r.env("secret_env"), name=name, mentions=mentions, timeout=timeout
+        )
     if kind == "slack":
         return SlackWebhook(r.url_env("webhook_url_env"), name=name, mentions=mentions, timeout=timeout)
     if kind == "webhook":
@@ -692,17 +803,20 @@ class _Entry:
 
     def kind(self) -> str:
         if not isinstance(self.spec, dict):
-            self.fail(None, "must be a mapping",
-                      "write `type: wecom` (or another type) and its settings under the name")
+            self.fail(
+                None, "must be a mapping", "write `type: wecom` (or another type) and its settings under the name"
+            )
         kind = self.spec.get("type")
         if kind not in FIELDS:
             problem = "missing" if kind is None else f"unknown channel type {kind!r}"
             self.fail("type", problem, f"use one of: {', '.join(FIELDS)}")
         for key in self.spec:
             if key in _INLINE_SECRETS:
-                self.fail(key, f"`{key}` is a secret and must not be in the file",
-                          f"remove it, export it in an environment variable and set `{key}_env:` "
-                          "to that variable's name")
+                self.fail(
+                    key,
+                    f"`{key}` is a secret and must not be in the file",
+                    f"remove it, export it in an environment variable and set `{key}_env:` to that variable's name",
+                )
             if key != "type" and key not in FIELDS[kind]:
                 self.fail(key, "unknown setting", f"a {kind} channel takes: type, {', '.join(sorted(FIELDS[kind]))}")
         return kind
@@ -711,8 +825,7 @@ class _Entry:
         var = self.spec.get(setting)
         if var is None:
             if required:
-                self.fail(setting, "missing",
-                          f"set `{setting}:` to the name of the environment variable that holds it")
+                self.fail(setting, "missing", f"set `{setting}:` to the name of the environment variable that holds it")
             return None
         if not isinstance(var, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
             self.fail(setting, f"{var!r} is not an environment variable name", "write a name such as WECOM_ROBOT_URL")
@@ -725,8 +838,11 @@ class _Entry:
         if not url.startswith(("https://", "http://")):
             # Not echoed: the value is a secret.
             var = self.spec[setting]
-            self.fail(setting, f"environment variable {var} does not hold an http(s) URL",
-                      f"set {var} to the full webhook URL, e.g. https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=...")
+            self.fail(
+                setting,
+                f"environment variable {var} does not hold an http(s) URL",
+                f"set {var} to the full webhook URL, e.g. https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=...",
+            )
         return url
 
     def webhook_url(self) -> str:
@@ -736,8 +852,11 @@ class _Entry:
             return self.url_env("url_env")
         url = self.spec.get("url")
         if not isinstance(url, str) or not url.startswith(("https://", "http://")):
-            self.fail("url", "missing" if url is None else f"{url!r} is not an http(s) URL",
-                      "set `url: https://...`, or `url_env:` when the URL holds a token")
+            self.fail(
+                "url",
+                "missing" if url is None else f"{url!r} is not an http(s) URL",
+                "set `url: https://...`, or `url_env:` when the URL holds a token",
+            )
         return url
 
     def text(self, setting: str, required: bool) -> str | None:
@@ -780,13 +899,25 @@ class _Entry:
     def email(self, timeout: float) -> EmailChannel:
         starttls, implicit_tls = self.flag("starttls"), self.flag("ssl")
         if starttls and implicit_tls:
-            self.fail("ssl", "both `starttls` and `ssl` are set",
-                      "use `ssl: true` for port 465, or `starttls: true` for port 587, not both")
+            self.fail(
+                "ssl",
+                "both `starttls` and `ssl` are set",
+                "use `ssl: true` for port 465, or `starttls: true` for port 587, not both",
+            )
         port = self.spec.get("port", 465 if implicit_tls else 587 if starttls else 25)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
             self.fail("port", f"{port!r} is not a port number", "write a number such as 25, 465 or 587")
         username = self.text("username", required=False)
         password = self.env("password_env", required=username is not None)
-        return EmailChannel(self.text("host", required=True), port, self.text("sender", required=True),
-                            self.strings("recipients", "[ops@example.com]", required=True), username, password, starttls,
-                            ssl=implicit_tls, name=self.name, timeout=timeout)
+        return EmailChannel(
+            self.text("host", required=True),
+            port,
+            self.text("sender", required=True),
+            self.strings("recipients", "[ops@example.com]", required=True),
+            username,
+            password,
+            starttls,
+            ssl=implicit_tls,
+            name=self.name,
+            timeout=timeout,
+        )

@@ -22,8 +22,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from order_pipeline.alerts import ledger
-from order_pipeline.alerts.messages import MessageText
 from order_pipeline.alerts.channels import AlertMessage, Attempt, Channel, RateBudget, deliver, plan
+from order_pipeline.alerts.messages import MessageText
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,15 @@ class DrainResult:
 
 
 class Dispatcher:
-    def __init__(self, engine: sa.Engine, channels: Mapping[str, Channel], *, retries: int = 0, backoff: float = 1.0,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        engine: sa.Engine,
+        channels: Mapping[str, Channel],
+        *,
+        retries: int = 0,
+        backoff: float = 1.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.engine, self.channels = engine, dict(channels)
         self.retries, self.backoff, self.sleep = retries, backoff, sleep
 
@@ -82,8 +89,15 @@ class Dispatcher:
             self._drain_channel(channel, group, used.get(name, 0), now, clock, result)
         return result
 
-    def _drain_channel(self, channel: Channel, group: pd.DataFrame, used: int, now: datetime,
-                       clock: Callable[[], datetime], result: DrainResult) -> None:
+    def _drain_channel(
+        self,
+        channel: Channel,
+        group: pd.DataFrame,
+        used: int,
+        now: datetime,
+        clock: Callable[[], datetime],
+        result: DrainResult,
+    ) -> None:
         budget = RateBudget(channel.max_per_minute or DEFAULT_PER_MINUTE, clock=time.monotonic)
         budget.record(min(used, budget.per_minute))
         messages = [_message(r) for r in group.itertuples(index=False)]
@@ -96,23 +110,36 @@ class Dispatcher:
         for n, piece in enumerate(batch):
             ids = [int(k) for k in piece.keys]
             try:
-                attempts = deliver(channel, piece, retries=self.retries, backoff=self.backoff, sleep=self.sleep,
-                                   budget=budget, now=clock)
+                attempts = deliver(
+                    channel,
+                    piece,
+                    retries=self.retries,
+                    backoff=self.backoff,
+                    sleep=self.sleep,
+                    budget=budget,
+                    now=clock,
+                )
             except Exception as e:  # a bug in a channel must not stop the others
                 log.exception("channel %s failed unexpectedly", channel.name)
                 attempts = [Attempt(False, clock(), f"{type(e).__name__}: {e}", True)]
             rows = group[group["id"].isin(ids)]
             ledger.record_outcome(self.engine, rows, channel.name, attempts, now)
             last = attempts[-1]
-            result.sent.append(Sent(channel.name, _targets(rows), piece.title, len(ids), last.ok, len(attempts),
-                                    last.error))
+            result.sent.append(
+                Sent(channel.name, _targets(rows), piece.title, len(ids), last.ok, len(attempts), last.error)
+            )
             if not last.ok:
-                log.warning("alert %r via %s failed after %d attempt(s): %s", piece.title, channel.name,
-                            len(attempts), last.error)
+                log.warning(
+                    "alert %r via %s failed after %d attempt(s): %s",
+                    piece.title,
+                    channel.name,
+                    len(attempts),
+                    last.error,
+                )
                 if last.retryable and n + 1 < len(batch):
                     # The platform is down or throttling: the rest waits for the next round
                     # instead of each message waiting for its own answer (or retries) now.
-                    rest = [int(k) for m in batch[n + 1:] for k in m.keys]
+                    rest = [int(k) for m in batch[n + 1 :] for k in m.keys]
                     ledger.release(self.engine, rest, now + RETRY_AFTER_OUTAGE)
                     result.waiting += len(rest)
                     break
@@ -120,8 +147,14 @@ class Dispatcher:
 
 def _message(row) -> AlertMessage:
     text = MessageText.from_json(row.payload)
-    return AlertMessage(title=text.title, body_markdown=text.body_markdown, body_text=text.body_text,
-                        mentions=text.mentions, severity=text.severity, keys=(str(int(row.id)),))
+    return AlertMessage(
+        title=text.title,
+        body_markdown=text.body_markdown,
+        body_text=text.body_text,
+        mentions=text.mentions,
+        severity=text.severity,
+        keys=(str(int(row.id)),),
+    )
 
 
 def _targets(rows: pd.DataFrame) -> str:
@@ -133,8 +166,8 @@ def _targets(rows: pd.DataFrame) -> str:
 
 def build_channels(settings, engine: sa.Engine) -> dict[str, Channel]:
     """Every configured channel plus the outbox, ready to send (settings: AlertSettings)."""
-    from order_pipeline.alerts.settings import OUTBOX
     from order_pipeline.alerts.channels import OutboxChannel, build_channel
+    from order_pipeline.alerts.settings import OUTBOX
 
     built: dict[str, Channel] = {OUTBOX: OutboxChannel(engine, name=OUTBOX)}
     for name, spec in settings.channel_specs.items():

@@ -18,12 +18,20 @@ import pandas as pd
 import sqlalchemy as sa
 
 from order_pipeline.alerts import ledger
-from order_pipeline.alerts.messages import MessageText, freshness_message, rule_message, rule_summary, run_failure_message, tracking_link_message
+from order_pipeline.alerts.freshness import SourceAge, source_ages
+from order_pipeline.alerts.messages import (
+    MessageText,
+    freshness_message,
+    rule_message,
+    rule_summary,
+    run_failure_message,
+    tracking_link_message,
+)
+from order_pipeline.alerts.rules import Rule, aware_utc, fetch_frame, time_param
+from order_pipeline.alerts.rules import evaluate as evaluate_rules
 from order_pipeline.alerts.settings import AlertSettings, load_alert_settings
 from order_pipeline.contract.config import Config
-from order_pipeline.alerts.rules import Rule, aware_utc, evaluate as evaluate_rules, fetch_frame, time_param
 from order_pipeline.contract.schema import order_tracking_snapshot, pipeline_state, tracking_link_sends
-from order_pipeline.alerts.freshness import SourceAge, source_ages
 from order_pipeline.warehouse.engine import insert_frame
 
 log = logging.getLogger(__name__)
@@ -68,25 +76,54 @@ class Alerting:
 
     def rule_spec(self, rule: Rule) -> ledger.AlertSpec:
         s = self.settings
-        return ledger.AlertSpec(rule.id, rule.scope, rule.title, rule.severity, rule.notify, rule.cooldown,
-                                rule.escalate_to or (), rule.escalate_after, s.max_escalations,
-                                bool(rule.resolve_note), rule.risk)
+        return ledger.AlertSpec(
+            rule.id,
+            rule.scope,
+            rule.title,
+            rule.severity,
+            rule.notify,
+            rule.cooldown,
+            rule.escalate_to or (),
+            rule.escalate_after,
+            s.max_escalations,
+            bool(rule.resolve_note),
+            rule.risk,
+        )
 
     def freshness_spec(self, owner: tuple[str, ...]) -> ledger.AlertSpec:
         s = self.settings
-        return ledger.AlertSpec(FRESHNESS_RULE, "source", "数据源不新鲜", "warning", owner, s.cooldown, s.escalate_to,
-                                s.escalate_after, s.max_escalations, s.resolve_note)
+        return ledger.AlertSpec(
+            FRESHNESS_RULE,
+            "source",
+            "数据源不新鲜",
+            "warning",
+            owner,
+            s.cooldown,
+            s.escalate_to,
+            s.escalate_after,
+            s.max_escalations,
+            s.resolve_note,
+        )
 
     def run_spec(self) -> ledger.AlertSpec:
         s = self.settings
-        return ledger.AlertSpec(RUN_FAILURE_RULE, "run", "流水线运行失败", "critical", s.run_failures_to, s.cooldown,
-                                resolve_note=s.resolve_note)
+        return ledger.AlertSpec(
+            RUN_FAILURE_RULE,
+            "run",
+            "流水线运行失败",
+            "critical",
+            s.run_failures_to,
+            s.cooldown,
+            resolve_note=s.resolve_note,
+        )
 
     # -- evaluation ---------------------------------------------------------------------------
 
     def published_batch(self, conn: sa.Connection | None = None) -> str | None:
         """The batch the published snapshot reflects: it changes whenever a publish ran."""
-        q = sa.select(pipeline_state.c.value, pipeline_state.c.updated_at).where(pipeline_state.c.key == PUBLISHED_STATE)
+        q = sa.select(pipeline_state.c.value, pipeline_state.c.updated_at).where(
+            pipeline_state.c.key == PUBLISHED_STATE
+        )
         if conn is not None:
             row = conn.execute(q).first()
         else:
@@ -104,19 +141,38 @@ class Alerting:
         results: dict[str, ledger.SyncResult] = {}
         with self.engine.begin() as conn:
             for rule in s.rules:
-                results[rule.id] = ledger.sync(conn, self.rule_spec(rule), found[rule.id].rows, now,
-                                               self._rule_render(rule, now), s.route, s.board_url)
+                results[rule.id] = ledger.sync(
+                    conn,
+                    self.rule_spec(rule),
+                    found[rule.id].rows,
+                    now,
+                    self._rule_render(rule, now),
+                    s.route,
+                    s.board_url,
+                )
             for age in ages:
                 key = age.sla.asset_key
-                rows = pd.DataFrame([{"entity_key": key, "order_no": None, "source": age.source,
-                                      "newest": age.newest}] if age.stale else [],
-                                    columns=["entity_key", "order_no", "source", "newest"])
+                rows = pd.DataFrame(
+                    [{"entity_key": key, "order_no": None, "source": age.source, "newest": age.newest}]
+                    if age.stale
+                    else [],
+                    columns=["entity_key", "order_no", "source", "newest"],
+                )
                 results[f"{FRESHNESS_RULE}:{age.source}"] = ledger.sync(
-                    conn, self.freshness_spec(age.sla.owner), rows, now, self._freshness_render(age, now), s.route,
-                    s.board_url, scope_keys=[key])
+                    conn,
+                    self.freshness_spec(age.sla.owner),
+                    rows,
+                    now,
+                    self._freshness_render(age, now),
+                    s.route,
+                    s.board_url,
+                    scope_keys=[key],
+                )
             links = self._queue_links(conn, now)
         dues = [r.next_due for r in results.values() if r.next_due]
-        return Evaluation(now, {r: b.count for r, b in found.items()}, results, ages, links, min(dues) if dues else None)
+        return Evaluation(
+            now, {r: b.count for r, b in found.items()}, results, ages, links, min(dues) if dues else None
+        )
 
     def queue_ready_at(self, now: datetime) -> datetime | None:
         """When a queued message can next go out (now, a retry time or an expiring claim); None: queue empty."""
@@ -134,8 +190,9 @@ class Alerting:
 
     def _freshness_render(self, age: SourceAge, now: datetime):
         def render(row: dict, kind: str, first_seen: Any) -> tuple[str, MessageText]:
-            return freshness_message(age.source, age.sla.asset_key, age.newest, age.sla.max_age, now,
-                                     self.config.timezone, kind)
+            return freshness_message(
+                age.source, age.sla.asset_key, age.newest, age.sla.max_age, now, self.config.timezone, kind
+            )
 
         return render
 
@@ -147,8 +204,16 @@ class Alerting:
         summary, msg = run_failure_message(job, run_id, error)
         rows = pd.DataFrame([{"entity_key": entity, "order_no": None, "job": job, "run_id": run_id}])
         with self.engine.begin() as conn:
-            return ledger.sync(conn, self.run_spec(), rows, now, lambda row, kind, fs: (summary, msg),
-                               self.settings.route, self.settings.board_url, scope_keys=[entity])
+            return ledger.sync(
+                conn,
+                self.run_spec(),
+                rows,
+                now,
+                lambda row, kind, fs: (summary, msg),
+                self.settings.route,
+                self.settings.board_url,
+                scope_keys=[entity],
+            )
 
     def run_succeeded(self, job: str, asset_keys: list[str] | None, now: datetime) -> ledger.SyncResult:
         """A later successful run resolves the failure alerts it covers: the same job, or for asset
@@ -156,12 +221,23 @@ class Alerting:
         done = set(asset_keys or ())
         with self.engine.connect() as conn:
             open_keys = ledger.open_alerts(conn, [RUN_FAILURE_RULE])["entity_key"].tolist()
-        covered = [k for k in open_keys
-                   if k == job or (k.startswith(ASSETS_PREFIX) and set(k[len(ASSETS_PREFIX):].split(",")) <= done)]
+        covered = [
+            k
+            for k in open_keys
+            if k == job or (k.startswith(ASSETS_PREFIX) and set(k[len(ASSETS_PREFIX) :].split(",")) <= done)
+        ]
         empty = pd.DataFrame(columns=["entity_key", "order_no"])
         with self.engine.begin() as conn:
-            return ledger.sync(conn, self.run_spec(), empty, aware_utc(now), lambda row, kind, fs: ("", None),
-                               self.settings.route, self.settings.board_url, scope_keys=covered)
+            return ledger.sync(
+                conn,
+                self.run_spec(),
+                empty,
+                aware_utc(now),
+                lambda row, kind, fs: ("", None),
+                self.settings.route,
+                self.settings.board_url,
+                scope_keys=covered,
+            )
 
     # -- customer tracking links ----------------------------------------------------------------
 
@@ -184,15 +260,27 @@ class Alerting:
         from order_pipeline.domain.masking import mask_phone
 
         s, t = order_tracking_snapshot, tracking_link_sends
-        new = fetch_frame(conn, sa.select(s.c.order_no, s.c.customer_phone)
-                         .where(s.c.status == "open").where(s.c.ordered_at >= time_param(now - tl.within))
-                         .where(~sa.exists().where(t.c.order_no == s.c.order_no)).order_by(s.c.order_no))
+        new = fetch_frame(
+            conn,
+            sa.select(s.c.order_no, s.c.customer_phone)
+            .where(s.c.status == "open")
+            .where(s.c.ordered_at >= time_param(now - tl.within))
+            .where(~sa.exists().where(t.c.order_no == s.c.order_no))
+            .order_by(s.c.order_no),
+        )
         if new.empty:
             return 0
         insert_frame(conn, t, pd.DataFrame({"order_no": new["order_no"], "channel": tl.channel, "queued_at": now}))
-        items = [(order_no, tl.channel, tracking_link_message(order_no, customer_link(self.web, order_no, now),
-                                                              mask_phone(phone), self.web.link_ttl))
-                 for order_no, phone in zip(new["order_no"], new["customer_phone"])]
+        items = [
+            (
+                order_no,
+                tl.channel,
+                tracking_link_message(
+                    order_no, customer_link(self.web, order_no, now), mask_phone(phone), self.web.link_ttl
+                ),
+            )
+            for order_no, phone in zip(new["order_no"], new["customer_phone"])
+        ]
         return ledger.queue_messages(conn, TRACKING_LINK, ledger.LINK, items, now, LINK_HOLD)
 
     # -- reading ------------------------------------------------------------------------------

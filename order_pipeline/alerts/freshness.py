@@ -20,8 +20,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from order_pipeline.alerts.settings import CARRIER, SourceSla
-from order_pipeline.contract.schema import pipeline_state, raw_tracking
 from order_pipeline.carrier.store import due_waybills
+from order_pipeline.contract.schema import pipeline_state, raw_tracking
 from order_pipeline.warehouse.engine import utc
 
 
@@ -38,8 +38,15 @@ class SourceAge:
 
 def source_ages(conn: sa.Connection, slas: Sequence[SourceSla], now: datetime) -> list[SourceAge]:
     keys = [f"watermark:{s.source}" for s in slas if s.source != CARRIER]
-    marks = dict(conn.execute(sa.select(pipeline_state.c.key, pipeline_state.c.value)
-                              .where(pipeline_state.c.key.in_(keys))).all()) if keys else {}
+    marks = (
+        dict(
+            conn.execute(
+                sa.select(pipeline_state.c.key, pipeline_state.c.value).where(pipeline_state.c.key.in_(keys))
+            ).all()
+        )
+        if keys
+        else {}
+    )
     out = []
     for sla in slas:
         if sla.source == CARRIER:

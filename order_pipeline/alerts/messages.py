@@ -19,8 +19,8 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 
-from order_pipeline.contract.roles import ROLE_LABELS
 from order_pipeline.alerts.rules import Rule
+from order_pipeline.contract.roles import ROLE_LABELS
 
 SEVERITY_LABELS = {"info": "提示", "warning": "警告", "critical": "严重"}
 KIND_LABELS = {"escalate": "升级", "resolve": "已恢复"}
@@ -43,12 +43,22 @@ class MessageText:
     @classmethod
     def from_json(cls, text: str) -> MessageText:
         doc = json.loads(text)
-        return cls(doc["title"], doc["body_markdown"], doc["body_text"], doc.get("severity", "warning"),
-                   tuple(doc.get("mentions", ())))
+        return cls(
+            doc["title"],
+            doc["body_markdown"],
+            doc["body_text"],
+            doc.get("severity", "warning"),
+            tuple(doc.get("mentions", ())),
+        )
 
     def with_mentions(self, mentions: tuple[str, ...]) -> MessageText:
-        return MessageText(self.title, self.body_markdown, self.body_text, self.severity,
-                           tuple(dict.fromkeys(self.mentions + mentions)))
+        return MessageText(
+            self.title,
+            self.body_markdown,
+            self.body_text,
+            self.severity,
+            tuple(dict.fromkeys(self.mentions + mentions)),
+        )
 
 
 def order_link(board_url: str, order_no: str) -> str:
@@ -134,8 +144,16 @@ class _Defaulting(dict):
         return "—"
 
 
-def rule_message(rule: Rule, row: Mapping[str, Any], summary: str, now: datetime, tz: str, board_url: str,
-                 kind: str = "notify", first_seen: Any = None) -> MessageText:
+def rule_message(
+    rule: Rule,
+    row: Mapping[str, Any],
+    summary: str,
+    now: datetime,
+    tz: str,
+    board_url: str,
+    kind: str = "notify",
+    first_seen: Any = None,
+) -> MessageText:
     """The message for a rule's alert about one order or SKU."""
     entity = row.get("order_no") if rule.scope == "order" else row.get("entity_key")
     title = _title(rule.title, rule.severity, kind, entity)
@@ -143,8 +161,10 @@ def rule_message(rule: Rule, row: Mapping[str, Any], summary: str, now: datetime
     if rule.scope == "order":
         since = _timestamp(waited_since(rule, row))
         waited = waited_text(None if since is None else pd.Timestamp(now) - since)
-        facts = (f"阶段：{_plain(row.get('stage_label'), tz)}　已等待：{waited}　"
-                 f"负责人：{role_label(row.get('responsible_role'))}")
+        facts = (
+            f"阶段：{_plain(row.get('stage_label'), tz)}　已等待：{waited}　"
+            f"负责人：{role_label(row.get('responsible_role'))}"
+        )
         if rule.risk == "high":
             facts += "　风险：高"
         link = order_link(board_url, entity)
@@ -161,8 +181,9 @@ def rule_message(rule: Rule, row: Mapping[str, Any], summary: str, now: datetime
     return MessageText(title, "\n".join(md), "\n".join(text), rule.severity)
 
 
-def resolved_message(title: str, entity: str, summary: str, first_seen: Any, now: datetime, order_no: str | None,
-                     board_url: str) -> MessageText:
+def resolved_message(
+    title: str, entity: str, summary: str, first_seen: Any, now: datetime, order_no: str | None, board_url: str
+) -> MessageText:
     since = _timestamp(first_seen)
     lasted = waited_text(None if since is None else pd.Timestamp(now) - since)
     head = f"已恢复（持续 {lasted}）：{summary}"
@@ -174,14 +195,24 @@ def resolved_message(title: str, entity: str, summary: str, first_seen: Any, now
     return MessageText(_title(title, "info", "resolve", entity), "\n".join(md), "\n".join(text), "info")
 
 
-def freshness_message(source: str, asset_key: str, newest: Any, max_age: timedelta, now: datetime, tz: str,
-                      kind: str = "notify", severity: str = "warning") -> tuple[str, MessageText]:
+def freshness_message(
+    source: str,
+    asset_key: str,
+    newest: Any,
+    max_age: timedelta,
+    now: datetime,
+    tz: str,
+    kind: str = "notify",
+    severity: str = "warning",
+) -> tuple[str, MessageText]:
     since = _timestamp(newest)
     if since is None:
         summary = f"数据源 {source}（{asset_key}）还没有任何数据，要求每 {waited_text(max_age)} 内有更新。"
     else:
-        summary = (f"数据源 {source}（{asset_key}）已 {waited_text(pd.Timestamp(now) - since)} 没有新数据"
-                   f"（最新 {local_time(since, tz)}，要求 {waited_text(max_age)} 内），请检查同步任务。")
+        summary = (
+            f"数据源 {source}（{asset_key}）已 {waited_text(pd.Timestamp(now) - since)} 没有新数据"
+            f"（最新 {local_time(since, tz)}，要求 {waited_text(max_age)} 内），请检查同步任务。"
+        )
     title = _title("数据源不新鲜", severity, kind, source)
     return summary, MessageText(title, summary, summary, severity)
 

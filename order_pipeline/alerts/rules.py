@@ -58,8 +58,22 @@ SEVERITIES = ("info", "warning", "critical")
 RISKS = ("high",)
 ORDER_STAGES = tuple(STAGE_LABELS)
 PENDING_STAGES = ("ordered", "paid")  # not locked, not shipped, not cancelled
-RULE_FIELDS = {"title", "scope", "when", "severity", "notify", "message", "waited_from", "escalate_after",
-               "escalate_to", "cooldown", "risk", "resolve_note", "enabled", "description"}
+RULE_FIELDS = {
+    "title",
+    "scope",
+    "when",
+    "severity",
+    "notify",
+    "message",
+    "waited_from",
+    "escalate_after",
+    "escalate_to",
+    "cooldown",
+    "risk",
+    "resolve_note",
+    "enabled",
+    "description",
+}
 REQUIRED_FIELDS = ("title", "scope", "when", "notify")
 _RULE_ID = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
@@ -172,8 +186,14 @@ class Rule:
 
 # --- fields of each scope ------------------------------------------------------------------------
 
-_KINDS = ((sa.Boolean, "bool"), (sa.DateTime, "datetime"), (sa.Date, "date"), (sa.Float, "number"),
-          (sa.Integer, "number"), (sa.Text, "text"))
+_KINDS = (
+    (sa.Boolean, "bool"),
+    (sa.DateTime, "datetime"),
+    (sa.Date, "date"),
+    (sa.Float, "number"),
+    (sa.Integer, "number"),
+    (sa.Text, "text"),
+)
 
 
 def _kind(column: sa.ColumnElement) -> str:
@@ -184,7 +204,8 @@ def order_fields(orders: sa.Table = order_tracking_snapshot) -> dict[str, sa.Col
     """Fields of the order scope: every column of the snapshot (or `unified_orders`), plus derived ones."""
     fields = {c.name: c for c in orders.c if not c.name.startswith("_")}
     fields["last_carrier_update_at"] = sa.func.coalesce(orders.c.latest_event_at, orders.c.shipped_at).label(
-        "last_carrier_update_at")
+        "last_carrier_update_at"
+    )
     return fields
 
 
@@ -196,23 +217,44 @@ def sku_stock(orders: sa.Table = order_tracking_snapshot) -> sa.Subquery:
     """
     inv, lines, res = RAW_TABLES["inventory"], RAW_TABLES["order_lines"], RAW_TABLES["reservations"]
     pending = sa.select(orders.c.order_no).where(orders.c.stage.in_(PENDING_STAGES))
-    need = (sa.select(lines.c.order_no, lines.c.sku, sa.func.sum(lines.c.qty).label("qty"))
-            .where(lines.c.order_no.in_(pending)).group_by(lines.c.order_no, lines.c.sku).subquery("need"))
-    held = (sa.select(res.c.order_no, res.c.sku, sa.func.sum(res.c.qty).label("qty"))
-            .where(res.c.status == "locked").where(res.c.order_no.in_(pending))
-            .group_by(res.c.order_no, res.c.sku).subquery("held"))
+    need = (
+        sa.select(lines.c.order_no, lines.c.sku, sa.func.sum(lines.c.qty).label("qty"))
+        .where(lines.c.order_no.in_(pending))
+        .group_by(lines.c.order_no, lines.c.sku)
+        .subquery("need")
+    )
+    held = (
+        sa.select(res.c.order_no, res.c.sku, sa.func.sum(res.c.qty).label("qty"))
+        .where(res.c.status == "locked")
+        .where(res.c.order_no.in_(pending))
+        .group_by(res.c.order_no, res.c.sku)
+        .subquery("held")
+    )
     short = need.c.qty - sa.func.coalesce(held.c.qty, 0)
-    open_need = (sa.select(need.c.sku, need.c.order_no, short.label("short"))
-                 .select_from(need.outerjoin(held, sa.and_(held.c.order_no == need.c.order_no, held.c.sku == need.c.sku)))
-                 .where(short > 0).subquery("open_need"))
-    demand = (sa.select(open_need.c.sku, sa.func.sum(open_need.c.short).label("pending_qty"),
-                        sa.func.count(sa.distinct(open_need.c.order_no)).label("pending_orders"))
-              .group_by(open_need.c.sku).subquery("demand"))
+    open_need = (
+        sa.select(need.c.sku, need.c.order_no, short.label("short"))
+        .select_from(need.outerjoin(held, sa.and_(held.c.order_no == need.c.order_no, held.c.sku == need.c.sku)))
+        .where(short > 0)
+        .subquery("open_need")
+    )
+    demand = (
+        sa.select(
+            open_need.c.sku,
+            sa.func.sum(open_need.c.short).label("pending_qty"),
+            sa.func.count(sa.distinct(open_need.c.order_no)).label("pending_orders"),
+        )
+        .group_by(open_need.c.sku)
+        .subquery("demand")
+    )
     available = inv.c.on_hand - inv.c.reserved
     pending_qty = sa.func.coalesce(demand.c.pending_qty, 0)
     return (
         sa.select(
-            inv.c.sku, inv.c.on_hand, inv.c.reserved, inv.c.safety_stock, available.label("available"),
+            inv.c.sku,
+            inv.c.on_hand,
+            inv.c.reserved,
+            inv.c.safety_stock,
+            available.label("available"),
             pending_qty.label("pending_qty"),
             sa.func.coalesce(demand.c.pending_orders, 0).label("pending_orders"),
             (inv.c.safety_stock + pending_qty - available).label("suggested_qty"),
@@ -223,9 +265,17 @@ def sku_stock(orders: sa.Table = order_tracking_snapshot) -> sa.Subquery:
     )
 
 
-SKU_FIELD_KINDS = {"sku": "text", "on_hand": "number", "reserved": "number", "safety_stock": "number",
-                   "available": "number", "pending_qty": "number", "pending_orders": "number",
-                   "suggested_qty": "number", "inventory_updated_at": "datetime"}
+SKU_FIELD_KINDS = {
+    "sku": "text",
+    "on_hand": "number",
+    "reserved": "number",
+    "safety_stock": "number",
+    "available": "number",
+    "pending_qty": "number",
+    "pending_orders": "number",
+    "suggested_qty": "number",
+    "inventory_updated_at": "datetime",
+}
 ORDER_FIELD_KINDS = {name: _kind(col) for name, col in order_fields().items()}
 ORDER_FIELD_KINDS["last_carrier_update_at"] = "datetime"
 FIELD_KINDS = {"order": ORDER_FIELD_KINDS, "sku": SKU_FIELD_KINDS}
@@ -248,23 +298,36 @@ def parse_rules(section: Any, path: Path | str, targets: Collection[str] | None 
     if section is None:
         section = {}
     if not isinstance(section, dict):
-        raise ConfigError(path, "rules", "must be a mapping of rule id to rule",
-                          "write `rules:` followed by indented `<rule_id>:` entries (see README, 'Alert rules')")
+        raise ConfigError(
+            path,
+            "rules",
+            "must be a mapping of rule id to rule",
+            "write `rules:` followed by indented `<rule_id>:` entries (see README, 'Alert rules')",
+        )
     merged: dict[str, dict] = {rid: dict(spec) for rid, spec in defaults.items()}
     for rid, spec in section.items():
         rid = str(rid)
         if not _RULE_ID.fullmatch(rid):
-            raise ConfigError(path, f"rules.{rid}", "is not a valid rule id",
-                              "use lower-case letters, digits and underscores, starting with a letter")
+            raise ConfigError(
+                path,
+                f"rules.{rid}",
+                "is not a valid rule id",
+                "use lower-case letters, digits and underscores, starting with a letter",
+            )
         if spec is None:
             spec = {}
         if not isinstance(spec, dict):
-            raise ConfigError(path, f"rules.{rid}", "must be a mapping",
-                              "write the rule's settings (title, scope, when, notify, ...) indented under its id")
+            raise ConfigError(
+                path,
+                f"rules.{rid}",
+                "must be a mapping",
+                "write the rule's settings (title, scope, when, notify, ...) indented under its id",
+            )
         unknown = sorted(set(spec) - RULE_FIELDS)
         if unknown:
-            raise ConfigError(path, f"rules.{rid}.{unknown[0]}", "unknown rule field",
-                              f"use one of: {', '.join(sorted(RULE_FIELDS))}")
+            raise ConfigError(
+                path, f"rules.{rid}.{unknown[0]}", "unknown rule field", f"use one of: {', '.join(sorted(RULE_FIELDS))}"
+            )
         base = merged.get(rid, {})
         if "scope" in spec and base and spec["scope"] != base.get("scope") and "when" not in spec:
             base = {k: v for k, v in base.items() if k not in ("when", "message", "waited_from")}
@@ -311,8 +374,11 @@ class _RuleParser(SectionParser):
             if scope != "order":
                 self.fail("waited_from", "only order rules count waiting time", "remove `waited_from:`")
             if kinds.get(waited_from) != "datetime":
-                self.fail("waited_from", f"{waited_from!r} is not a time field of an order",
-                          f"use one of: {', '.join(sorted(k for k, v in kinds.items() if v == 'datetime'))}")
+                self.fail(
+                    "waited_from",
+                    f"{waited_from!r} is not a time field of an order",
+                    f"use one of: {', '.join(sorted(k for k, v in kinds.items() if v == 'datetime'))}",
+                )
         message = s.get("message")
         if message is not None:
             message = self.template(str(message).strip(), scope, kinds)
@@ -347,9 +413,12 @@ class _RuleParser(SectionParser):
         if self.targets is not None:
             for name in value:
                 if name not in self.targets:
-                    self.fail(entry, f"unknown channel or group {name!r}",
-                              f"use one of: {', '.join(sorted(self.targets))}, or add it under `alerts.groups:` "
-                              "or `channels:`")
+                    self.fail(
+                        entry,
+                        f"unknown channel or group {name!r}",
+                        f"use one of: {', '.join(sorted(self.targets))}, or add it under `alerts.groups:` "
+                        "or `channels:`",
+                    )
         return tuple(dict.fromkeys(value))
 
     def template(self, text: str, scope: str, kinds: Mapping[str, str]) -> str:
@@ -357,11 +426,17 @@ class _RuleParser(SectionParser):
         try:
             names = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
         except ValueError as e:
-            self.fail("message", f"not a valid template ({e})", "write placeholders as {order_no}; double a literal brace: {{")
+            self.fail(
+                "message", f"not a valid template ({e})", "write placeholders as {order_no}; double a literal brace: {{"
+            )
         for name in names:
             base = re.split(r"[.\[]", name, maxsplit=1)[0]
             if base not in allowed:
-                self.fail("message", f"unknown placeholder {{{name}}}", f"use fields of the {scope}: {', '.join(sorted(allowed))}")
+                self.fail(
+                    "message",
+                    f"unknown placeholder {{{name}}}",
+                    f"use fields of the {scope}: {', '.join(sorted(allowed))}",
+                )
         return text
 
     def conditions(self, when, kinds: Mapping[str, str]) -> tuple[Condition, ...]:
@@ -383,8 +458,11 @@ class _RuleParser(SectionParser):
             self.fail(entry, "unknown operator", f"use one of: {', '.join(OPERATORS)}")
         if op in _TIME_OPS:
             if kind not in ("datetime", "date") or (kind == "date" and op != "within_next"):
-                self.fail(entry, f"{op} needs a time field, and {fname} is {kind}",
-                          f"use {op} on one of: {', '.join(sorted(k for k, v in kinds.items() if v == 'datetime'))}")
+                self.fail(
+                    entry,
+                    f"{op} needs a time field, and {fname} is {kind}",
+                    f"use {op} on one of: {', '.join(sorted(k for k, v in kinds.items() if v == 'datetime'))}",
+                )
             d = self.duration(value, entry)
             if kind == "date" and d % timedelta(days=1):
                 self.fail(entry, f"{fname} is a date, so {op} takes whole days", "write e.g. 1d or 2d")
@@ -399,15 +477,23 @@ class _RuleParser(SectionParser):
             return Condition(fname, op, tuple(self.literal(fname, kind, v, entry) for v in value))
         if isinstance(value, dict):
             if set(value) != {"field"} or value["field"] not in kinds:
-                self.fail(entry, f"{value!r} is not a field reference",
-                          f"write `{{field: <name>}}` with one of: {', '.join(sorted(kinds))}")
+                self.fail(
+                    entry,
+                    f"{value!r} is not a field reference",
+                    f"write `{{field: <name>}}` with one of: {', '.join(sorted(kinds))}",
+                )
             other = kinds[value["field"]]
             if other != kind:
-                self.fail(entry, f"{fname} ({kind}) cannot be compared with {value['field']} ({other})",
-                          "compare fields of the same kind")
+                self.fail(
+                    entry,
+                    f"{fname} ({kind}) cannot be compared with {value['field']} ({other})",
+                    "compare fields of the same kind",
+                )
             return Condition(fname, op, FieldRef(value["field"]))
         if op in ("lt", "le", "gt", "ge") and kind not in _ORDERED_KINDS:
-            self.fail(entry, f"{op} needs a number, date or time field, and {fname} is {kind}", "use eq, ne, in or is_null")
+            self.fail(
+                entry, f"{op} needs a number, date or time field, and {fname} is {kind}", "use eq, ne, in or is_null"
+            )
         return Condition(fname, op, self.literal(fname, kind, value, entry))
 
     def literal(self, fname: str, kind: str, value, entry: str):
@@ -460,8 +546,9 @@ def time_param(value: datetime) -> sa.BindParameter:
     return sa.bindparam(None, aware_utc(value), type_=sa.DateTime(timezone=True))
 
 
-def condition_sql(cond: Condition, fields: Mapping[str, sa.ColumnElement], kind: str, now: datetime,
-                  tz: str) -> sa.ColumnElement[bool]:
+def condition_sql(
+    cond: Condition, fields: Mapping[str, sa.ColumnElement], kind: str, now: datetime, tz: str
+) -> sa.ColumnElement[bool]:
     col = fields[cond.field]
     col = col.element if isinstance(col, sa.Label) else col
     v = cond.value
@@ -499,8 +586,16 @@ def _literal(value, kind: str):
 
 
 # Columns every order breach carries, for the ledger and the message.
-ORDER_MESSAGE_COLUMNS = ("order_no", "stage", "stage_label", "responsible_role", "waiting_since", "customer_name",
-                         "waybill_nos", "promised_date")
+ORDER_MESSAGE_COLUMNS = (
+    "order_no",
+    "stage",
+    "stage_label",
+    "responsible_role",
+    "waiting_since",
+    "customer_name",
+    "waybill_nos",
+    "promised_date",
+)
 
 
 def breach_query(rule: Rule, now: datetime, tz: str, orders: sa.Table = order_tracking_snapshot) -> sa.Select:
@@ -509,8 +604,9 @@ def breach_query(rule: Rule, now: datetime, tz: str, orders: sa.Table = order_tr
     if rule.scope == "order":
         fields = order_fields(orders)
         wanted = list(ORDER_MESSAGE_COLUMNS)
-        wanted += [c.field for c in rule.conditions] + [c.value.name for c in rule.conditions
-                                                        if isinstance(c.value, FieldRef)]
+        wanted += [c.field for c in rule.conditions] + [
+            c.value.name for c in rule.conditions if isinstance(c.value, FieldRef)
+        ]
         wanted += [n for n in _template_names(rule.message) if n in fields]
         if rule.waited_from:
             wanted.append(rule.waited_from)
@@ -531,8 +627,11 @@ def _template_names(text: str | None) -> list[str]:
 
 
 def _datetime_columns(query: sa.Select) -> list[str]:
-    return [c.name for c in query.selected_columns
-            if isinstance(c.type, sa.DateTime) or c.name in ("last_carrier_update_at", "inventory_updated_at")]
+    return [
+        c.name
+        for c in query.selected_columns
+        if isinstance(c.type, sa.DateTime) or c.name in ("last_carrier_update_at", "inventory_updated_at")
+    ]
 
 
 def fetch_frame(conn: sa.Connection, query: sa.Select, datetime_cols: Collection[str] = ()) -> pd.DataFrame:
@@ -561,8 +660,9 @@ class Breaches:
         return len(self.rows)
 
 
-def evaluate(conn: sa.Connection, rules: Collection[Rule], now: datetime, tz: str,
-             orders: sa.Table = order_tracking_snapshot) -> dict[str, Breaches]:
+def evaluate(
+    conn: sa.Connection, rules: Collection[Rule], now: datetime, tz: str, orders: sa.Table = order_tracking_snapshot
+) -> dict[str, Breaches]:
     """Every rule's offending rows, one SELECT per rule, read through the driver's fast path."""
     out = {}
     for rule in rules:
@@ -571,8 +671,9 @@ def evaluate(conn: sa.Connection, rules: Collection[Rule], now: datetime, tz: st
     return out
 
 
-def count_and_sample(conn: sa.Connection, rule: Rule, now: datetime, tz: str, limit: int,
-                     orders: sa.Table = order_tracking_snapshot) -> tuple[int, pd.DataFrame]:
+def count_and_sample(
+    conn: sa.Connection, rule: Rule, now: datetime, tz: str, limit: int, orders: sa.Table = order_tracking_snapshot
+) -> tuple[int, pd.DataFrame]:
     """How many rows break the rule, and the first `limit` of them (for asset check metadata)."""
     q = breach_query(rule, now, tz, orders)
     count = conn.execute(sa.select(sa.func.count()).select_from(q.order_by(None).subquery())).scalar_one()

@@ -35,26 +35,41 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from order_pipeline.alerts.rules import Rule, parse_rules, with_defaults
 from order_pipeline.contract.canonical import SOURCE_ENTITIES
 from order_pipeline.contract.config import Config, SectionParser
 from order_pipeline.contract.roles import ROLE_LABELS
-from order_pipeline.alerts.rules import Rule, parse_rules, with_defaults
 
 OUTBOX = "outbox"
 CARRIER = "carrier"
 # Built-in groups: a rule may name them without an `alerts.groups` entry (they then use default_channels).
 # Their labels are the roles' (order_pipeline.roles.ROLE_LABELS).
 BUILTIN_GROUPS = ("warehouse", "purchasing", "customer_service", "ops_lead", "data", "sales", "finance", "logistics")
-ALERTS_FIELDS = {"cooldown", "escalate_after", "escalate_to", "max_escalations", "resolve_note", "evaluate_every",
-                 "board_url", "groups", "default_channels", "run_failures_to", "tracking_links"}
+ALERTS_FIELDS = {
+    "cooldown",
+    "escalate_after",
+    "escalate_to",
+    "max_escalations",
+    "resolve_note",
+    "evaluate_every",
+    "board_url",
+    "groups",
+    "default_channels",
+    "run_failures_to",
+    "tracking_links",
+}
 GROUP_FIELDS = {"channels", "mentions", "label"}
 LINK_FIELDS = {"channel", "within"}
 DEFAULT_BOARD_URL = "http://127.0.0.1:8080"
 
 # The seed's update SLA per source; `carrier` is the Kuaidi100 feed (raw_tracking).
 FRESHNESS_DEFAULTS = {
-    "orders": timedelta(minutes=5), "shipments": timedelta(minutes=5), "payments": timedelta(hours=1),
-    "reservations": timedelta(minutes=30), "inventory": timedelta(minutes=30), CARRIER: timedelta(hours=2),
+    "orders": timedelta(minutes=5),
+    "shipments": timedelta(minutes=5),
+    "payments": timedelta(hours=1),
+    "reservations": timedelta(minutes=30),
+    "inventory": timedelta(minutes=30),
+    CARRIER: timedelta(hours=2),
 }
 FRESHNESS_SOURCES = tuple(n for n, e in SOURCE_ENTITIES.items() if e.watermark) + (CARRIER,)
 
@@ -145,8 +160,11 @@ class _Parser(SectionParser):
         channel_names = {OUTBOX, *channel_specs}
         a = self.mapping(sections.get("alerts"), "alerts", ALERTS_FIELDS)
         d = AlertSettings(self.path, self.config.timezone, (), {}, {})
-        default_channels = (self.names(a["default_channels"], "alerts.default_channels", channel_names, "channels")
-                            if "default_channels" in a else d.default_channels)
+        default_channels = (
+            self.names(a["default_channels"], "alerts.default_channels", channel_names, "channels")
+            if "default_channels" in a
+            else d.default_channels
+        )
         groups = self.groups(a.get("groups"), channel_names)
         targets = set(BUILTIN_GROUPS) | set(groups) | channel_names
         resolve_note = a.get("resolve_note", d.resolve_note)
@@ -154,7 +172,9 @@ class _Parser(SectionParser):
             self.fail("alerts.resolve_note", f"{resolve_note!r} is not true or false", "write `resolve_note: true`")
         max_esc = a.get("max_escalations", d.max_escalations)
         if isinstance(max_esc, bool) or not isinstance(max_esc, int) or max_esc < 0:
-            self.fail("alerts.max_escalations", f"{max_esc!r} is not a whole number", "write e.g. 1 (0: never escalate)")
+            self.fail(
+                "alerts.max_escalations", f"{max_esc!r} is not a whole number", "write e.g. 1 (0: never escalate)"
+            )
         web = sections.get("web") if isinstance(sections.get("web"), dict) else None
         board_url = str(a.get("board_url") or (web or {}).get("base_url") or DEFAULT_BOARD_URL).rstrip("/")
         if not board_url.startswith(("http://", "https://")):
@@ -167,25 +187,44 @@ class _Parser(SectionParser):
             channel_specs=channel_specs,
             default_channels=default_channels,
             cooldown=self.duration(a["cooldown"], "alerts.cooldown") if "cooldown" in a else d.cooldown,
-            escalate_after=(self.duration(a["escalate_after"], "alerts.escalate_after")
-                            if "escalate_after" in a else d.escalate_after),
-            escalate_to=(self.names(a["escalate_to"], "alerts.escalate_to", targets, "groups or channels")
-                         if "escalate_to" in a else d.escalate_to),
+            escalate_after=(
+                self.duration(a["escalate_after"], "alerts.escalate_after")
+                if "escalate_after" in a
+                else d.escalate_after
+            ),
+            escalate_to=(
+                self.names(a["escalate_to"], "alerts.escalate_to", targets, "groups or channels")
+                if "escalate_to" in a
+                else d.escalate_to
+            ),
             max_escalations=max_esc,
             resolve_note=resolve_note,
-            evaluate_every=(self.duration(a["evaluate_every"], "alerts.evaluate_every")
-                            if "evaluate_every" in a else d.evaluate_every),
+            evaluate_every=(
+                self.duration(a["evaluate_every"], "alerts.evaluate_every")
+                if "evaluate_every" in a
+                else d.evaluate_every
+            ),
             board_url=board_url,
             freshness=self.freshness(sections.get("freshness"), targets),
-            run_failures_to=(self.names(a["run_failures_to"], "alerts.run_failures_to", targets, "groups or channels")
-                             if "run_failures_to" in a else d.run_failures_to),
+            run_failures_to=(
+                self.names(a["run_failures_to"], "alerts.run_failures_to", targets, "groups or channels")
+                if "run_failures_to" in a
+                else d.run_failures_to
+            ),
             tracking_links=self.tracking_links(a.get("tracking_links", ...), channel_names, web is not None),
             web_configured=web is not None,
         )
         rules = parse_rules(sections.get("rules"), self.path, targets)
-        rules = tuple(with_defaults(r, cooldown=settings.cooldown, escalate_after=settings.escalate_after,
-                                    escalate_to=settings.escalate_to, resolve_note=settings.resolve_note)
-                      for r in rules)
+        rules = tuple(
+            with_defaults(
+                r,
+                cooldown=settings.cooldown,
+                escalate_after=settings.escalate_after,
+                escalate_to=settings.escalate_to,
+                resolve_note=settings.resolve_note,
+            )
+            for r in rules
+        )
         return replace(settings, rules=rules)
 
     def channels(self, value) -> dict[str, Any]:
@@ -193,16 +232,22 @@ class _Parser(SectionParser):
         if value is None:
             return {}
         if not isinstance(value, dict):
-            self.fail("channels", "must be a mapping of channel name to channel",
-                      "write `channels:` followed by `<name>: {type: wecom, webhook_url_env: ...}` lines")
+            self.fail(
+                "channels",
+                "must be a mapping of channel name to channel",
+                "write `channels:` followed by `<name>: {type: wecom, webhook_url_env: ...}` lines",
+            )
         return {str(k): v for k, v in value.items()}
 
     def groups(self, value, channel_names: set[str]) -> dict[str, Group]:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            self.fail("alerts.groups", "must be a mapping of group name to its channels",
-                      "write e.g. `warehouse: {channels: [wecom_warehouse]}`")
+            self.fail(
+                "alerts.groups",
+                "must be a mapping of group name to its channels",
+                "write e.g. `warehouse: {channels: [wecom_warehouse]}`",
+            )
         groups = {}
         for name, spec in value.items():
             entry = f"alerts.groups.{name}"
@@ -211,9 +256,14 @@ class _Parser(SectionParser):
                 self.fail(f"{entry}.channels", "missing", f"list the channels, e.g. `channels: [{OUTBOX}]`")
             channels = self.names(spec["channels"], f"{entry}.channels", channel_names, "channels")
             mentions = spec.get("mentions", [])
-            if not isinstance(mentions, list) or not all(isinstance(m, str | int) and not isinstance(m, bool)
-                                                          for m in mentions):
-                self.fail(f"{entry}.mentions", f"{mentions!r} is not a list", 'write e.g. `mentions: ["13800000000", zhangsan]`')
+            if not isinstance(mentions, list) or not all(
+                isinstance(m, str | int) and not isinstance(m, bool) for m in mentions
+            ):
+                self.fail(
+                    f"{entry}.mentions",
+                    f"{mentions!r} is not a list",
+                    'write e.g. `mentions: ["13800000000", zhangsan]`',
+                )
             label = str(spec.get("label") or ROLE_LABELS.get(str(name), name))
             groups[str(name)] = Group(str(name), label, channels, tuple(str(m) for m in mentions))
         return groups
@@ -251,7 +301,10 @@ class _Parser(SectionParser):
         spec = self.mapping(value, "alerts.tracking_links", LINK_FIELDS)
         channel = spec.get("channel", OUTBOX)
         if channel not in channel_names:
-            self.fail("alerts.tracking_links.channel", f"unknown channel {channel!r}",
-                      f"use one of: {', '.join(sorted(channel_names))}")
+            self.fail(
+                "alerts.tracking_links.channel",
+                f"unknown channel {channel!r}",
+                f"use one of: {', '.join(sorted(channel_names))}",
+            )
         within = self.duration(spec.get("within", "24h"), "alerts.tracking_links.within")
         return TrackingLinks(channel, within)

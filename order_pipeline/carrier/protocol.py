@@ -229,7 +229,11 @@ def parse_push(param: str, tz: str = DEFAULT_TZ) -> PushUpdate:
         body = json.loads(param)
     except ValueError:
         raise Kuaidi100Error("malformed push: param is not JSON") from None
-    if not isinstance(body, dict) or not isinstance(body.get("status"), str) or not isinstance(body.get("message"), str):
+    if (
+        not isinstance(body, dict)
+        or not isinstance(body.get("status"), str)
+        or not isinstance(body.get("message"), str)
+    ):
         raise Kuaidi100Error("malformed push: param needs string fields status and message")
     last = body.get("lastResult")
     # abort/shutdown pushes may carry an empty lastResult: that is news, not tracking.

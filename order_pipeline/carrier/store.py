@@ -28,7 +28,11 @@ def due_waybills(conn: sa.Connection, now: datetime, interval: timedelta, cap: i
     q = (
         sa.select(s.c.waybill_no, s.c.carrier_code, o.c.customer_phone.label("phone"))
         .select_from(s.outerjoin(t, t.c.waybill_no == s.c.waybill_no).outerjoin(o, o.c.order_no == s.c.order_no))
-        .where(sa.or_(t.c.waybill_no.is_(None), sa.and_(t.c.is_signed.is_(False), sa.func.coalesce(t.c.state, -1) != SIGNED)))
+        .where(
+            sa.or_(
+                t.c.waybill_no.is_(None), sa.and_(t.c.is_signed.is_(False), sa.func.coalesce(t.c.state, -1) != SIGNED)
+            )
+        )
         .where(sa.or_(t.c.polled_at.is_(None), t.c.polled_at <= now - interval))
         .where(sa.or_(o.c.status.is_(None), o.c.status != "cancelled"))
         .order_by(t.c.polled_at.is_not(None), t.c.polled_at, s.c.shipped_at)
@@ -45,14 +49,25 @@ def store_tracking_answers(engine: sa.Engine, answers: Sequence[TrackingAnswer],
     for a in answers:
         first = a.events[0] if a.events else None
         last = a.events[-1] if a.events else None
-        states.append({
-            "waybill_no": a.waybill_no, "carrier_code": a.carrier_code, "state": base_state(a.state),
-            "is_signed": bool(a.is_signed), "first_event_at": first and first.at, "last_event_at": last and last.at,
-            "last_context": last and last.context, "last_area": last and last.area,
-            "polled_at": now, "poll_error": None, "via": via,
-        })
-        events += [{"waybill_no": a.waybill_no, "event_at": e.at, "context": e.context, "area": e.area,
-                    "status": e.status} for e in a.events]
+        states.append(
+            {
+                "waybill_no": a.waybill_no,
+                "carrier_code": a.carrier_code,
+                "state": base_state(a.state),
+                "is_signed": bool(a.is_signed),
+                "first_event_at": first and first.at,
+                "last_event_at": last and last.at,
+                "last_context": last and last.context,
+                "last_area": last and last.area,
+                "polled_at": now,
+                "poll_error": None,
+                "via": via,
+            }
+        )
+        events += [
+            {"waybill_no": a.waybill_no, "event_at": e.at, "context": e.context, "area": e.area, "status": e.status}
+            for e in a.events
+        ]
     state_frame = _newer_than_stored(engine, pd.DataFrame(states))
     if state_frame.empty:
         return 0
@@ -71,8 +86,13 @@ def _newer_than_stored(engine: sa.Engine, states: pd.DataFrame) -> pd.DataFrame:
     """Drop answers older than what is stored: a late or repeated push must not roll a parcel back."""
     t = raw_tracking
     with engine.connect() as conn:
-        stored = read_frame(conn, sa.select(t.c.waybill_no, t.c.last_event_at.label("stored_at"))
-                            .where(t.c.waybill_no.in_(states["waybill_no"].tolist())), ["stored_at"])
+        stored = read_frame(
+            conn,
+            sa.select(t.c.waybill_no, t.c.last_event_at.label("stored_at")).where(
+                t.c.waybill_no.in_(states["waybill_no"].tolist())
+            ),
+            ["stored_at"],
+        )
     merged = states.merge(stored, on="waybill_no", how="left")
     new_at = pd.to_datetime(merged["last_event_at"], utc=True)
     stale = merged["stored_at"].notna() & (new_at.isna() | (new_at < merged["stored_at"]))
@@ -85,8 +105,14 @@ def store_poll_errors(engine: sa.Engine, errors: dict[str, str], now: datetime) 
         return
     with engine.begin() as conn:
         for waybill, message in errors.items():
-            updated = conn.execute(raw_tracking.update().where(raw_tracking.c.waybill_no == waybill)
-                                   .values(polled_at=now, poll_error=message)).rowcount
+            updated = conn.execute(
+                raw_tracking.update()
+                .where(raw_tracking.c.waybill_no == waybill)
+                .values(polled_at=now, poll_error=message)
+            ).rowcount
             if not updated:
-                conn.execute(raw_tracking.insert().values(
-                    waybill_no=waybill, is_signed=False, polled_at=now, poll_error=message, via="poll", **{BATCH: 0}))
+                conn.execute(
+                    raw_tracking.insert().values(
+                        waybill_no=waybill, is_signed=False, polled_at=now, poll_error=message, via="poll", **{BATCH: 0}
+                    )
+                )

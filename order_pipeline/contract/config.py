@@ -95,7 +95,19 @@ class Config:
     sections: dict[str, Any] = field(default_factory=dict)  # rules, channels, web: parsed by their modules
 
 
-TOP_LEVEL = {"timezone", "data_dir", "warehouse", "sources", "carrier", "pipeline", "freshness", "rules", "channels", "alerts", "web"}
+TOP_LEVEL = {
+    "timezone",
+    "data_dir",
+    "warehouse",
+    "sources",
+    "carrier",
+    "pipeline",
+    "freshness",
+    "rules",
+    "channels",
+    "alerts",
+    "web",
+}
 
 
 def config_path(explicit: str | Path | None = None) -> Path:
@@ -107,16 +119,25 @@ def load_config(path: str | Path | None = None, check_sources: bool = True) -> C
     path = config_path(path)
     if not path.exists():
         raise ConfigError(
-            path, "(file)", "the configuration file does not exist",
+            path,
+            "(file)",
+            "the configuration file does not exist",
             f"create it (see README, 'Configuration'), run `order-pipeline demo` to generate one, "
             f"or point ${CONFIG_ENV} / --config at the right file",
         )
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(path, "(file)", f"not valid YAML ({e})", "correct the YAML syntax at the position shown") from None
+        raise ConfigError(
+            path, "(file)", f"not valid YAML ({e})", "correct the YAML syntax at the position shown"
+        ) from None
     if not isinstance(doc, dict):
-        raise ConfigError(path, "(file)", "the top level must be a mapping", "start the file with keys such as `warehouse:` and `sources:`")
+        raise ConfigError(
+            path,
+            "(file)",
+            "the top level must be a mapping",
+            "start the file with keys such as `warehouse:` and `sources:`",
+        )
     return _Parser(path, doc, check_sources).parse()
 
 
@@ -138,12 +159,18 @@ class SectionParser:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            self.fail(entry, "must be a mapping", f"write `{entry.split('.')[-1] or 'key'}:` followed by indented "
-                                                  "`key: value` lines")
+            self.fail(
+                entry,
+                "must be a mapping",
+                f"write `{entry.split('.')[-1] or 'key'}:` followed by indented `key: value` lines",
+            )
         unknown = sorted(set(value) - allowed)
         if unknown:
-            self.fail(f"{entry}.{unknown[0]}" if entry else unknown[0], "unknown setting",
-                      f"use one of: {', '.join(sorted(allowed))}")
+            self.fail(
+                f"{entry}.{unknown[0]}" if entry else unknown[0],
+                "unknown setting",
+                f"use one of: {', '.join(sorted(allowed))}",
+            )
         return value
 
     def duration(self, value, entry: str) -> timedelta:
@@ -156,6 +183,7 @@ class SectionParser:
         if d <= timedelta(0):
             self.fail(entry, "must be longer than zero", "write e.g. 2h")
         return d
+
 
 class _Parser(SectionParser):
     def __init__(self, path: Path, doc: dict, check_sources: bool):
@@ -174,12 +202,20 @@ class _Parser(SectionParser):
             self.fail(f"{entry}.{name}", f"both `{name}` and `{name}_env` are set", "keep one of them")
         if env is not None:
             if not isinstance(env, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env):
-                self.fail(f"{entry}.{name}_env", f"{env!r} is not an environment variable name", "write a name such as ERP_DATABASE_URL")
+                self.fail(
+                    f"{entry}.{name}_env",
+                    f"{env!r} is not an environment variable name",
+                    "write a name such as ERP_DATABASE_URL",
+                )
             if required and env not in os.environ:
-                self.fail(f"{entry}.{name}_env", f"environment variable {env} is not set", f"export {env}=... before starting")
+                self.fail(
+                    f"{entry}.{name}_env", f"environment variable {env} is not set", f"export {env}=... before starting"
+                )
             return Secret(env=env)
         if value is None and required:
-            self.fail(f"{entry}.{name}", "missing", f"set `{name}:` or `{name}_env:` (the name of an environment variable)")
+            self.fail(
+                f"{entry}.{name}", "missing", f"set `{name}:` or `{name}_env:` (the name of an environment variable)"
+            )
         return Secret(value=None if value is None else str(value))
 
     def timezone(self, value, entry: str) -> str:
@@ -195,11 +231,17 @@ class _Parser(SectionParser):
         try:
             parsed = sa.engine.make_url(url)
         except Exception:
-            self.fail(entry, f"{url!r} is not a SQLAlchemy database URL",
-                      "write e.g. sqlite:///erp.db or postgresql+psycopg2://user@host/db")
+            self.fail(
+                entry,
+                f"{url!r} is not a SQLAlchemy database URL",
+                "write e.g. sqlite:///erp.db or postgresql+psycopg2://user@host/db",
+            )
         if parsed.password and secret.value is not None:
-            self.fail(entry, "the URL carries a password, and secrets must not be in the file",
-                      f"export the URL in an environment variable and write `{entry.split('.')[-1]}_env: NAME`")
+            self.fail(
+                entry,
+                "the URL carries a password, and secrets must not be in the file",
+                f"export the URL in an environment variable and write `{entry.split('.')[-1]}_env: NAME`",
+            )
         if parsed.drivername.startswith("sqlite") and parsed.database and parsed.database != ":memory:":
             db = Path(parsed.database)
             if not db.is_absolute():
@@ -229,8 +271,11 @@ class _Parser(SectionParser):
         value = self.mapping(value, "sources", set(SOURCE_ENTITIES))
         missing = [n for n, e in SOURCE_ENTITIES.items() if not e.optional and n not in value]
         if missing:
-            self.fail(f"sources.{missing[0]}", "required source is not configured",
-                      f"add `{missing[0]}:` under `sources:` with url, table (or query) and columns")
+            self.fail(
+                f"sources.{missing[0]}",
+                "required source is not configured",
+                f"add `{missing[0]}:` under `sources:` with url, table (or query) and columns",
+            )
         return {name: self.source(name, spec, tz) for name, spec in value.items()}
 
     def source(self, name: str, spec, tz: str) -> SourceConfig:
@@ -239,19 +284,33 @@ class _Parser(SectionParser):
         url = self.db_url(self.secret(spec, "url", entry, required=True), f"{entry}.url")
         table, query = spec.get("table"), spec.get("query")
         if bool(table) == bool(query):
-            self.fail(entry, "needs exactly one of `table` and `query`",
-                      "name the source table (`table: T_SAL_ORDER`) or give a SELECT (`query: SELECT ...`)")
+            self.fail(
+                entry,
+                "needs exactly one of `table` and `query`",
+                "name the source table (`table: T_SAL_ORDER`) or give a SELECT (`query: SELECT ...`)",
+            )
         if table and not re.fullmatch(r"[\w.\"]+", str(table)):
-            self.fail(f"{entry}.table", f"{table!r} is not a table name", "give a plain table name, or use `query:` for anything else")
+            self.fail(
+                f"{entry}.table",
+                f"{table!r} is not a table name",
+                "give a plain table name, or use `query:` for anything else",
+            )
         entity = SOURCE_ENTITIES[name]
         columns = self.mapping(spec.get("columns"), f"{entry}.columns", set(entity.column_names))
         absent = [c for c in entity.required_columns if c not in columns]
         if absent:
-            self.fail(f"{entry}.columns.{absent[0]}", "required column is not mapped",
-                      f"add `{absent[0]}: <the source's column name>` under {entry}.columns")
+            self.fail(
+                f"{entry}.columns.{absent[0]}",
+                "required column is not mapped",
+                f"add `{absent[0]}: <the source's column name>` under {entry}.columns",
+            )
         for canon, src in columns.items():
             if not isinstance(src, str) or not src:
-                self.fail(f"{entry}.columns.{canon}", f"{src!r} is not a column name", "write the source's column name as text")
+                self.fail(
+                    f"{entry}.columns.{canon}",
+                    f"{src!r} is not a column name",
+                    "write the source's column name as text",
+                )
         src_tz = self.timezone(spec.get("timezone", tz), f"{entry}.timezone")
         sc = SourceConfig(name, url, table and str(table), query and str(query), dict(columns), src_tz)
         if self.check_sources:
@@ -265,15 +324,23 @@ class _Parser(SectionParser):
         parsed = sa.engine.make_url(url)
         if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
             if not Path(parsed.database).exists():
-                self.fail(f"{entry}.url", f"database file {parsed.database} does not exist",
-                          "correct the path (relative paths are read from the config file's folder)")
-        engine = sa.create_engine(url, connect_args={"connect_timeout": 5} if parsed.drivername.startswith("postgres") else {})
+                self.fail(
+                    f"{entry}.url",
+                    f"database file {parsed.database} does not exist",
+                    "correct the path (relative paths are read from the config file's folder)",
+                )
+        engine = sa.create_engine(
+            url, connect_args={"connect_timeout": 5} if parsed.drivername.startswith("postgres") else {}
+        )
         try:
             with engine.connect() as conn:
                 cols = conn.execute(sa.text(f"SELECT * FROM {sc.selectable()} WHERE 1 = 0")).keys()
         except sa.exc.OperationalError as e:
-            self.fail(f"{entry}.url", f"cannot reach the database or read {sc.table or 'the query'} ({_first_line(e)})",
-                      "check the URL, that the server is up, and the table name or query")
+            self.fail(
+                f"{entry}.url",
+                f"cannot reach the database or read {sc.table or 'the query'} ({_first_line(e)})",
+                "check the URL, that the server is up, and the table name or query",
+            )
         except sa.exc.SQLAlchemyError as e:
             self.fail(entry, f"the source cannot be read ({_first_line(e)})", "check the table name or the query")
         finally:
@@ -281,17 +348,35 @@ class _Parser(SectionParser):
         have = set(cols)
         for canon, src in sc.columns.items():
             if src not in have:
-                self.fail(f"{entry}.columns.{canon}", f"the source has no column {src!r}",
-                          f"map {canon} to one of: {', '.join(sorted(have))}")
+                self.fail(
+                    f"{entry}.columns.{canon}",
+                    f"the source has no column {src!r}",
+                    f"map {canon} to one of: {', '.join(sorted(have))}",
+                )
 
     def carrier(self, value) -> CarrierConfig:
-        allowed = {"endpoint", "customer", "customer_env", "key", "key_env", "push_salt", "push_salt_env", "poll_interval",
-                   "max_polls_per_run", "timeout", "retries", "transit_days"}
+        allowed = {
+            "endpoint",
+            "customer",
+            "customer_env",
+            "key",
+            "key_env",
+            "push_salt",
+            "push_salt_env",
+            "poll_interval",
+            "max_polls_per_run",
+            "timeout",
+            "retries",
+            "transit_days",
+        }
         c = self.mapping(value, "carrier", allowed)
         for name, env in (("key", "KUAIDI100_KEY"), ("push_salt", "KUAIDI100_SALT")):
             if name in c:
-                self.fail(f"carrier.{name}", f"the Kuaidi100 {name.replace('_', ' ')} is a secret and must not be in the file",
-                          f"remove it and set `{name}_env: {env}` (the variable that holds it)")
+                self.fail(
+                    f"carrier.{name}",
+                    f"the Kuaidi100 {name.replace('_', ' ')} is a secret and must not be in the file",
+                    f"remove it and set `{name}_env: {env}` (the variable that holds it)",
+                )
         d = CarrierConfig()
         return CarrierConfig(
             endpoint=str(c.get("endpoint", d.endpoint)),
@@ -299,7 +384,9 @@ class _Parser(SectionParser):
             key=self.secret(c, "key", "carrier", required=False),
             push_salt=self.secret(c, "push_salt", "carrier", required=False),
             poll_interval=self.duration(c.get("poll_interval", "2h"), "carrier.poll_interval"),
-            max_polls_per_run=self.positive_int(c.get("max_polls_per_run", d.max_polls_per_run), "carrier.max_polls_per_run"),
+            max_polls_per_run=self.positive_int(
+                c.get("max_polls_per_run", d.max_polls_per_run), "carrier.max_polls_per_run"
+            ),
             timeout=self.duration(c.get("timeout", "10s"), "carrier.timeout"),
             retries=self.positive_int(c.get("retries", d.retries), "carrier.retries"),
             transit_days=self.positive_int(c.get("transit_days", d.transit_days), "carrier.transit_days"),

@@ -4,7 +4,14 @@
 from __future__ import annotations
 
 ROLE_LABELS = {
-    "sales": "销售", "finance": "财务", "warehouse": "仓库", "logistics": "物流", "carrier": "快递公司",
-    "customer": "客户", "customer_service": "客服", "ops_lead": "运营负责人", "purchasing": "采购",
+    "sales": "销售",
+    "finance": "财务",
+    "warehouse": "仓库",
+    "logistics": "物流",
+    "carrier": "快递公司",
+    "customer": "客户",
+    "customer_service": "客服",
+    "ops_lead": "运营负责人",
+    "purchasing": "采购",
     "data": "数据团队",
 }

@@ -38,7 +38,8 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from order_pipeline.carrier import sandbox as carrier_sandbox, protocol as kuaidi100
+from order_pipeline.carrier import protocol as kuaidi100
+from order_pipeline.carrier import sandbox as carrier_sandbox
 
 TIMEZONE = "Asia/Shanghai"
 CONFIG_NAME = "order_pipeline.yaml"
@@ -131,8 +132,17 @@ STUCK_AFTER = (AT_ORIGIN_HUB, LEFT_ORIGIN_HUB, AT_DEST_HUB)  # the last event a 
 # Carrier trouble, in turn: (Kuaidi100 state, the event it takes the place of).
 EXCEPTIONS = ((2, DISPATCH), (4, SIGNED), (6, DISPATCH), (14, SIGNED))
 
-PAID_IN_FULL = {Case.REFUNDED, Case.CANCELLED_PAID, Case.NOT_LOCKED, Case.PROMISE_SOON, Case.STUCK, Case.SPLIT,
-                Case.EXCEPTION, Case.OUT_FOR_DELIVERY, Case.NO_PICKUP}
+PAID_IN_FULL = {
+    Case.REFUNDED,
+    Case.CANCELLED_PAID,
+    Case.NOT_LOCKED,
+    Case.PROMISE_SOON,
+    Case.STUCK,
+    Case.SPLIT,
+    Case.EXCEPTION,
+    Case.OUT_FOR_DELIVERY,
+    Case.NO_PICKUP,
+}
 LOCKING = PAID_IN_FULL - {Case.NOT_LOCKED}
 SHIPPING = {Case.STUCK, Case.SPLIT, Case.EXCEPTION, Case.OUT_FOR_DELIVERY, Case.NO_PICKUP}
 CANCELLING = {Case.REFUNDED, Case.CANCELLED_UNPAID, Case.CANCELLED_PAID}
@@ -185,24 +195,62 @@ LINE_MIX = (0.4, 0.3, 0.2, 0.1)  # share of orders with 1, 2, 3, 4 lines
 SOURCE_TABLES: dict[str, dict[str, dict[str, str]]] = {
     "erp.db": {
         "T_SAL_ORDER": {
-            "FBillNo": "TEXT", "FCustName": "TEXT", "FPhone": "TEXT", "FIdCard": "TEXT", "FAddress": "TEXT",
-            "FAmount": "REAL", "FCurrency": "TEXT", "FDate": "TEXT", "FPromiseDate": "TEXT", "FStatus": "TEXT",
+            "FBillNo": "TEXT",
+            "FCustName": "TEXT",
+            "FPhone": "TEXT",
+            "FIdCard": "TEXT",
+            "FAddress": "TEXT",
+            "FAmount": "REAL",
+            "FCurrency": "TEXT",
+            "FDate": "TEXT",
+            "FPromiseDate": "TEXT",
+            "FStatus": "TEXT",
             "FModifyDate": "TEXT",
         },
-        "T_SAL_ORDERENTRY": {"FEntryID": "INTEGER", "FBillNo": "TEXT", "FMaterialId": "TEXT", "FQty": "REAL",
-                             "FPrice": "REAL"},
+        "T_SAL_ORDERENTRY": {
+            "FEntryID": "INTEGER",
+            "FBillNo": "TEXT",
+            "FMaterialId": "TEXT",
+            "FQty": "REAL",
+            "FPrice": "REAL",
+        },
     },
     "finance.db": {
-        "收款单": {"收款单号": "TEXT", "订单编号": "TEXT", "金额": "REAL", "收款时间": "TEXT", "凭证号": "TEXT",
-                  "状态": "TEXT", "修改时间": "TEXT"},
+        "收款单": {
+            "收款单号": "TEXT",
+            "订单编号": "TEXT",
+            "金额": "REAL",
+            "收款时间": "TEXT",
+            "凭证号": "TEXT",
+            "状态": "TEXT",
+            "修改时间": "TEXT",
+        },
     },
     "wms.db": {
-        "inv_stock": {"item_code": "TEXT", "qty_on_hand": "INTEGER", "qty_reserved": "INTEGER",
-                      "safety_qty": "INTEGER", "last_modified": "TEXT"},
-        "inv_lock": {"lock_id": "TEXT", "ref_order": "TEXT", "item_code": "TEXT", "lock_qty": "INTEGER",
-                     "lock_status": "TEXT", "lock_time": "TEXT", "last_modified": "TEXT"},
-        "outbound": {"ref_order": "TEXT", "tracking_no": "TEXT", "express_company": "TEXT", "gross_weight": "REAL",
-                     "outbound_time": "TEXT", "last_modified": "TEXT"},
+        "inv_stock": {
+            "item_code": "TEXT",
+            "qty_on_hand": "INTEGER",
+            "qty_reserved": "INTEGER",
+            "safety_qty": "INTEGER",
+            "last_modified": "TEXT",
+        },
+        "inv_lock": {
+            "lock_id": "TEXT",
+            "ref_order": "TEXT",
+            "item_code": "TEXT",
+            "lock_qty": "INTEGER",
+            "lock_status": "TEXT",
+            "lock_time": "TEXT",
+            "last_modified": "TEXT",
+        },
+        "outbound": {
+            "ref_order": "TEXT",
+            "tracking_no": "TEXT",
+            "express_company": "TEXT",
+            "gross_weight": "REAL",
+            "outbound_time": "TEXT",
+            "last_modified": "TEXT",
+        },
         "pod": {"tracking_no": "TEXT", "signed_by": "TEXT", "signed_time": "TEXT", "photo": "TEXT"},
     },
 }
@@ -266,8 +314,10 @@ def build_demo_company(
             (target / f"{name}{suffix}").unlink(missing_ok=True)
 
     plan = _plan(np.random.Generator(np.random.PCG64(seed)), orders, days, _local_seconds(now))
-    say(f"planned {len(plan.orders):,} orders, {len(plan.lines['order']):,} lines, "
-        f"{len(plan.payments):,} payments, {len(plan.parcels):,} parcels")
+    say(
+        f"planned {len(plan.orders):,} orders, {len(plan.lines['order']):,} lines, "
+        f"{len(plan.payments):,} payments, {len(plan.parcels):,} parcels"
+    )
     bad = _bad_rows(plan) if bad_rows else {}
     carrier_db = target / "carrier.db"
     jobs = {db: partial(_write_source, target / db, tables, plan, bad) for db, tables in SOURCE_TABLES.items()}
@@ -297,8 +347,9 @@ def _plan(rng: np.random.Generator, orders: int, days: int, clock: int) -> _Plan
     return _Plan(clock, skus, o, lines, payments, _plan_locks(o, lines), parcels, customers)
 
 
-def _write_source(path: Path, tables: dict[str, dict[str, str]], plan: _Plan, bad: dict[str, BadRows]
-                  ) -> dict[str, int]:
+def _write_source(
+    path: Path, tables: dict[str, dict[str, str]], plan: _Plan, bad: dict[str, BadRows]
+) -> dict[str, int]:
     counts = {}
     with closing(_open(path)) as conn:
         for name, schema in tables.items():
@@ -332,7 +383,7 @@ def _assign_cases(rng: np.random.Generator, n: int) -> np.ndarray:
     start = 0
     for c, (share, least) in QUOTAS.items():
         k = max(least, round(share * n))
-        case[picked[start:start + k]] = c
+        case[picked[start : start + k]] = c
         start += k
     return case
 
@@ -353,13 +404,15 @@ def _plan_orders(rng: np.random.Generator, n: int, days: int, clock: int) -> pd.
     # A split order ships a parcel per line at most: give it the lines for 2 or 3 parcels.
     n_lines = np.where(case == Case.SPLIT, np.maximum(n_lines, 2 + variant % 2), n_lines)
 
-    lags = np.column_stack([
-        np.zeros(n, np.int64),
-        _hours(rng, n, 1 / 60, 1.5),  # ordered -> paid
-        _hours(rng, n, 0.05, 1),  # paid -> stock locked
-        _hours(rng, n, 1, 20),  # locked -> shipped
-        _parcel_gaps(rng, n),  # the first parcel's carrier events
-    ])
+    lags = np.column_stack(
+        [
+            np.zeros(n, np.int64),
+            _hours(rng, n, 1 / 60, 1.5),  # ordered -> paid
+            _hours(rng, n, 0.05, 1),  # paid -> stock locked
+            _hours(rng, n, 1, 20),  # locked -> shipped
+            _parcel_gaps(rng, n),  # the first parcel's carrier events
+        ]
+    )
     offset = np.cumsum(lags, axis=1)  # from ordered to each point of the chain
     point, ago = _pins(rng, case, variant, days)
     ordered = clock - ago - offset[np.arange(n), point]
@@ -378,14 +431,25 @@ def _plan_orders(rng: np.random.Generator, n: int, days: int, clock: int) -> pd.
     promise = np.where(paid & natural & (rng.random(n) < 0.4), ordered // DAY * DAY + rng.integers(4, 8, n) * DAY, -1)
     promise = np.where(case == Case.PROMISE_SOON, today + variant % 2 * DAY, promise)
 
-    o = pd.DataFrame({
-        "case": case, "variant": variant, "n_lines": n_lines, "ordered": ordered,
-        "paid_at": times[:, PAID], "locked_at": times[:, LOCKED], "shipped_at": times[:, SHIPPED],
-        "paid": paid, "locked": locked, "shipped": shipped, "cancelled": cancelled,
-        "cancelled_at": np.where(cancelled, cancelled_at, -1), "promise": promise,
-        "event_point": np.where(case == Case.NATURAL, -1, point),
-        **dict(zip(EVENT_COLUMNS, (offset[:, SHIPPED + 1:] - offset[:, [SHIPPED]]).T)),  # the first parcel's
-    })
+    o = pd.DataFrame(
+        {
+            "case": case,
+            "variant": variant,
+            "n_lines": n_lines,
+            "ordered": ordered,
+            "paid_at": times[:, PAID],
+            "locked_at": times[:, LOCKED],
+            "shipped_at": times[:, SHIPPED],
+            "paid": paid,
+            "locked": locked,
+            "shipped": shipped,
+            "cancelled": cancelled,
+            "cancelled_at": np.where(cancelled, cancelled_at, -1),
+            "promise": promise,
+            "event_point": np.where(case == Case.NATURAL, -1, point),
+            **dict(zip(EVENT_COLUMNS, (offset[:, SHIPPED + 1 :] - offset[:, [SHIPPED]]).T)),  # the first parcel's
+        }
+    )
     # ERP rows and order numbers run in time order, as in a real ERP.
     o = o.sort_values("ordered", kind="stable").reset_index(drop=True)
     o["order_no"] = _daily_ids("SO", o["ordered"].to_numpy())
@@ -449,10 +513,17 @@ def _plan_payments(rng: np.random.Generator, o: pd.DataFrame) -> pd.DataFrame:
     ]
     frames = []
     for mask, cents, when, status, modified in parts:
-        frames.append(pd.DataFrame({
-            "order": np.flatnonzero(mask), "cents": np.broadcast_to(cents, n)[mask], "at": when[mask],
-            "status": status, "modified": (when if modified is None else modified)[mask],
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "order": np.flatnonzero(mask),
+                    "cents": np.broadcast_to(cents, n)[mask],
+                    "at": when[mask],
+                    "status": status,
+                    "modified": (when if modified is None else modified)[mask],
+                }
+            )
+        )
     pay = pd.concat(frames, ignore_index=True)
     pay["payment_id"] = _daily_ids("SK", pay["at"].to_numpy())
     return pay
@@ -472,19 +543,24 @@ def _plan_parcels(rng: np.random.Generator, o: pd.DataFrame, clock: int) -> pd.D
     n = len(order)
     shares = np.array([c[5] for c in CARRIERS])
     weight = np.round(rng.uniform(0.3, 6.0, n), 2)
-    return pd.DataFrame({
-        "order": order, "shipped": shipped, "n_events": n_events, "exception_state": exception_state,
-        "state": np.where(exception_state > 0, exception_state, EVENTS_TO_STATE[n_events]),
-        **dict(zip(EVENT_COLUMNS, offsets.T)),
-        "carrier": rng.choice(len(CARRIERS), n, p=shares / shares.sum()),
-        "weight": np.where(rng.random(n) < 0.02, np.nan, weight),  # some parcels leave unweighed
-        "warehouse": rng.integers(0, len(WAREHOUSES), n),
-        "courier": rng.integers(0, len(SURNAMES), n),
-        "courier_phone": _mobiles(rng, n),
-        "signer": rng.integers(0, len(SIGNERS), n),
-        "with_pod": rng.random(n) < 0.85,  # the WMS has proof of delivery for most signed parcels
-        "serial": 1 + rng.permutation(n),  # makes the waybill number
-    }).assign(waybill=lambda p: _waybills(p["carrier"].to_numpy(), p["serial"].to_numpy()))
+    return pd.DataFrame(
+        {
+            "order": order,
+            "shipped": shipped,
+            "n_events": n_events,
+            "exception_state": exception_state,
+            "state": np.where(exception_state > 0, exception_state, EVENTS_TO_STATE[n_events]),
+            **dict(zip(EVENT_COLUMNS, offsets.T)),
+            "carrier": rng.choice(len(CARRIERS), n, p=shares / shares.sum()),
+            "weight": np.where(rng.random(n) < 0.02, np.nan, weight),  # some parcels leave unweighed
+            "warehouse": rng.integers(0, len(WAREHOUSES), n),
+            "courier": rng.integers(0, len(SURNAMES), n),
+            "courier_phone": _mobiles(rng, n),
+            "signer": rng.integers(0, len(SIGNERS), n),
+            "with_pod": rng.random(n) < 0.85,  # the WMS has proof of delivery for most signed parcels
+            "serial": 1 + rng.permutation(n),  # makes the waybill number
+        }
+    ).assign(waybill=lambda p: _waybills(p["carrier"].to_numpy(), p["serial"].to_numpy()))
 
 
 def _parcel_timelines(rng: np.random.Generator, o: pd.DataFrame, clock: int):
@@ -499,15 +575,22 @@ def _parcel_timelines(rng: np.random.Generator, o: pd.DataFrame, clock: int):
     later_gaps = _parcel_gaps(rng, len(order))
     offsets = np.where(first[:, None], o[EVENT_COLUMNS].to_numpy()[order], np.cumsum(later_gaps, axis=1))
     # A natural order's second parcel leaves a little later; a split order's others left recently.
-    shipped = np.where(first, o["shipped_at"].to_numpy()[order],
-                       np.where(case[order] == Case.SPLIT, clock - _hours(rng, len(order), 4, 20),
-                                o["shipped_at"].to_numpy()[order] + _hours(rng, len(order), 0.2, 4)))
+    shipped = np.where(
+        first,
+        o["shipped_at"].to_numpy()[order],
+        np.where(
+            case[order] == Case.SPLIT,
+            clock - _hours(rng, len(order), 4, 20),
+            o["shipped_at"].to_numpy()[order] + _hours(rng, len(order), 0.2, 4),
+        ),
+    )
     keep = shipped <= clock  # a second parcel may still be on the packing table
     return order[keep], first[keep], shipped[keep], offsets[keep]
 
 
-def _carrier_progress(o: pd.DataFrame, order: np.ndarray, first: np.ndarray, shipped: np.ndarray,
-                      offsets: np.ndarray, clock: int) -> tuple[np.ndarray, np.ndarray]:
+def _carrier_progress(
+    o: pd.DataFrame, order: np.ndarray, first: np.ndarray, shipped: np.ndarray, offsets: np.ndarray, clock: int
+) -> tuple[np.ndarray, np.ndarray]:
     """How many carrier events each parcel has had by now, and the Kuaidi100 trouble state (0: none) of the last."""
     case, point, variant = (o[c].to_numpy()[order] for c in ("case", "event_point", "variant"))
     n_events = (shipped[:, None] + offsets <= clock).sum(axis=1)
@@ -519,8 +602,11 @@ def _carrier_progress(o: pd.DataFrame, order: np.ndarray, first: np.ndarray, shi
 
 
 def _plan_customers(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
-    names = _join(np.array(SURNAMES)[:, None, None], np.array(GIVEN_NAMES)[None, :, None],
-                  np.array(["", *GIVEN_NAMES])[None, None, :])
+    names = _join(
+        np.array(SURNAMES)[:, None, None],
+        np.array(GIVEN_NAMES)[None, :, None],
+        np.array(["", *GIVEN_NAMES])[None, None, :],
+    )
     city = rng.integers(0, len(CITIES), n)
     district = rng.integers(0, 3, n)
     return {
@@ -539,8 +625,12 @@ def _addresses(rng: np.random.Generator, city: np.ndarray, district: np.ndarray)
     prefix = np.array([[[_place(c) + d + s for s in c[3]] for d in c[2]] for c in CITIES])
     n = len(city)
     number = rng.integers(1, 800, n).astype(str)
-    unit = _join(rng.integers(1, 30, n).astype(str), "幢",
-                 (rng.integers(1, 30, n) * 100 + rng.integers(1, 6, n)).astype(str), "室")
+    unit = _join(
+        rng.integers(1, 30, n).astype(str),
+        "幢",
+        (rng.integers(1, 30, n) * 100 + rng.integers(1, 6, n)).astype(str),
+        "室",
+    )
     unit = np.where(rng.random(n) < 0.5, unit, "")
     return _join(prefix[city, district, rng.integers(0, 3, n)], number, "号", unit)
 
@@ -616,7 +706,7 @@ def _stock_table(plan: _Plan) -> Table:
     reserved = np.bincount(lines["sku"][held], lines["qty"][held], minlength=len(skus["code"])).astype(np.int64)
     # The SKUs NOT_LOCKED orders wait for run short: available below safety stock (rule 2).
     waiting = (o["case"].to_numpy()[order] == Case.NOT_LOCKED) & (lines["line_no"] == 0)
-    short = pd.unique(lines["sku"][waiting])[:max(2, len(skus["code"]) // 20)]
+    short = pd.unique(lines["sku"][waiting])[: max(2, len(skus["code"]) // 20)]
     available = skus["available"].copy()
     available[short] = skus["short_of"][short]
     return {
@@ -700,10 +790,12 @@ def _bad_rows(plan: _Plan) -> dict[str, BadRows]:
     def receipts(t: Table) -> list[dict]:
         good = _row(t, payment)
         new_id = _successor(max(t["收款单号"]))
-        return [good | {"收款单号": new_id, "金额": -50.0, "修改时间": stamp},
-                good | {"收款单号": _successor(new_id), "状态": "处理中", "修改时间": stamp},
-                # The same 收款单号 and 修改时间 with another amount: a contradiction, not an update.
-                good | {"金额": good["金额"] + 100}]
+        return [
+            good | {"收款单号": new_id, "金额": -50.0, "修改时间": stamp},
+            good | {"收款单号": _successor(new_id), "状态": "处理中", "修改时间": stamp},
+            # The same 收款单号 and 修改时间 with another amount: a contradiction, not an update.
+            good | {"金额": good["金额"] + 100},
+        ]
 
     return {
         "T_SAL_ORDER": lambda t: [
@@ -715,8 +807,8 @@ def _bad_rows(plan: _Plan) -> dict[str, BadRows]:
         ],
         "收款单": receipts,
         "outbound": lambda t: [
-            _row(t, parcel) | {"ref_order": _successor(unknown_order), "tracking_no": stray_waybill,
-                               "last_modified": stamp},
+            _row(t, parcel)
+            | {"ref_order": _successor(unknown_order), "tracking_no": stray_waybill, "last_modified": stamp},
         ],
     }
 
@@ -751,13 +843,22 @@ def _write_carrier(path: Path, plan: _Plan) -> dict[str, int]:
         with conn:
             waybills = conn.executemany(
                 "INSERT INTO carrier_waybills (waybill_no, com, phone_tail, state, ischeck) VALUES (?, ?, ?, ?, ?)",
-                zip(tracked["waybill"].tolist(), CARRIER_CODE[tracked["carrier"].to_numpy()].tolist(),
-                    np.strings.slice(customers["phone"][order], -4, None).tolist(), tracked["state"].tolist(),
-                    (tracked["state"] == 3).astype(int).tolist()),
+                zip(
+                    tracked["waybill"].tolist(),
+                    CARRIER_CODE[tracked["carrier"].to_numpy()].tolist(),
+                    np.strings.slice(customers["phone"][order], -4, None).tolist(),
+                    tracked["state"].tolist(),
+                    (tracked["state"] == 3).astype(int).tolist(),
+                ),
             ).rowcount
-        batches = (_event_rows(tracked.iloc[i:i + EVENT_CHUNK], customers["city"][order[i:i + EVENT_CHUNK]],
-                               customers["district"][order[i:i + EVENT_CHUNK]])
-                   for i in range(0, len(tracked), EVENT_CHUNK))
+        batches = (
+            _event_rows(
+                tracked.iloc[i : i + EVENT_CHUNK],
+                customers["city"][order[i : i + EVENT_CHUNK]],
+                customers["district"][order[i : i + EVENT_CHUNK]],
+            )
+            for i in range(0, len(tracked), EVENT_CHUNK)
+        )
         with conn:
             events = conn.executemany(
                 "INSERT INTO carrier_events (waybill_no, time, context, area_name, status) VALUES (?, ?, ?, ?, ?)",
@@ -776,8 +877,12 @@ def _event_rows(p: pd.DataFrame, dest: np.ndarray, district: np.ndarray) -> Iter
     trouble = p["exception_state"].to_numpy()[i]
     kind = np.where((k == n[i]) & (trouble > 0), -trouble, k)  # carrier trouble takes the last event's place
     where = {
-        "warehouse": p["warehouse"].to_numpy()[i], "carrier": p["carrier"].to_numpy()[i], "dest": dest[i],
-        "district": district[i], "courier": p["courier"].to_numpy()[i], "phone": p["courier_phone"].to_numpy()[i],
+        "warehouse": p["warehouse"].to_numpy()[i],
+        "carrier": p["carrier"].to_numpy()[i],
+        "dest": dest[i],
+        "district": district[i],
+        "courier": p["courier"].to_numpy()[i],
+        "phone": p["courier_phone"].to_numpy()[i],
         "signer": p["signer"].to_numpy()[i],
     }
     context, area, status = (np.empty(len(i), dtype=object) for _ in range(3))
@@ -785,8 +890,13 @@ def _event_rows(p: pd.DataFrame, dest: np.ndarray, district: np.ndarray) -> Iter
         m = kind == kd
         context[m], area[m] = _event_text(int(kd), {name: v[m] for name, v in where.items()})
         status[m] = kuaidi100.STATE_LABEL[int(-kd if kd < 0 else EVENTS_TO_STATE[kd])]
-    return zip(p["waybill"].to_numpy()[i].tolist(), _timestamps(time).tolist(), context.tolist(), area.tolist(),
-               status.tolist())
+    return zip(
+        p["waybill"].to_numpy()[i].tolist(),
+        _timestamps(time).tolist(),
+        context.tolist(),
+        area.tolist(),
+        status.tolist(),
+    )
 
 
 def _event_text(kind: int, q: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -814,7 +924,9 @@ def _event_text(kind: int, q: dict[str, np.ndarray]) -> tuple[np.ndarray, np.nda
         return _join(at_dest, site, "营业部 ", courier(), "正在派件，电话：", q["phone"]), AREA[dest]
     if kind == SIGNED:
         signer = np.array(SIGNERS)[q["signer"]]
-        return _join(at_dest, "快件已签收，签收人：", signer, "。如有疑问请联系", courier(), "，电话：", q["phone"]), AREA[dest]
+        return _join(
+            at_dest, "快件已签收，签收人：", signer, "。如有疑问请联系", courier(), "，电话：", q["phone"]
+        ), AREA[dest]
     if kind == -2:
         site = DISTRICT[dest, q["district"]]
         return _join(at_dest, "收件人电话无人接听，快件暂存", site, "营业部，待联系后再派送"), AREA[dest]
@@ -832,10 +944,17 @@ def _config_text(carrier_db: Path, max_polls: int) -> str:
     from order_pipeline.domain.passwords import hash_password
 
     # The sandbox path is written absolute: the config resolves relative paths in database URLs only.
-    return CONFIG_TEMPLATE.format(endpoint=json.dumps(f"sandbox://{carrier_db}"), max_polls=max_polls,
-                                  customer=DEMO_CUSTOMER, key_env=DEMO_KEY_ENV, key=DEMO_KEY,
-                                  link_secret=LINK_SECRET_FILE, staff_user=DEMO_STAFF[0],
-                                  staff_password=DEMO_STAFF[1], staff_hash=hash_password(DEMO_STAFF[1]))
+    return CONFIG_TEMPLATE.format(
+        endpoint=json.dumps(f"sandbox://{carrier_db}"),
+        max_polls=max_polls,
+        customer=DEMO_CUSTOMER,
+        key_env=DEMO_KEY_ENV,
+        key=DEMO_KEY,
+        link_secret=LINK_SECRET_FILE,
+        staff_user=DEMO_STAFF[0],
+        staff_password=DEMO_STAFF[1],
+        staff_hash=hash_password(DEMO_STAFF[1]),
+    )
 
 
 def _write_link_secret(target: Path) -> None:
@@ -1039,8 +1158,6 @@ def _place(city: tuple) -> str:
     """浙江省杭州市, or 上海市 for a city that is its own province."""
     province, name = city[0], city[1]
     return name if province == name else province + name
-
-
 
 
 def _open(path: Path) -> sqlite3.Connection:

@@ -32,8 +32,9 @@ def _b64(data: bytes) -> str:
 
 
 def _derive(password: str, salt: bytes, n: int, r: int, p: int, length: int) -> bytes:
-    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=length,
-                          maxmem=128 * n * r * p + 2**20)
+    return hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=length, maxmem=128 * n * r * p + 2**20
+    )
 
 
 def parse_password_hash(stored: str) -> ScryptHash:

@@ -18,17 +18,35 @@ from order_pipeline.carrier.protocol import STATE_CATEGORY, label
 
 HAPPY_PATH = ("ordered", "paid", "locked", "shipped", "in_transit", "delivered")
 STAGE_LABELS = {
-    "ordered": "下单完成", "paid": "支付确认", "locked": "库存锁定", "shipped": "打包出库",
-    "in_transit": "配送中", "delivered": "签收完成", "cancelled": "已取消", "exception": "配送异常",
+    "ordered": "下单完成",
+    "paid": "支付确认",
+    "locked": "库存锁定",
+    "shipped": "打包出库",
+    "in_transit": "配送中",
+    "delivered": "签收完成",
+    "cancelled": "已取消",
+    "exception": "配送异常",
 }
 STAGE_LABELS_EN = {
-    "ordered": "Ordered", "paid": "Paid", "locked": "Stock locked", "shipped": "Shipped",
-    "in_transit": "In transit", "delivered": "Delivered", "cancelled": "Cancelled", "exception": "Delivery problem",
+    "ordered": "Ordered",
+    "paid": "Paid",
+    "locked": "Stock locked",
+    "shipped": "Shipped",
+    "in_transit": "In transit",
+    "delivered": "Delivered",
+    "cancelled": "Cancelled",
+    "exception": "Delivery problem",
 }
 # Who owns the step that moves an order out of its stage.
 NEXT_OWNER = {
-    "ordered": "finance", "paid": "warehouse", "locked": "logistics", "shipped": "carrier",
-    "in_transit": "carrier", "delivered": None, "exception": "customer_service", "cancelled": None,
+    "ordered": "finance",
+    "paid": "warehouse",
+    "locked": "logistics",
+    "shipped": "carrier",
+    "in_transit": "carrier",
+    "delivered": None,
+    "exception": "customer_service",
+    "cancelled": None,
 }
 # Facts an order must have once it reached a stage: (code, stage it belongs to, owner).
 MISSING_FACTS = {
@@ -43,9 +61,15 @@ MISSING_FACTS = {
     "refund": ("cancelled", "finance"),
 }
 MISSING_LABELS = {
-    "order_lines": "缺订单明细", "payment": "未确认付款", "voucher_no": "缺付款凭证号", "stock_lock": "未锁定库存",
-    "waybill_weight": "缺包裹重量", "carrier_tracking": "无物流轨迹", "current_location": "缺当前位置",
-    "proof_of_delivery": "缺签收人", "refund": "已付款待退款",
+    "order_lines": "缺订单明细",
+    "payment": "未确认付款",
+    "voucher_no": "缺付款凭证号",
+    "stock_lock": "未锁定库存",
+    "waybill_weight": "缺包裹重量",
+    "carrier_tracking": "无物流轨迹",
+    "current_location": "缺当前位置",
+    "proof_of_delivery": "缺签收人",
+    "refund": "已付款待退款",
 }
 
 EXCEPTION_STATES = frozenset(s for s, c in STATE_CATEGORY.items() if c == "exception")
@@ -61,8 +85,18 @@ def _empty(columns: list[str]) -> pd.DataFrame:
 
 # What derivation reads of each source (and the keys orphan rows are reported by): `unify` selects these.
 INPUT_COLUMNS = {
-    "orders": ["order_no", "customer_name", "customer_phone", "ship_address", "amount", "currency", "ordered_at",
-               "promised_date", "status", "updated_at"],
+    "orders": [
+        "order_no",
+        "customer_name",
+        "customer_phone",
+        "ship_address",
+        "amount",
+        "currency",
+        "ordered_at",
+        "promised_date",
+        "status",
+        "updated_at",
+    ],
     "lines": ["order_no", "sku", "qty"],
     "payments": ["payment_id", "order_no", "amount", "paid_at", "voucher_no", "status"],
     "reservations": ["reservation_id", "order_no", "sku", "qty", "status", "locked_at"],
@@ -137,8 +171,16 @@ def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
     o = inp.orders.drop_duplicates("order_no").reset_index(drop=True)
     orders = pd.Index(o["order_no"])
     out = pd.DataFrame({"order_no": o["order_no"]})
-    for col in ("customer_name", "customer_phone", "ship_address", "amount", "currency", "ordered_at",
-                "promised_date", "status"):
+    for col in (
+        "customer_name",
+        "customer_phone",
+        "ship_address",
+        "amount",
+        "currency",
+        "ordered_at",
+        "promised_date",
+        "status",
+    ):
         out[col] = o[col] if col in o else None
     out["phone_tail"] = out["customer_phone"].astype("string").str.replace(r"\D", "", regex=True).str[-4:]
     out["source_updated_at"] = o["updated_at"] if "updated_at" in o else pd.NaT
@@ -184,15 +226,27 @@ def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
     out["latest_event_area"] = latest["last_area"]
     exc = p.assign(_pos=parcels.pos)[p["exception"]].drop_duplicates("_pos", keep="last")
     out["exception_reason"] = pd.Series(  # exceptions are few: a Python loop over them is fine
-        [f"{label(int(st))}: {ctx if isinstance(ctx, str) else ''}" for st, ctx in zip(exc["state"], exc["last_context"])],
-        index=exc["_pos"].to_numpy(), dtype=object).reindex(out.index)
+        [
+            f"{label(int(st))}: {ctx if isinstance(ctx, str) else ''}"
+            for st, ctx in zip(exc["state"], exc["last_context"])
+        ],
+        index=exc["_pos"].to_numpy(),
+        dtype=object,
+    ).reindex(out.index)
     out["signer"] = parcels.join("signer")
 
     has_parcels = out["parcel_count"] > 0
     all_signed = has_parcels & (out["parcels_signed"] == out["parcel_count"])
     stage = np.select(
-        [out["status"].eq("cancelled"), any_exception & ~all_signed, all_signed,
-         has_parcels & (any_transit | (out["parcels_signed"] > 0)), has_parcels, is_locked, is_paid],
+        [
+            out["status"].eq("cancelled"),
+            any_exception & ~all_signed,
+            all_signed,
+            has_parcels & (any_transit | (out["parcels_signed"] > 0)),
+            has_parcels,
+            is_locked,
+            is_paid,
+        ],
         ["cancelled", "exception", "delivered", "in_transit", "shipped", "locked", "paid"],
         default="ordered",
     )
@@ -223,9 +277,14 @@ def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
     out["responsible_role"] = owner.astype(object).where(owner.notna(), None)
 
     since = {
-        "ordered": out["ordered_at"], "paid": out["paid_at"], "locked": out["locked_at"],
-        "shipped": out["shipped_at"], "in_transit": out["in_transit_at"], "delivered": out["delivered_at"],
-        "exception": out["latest_event_at"], "cancelled": out["source_updated_at"],
+        "ordered": out["ordered_at"],
+        "paid": out["paid_at"],
+        "locked": out["locked_at"],
+        "shipped": out["shipped_at"],
+        "in_transit": out["in_transit_at"],
+        "delivered": out["delivered_at"],
+        "exception": out["latest_event_at"],
+        "cancelled": out["source_updated_at"],
     }
     waiting = pd.Series(pd.NaT, index=out.index, dtype="datetime64[us, UTC]")
     for s, ts in since.items():
@@ -240,8 +299,8 @@ def _short_of_stock(lines: _PerOrder, res: _PerOrder) -> np.ndarray:
     """Per order: does some line need more of its SKU than the order's active reservations hold?"""
     skus, _ = pd.factorize(pd.concat([lines.rows["sku"], res.rows["sku"]], ignore_index=True))
     width = int(skus.max()) + 1 if len(skus) else 1
-    need_key = lines.pos.astype(np.int64) * width + skus[:len(lines.pos)]
-    have_key = res.pos.astype(np.int64) * width + skus[len(lines.pos):]
+    need_key = lines.pos.astype(np.int64) * width + skus[: len(lines.pos)]
+    have_key = res.pos.astype(np.int64) * width + skus[len(lines.pos) :]
     need = pd.Series(lines.rows["qty"].to_numpy(dtype=float)).groupby(need_key).sum()
     have = pd.Series(res.rows["qty"].to_numpy(dtype=float)).groupby(have_key).sum().reindex(need.index).fillna(0.0)
     short = np.zeros(lines.n, dtype=bool)
@@ -264,8 +323,9 @@ def _parcels(inp: OrderInputs) -> pd.DataFrame:
     state = pd.to_numeric(take(t, "state", at_t), errors="coerce")
     p["state"] = state
     p["tracked"] = (at_t >= 0) & state.notna()
-    p["signed"] = (state.eq(SIGNED_STATE) | take(t, "is_signed", at_t).astype("boolean").fillna(False).astype(bool)
-                   | (at_d >= 0))
+    p["signed"] = (
+        state.eq(SIGNED_STATE) | take(t, "is_signed", at_t).astype("boolean").fillna(False).astype(bool) | (at_d >= 0)
+    )
     p["exception"] = state.isin(EXCEPTION_STATES) & ~p["signed"]
     p["moving"] = state.isin(TRANSIT_STATES)
     p["out_for_delivery"] = state.eq(OUT_FOR_DELIVERY_STATE)

@@ -40,8 +40,9 @@ def _one_timestamp(value, tz: str):
     return ts.tz_localize(tz) if ts.tzinfo is None else ts
 
 
-def validate(entity: Entity, frame: pd.DataFrame, tz: str, source_names: dict[str, str] | None = None
-             ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def validate(
+    entity: Entity, frame: pd.DataFrame, tz: str, source_names: dict[str, str] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split a mapped source frame (canonical column names) into (good typed rows, rejects)."""
     frame = frame.reset_index(drop=True)
     out = pd.DataFrame(index=frame.index)
@@ -99,17 +100,21 @@ def validate(entity: Entity, frame: pd.DataFrame, tz: str, source_names: dict[st
     if entity.summed:
         rest = [c for c in good.columns if c not in key]
         good = good.groupby(key, sort=False, as_index=False, dropna=False).agg(
-            {c: "sum" if c in entity.summed else "first" for c in rest})
+            {c: "sum" if c in entity.summed else "first" for c in rest}
+        )
     elif repeated:
         if entity.watermark:
             good = good.sort_values(entity.watermark, kind="stable")
         good = good.drop_duplicates(subset=key, keep="last").sort_index()
     good = good.reset_index(drop=True)
-    rejects = pd.DataFrame({
-        "record_key": _record_keys(frame[bad], out[bad], key),
-        "reason": reasons[bad],
-        "raw_row": _raw_rows(frame[bad], source_names),
-    }, columns=REJECT_COLUMNS).reset_index(drop=True)
+    rejects = pd.DataFrame(
+        {
+            "record_key": _record_keys(frame[bad], out[bad], key),
+            "reason": reasons[bad],
+            "raw_row": _raw_rows(frame[bad], source_names),
+        },
+        columns=REJECT_COLUMNS,
+    ).reset_index(drop=True)
     return good, rejects
 
 
@@ -151,7 +156,11 @@ def record_keys(rows: pd.DataFrame, key) -> pd.Series:
 
 def _record_keys(raw: pd.DataFrame, typed: pd.DataFrame, key: list[str]) -> pd.Series:
     parts = typed[key].astype(object).where(typed[key].notna(), None)
-    keys = parts.apply(lambda r: "/".join("" if v is None else str(v) for v in r), axis=1) if len(parts) else pd.Series(dtype=object)
+    keys = (
+        parts.apply(lambda r: "/".join("" if v is None else str(v) for v in r), axis=1)
+        if len(parts)
+        else pd.Series(dtype=object)
+    )
     # A row without its key is still named: by a stable hash of what it carried.
     missing = parts.isna().all(axis=1) if len(parts) else pd.Series(dtype=bool)
     if missing.any():
@@ -164,9 +173,12 @@ def _raw_rows(raw: pd.DataFrame, source_names: dict[str, str] | None) -> pd.Seri
     names = source_names or {}
     renamed = raw.rename(columns=names)
     return pd.Series(
-        [json.dumps({k: (None if _isna(v) else str(v)) for k, v in row.items()}, ensure_ascii=False, sort_keys=True)
-         for row in renamed.to_dict("records")],
-        index=raw.index, dtype=object,
+        [
+            json.dumps({k: (None if _isna(v) else str(v)) for k, v in row.items()}, ensure_ascii=False, sort_keys=True)
+            for row in renamed.to_dict("records")
+        ],
+        index=raw.index,
+        dtype=object,
     )
 
 

@@ -18,8 +18,19 @@ from order_pipeline.contract.canonical import SOURCE_ENTITIES, Entity
 from order_pipeline.contract.config import SourceConfig
 from order_pipeline.contract.schema import BATCH, RAW_TABLES, stored_in_key_order
 from order_pipeline.domain.validation import parse_timestamps, record_keys, validate
-from order_pipeline.warehouse.engine import IN_CHUNK, clear_rejects, delete_keys, get_state, insert_frame, next_batch, read_frame, replacing, record_rejects, replace_keys, set_state
-
+from order_pipeline.warehouse.engine import (
+    IN_CHUNK,
+    clear_rejects,
+    delete_keys,
+    get_state,
+    insert_frame,
+    next_batch,
+    read_frame,
+    record_rejects,
+    replace_keys,
+    replacing,
+    set_state,
+)
 
 
 @dataclass(frozen=True)
@@ -42,8 +53,9 @@ def source_select(src: sa.Engine, sc: SourceConfig, where: str = "") -> str:
     return f"SELECT {cols} FROM {sc.selectable()}{where}"
 
 
-def read_source(src: sa.Engine, sc: SourceConfig, since: str | None = None, order_nos: list[str] | None = None
-                ) -> pd.DataFrame:
+def read_source(
+    src: sa.Engine, sc: SourceConfig, since: str | None = None, order_nos: list[str] | None = None
+) -> pd.DataFrame:
     """Rows of a source in canonical column names, raw values (validation types them)."""
     entity = SOURCE_ENTITIES[sc.entity]
     q = src.dialect.identifier_preparer.quote
@@ -52,9 +64,10 @@ def read_source(src: sa.Engine, sc: SourceConfig, since: str | None = None, orde
             col = q(sc.columns["order_no"])
             parts = []
             for i in range(0, len(order_nos), IN_CHUNK):
-                chunk = order_nos[i:i + IN_CHUNK]
+                chunk = order_nos[i : i + IN_CHUNK]
                 stmt = sa.text(source_select(src, sc, f" WHERE {col} IN :keys")).bindparams(
-                    sa.bindparam("keys", chunk, expanding=True))
+                    sa.bindparam("keys", chunk, expanding=True)
+                )
                 parts.append(read_frame(conn, stmt))
             frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(sc.columns))
         elif since is not None and entity.watermark:
@@ -136,9 +149,13 @@ def _skip_reread_boundary(conn, table, entity: Entity, good: pd.DataFrame, mark:
     if at_mark.empty:
         return good
     columns = entity.column_names
-    stored = read_frame(conn, sa.select(*(table.c[c] for c in columns)).where(
-        table.c[key[0]].in_(at_mark[key[0]].astype(str).unique().tolist())),
-        [c.name for c in entity.columns if c.kind in ("datetime", "date")])
+    stored = read_frame(
+        conn,
+        sa.select(*(table.c[c] for c in columns)).where(
+            table.c[key[0]].in_(at_mark[key[0]].astype(str).unique().tolist())
+        ),
+        [c.name for c in entity.columns if c.kind in ("datetime", "date")],
+    )
     unchanged = _same_rows(at_mark[columns], stored, key)
     return good.drop(index=at_mark.index[unchanged]).reset_index(drop=True)
 
@@ -169,17 +186,23 @@ def _touch_orders_left(conn: sa.Connection, table: sa.Table, entity: Entity, goo
         return
     (key,) = entity.key
     keys = good[key].astype(str).tolist()
-    stored = pd.concat([read_frame(conn, sa.select(table.c[key], table.c.order_no).where(
-        table.c[key].in_(keys[i:i + IN_CHUNK]))) for i in range(0, len(keys), IN_CHUNK)], ignore_index=True)
+    stored = pd.concat(
+        [
+            read_frame(conn, sa.select(table.c[key], table.c.order_no).where(table.c[key].in_(keys[i : i + IN_CHUNK])))
+            for i in range(0, len(keys), IN_CHUNK)
+        ],
+        ignore_index=True,
+    )
     moved = stored.merge(good[[key, "order_no"]], on=key, suffixes=("", "_now"))
     left = moved.loc[moved["order_no"] != moved["order_no_now"], "order_no"].dropna().unique().tolist()
     orders = RAW_TABLES["orders"]
     for i in range(0, len(left), IN_CHUNK):
-        conn.execute(orders.update().where(orders.c.order_no.in_(left[i:i + IN_CHUNK])).values({BATCH: batch}))
+        conn.execute(orders.update().where(orders.c.order_no.in_(left[i : i + IN_CHUNK])).values({BATCH: batch}))
 
 
-def _load_children(wh: sa.Engine, src: sa.Engine, sc: SourceConfig, entity: Entity, now: datetime, full: bool
-                   ) -> LoadResult:
+def _load_children(
+    wh: sa.Engine, src: sa.Engine, sc: SourceConfig, entity: Entity, now: datetime, full: bool
+) -> LoadResult:
     """Order lines: re-read, for every order that changed since the last load, all of its lines."""
     parent = RAW_TABLES["orders"]
     state_key = f"parent_batch:{entity.name}"
@@ -205,8 +228,9 @@ def _load_children(wh: sa.Engine, src: sa.Engine, sc: SourceConfig, entity: Enti
     return LoadResult(entity.name, len(frame), len(good), len(rejects), batch, None)
 
 
-def _replace_children(conn: sa.Connection, table: sa.Table, entity: Entity, good: pd.DataFrame,
-                      order_nos: list[str]) -> None:
+def _replace_children(
+    conn: sa.Connection, table: sa.Table, entity: Entity, good: pd.DataFrame, order_nos: list[str]
+) -> None:
     """Make the stored lines of `order_nos` equal `good`, writing only the lines that changed or went away.
 
     Most lines of an order whose header changed are as they were; rewriting them all would
@@ -214,8 +238,14 @@ def _replace_children(conn: sa.Connection, table: sa.Table, entity: Entity, good
     """
     key, columns = list(entity.key), entity.column_names
     times = [c.name for c in entity.columns if c.kind in ("datetime", "date")]
-    parts = [read_frame(conn, sa.select(*(table.c[c] for c in columns)).where(
-        table.c.order_no.in_(order_nos[i:i + IN_CHUNK])), times) for i in range(0, len(order_nos), IN_CHUNK)]
+    parts = [
+        read_frame(
+            conn,
+            sa.select(*(table.c[c] for c in columns)).where(table.c.order_no.in_(order_nos[i : i + IN_CHUNK])),
+            times,
+        )
+        for i in range(0, len(order_nos), IN_CHUNK)
+    ]
     stored = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
     unchanged = _same_rows(good[columns], stored, key) if len(stored) else np.zeros(len(good), dtype=bool)
     gone = stored[key].merge(good[key].drop_duplicates(), on=key, how="left", indicator=True)

@@ -29,9 +29,25 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from order_pipeline.contract.schema import BATCH, RAW_TABLES, order_tracking_events, order_tracking_parcels, order_tracking_snapshot, raw_tracking, raw_tracking_events, unified_orders
+from order_pipeline.contract.schema import (
+    BATCH,
+    RAW_TABLES,
+    order_tracking_events,
+    order_tracking_parcels,
+    order_tracking_snapshot,
+    raw_tracking,
+    raw_tracking_events,
+    unified_orders,
+)
 from order_pipeline.domain.stages import SIGNED_STATE
-from order_pipeline.warehouse.engine import get_state, prefer_index_lookups, replacing, set_state, temporary_orders, upsert_select
+from order_pipeline.warehouse.engine import (
+    get_state,
+    prefer_index_lookups,
+    replacing,
+    set_state,
+    temporary_orders,
+    upsert_select,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +57,14 @@ STATE_KEY = "published_batch"
 # left its pages not all-visible (an index-only scan then visits the table too). An incremental
 # run counts only the orders it republishes, through the primary key.
 STAGE_COUNTS_KEY = "published_stage_counts"
-STAGE_TIMES = (("ordered", "ordered_at"), ("paid", "paid_at"), ("locked", "locked_at"), ("shipped", "shipped_at"),
-               ("in_transit", "in_transit_at"), ("delivered", "delivered_at"))
+STAGE_TIMES = (
+    ("ordered", "ordered_at"),
+    ("paid", "paid_at"),
+    ("locked", "locked_at"),
+    ("shipped", "shipped_at"),
+    ("in_transit", "in_transit_at"),
+    ("delivered", "delivered_at"),
+)
 TIMELINE = [c.name for c in order_tracking_events.c]
 
 
@@ -76,8 +98,12 @@ def publish(engine: sa.Engine, now: datetime, full: bool = False) -> PublishResu
             carrier = temporary_orders(conn, "tmp_carrier_orders", _parcels_changed(since))
             counted = get_state(conn, STAGE_COUNTS_KEY)
             leaving = _count_stages(conn, touched) if counted is not None else None
-            orders = upsert_select(conn, order_tracking_snapshot,
-                                   _snapshot_rows(now).where(unified_orders.c.order_no.in_(touched)), ["order_no"])
+            orders = upsert_select(
+                conn,
+                order_tracking_snapshot,
+                _snapshot_rows(now).where(unified_orders.c.order_no.in_(touched)),
+                ["order_no"],
+            )
             _update_parcels(conn, touched)
             written += _update_carrier_rows(conn, sa.select(carrier.c.order_no))
             carrier_orders = conn.execute(sa.select(sa.func.count()).select_from(carrier)).scalar()
@@ -141,21 +167,41 @@ def _update_stage_rows(conn: sa.Connection, since: int) -> int:
     u, p, e = unified_orders, order_tracking_snapshot, order_tracking_events
     stages = sa.union_all(*(sa.select(sa.literal(stage).label("stage")) for stage, _ in _stage_times(u))).subquery()
     at = lambda table: sa.case(*((stages.c.stage == stage, time) for stage, time in _stage_times(table)))
-    moves = sa.Table("tmp_stage_moves", sa.MetaData(), sa.Column("order_no", sa.Text), sa.Column("stage", sa.Text),
-                     sa.Column("published_at", sa.DateTime(timezone=True)),
-                     sa.Column("derived_at", sa.DateTime(timezone=True)), prefixes=["TEMPORARY"])
+    moves = sa.Table(
+        "tmp_stage_moves",
+        sa.MetaData(),
+        sa.Column("order_no", sa.Text),
+        sa.Column("stage", sa.Text),
+        sa.Column("published_at", sa.DateTime(timezone=True)),
+        sa.Column("derived_at", sa.DateTime(timezone=True)),
+        prefixes=["TEMPORARY"],
+    )
     moves.create(conn)
-    conn.execute(moves.insert().from_select(
-        ["order_no", "stage", "published_at", "derived_at"],
-        sa.select(u.c.order_no, stages.c.stage, at(p), at(u))
-        .select_from(u.outerjoin(p, p.c.order_no == u.c.order_no).join(stages, sa.true()))
-        .where(u.c[BATCH] > since).where(at(p).is_distinct_from(at(u)))))
+    conn.execute(
+        moves.insert().from_select(
+            ["order_no", "stage", "published_at", "derived_at"],
+            sa.select(u.c.order_no, stages.c.stage, at(p), at(u))
+            .select_from(u.outerjoin(p, p.c.order_no == u.c.order_no).join(stages, sa.true()))
+            .where(u.c[BATCH] > since)
+            .where(at(p).is_distinct_from(at(u))),
+        )
+    )
     key = sa.tuple_(e.c.order_no, e.c.event_at, e.c.kind, e.c.stage)  # the index's first columns
-    removed = conn.execute(e.delete().where(key.in_(
-        sa.select(moves.c.order_no, moves.c.published_at, sa.literal("stage"), moves.c.stage)
-        .where(moves.c.published_at.is_not(None))))).rowcount
-    added = conn.execute(e.insert().from_select(TIMELINE, _stage_row(moves.c.order_no, moves.c.derived_at, moves.c.stage)
-                                                .where(moves.c.derived_at.is_not(None)))).rowcount
+    removed = conn.execute(
+        e.delete().where(
+            key.in_(
+                sa.select(moves.c.order_no, moves.c.published_at, sa.literal("stage"), moves.c.stage).where(
+                    moves.c.published_at.is_not(None)
+                )
+            )
+        )
+    ).rowcount
+    added = conn.execute(
+        e.insert().from_select(
+            TIMELINE,
+            _stage_row(moves.c.order_no, moves.c.derived_at, moves.c.stage).where(moves.c.derived_at.is_not(None)),
+        )
+    ).rowcount
     moves.drop(conn)
     return removed + added
 
@@ -169,18 +215,24 @@ def _parcels_changed(since: int) -> sa.Select:
     The order a moved parcel left is found through the published parcels.
     """
     s, t, parcels = RAW_TABLES["shipments"], raw_tracking, order_tracking_parcels
-    waybills = sa.union(sa.select(t.c.waybill_no).where(t.c[BATCH] > since),
-                        sa.select(s.c.waybill_no).where(s.c[BATCH] > since))
-    return sa.union(sa.select(s.c.order_no).where(s.c.waybill_no.in_(waybills)),
-                    sa.select(parcels.c.order_no).where(parcels.c.waybill_no.in_(waybills)))
+    waybills = sa.union(
+        sa.select(t.c.waybill_no).where(t.c[BATCH] > since), sa.select(s.c.waybill_no).where(s.c[BATCH] > since)
+    )
+    return sa.union(
+        sa.select(s.c.order_no).where(s.c.waybill_no.in_(waybills)),
+        sa.select(parcels.c.order_no).where(parcels.c.waybill_no.in_(waybills)),
+    )
 
 
 def _update_parcels(conn: sa.Connection, touched: sa.Select) -> None:
     """Upsert the touched orders' parcels, then drop rows of theirs that no shipment names any more."""
     p, s = order_tracking_parcels, RAW_TABLES["shipments"]
     upsert_select(conn, p, _parcel_rows().where(s.c.order_no.in_(touched)), ["waybill_no"], skip_unchanged=True)
-    conn.execute(p.delete().where(p.c.order_no.in_(touched)).where(
-        ~sa.exists().where(s.c.waybill_no == p.c.waybill_no).where(s.c.order_no == p.c.order_no)))
+    conn.execute(
+        p.delete()
+        .where(p.c.order_no.in_(touched))
+        .where(~sa.exists().where(s.c.waybill_no == p.c.waybill_no).where(s.c.order_no == p.c.order_no))
+    )
 
 
 def _update_carrier_rows(conn: sa.Connection, orders: sa.Select) -> int:
@@ -191,8 +243,13 @@ def _update_carrier_rows(conn: sa.Connection, orders: sa.Select) -> int:
     per waybill, time and text, so comparing whole rows is exact. Returns the rows written.
     """
     e = order_tracking_events
-    wanted = sa.Table("tmp_carrier_rows", sa.MetaData(), *(sa.Column(c.name, c.type) for c in e.c),
-                      sa.Index("tmp_carrier_rows_order_time", "order_no", "event_at"), prefixes=["TEMPORARY"])
+    wanted = sa.Table(
+        "tmp_carrier_rows",
+        sa.MetaData(),
+        *(sa.Column(c.name, c.type) for c in e.c),
+        sa.Index("tmp_carrier_rows_order_time", "order_no", "event_at"),
+        prefixes=["TEMPORARY"],
+    )
     wanted.create(conn)
     s = RAW_TABLES["shipments"]
     conn.execute(wanted.insert().from_select(TIMELINE, _carrier_rows().where(s.c.order_no.in_(orders))))
@@ -201,12 +258,19 @@ def _update_carrier_rows(conn: sa.Connection, orders: sa.Select) -> int:
 
     def same(a: sa.Table, b: sa.Table) -> sa.ColumnElement:
         keyed = [a.c[c] == b.c[c] for c in ("order_no", "event_at", "kind")]  # never NULL: the index applies
-        return sa.and_(*keyed, *(a.c[c].is_not_distinct_from(b.c[c]) for c in ("stage", "waybill_no", "context", "area")))
+        return sa.and_(
+            *keyed, *(a.c[c].is_not_distinct_from(b.c[c]) for c in ("stage", "waybill_no", "context", "area"))
+        )
 
-    removed = conn.execute(e.delete().where(e.c.order_no.in_(orders)).where(e.c.kind == "carrier")
-                           .where(~sa.exists().where(same(wanted, e)))).rowcount
-    added = conn.execute(e.insert().from_select(
-        TIMELINE, sa.select(*wanted.c).where(~sa.exists().where(same(e, wanted))))).rowcount
+    removed = conn.execute(
+        e.delete()
+        .where(e.c.order_no.in_(orders))
+        .where(e.c.kind == "carrier")
+        .where(~sa.exists().where(same(wanted, e)))
+    ).rowcount
+    added = conn.execute(
+        e.insert().from_select(TIMELINE, sa.select(*wanted.c).where(~sa.exists().where(same(e, wanted))))
+    ).rowcount
     wanted.drop(conn)
     return added + removed
 
@@ -218,18 +282,22 @@ def _snapshot_rows(now: datetime) -> sa.Select:
 
 def _parcel_rows() -> sa.Select:
     s, t, d = RAW_TABLES["shipments"], raw_tracking, RAW_TABLES["deliveries"]
-    return (
-        sa.select(
-            s.c.waybill_no, s.c.order_no, s.c.carrier_code, s.c.weight_kg, s.c.shipped_at,
-            t.c.state.label("carrier_state"),
-            # Signed as `stages` counts it: the carrier says so, or a proof of delivery exists.
-            sa.or_(t.c.is_signed.is_(True), sa.func.coalesce(t.c.state, -1) == SIGNED_STATE,
-                   d.c.waybill_no.is_not(None)).label("is_signed"),
-            d.c.signer, d.c.signed_at,
-            t.c.last_event_at.label("latest_event_at"), t.c.last_context.label("latest_event_context"),
-        )
-        .select_from(s.outerjoin(t, t.c.waybill_no == s.c.waybill_no).outerjoin(d, d.c.waybill_no == s.c.waybill_no))
-    )
+    return sa.select(
+        s.c.waybill_no,
+        s.c.order_no,
+        s.c.carrier_code,
+        s.c.weight_kg,
+        s.c.shipped_at,
+        t.c.state.label("carrier_state"),
+        # Signed as `stages` counts it: the carrier says so, or a proof of delivery exists.
+        sa.or_(
+            t.c.is_signed.is_(True), sa.func.coalesce(t.c.state, -1) == SIGNED_STATE, d.c.waybill_no.is_not(None)
+        ).label("is_signed"),
+        d.c.signer,
+        d.c.signed_at,
+        t.c.last_event_at.label("latest_event_at"),
+        t.c.last_context.label("latest_event_context"),
+    ).select_from(s.outerjoin(t, t.c.waybill_no == s.c.waybill_no).outerjoin(d, d.c.waybill_no == s.c.waybill_no))
 
 
 def _stage_times(table: sa.Table) -> list[tuple[str, sa.ColumnElement]]:
@@ -241,8 +309,15 @@ def _stage_times(table: sa.Table) -> list[tuple[str, sa.ColumnElement]]:
 def _stage_row(order_no: sa.ColumnElement, at: sa.ColumnElement, stage: str | sa.ColumnElement) -> sa.Select:
     null = sa.null()
     stage = sa.literal(stage) if isinstance(stage, str) else stage
-    return sa.select(order_no, at.label("event_at"), sa.literal("stage").label("kind"), stage.label("stage"),
-                     null.label("waybill_no"), null.label("context"), null.label("area"))
+    return sa.select(
+        order_no,
+        at.label("event_at"),
+        sa.literal("stage").label("kind"),
+        stage.label("stage"),
+        null.label("waybill_no"),
+        null.label("context"),
+        null.label("area"),
+    )
 
 
 def _stage_rows(u: sa.Table) -> sa.Select:
@@ -253,6 +328,12 @@ def _stage_rows(u: sa.Table) -> sa.Select:
 def _carrier_rows() -> sa.Select:
     """Every carrier row of the timeline: the events of each shipped parcel, under its order."""
     s, e = RAW_TABLES["shipments"], raw_tracking_events
-    return (sa.select(s.c.order_no, e.c.event_at, sa.literal("carrier").label("kind"), sa.null().label("stage"),
-                      e.c.waybill_no, e.c.context, e.c.area)
-            .select_from(e.join(s, s.c.waybill_no == e.c.waybill_no)))
+    return sa.select(
+        s.c.order_no,
+        e.c.event_at,
+        sa.literal("carrier").label("kind"),
+        sa.null().label("stage"),
+        e.c.waybill_no,
+        e.c.context,
+        e.c.area,
+    ).select_from(e.join(s, s.c.waybill_no == e.c.waybill_no))

@@ -29,7 +29,23 @@ from order_pipeline.contract.canonical import ORDER_KEYED, SOURCE_ENTITIES
 from order_pipeline.contract.schema import BATCH, RAW_TABLES, pipeline_rejects, raw_tracking, unified_orders
 from order_pipeline.domain.stages import INPUT_COLUMNS, OrderInputs, derive_orders
 from order_pipeline.domain.validation import record_keys
-from order_pipeline.warehouse.engine import PreparedRows, create_engine, current_batch, delete_keys, get_state, insert_prepared, open_rejects, prefer_index_lookups, prepare_rows, read_frame, record_rejects, replace_keys, replacing, set_state, temporary_orders
+from order_pipeline.warehouse.engine import (
+    PreparedRows,
+    create_engine,
+    current_batch,
+    delete_keys,
+    get_state,
+    insert_prepared,
+    open_rejects,
+    prefer_index_lookups,
+    prepare_rows,
+    read_frame,
+    record_rejects,
+    replace_keys,
+    replacing,
+    set_state,
+    temporary_orders,
+)
 
 STATE_KEY = "unified_batch"
 # Orders derived at a time by a full rebuild. Smaller slices shorten the start, before the first
@@ -39,8 +55,12 @@ STATE_KEY = "unified_batch"
 SLICE_ORDERS = 25_000
 WORKERS = 2  # processes deriving the slices of a full rebuild, beside the one writing them
 PREVIEW_ROWS = 20
-ORPHAN_REASON = {"order_lines": "order line", "payments": "payment", "reservations": "reservation",
-                 "shipments": "shipment"}
+ORPHAN_REASON = {
+    "order_lines": "order line",
+    "payments": "payment",
+    "reservations": "reservation",
+    "shipments": "shipment",
+}
 
 
 Scope = Callable[[sa.ColumnElement], sa.ColumnElement]  # order_no column -> which orders to read
@@ -58,7 +78,9 @@ class UnifyResult:
 def touched_orders(since: int) -> sa.Select:
     """order_no of every order with a raw row newer than batch `since`."""
     shipments = RAW_TABLES["shipments"]
-    by_waybill = lambda t: sa.select(shipments.c.order_no).join(t, t.c.waybill_no == shipments.c.waybill_no).where(t.c[BATCH] > since)
+    by_waybill = lambda t: (
+        sa.select(shipments.c.order_no).join(t, t.c.waybill_no == shipments.c.waybill_no).where(t.c[BATCH] > since)
+    )
     parts = [sa.select(RAW_TABLES[e].c.order_no).where(RAW_TABLES[e].c[BATCH] > since) for e in ORDER_KEYED]
     parts += [by_waybill(raw_tracking), by_waybill(RAW_TABLES["deliveries"])]
     return sa.union(*parts)
@@ -72,8 +94,16 @@ def order_slices(conn: sa.Connection, size: int) -> list[Bounds]:
     """
     order_no = RAW_TABLES["orders"].c.order_no
     numbered = sa.select(order_no, sa.func.row_number().over(order_by=order_no).label("n")).subquery()
-    starts = conn.execute(sa.select(numbered.c.order_no).where(numbered.c.n % size == 1).where(numbered.c.n > 1)
-                          .order_by(numbered.c.n)).scalars().all()
+    starts = (
+        conn.execute(
+            sa.select(numbered.c.order_no)
+            .where(numbered.c.n % size == 1)
+            .where(numbered.c.n > 1)
+            .order_by(numbered.c.n)
+        )
+        .scalars()
+        .all()
+    )
     bounds = [None, *starts, None]
     return list(zip(bounds, bounds[1:]))
 
@@ -98,15 +128,24 @@ def load_inputs(conn: sa.Connection, scope: Scope | None) -> OrderInputs:
         return read_frame(conn, q, [c for c in cols if isinstance(table.c[c].type, (sa.DateTime, sa.Date))])
 
     return OrderInputs(
-        orders=read("orders", RAW_TABLES["orders"]), lines=read("lines", RAW_TABLES["order_lines"]),
-        payments=read("payments", RAW_TABLES["payments"]), reservations=read("reservations", RAW_TABLES["reservations"]),
-        shipments=read("shipments", shipments), tracking=read("tracking", raw_tracking),
+        orders=read("orders", RAW_TABLES["orders"]),
+        lines=read("lines", RAW_TABLES["order_lines"]),
+        payments=read("payments", RAW_TABLES["payments"]),
+        reservations=read("reservations", RAW_TABLES["reservations"]),
+        shipments=read("shipments", shipments),
+        tracking=read("tracking", raw_tracking),
         deliveries=read("deliveries", RAW_TABLES["deliveries"]),
     )
 
 
-def unify(engine: sa.Engine, now: datetime, transit_days: int = 3, full: bool = False,
-          slice_orders: int | None = None, workers: int = WORKERS) -> UnifyResult:
+def unify(
+    engine: sa.Engine,
+    now: datetime,
+    transit_days: int = 3,
+    full: bool = False,
+    slice_orders: int | None = None,
+    workers: int = WORKERS,
+) -> UnifyResult:
     with engine.begin() as conn:
         batch = current_batch(conn)
         since = 0 if full else int(get_state(conn, STATE_KEY, "0"))
@@ -143,8 +182,9 @@ class Derived:
     changes: list[OrphanChanges]
 
 
-def _derived_touched(conn: sa.Connection, since: int, transit_days: int, open_keys: dict[str, set[str]], batch: int
-                     ) -> Generator[Derived, None, None]:
+def _derived_touched(
+    conn: sa.Connection, since: int, transit_days: int, open_keys: dict[str, set[str]], batch: int
+) -> Generator[Derived, None, None]:
     """The orders some load touched since batch `since`, derived in one piece.
 
     The touched orders are found once, into a temporary table, rather than by the same union
@@ -158,8 +198,14 @@ def _derived_touched(conn: sa.Connection, since: int, transit_days: int, open_ke
     yield Derived(rows.assign(**{BATCH: batch}), rows.head(PREVIEW_ROWS), _orphan_changes(inputs, open_keys))
 
 
-def _derived_slices(conn: sa.Connection, slices: list[Bounds], transit_days: int, open_keys: dict[str, set[str]],
-                    batch: int, workers: int) -> Generator[Derived, None, None]:
+def _derived_slices(
+    conn: sa.Connection,
+    slices: list[Bounds],
+    transit_days: int,
+    open_keys: dict[str, set[str]],
+    batch: int,
+    workers: int,
+) -> Generator[Derived, None, None]:
     """Each slice's orders, derived and prepared for the bulk insert, with its orphan changes, in slice order.
 
     With workers, up to `workers` slices beyond the one being written are read, derived and
@@ -177,8 +223,11 @@ def _derived_slices(conn: sa.Connection, slices: list[Bounds], transit_days: int
     try:
         pending: deque[Future] = deque()
         for bounds in slices:
-            pending.append(pool.submit(_derive_slice, url.render_as_string(hide_password=False), bounds, transit_days,
-                                       open_keys, batch))
+            pending.append(
+                pool.submit(
+                    _derive_slice, url.render_as_string(hide_password=False), bounds, transit_days, open_keys, batch
+                )
+            )
             if len(pending) > workers:
                 yield pending.popleft().result()
         while pending:
@@ -197,8 +246,9 @@ def _derive_slice(url: str, bounds: Bounds, transit_days: int, open_keys: dict[s
         engine.dispose()
 
 
-def _derive_prepared(conn: sa.Connection, bounds: Bounds, transit_days: int, open_keys: dict[str, set[str]],
-                     batch: int) -> Derived:
+def _derive_prepared(
+    conn: sa.Connection, bounds: Bounds, transit_days: int, open_keys: dict[str, set[str]], batch: int
+) -> Derived:
     inputs = load_inputs(conn, between(bounds))
     rows = _derive(inputs, transit_days)
     prepared = prepare_rows(conn.dialect.name, unified_orders, rows.assign(**{BATCH: batch}))
@@ -213,8 +263,12 @@ def _derive(inputs: OrderInputs, transit_days: int) -> pd.DataFrame:
 
 
 def _children(inp: OrderInputs) -> dict[str, pd.DataFrame]:
-    return {"order_lines": inp.lines, "payments": inp.payments, "reservations": inp.reservations,
-            "shipments": inp.shipments}
+    return {
+        "order_lines": inp.lines,
+        "payments": inp.payments,
+        "reservations": inp.reservations,
+        "shipments": inp.shipments,
+    }
 
 
 @dataclass(frozen=True)
@@ -241,12 +295,16 @@ def _orphan_changes(inp: OrderInputs, open_keys: dict[str, set[str]]) -> list[Or
         if open_now:  # keys are built only where some reject is open: most rebuilds have none
             keys = record_keys(rows[~orphan], key)
             settled = keys[keys.isin(open_now)].tolist()
-        rejects = pd.DataFrame({
-            "record_key": record_keys(rows[orphan], key),
-            "reason": f"{ORPHAN_REASON[name]} for unknown order",
-            "raw_row": [json.dumps(r, ensure_ascii=False, sort_keys=True, default=str)
-                        for r in rows[orphan].to_dict("records")],
-        })
+        rejects = pd.DataFrame(
+            {
+                "record_key": record_keys(rows[orphan], key),
+                "reason": f"{ORPHAN_REASON[name]} for unknown order",
+                "raw_row": [
+                    json.dumps(r, ensure_ascii=False, sort_keys=True, default=str)
+                    for r in rows[orphan].to_dict("records")
+                ],
+            }
+        )
         changes.append(OrphanChanges(name, settled, rejects))
     return changes
 
@@ -254,7 +312,11 @@ def _orphan_changes(inp: OrderInputs, open_keys: dict[str, set[str]]) -> list[Or
 def _apply_orphan_changes(conn: sa.Connection, changes: list[OrphanChanges], now: datetime) -> int:
     for change in changes:
         if change.settled:
-            delete_keys(conn, pipeline_rejects, pd.DataFrame({"source": change.source, "record_key": change.settled}),
-                        ["source", "record_key"])
+            delete_keys(
+                conn,
+                pipeline_rejects,
+                pd.DataFrame({"source": change.source, "record_key": change.settled}),
+                ["source", "record_key"],
+            )
         record_rejects(conn, change.source, change.rejects, now)
     return sum(len(c.rejects) for c in changes)

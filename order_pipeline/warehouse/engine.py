@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +31,14 @@ WRITE_CHUNK = 100_000  # rows handed to the driver at a time
 
 def utc(ts: datetime) -> datetime:
     """An aware UTC datetime; naive values read from SQLite are UTC by convention."""
-    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 def driver_url(url: str) -> str:
     """SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the installed driver is psycopg2."""
-    return "postgresql+psycopg2://" + url.split("://", 1)[1] if url.startswith(("postgresql://", "postgres://")) else url
+    return (
+        "postgresql+psycopg2://" + url.split("://", 1)[1] if url.startswith(("postgresql://", "postgres://")) else url
+    )
 
 
 SORT_THREADS = min(os.cpu_count() or 1, 4)
@@ -106,6 +108,7 @@ def rebuild_changed_indexes(engine: sa.Engine) -> list[str]:
 
 # -- state: watermarks and the batch counter ---------------------------------------------
 
+
 def get_state(conn: sa.Connection, key: str, default: str | None = None) -> str | None:
     value = conn.execute(sa.select(pipeline_state.c.value).where(pipeline_state.c.key == key)).scalar()
     return default if value is None else value
@@ -128,9 +131,12 @@ def next_batch(conn: sa.Connection, now: datetime) -> int:
     s = pipeline_state
     dialect_insert = sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert
     conn.execute(dialect_insert(s).values(key="batch", value="0", updated_at=now).on_conflict_do_nothing())
-    bumped = (s.update().where(s.c.key == "batch")
-              .values(value=sa.cast(sa.cast(s.c.value, sa.Integer) + 1, sa.Text), updated_at=now)
-              .returning(s.c.value))
+    bumped = (
+        s.update()
+        .where(s.c.key == "batch")
+        .values(value=sa.cast(sa.cast(s.c.value, sa.Integer) + 1, sa.Text), updated_at=now)
+        .returning(s.c.value)
+    )
     return int(conn.execute(bumped).scalar_one())
 
 
@@ -139,6 +145,7 @@ def current_batch(conn: sa.Connection) -> int:
 
 
 # -- reading -----------------------------------------------------------------------------
+
 
 def read_frame(conn: sa.Connection, query: sa.Executable, datetime_cols: Iterable[str] = ()) -> pd.DataFrame:
     """Run a SELECT and read its rows straight from the driver cursor; parse timestamps vectorized.
@@ -156,6 +163,7 @@ def read_frame(conn: sa.Connection, query: sa.Executable, datetime_cols: Iterabl
 
 
 # -- writing -----------------------------------------------------------------------------
+
 
 @contextmanager
 def rebuilding(conn: sa.Connection, *tables: sa.Table) -> Iterator[None]:
@@ -210,17 +218,24 @@ NEXT = "__next"  # suffix of a table (and its indexes) being rebuilt, until the 
 
 
 def _fresh_copy(table: sa.Table) -> sa.Table:
-    return sa.Table(table.name + NEXT, sa.MetaData(),
-                    *(sa.Column(c.name, c.type, nullable=c.nullable) for c in table.columns))
+    return sa.Table(
+        table.name + NEXT, sa.MetaData(), *(sa.Column(c.name, c.type, nullable=c.nullable) for c in table.columns)
+    )
 
 
 def _swappable(conn: sa.Connection, table: sa.Table) -> bool:
     """PostgreSQL: this role owns the table and nothing outside it depends on it (deptype 'n':
     a view's rule, another table's foreign key), so it may be dropped."""
-    return bool(conn.execute(sa.text(
-        "SELECT pg_get_userbyid(c.relowner) = current_user AND NOT EXISTS ("
-        " SELECT 1 FROM pg_depend d WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = c.oid"
-        " AND d.deptype = 'n') FROM pg_class c WHERE c.oid = to_regclass(:name)"), {"name": table.name}).scalar())
+    return bool(
+        conn.execute(
+            sa.text(
+                "SELECT pg_get_userbyid(c.relowner) = current_user AND NOT EXISTS ("
+                " SELECT 1 FROM pg_depend d WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = c.oid"
+                " AND d.deptype = 'n') FROM pg_class c WHERE c.oid = to_regclass(:name)"
+            ),
+            {"name": table.name},
+        ).scalar()
+    )
 
 
 def _swap_in(conn: sa.Connection, table: sa.Table, new: sa.Table) -> None:
@@ -231,10 +246,13 @@ def _swap_in(conn: sa.Connection, table: sa.Table, new: sa.Table) -> None:
         conn.exec_driver_sql(f"ALTER TABLE {new.name} ADD CONSTRAINT {new.name}_pkey PRIMARY KEY ({', '.join(key)})")
     for index in table.indexes:
         sa.Index(index.name + NEXT, *(new.c[c.name] for c in index.columns), unique=index.unique).create(conn)
-    grants = conn.execute(sa.text(  # grantee 0 is PUBLIC
-        "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, a.privilege_type"
-        " FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = to_regclass(:name) AND a.grantee <> c.relowner"),
-        {"name": table.name}).all()
+    grants = conn.execute(
+        sa.text(  # grantee 0 is PUBLIC
+            "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, a.privilege_type"
+            " FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = to_regclass(:name) AND a.grantee <> c.relowner"
+        ),
+        {"name": table.name},
+    ).all()
     for grantee, privilege in grants:
         conn.exec_driver_sql(f"GRANT {privilege} ON {new.name} TO {grantee if grantee == 'PUBLIC' else quote(grantee)}")
     conn.exec_driver_sql(f"DROP TABLE {table.name}")
@@ -280,11 +298,14 @@ def insert_prepared(conn: sa.Connection, table: sa.Table, rows: PreparedRows) ->
     cols = ", ".join(rows.columns)
     cur = conn.connection.driver_connection.cursor()
     if conn.dialect.name == "sqlite":
-        cur.executemany(f"INSERT INTO {table.name} ({cols}) VALUES ({', '.join('?' * len(rows.columns))})",
-                        _sqlite_rows(rows.payload, table))
+        cur.executemany(
+            f"INSERT INTO {table.name} ({cols}) VALUES ({', '.join('?' * len(rows.columns))})",
+            _sqlite_rows(rows.payload, table),
+        )
     else:
-        cur.copy_expert(f"COPY {table.name} ({cols}) FROM STDIN WITH (FORMAT csv, NULL '{NULL}')",
-                        io.StringIO(rows.payload))
+        cur.copy_expert(
+            f"COPY {table.name} ({cols}) FROM STDIN WITH (FORMAT csv, NULL '{NULL}')", io.StringIO(rows.payload)
+        )
     cur.close()
     return rows.count
 
@@ -293,7 +314,7 @@ def _chunks(frame: pd.DataFrame) -> Iterator[pd.DataFrame]:
     """The frame WRITE_CHUNK rows at a time: the driver's copy of the rows (tuples, CSV text) stays
     that size, where converting 2M rows at once doubled a load's peak memory."""
     for start in range(0, len(frame), WRITE_CHUNK):
-        yield frame.iloc[start:start + WRITE_CHUNK]
+        yield frame.iloc[start : start + WRITE_CHUNK]
 
 
 def replace_keys(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame, key: Sequence[str]) -> int:
@@ -311,8 +332,12 @@ def replace_keys(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame, key:
         raise ValueError(f"replace_keys: duplicate {'/'.join(key)} in the rows for {table.name}")
     cols = [c.name for c in table.columns if c.name in frame.columns]
     if conn.dialect.name != "sqlite":
-        staged = sa.Table(f"tmp_upsert_{table.name}", sa.MetaData(),
-                          *(sa.Column(c.name, c.type) for c in table.columns if c.name in cols), prefixes=["TEMPORARY"])
+        staged = sa.Table(
+            f"tmp_upsert_{table.name}",
+            sa.MetaData(),
+            *(sa.Column(c.name, c.type) for c in table.columns if c.name in cols),
+            prefixes=["TEMPORARY"],
+        )
         staged.create(conn)
         insert_frame(conn, staged, frame)
         upsert_select(conn, table, sa.select(*staged.c), key)
@@ -320,8 +345,10 @@ def replace_keys(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame, key:
         return len(frame)
     rest = [c for c in cols if c not in key]
     update = "DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in rest) if rest else "DO NOTHING"
-    sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
-           f"ON CONFLICT ({', '.join(key)}) {update}")
+    sql = (
+        f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+        f"ON CONFLICT ({', '.join(key)}) {update}"
+    )
     cur = conn.connection.driver_connection.cursor()
     for part in _chunks(frame[cols]):
         cur.executemany(sql, _sqlite_rows(part, table))
@@ -329,8 +356,9 @@ def replace_keys(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame, key:
     return len(frame)
 
 
-def upsert_select(conn: sa.Connection, table: sa.Table, query: sa.Select, key: Sequence[str],
-                  skip_unchanged: bool = False) -> int:
+def upsert_select(
+    conn: sa.Connection, table: sa.Table, query: sa.Select, key: Sequence[str], skip_unchanged: bool = False
+) -> int:
     """INSERT ... SELECT ... ON CONFLICT (key) DO UPDATE, which SQLite and PostgreSQL spell alike.
 
     Updating a row in place leaves the indexes of unchanged columns alone, where delete
@@ -399,12 +427,19 @@ def record_rejects(conn: sa.Connection, source: str, rejects: pd.DataFrame, now:
     frame = rejects[["record_key", "reason", "raw_row"]].drop_duplicates(["record_key", "reason"]).copy()
     r = pipeline_rejects
     keys = frame["record_key"].unique().tolist()
-    existing = pd.concat([read_frame(  # in chunks: SQLite caps the number of bound parameters
-        conn,
-        sa.select(r.c.record_key, r.c.reason, r.c.first_seen).where(r.c.source == source)
-        .where(r.c.record_key.in_(keys[i:i + IN_CHUNK])),
-        ["first_seen"],
-    ) for i in range(0, max(len(keys), 1), IN_CHUNK)], ignore_index=True)
+    existing = pd.concat(
+        [
+            read_frame(  # in chunks: SQLite caps the number of bound parameters
+                conn,
+                sa.select(r.c.record_key, r.c.reason, r.c.first_seen)
+                .where(r.c.source == source)
+                .where(r.c.record_key.in_(keys[i : i + IN_CHUNK])),
+                ["first_seen"],
+            )
+            for i in range(0, max(len(keys), 1), IN_CHUNK)
+        ],
+        ignore_index=True,
+    )
     frame = frame.merge(existing, on=["record_key", "reason"], how="left")
     frame["first_seen"] = frame["first_seen"].fillna(pd.Timestamp(now))
     frame["last_seen"] = pd.Timestamp(now)
@@ -503,7 +538,9 @@ def _csv_rows(frame: pd.DataFrame, table: sa.Table) -> str:
         elif isinstance(kind, sa.Boolean):
             fields = [NULL if m else ("true" if v else "false") for v, m in zip(data, missing)]
         else:
-            fields = [NULL if m else '"' + (v if v.__class__ is str else str(v)).replace('"', '""') + '"'
-                      for v, m in zip(data, missing)]
+            fields = [
+                NULL if m else '"' + (v if v.__class__ is str else str(v)).replace('"', '""') + '"'
+                for v, m in zip(data, missing)
+            ]
         columns.append(fields)
     return "\n".join(map(",".join, zip(*columns))) + "\n"

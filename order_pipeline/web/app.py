@@ -1,7 +1,7 @@
 """The web app: customer tracking page, ops board, Kuaidi100 push receiver.
 
-    create_app(config)                       # reads config.warehouse_url
-    create_app(config, engine=e, clock=f)    # tests: an engine and a fake clock
+create_app(config)                       # reads config.warehouse_url
+create_app(config, engine=e, clock=f)    # tests: an engine and a fake clock
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
@@ -19,11 +19,13 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from order_pipeline.contract.config import Config
-from order_pipeline.web.customer import page as customer
 from order_pipeline.web import hooks
-from order_pipeline.web.ops import auth as ops_auth, board as ops_board, orders as ops_orders
 from order_pipeline.web.context import WebContext, web_context
+from order_pipeline.web.customer import page as customer
 from order_pipeline.web.db import make_engine
+from order_pipeline.web.ops import auth as ops_auth
+from order_pipeline.web.ops import board as ops_board
+from order_pipeline.web.ops import orders as ops_orders
 from order_pipeline.web.rendering.i18n import pick_lang
 from order_pipeline.web.rendering.pages import Pages
 from order_pipeline.web.settings import WebSettings
@@ -34,7 +36,7 @@ MAX_BODY_BYTES = 2_000_000  # a Kuaidi100 push with a long history is well below
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 async def health(request: Request) -> Response:
@@ -61,8 +63,11 @@ ROUTES = [
 async def http_error(request: Request, exc: HTTPException) -> Response:
     """404, 405, 413 and the like, as a page in the visitor's language."""
     web = web_context(request)
-    return web.pages.error(exc.status_code if exc.status_code in (400, 404, 405, 413) else 400,
-                           pick_lang(request.query_params.get("lang")), headers=getattr(exc, "headers", None))
+    return web.pages.error(
+        exc.status_code if exc.status_code in (400, 404, 405, 413) else 400,
+        pick_lang(request.query_params.get("lang")),
+        headers=getattr(exc, "headers", None),
+    )
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
@@ -77,7 +82,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     app.state.web.access_log.close()  # the rows still queued reach the table before the server exits
 
 
-def create_app(config: Config, *, engine: Engine | None = None, clock: Callable[[], datetime] | None = None) -> Starlette:
+def create_app(
+    config: Config, *, engine: Engine | None = None, clock: Callable[[], datetime] | None = None
+) -> Starlette:
     settings = WebSettings.from_config(config)
     web = WebContext(
         config=config,

@@ -11,8 +11,8 @@ from sqlalchemy.engine import Engine
 from starlette.requests import Request
 
 from order_pipeline.contract.config import Config
-from order_pipeline.web.security.audit import AccessLog
 from order_pipeline.web.rendering.pages import Pages
+from order_pipeline.web.security.audit import AccessLog
 from order_pipeline.web.security.ratelimit import RateLimiter
 from order_pipeline.web.settings import WebSettings
 

@@ -38,8 +38,15 @@ def make_engine(url: str, *, busy_timeout: float = SQLITE_BUSY_TIMEOUT) -> Engin
             cur.close()
 
         return engine
-    return sa.create_engine(url, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW, pool_timeout=10, pool_recycle=1800,
-                            pool_pre_ping=True, connect_args={"options": PG_SESSION_OPTIONS})
+    return sa.create_engine(
+        url,
+        pool_size=POOL_SIZE,
+        max_overflow=MAX_OVERFLOW,
+        pool_timeout=10,
+        pool_recycle=1800,
+        pool_pre_ping=True,
+        connect_args={"options": PG_SESSION_OPTIONS},
+    )
 
 
 @contextmanager

@@ -16,8 +16,8 @@ from starlette.responses import JSONResponse
 
 from order_pipeline.carrier.protocol import Kuaidi100Error, parse_push, push_reply, verify_push
 from order_pipeline.carrier.store import store_tracking_answers
-from order_pipeline.web.security.audit import client_ip
 from order_pipeline.web.context import web_context
+from order_pipeline.web.security.audit import client_ip
 from order_pipeline.web.security.forms import FormError, read_form
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,9 @@ async def kuaidi100_push(request: Request) -> JSONResponse:
         log.warning("Kuaidi100 push from %s refused: %s", sender, e)
         return refusal(400, f"数据格式错误 ({e.message})")
     if update.status == "abort":
-        log.warning("Kuaidi100 stopped tracking a waybill (abort: %s); it needs a new subscription later", update.message)
+        log.warning(
+            "Kuaidi100 stopped tracking a waybill (abort: %s); it needs a new subscription later", update.message
+        )
     if update.answer is not None:
         try:
             await run_in_threadpool(store_tracking_answers, web.engine, [update.answer], via="push", now=web.clock())

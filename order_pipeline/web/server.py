@@ -1,6 +1,6 @@
 """Run the web app with uvicorn (one worker: rate limits and caches live in its memory).
 
-    python -m order_pipeline.web.server --config order_pipeline.yaml --port 8080
+python -m order_pipeline.web.server --config order_pipeline.yaml --port 8080
 """
 
 from __future__ import annotations
@@ -33,9 +33,12 @@ def serve(config: Config, host: str = "127.0.0.1", port: int = 8080) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m order_pipeline.web.server",
-                                     description="Serve the customer tracking page and the ops board.")
-    parser.add_argument("--config", help="configuration file (default: $ORDER_PIPELINE_CONFIG or ./order_pipeline.yaml)")
+    parser = argparse.ArgumentParser(
+        prog="python -m order_pipeline.web.server", description="Serve the customer tracking page and the ops board."
+    )
+    parser.add_argument(
+        "--config", help="configuration file (default: $ORDER_PIPELINE_CONFIG or ./order_pipeline.yaml)"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args(argv)

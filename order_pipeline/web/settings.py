@@ -34,8 +34,17 @@ MIN_SECRET_LEN = 16
 _GENERATE = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 FIELDS = {
-    "base_url", "link_secret_env", "link_secret_file", "link_ttl", "session_secret_env", "session_secret_file",
-    "session_ttl", "rate_limits", "staff", "support_contact", "trusted_proxies",
+    "base_url",
+    "link_secret_env",
+    "link_secret_file",
+    "link_ttl",
+    "session_secret_env",
+    "session_secret_file",
+    "session_ttl",
+    "rate_limits",
+    "staff",
+    "support_contact",
+    "trusted_proxies",
 }
 RATE_FIELDS = {"per_ip", "per_order", "login"}
 STAFF_FIELDS = {"username", "password_hash"}
@@ -106,8 +115,11 @@ class _Parser(SectionParser):
     def mapping(self, value, entry: str, allowed: set[str]) -> dict:
         for key in ("link_secret", "session_secret"):
             if isinstance(value, dict) and key in value:
-                self.fail(f"{entry + '.' if entry else ''}{key}", "a secret must not be written in the file",
-                          f"remove it and set `{key}_env:` (an environment variable) or `{key}_file:` instead")
+                self.fail(
+                    f"{entry + '.' if entry else ''}{key}",
+                    "a secret must not be written in the file",
+                    f"remove it and set `{key}_env:` (an environment variable) or `{key}_file:` instead",
+                )
         return super().mapping(value, entry, allowed)
 
     def secret(self, web: dict, name: str, fallback_env: str | None) -> bytes | None:
@@ -118,21 +130,35 @@ class _Parser(SectionParser):
             path = Path(str(file))
             path = path if path.is_absolute() else self.base / path
             if not path.is_file():
-                self.fail(f"{name}_file", f"file {path} does not exist",
-                          f"create it, e.g. `{_GENERATE} > {path}`, or correct the path (read from the config file's folder)")
+                self.fail(
+                    f"{name}_file",
+                    f"file {path} does not exist",
+                    f"create it, e.g. `{_GENERATE} > {path}`, or correct the path (read from the config file's folder)",
+                )
             value, entry, where = path.read_text(encoding="utf-8").strip(), f"{name}_file", f"the file {path}"
         else:
             env = env if env is not None else fallback_env
             if env is None:
                 return None
             if not isinstance(env, str) or not _ENV_NAME.fullmatch(env):
-                self.fail(f"{name}_env", f"{env!r} is not an environment variable name", "write a name such as ORDER_LINK_SECRET")
+                self.fail(
+                    f"{name}_env",
+                    f"{env!r} is not an environment variable name",
+                    "write a name such as ORDER_LINK_SECRET",
+                )
             if not os.environ.get(env):
-                self.fail(f"{name}_env", f"environment variable {env} is not set",
-                          f"export {env}=$({_GENERATE}) before starting, or set web.{name}_file")
+                self.fail(
+                    f"{name}_env",
+                    f"environment variable {env} is not set",
+                    f"export {env}=$({_GENERATE}) before starting, or set web.{name}_file",
+                )
             value, entry, where = os.environ[env].strip(), f"{name}_env", f"${env}"
         if len(value) < MIN_SECRET_LEN:
-            self.fail(entry, f"the secret in {where} is shorter than {MIN_SECRET_LEN} characters", f"generate one with {_GENERATE}")
+            self.fail(
+                entry,
+                f"the secret in {where} is shorter than {MIN_SECRET_LEN} characters",
+                f"generate one with {_GENERATE}",
+            )
         return value.encode("utf-8")
 
     def rate(self, value, entry: str, default: Rate | None) -> Rate | None:
@@ -146,7 +172,9 @@ class _Parser(SectionParser):
     def rate_limits(self, value) -> RateLimits:
         r = self.mapping(value, "rate_limits", RATE_FIELDS)
         d = RateLimits()
-        return RateLimits(*(self.rate(r.get(k, ...), f"rate_limits.{k}", getattr(d, k)) for k in ("per_ip", "per_order", "login")))
+        return RateLimits(
+            *(self.rate(r.get(k, ...), f"rate_limits.{k}", getattr(d, k)) for k in ("per_ip", "per_order", "login"))
+        )
 
     def staff(self, value) -> tuple[StaffUser, ...]:
         if value is None:
@@ -159,8 +187,11 @@ class _Parser(SectionParser):
             if not isinstance(item, dict):
                 self.fail(entry, "must be a mapping", 'write `- {username: alice, password_hash: "scrypt$..."}`')
             if "password" in item:
-                self.fail(f"{entry}.password", "plain passwords are not allowed in the file",
-                          "run `order-pipeline hash-password` and put its output in `password_hash:`")
+                self.fail(
+                    f"{entry}.password",
+                    "plain passwords are not allowed in the file",
+                    "run `order-pipeline hash-password` and put its output in `password_hash:`",
+                )
             item = self.mapping(item, entry, STAFF_FIELDS)
             name = str(item.get("username", ""))
             if not _USERNAME.fullmatch(name):
@@ -171,8 +202,11 @@ class _Parser(SectionParser):
             try:
                 parse_password_hash(stored)
             except ValueError as e:
-                self.fail(f"{entry}.password_hash", f"not a valid scrypt hash ({e})",
-                          "run `order-pipeline hash-password` and paste its output, quoted")
+                self.fail(
+                    f"{entry}.password_hash",
+                    f"not a valid scrypt hash ({e})",
+                    "run `order-pipeline hash-password` and paste its output, quoted",
+                )
             users.append(StaffUser(name, str(stored)))
         return tuple(users)
 

@@ -16,13 +16,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from order_pipeline.web.ops import queries
-from order_pipeline.web.security.audit import client_ip, ip_hash, logged_order_no, user_agent
+from order_pipeline.domain.links import TokenCheck, verify_token
 from order_pipeline.web.context import WebContext, web_context
 from order_pipeline.web.customer.view import customer_view
 from order_pipeline.web.db import reading
+from order_pipeline.web.ops import queries
 from order_pipeline.web.rendering.i18n import pick_lang
-from order_pipeline.domain.links import TokenCheck, verify_token
+from order_pipeline.web.security.audit import client_ip, ip_hash, logged_order_no, user_agent
 from order_pipeline.web.security.ratelimit import client_key
 
 ORDER_NO = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
@@ -49,15 +49,23 @@ class _Visit:
         self.lang = pick_lang(request.query_params.get("lang"))
 
     def access(self, outcome: str) -> queries.Access:
-        return queries.Access(self.now, logged_order_no(self.order_no), "customer", outcome,
-                              ip_hash(self.ip, self.web.settings.link_secret), user_agent(self.request))
+        return queries.Access(
+            self.now,
+            logged_order_no(self.order_no),
+            "customer",
+            outcome,
+            ip_hash(self.ip, self.web.settings.link_secret),
+            user_agent(self.request),
+        )
 
     def record(self, outcome: str) -> None:
         self.web.access_log.add(self.access(outcome))
 
     def refuse(self, status: int, outcome: str, headers: dict | None = None, **values) -> Response:
         self.record(outcome)
-        return self.web.pages.error(status, self.lang, headers=headers, contact=self.web.settings.support_contact, **values)
+        return self.web.pages.error(
+            status, self.lang, headers=headers, contact=self.web.settings.support_contact, **values
+        )
 
     def load(self) -> tuple[dict | None, list[dict], list[dict]]:
         """Read the order in a read-only transaction, which never waits for a publish in progress."""
@@ -89,7 +97,13 @@ async def order_page(request: Request) -> Response:
     visit.record("ok" if order else "not_found")
     if order is None:
         return web.pages.error(404, visit.lang, contact=web.settings.support_contact, wording="order_missing")
-    view = customer_view(order, parcels, events, lang=visit.lang, tz=web.tz, support_contact=web.settings.support_contact,
-                         lang_switch_url=lang_switch_url(visit.order_no, visit.token, visit.lang))
+    view = customer_view(
+        order,
+        parcels,
+        events,
+        lang=visit.lang,
+        tz=web.tz,
+        support_contact=web.settings.support_contact,
+        lang_switch_url=lang_switch_url(visit.order_no, visit.token, visit.lang),
+    )
     return web.pages.html("customer.html", view)
-

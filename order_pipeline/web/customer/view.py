@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from order_pipeline.web.rendering.i18n import STAGE_LABELS, STAGES, TEXT, carrier_name
 from order_pipeline.domain.masking import mask_address, mask_carrier_text, mask_name, mask_phone
+from order_pipeline.web.rendering.i18n import STAGE_LABELS, STAGES, TEXT, carrier_name
 from order_pipeline.web.rendering.timefmt import as_utc, local_date, local_time
 
 STAGE_TIME_COLUMNS = {s: f"{s}_at" for s in STAGES}
@@ -27,8 +27,14 @@ def timeline(order: Mapping, lang: str, tz: str) -> list[dict]:
         else:
             state = "todo"
         time = local_time(at, tz)
-        steps.append({"code": code, "label": STAGE_LABELS[lang][code], "state": state,
-                      "when": time or (TEXT[lang]["pending"] if state == "todo" else "")})
+        steps.append(
+            {
+                "code": code,
+                "label": STAGE_LABELS[lang][code],
+                "state": state,
+                "when": time or (TEXT[lang]["pending"] if state == "todo" else ""),
+            }
+        )
     return steps
 
 
@@ -91,8 +97,16 @@ def event_rows(events: Sequence[Mapping], carriers: Mapping[str, str], lang: str
     ]
 
 
-def customer_view(order: Mapping, parcels: Sequence[Mapping], events: Sequence[Mapping], *, lang: str, tz: str,
-                  support_contact: str | None = None, lang_switch_url: str = "") -> dict:
+def customer_view(
+    order: Mapping,
+    parcels: Sequence[Mapping],
+    events: Sequence[Mapping],
+    *,
+    lang: str,
+    tz: str,
+    support_contact: str | None = None,
+    lang_switch_url: str = "",
+) -> dict:
     text = TEXT[lang]
     carriers = {p["waybill_no"]: p.get("carrier_code") for p in parcels}
     zh_name, en_name = _TZ_NAMES.get(tz, (tz, tz))

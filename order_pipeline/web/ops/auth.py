@@ -12,13 +12,23 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from order_pipeline.domain.passwords import dummy_hash, verify_password
+from order_pipeline.web.context import WebContext, web_context
 from order_pipeline.web.ops import queries
 from order_pipeline.web.security.audit import client_ip, ip_hash, logged_actor, logged_order_no, user_agent
-from order_pipeline.web.context import WebContext, web_context
 from order_pipeline.web.security.forms import FormError, read_form
-from order_pipeline.domain.passwords import dummy_hash, verify_password
 from order_pipeline.web.security.ratelimit import client_key
-from order_pipeline.web.security.sessions import LOGIN_COOKIE, SESSION_COOKIE, Session, csrf_token, login_csrf_token, new_nonce, read_session, sign_session, tokens_match
+from order_pipeline.web.security.sessions import (
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    Session,
+    csrf_token,
+    login_csrf_token,
+    new_nonce,
+    read_session,
+    sign_session,
+    tokens_match,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +77,38 @@ async def checked_form(request: Request, session: Session) -> dict[str, str] | N
     return form if tokens_match(csrf_token(session, web.settings.session_secret), form.get("csrf")) else None
 
 
-def staff_access(web: WebContext, request: Request, session: Session, order_no: str | None, outcome: str) -> queries.Access:
-    return queries.Access(web.clock(), logged_order_no(order_no), session.username, outcome,
-                          ip_hash(client_ip(request), web.settings.link_secret), user_agent(request))
+def staff_access(
+    web: WebContext, request: Request, session: Session, order_no: str | None, outcome: str
+) -> queries.Access:
+    return queries.Access(
+        web.clock(),
+        logged_order_no(order_no),
+        session.username,
+        outcome,
+        ip_hash(client_ip(request), web.settings.link_secret),
+        user_agent(request),
+    )
 
 
 def _set_cookie(web: WebContext, response: Response, name: str, value: str, max_age: timedelta) -> None:
-    response.set_cookie(name, value, max_age=int(max_age.total_seconds()), path=COOKIE_PATH, httponly=True,
-                        samesite="lax", secure=web.settings.secure_cookies)
+    response.set_cookie(
+        name,
+        value,
+        max_age=int(max_age.total_seconds()),
+        path=COOKIE_PATH,
+        httponly=True,
+        samesite="lax",
+        secure=web.settings.secure_cookies,
+    )
 
 
 def _login_page(web: WebContext, nonce: str, next_url: str, error: str = "", status: int = 200) -> Response:
-    context = {"csrf": login_csrf_token(nonce, web.settings.session_secret), "next": next_url, "error": error,
-               "no_staff": not web.settings.staff}
+    context = {
+        "csrf": login_csrf_token(nonce, web.settings.session_secret),
+        "next": next_url,
+        "error": error,
+        "no_staff": not web.settings.staff,
+    }
     response = web.pages.html("ops_login.html", context, status=status)
     _set_cookie(web, response, LOGIN_COOKIE, nonce, LOGIN_NONCE_TTL)
     return response
@@ -95,8 +124,14 @@ async def login_form(request: Request) -> Response:
 
 def _audit_login(web: WebContext, request: Request, username: str | None, outcome: str) -> None:
     """A login or logout in the access log: who it was (or claimed to be), never what password it tried."""
-    access = queries.Access(web.clock(), None, logged_actor(username), outcome,
-                            ip_hash(client_ip(request), web.settings.link_secret), user_agent(request))
+    access = queries.Access(
+        web.clock(),
+        None,
+        logged_actor(username),
+        outcome,
+        ip_hash(client_ip(request), web.settings.link_secret),
+        user_agent(request),
+    )
     web.access_log.add(access)
 
 
@@ -128,7 +163,9 @@ async def login(request: Request) -> Response:
         return _login_page(web, nonce, next_url, error="用户名或密码错误。", status=401)
     session = Session(user.username, int((web.clock() + web.settings.session_ttl).timestamp()), new_nonce())
     response = RedirectResponse(next_url, status_code=303)
-    _set_cookie(web, response, SESSION_COOKIE, sign_session(session, web.settings.session_secret), web.settings.session_ttl)
+    _set_cookie(
+        web, response, SESSION_COOKIE, sign_session(session, web.settings.session_secret), web.settings.session_ttl
+    )
     response.delete_cookie(LOGIN_COOKIE, path=COOKIE_PATH)
     _audit_login(web, request, user.username, "login")
     log.info("staff login: %s", user.username)

@@ -9,17 +9,26 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
-from order_pipeline.web.ops import queries
 from order_pipeline.web.context import WebContext, web_context
 from order_pipeline.web.db import reading
-from order_pipeline.web.ops.export import csv_chunks
-from order_pipeline.web.rendering.i18n import OFF_PATH, STAGES
+from order_pipeline.web.ops import queries
 from order_pipeline.web.ops.auth import staff_access, staff_only
+from order_pipeline.web.ops.export import csv_chunks
 from order_pipeline.web.ops.page import ops_context
-from order_pipeline.web.ops.view import OPEN_STAGES, alert_rows, freshness_rows, list_rows, oldest_by_role, role_label, stage_bars, stage_label
+from order_pipeline.web.ops.view import (
+    OPEN_STAGES,
+    alert_rows,
+    freshness_rows,
+    list_rows,
+    oldest_by_role,
+    role_label,
+    stage_bars,
+    stage_label,
+)
+from order_pipeline.web.rendering.i18n import OFF_PATH, STAGES
 from order_pipeline.web.rendering.pages import SECURITY_HEADERS
-from order_pipeline.web.security.sessions import Session
 from order_pipeline.web.rendering.timefmt import local_time
+from order_pipeline.web.security.sessions import Session
 
 OVERVIEW_TTL_SECONDS = 30  # counting a million snapshot rows is not done on every refresh
 _ROLE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
@@ -70,15 +79,19 @@ async def overview(request: Request, session: Session) -> Response:
     now = web.clock()
     web.access_log.add(staff_access(web, request, session, None, "overview"))
     total = sum(data["stage_counts"].values())
-    context = ops_context(web, session, "overview",
-                          total=total,
-                          bars=stage_bars(data["stage_counts"]),
-                          alert_counts=data["alert_counts"],
-                          open_alerts=sum(r["open"] for r in data["alert_counts"]),
-                          recent_alerts=alert_rows(data["recent_alerts"], web.tz),
-                          roles=oldest_by_role(data["waiting"], now, web.tz),
-                          freshness=freshness_rows(data["watermarks"], now, web.tz),
-                          as_of=local_time(data["as_of"], web.tz, "%H:%M:%S"))
+    context = ops_context(
+        web,
+        session,
+        "overview",
+        total=total,
+        bars=stage_bars(data["stage_counts"]),
+        alert_counts=data["alert_counts"],
+        open_alerts=sum(r["open"] for r in data["alert_counts"]),
+        recent_alerts=alert_rows(data["recent_alerts"], web.tz),
+        roles=oldest_by_role(data["waiting"], now, web.tz),
+        freshness=freshness_rows(data["watermarks"], now, web.tz),
+        as_of=local_time(data["as_of"], web.tz, "%H:%M:%S"),
+    )
     return web.pages.html("ops_overview.html", context)
 
 
@@ -94,12 +107,19 @@ async def order_list(request: Request, session: Session) -> Response:
     rows = await run_in_threadpool(load)
     web.access_log.add(staff_access(web, request, session, None, "list"))
     query = _filter_query(stage, role)
-    context = ops_context(web, session, "list",
-                          rows=list_rows(rows, web.clock(), web.tz), limit=queries.LIST_LIMIT,
-                          stage=stage or "", role=role or "", stage_label=stage_label(stage) if stage else "全部阶段",
-                          role_label=role_label(role) if role else "全部负责人",
-                          stages=[{"code": s, "label": stage_label(s)} for s in (*STAGES, *OFF_PATH)],
-                          export_url="/ops/orders.csv" + (f"?{query}" if query else ""))
+    context = ops_context(
+        web,
+        session,
+        "list",
+        rows=list_rows(rows, web.clock(), web.tz),
+        limit=queries.LIST_LIMIT,
+        stage=stage or "",
+        role=role or "",
+        stage_label=stage_label(stage) if stage else "全部阶段",
+        role_label=role_label(role) if role else "全部负责人",
+        stages=[{"code": s, "label": stage_label(s)} for s in (*STAGES, *OFF_PATH)],
+        export_url="/ops/orders.csv" + (f"?{query}" if query else ""),
+    )
     return web.pages.html("ops_list.html", context)
 
 

@@ -8,16 +8,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from order_pipeline.web.ops import queries
+from order_pipeline.domain.links import customer_link
 from order_pipeline.web.context import WebContext, web_context
 from order_pipeline.web.customer.page import valid_order_no
 from order_pipeline.web.db import reading
-from order_pipeline.domain.links import customer_link
+from order_pipeline.web.ops import queries
 from order_pipeline.web.ops.auth import checked_form, staff_access, staff_only
 from order_pipeline.web.ops.page import ops_context
 from order_pipeline.web.ops.view import alert_rows, event_rows, list_rows, order_summary, parcel_rows, stage_blocks
-from order_pipeline.web.security.sessions import Session
 from order_pipeline.web.rendering.timefmt import local_time
+from order_pipeline.web.security.sessions import Session
 
 MAX_TERM = 64
 
@@ -27,8 +27,8 @@ def normalise_term(raw: str | None) -> str:
     term = (raw or "").strip()[:MAX_TERM]
     squeezed = term.replace(" ", "").replace("-", "")
     for prefix in ("+86", "0086"):
-        if squeezed.startswith(prefix) and squeezed[len(prefix):].isdigit() and len(squeezed) - len(prefix) == 11:
-            squeezed = squeezed[len(prefix):]
+        if squeezed.startswith(prefix) and squeezed[len(prefix) :].isdigit() and len(squeezed) - len(prefix) == 11:
+            squeezed = squeezed[len(prefix) :]
     return squeezed if squeezed.isdigit() and len(squeezed) in (4, 11) else term
 
 
@@ -58,8 +58,9 @@ async def search(request: Request, session: Session) -> Response:
     web.access_log.add(staff_access(web, request, session, logged_term(term, hits), f"search:{len(hits)}"))
     if len(hits) == 1 and not queries.is_phone_term(term):  # an order or waybill number: go straight there
         return RedirectResponse(f"/ops/order/{quote(hits[0]['order_no'], safe='')}", status_code=303)
-    context = ops_context(web, session, "search", q=term, rows=list_rows(hits, web.clock(), web.tz),
-                          limit=queries.SEARCH_LIMIT)
+    context = ops_context(
+        web, session, "search", q=term, rows=list_rows(hits, web.clock(), web.tz), limit=queries.SEARCH_LIMIT
+    )
     return web.pages.html("ops_search.html", context)
 
 
@@ -72,14 +73,23 @@ def _order_page(web: WebContext, request: Request, session: Session, order_no: s
     outcome = ("link_issued" if link else "ok") if order else "not_found"
     web.access_log.add(staff_access(web, request, session, order_no, outcome))
     if order is None:
-        return web.pages.html("ops_missing.html", ops_context(web, session, "order", q=order_no, order_no=order_no),
-                              status=404)
+        return web.pages.html(
+            "ops_missing.html", ops_context(web, session, "order", q=order_no, order_no=order_no), status=404
+        )
     now = web.clock()
-    context = ops_context(web, session, "order", q="",
-                          order=order_summary(order, now, web.tz), stages=stage_blocks(order, web.tz),
-                          parcels=parcel_rows(parcels, web.tz), events=event_rows(events, web.tz),
-                          alerts=alert_rows(alerts, web.tz), link=link,
-                          link_expires=local_time(now + web.settings.link_ttl, web.tz) if link else "")
+    context = ops_context(
+        web,
+        session,
+        "order",
+        q="",
+        order=order_summary(order, now, web.tz),
+        stages=stage_blocks(order, web.tz),
+        parcels=parcel_rows(parcels, web.tz),
+        events=event_rows(events, web.tz),
+        alerts=alert_rows(alerts, web.tz),
+        link=link,
+        link_expires=local_time(now + web.settings.link_ttl, web.tz) if link else "",
+    )
     return web.pages.html("ops_order.html", context)
 
 

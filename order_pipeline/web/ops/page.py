@@ -7,5 +7,10 @@ from order_pipeline.web.security.sessions import Session, csrf_token
 
 
 def ops_context(web: WebContext, session: Session, active: str, q: str = "", **values) -> dict:
-    return {"user": session.username, "csrf": csrf_token(session, web.settings.session_secret), "active": active, "q": q,
-            **values}
+    return {
+        "user": session.username,
+        "csrf": csrf_token(session, web.settings.session_secret),
+        "active": active,
+        "q": q,
+        **values,
+    }

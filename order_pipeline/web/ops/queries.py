@@ -15,8 +15,15 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from order_pipeline.contract.schema import (
+    order_alerts,
+    order_tracking_events,
+    order_tracking_parcels,
+    order_tracking_snapshot,
+    pipeline_state,
+    tracking_access_log,
+)
 from order_pipeline.pipeline.publish import published_stage_counts
-from order_pipeline.contract.schema import order_alerts, order_tracking_events, order_tracking_parcels, order_tracking_snapshot, pipeline_state, tracking_access_log
 
 snap = order_tracking_snapshot
 parcels_t = order_tracking_parcels
@@ -26,25 +33,86 @@ MAX_EVENTS = 200
 SEARCH_LIMIT = 50
 LIST_LIMIT = 200
 
-CUSTOMER_COLUMNS = [snap.c[n] for n in (
-    "order_no", "stage", "status", "customer_name", "customer_phone", "ship_address",
-    "ordered_at", "paid_at", "locked_at", "shipped_at", "in_transit_at", "delivered_at",
-    "promised_date", "eta", "out_for_delivery", "exception_reason", "published_at",
-)]
-PARCEL_COLUMNS = [parcels_t.c[n] for n in (
-    "waybill_no", "carrier_code", "weight_kg", "shipped_at", "carrier_state", "is_signed", "signer", "signed_at",
-    "latest_event_at", "latest_event_context",
-)]
-LIST_COLUMNS = [snap.c[n] for n in (
-    "order_no", "stage", "customer_name", "customer_phone", "ordered_at", "waiting_since", "responsible_role",
-    "waybill_nos",
-)]
-EXPORT_COLUMNS = [snap.c[n] for n in (
-    "order_no", "stage", "stage_label", "status", "customer_name", "customer_phone", "ship_address", "amount",
-    "paid_amount", "currency", "ordered_at", "paid_at", "locked_at", "shipped_at", "in_transit_at", "delivered_at",
-    "promised_date", "eta", "waybill_nos", "carrier_codes", "carrier_state", "exception_reason", "missing_info",
-    "responsible_role", "waiting_since",
-)]
+CUSTOMER_COLUMNS = [
+    snap.c[n]
+    for n in (
+        "order_no",
+        "stage",
+        "status",
+        "customer_name",
+        "customer_phone",
+        "ship_address",
+        "ordered_at",
+        "paid_at",
+        "locked_at",
+        "shipped_at",
+        "in_transit_at",
+        "delivered_at",
+        "promised_date",
+        "eta",
+        "out_for_delivery",
+        "exception_reason",
+        "published_at",
+    )
+]
+PARCEL_COLUMNS = [
+    parcels_t.c[n]
+    for n in (
+        "waybill_no",
+        "carrier_code",
+        "weight_kg",
+        "shipped_at",
+        "carrier_state",
+        "is_signed",
+        "signer",
+        "signed_at",
+        "latest_event_at",
+        "latest_event_context",
+    )
+]
+LIST_COLUMNS = [
+    snap.c[n]
+    for n in (
+        "order_no",
+        "stage",
+        "customer_name",
+        "customer_phone",
+        "ordered_at",
+        "waiting_since",
+        "responsible_role",
+        "waybill_nos",
+    )
+]
+EXPORT_COLUMNS = [
+    snap.c[n]
+    for n in (
+        "order_no",
+        "stage",
+        "stage_label",
+        "status",
+        "customer_name",
+        "customer_phone",
+        "ship_address",
+        "amount",
+        "paid_amount",
+        "currency",
+        "ordered_at",
+        "paid_at",
+        "locked_at",
+        "shipped_at",
+        "in_transit_at",
+        "delivered_at",
+        "promised_date",
+        "eta",
+        "waybill_nos",
+        "carrier_codes",
+        "carrier_state",
+        "exception_reason",
+        "missing_info",
+        "responsible_role",
+        "waiting_since",
+    )
+]
 
 
 @dataclass(frozen=True)
@@ -64,11 +132,20 @@ def _rows(result) -> list[dict]:
 
 
 def record_accesses(conn: Connection, rows: Sequence[Access]) -> None:
-    conn.execute(tracking_access_log.insert(), [
-        {"at": a.at, "order_no": a.order_no, "actor": a.actor, "outcome": a.outcome, "ip_hash": a.ip_hash,
-         "user_agent": a.user_agent}
-        for a in rows
-    ])
+    conn.execute(
+        tracking_access_log.insert(),
+        [
+            {
+                "at": a.at,
+                "order_no": a.order_no,
+                "actor": a.actor,
+                "outcome": a.outcome,
+                "ip_hash": a.ip_hash,
+                "user_agent": a.user_agent,
+            }
+            for a in rows
+        ],
+    )
 
 
 def write_accesses(engine: Engine, rows: Sequence[Access], *, durable: bool = False) -> None:
@@ -89,14 +166,21 @@ def customer_order(conn: Connection, order_no: str) -> tuple[dict | None, list[d
 
 
 def order_parcels(conn: Connection, order_no: str) -> list[dict]:
-    q = sa.select(*PARCEL_COLUMNS).where(parcels_t.c.order_no == order_no).order_by(parcels_t.c.shipped_at, parcels_t.c.waybill_no)
+    q = (
+        sa.select(*PARCEL_COLUMNS)
+        .where(parcels_t.c.order_no == order_no)
+        .order_by(parcels_t.c.shipped_at, parcels_t.c.waybill_no)
+    )
     return _rows(conn.execute(q.limit(100)))
 
 
 def carrier_events(conn: Connection, order_no: str) -> list[dict]:
-    q = (sa.select(events_t.c.event_at, events_t.c.waybill_no, events_t.c.context, events_t.c.area)
-         .where(events_t.c.order_no == order_no, events_t.c.kind == "carrier")
-         .order_by(events_t.c.event_at.desc()).limit(MAX_EVENTS))
+    q = (
+        sa.select(events_t.c.event_at, events_t.c.waybill_no, events_t.c.context, events_t.c.area)
+        .where(events_t.c.order_no == order_no, events_t.c.kind == "carrier")
+        .order_by(events_t.c.event_at.desc())
+        .limit(MAX_EVENTS)
+    )
     return _rows(conn.execute(q))
 
 
@@ -157,17 +241,30 @@ def stage_counts(conn: Connection) -> dict[str, int]:
 
 
 def open_alert_counts(conn: Connection) -> list[dict]:
-    q = (sa.select(order_alerts.c.rule_id, order_alerts.c.severity, sa.func.count().label("open"))
-         .where(order_alerts.c.resolved_at.is_(None))
-         .group_by(order_alerts.c.rule_id, order_alerts.c.severity)
-         .order_by(order_alerts.c.rule_id, order_alerts.c.severity))
+    q = (
+        sa.select(order_alerts.c.rule_id, order_alerts.c.severity, sa.func.count().label("open"))
+        .where(order_alerts.c.resolved_at.is_(None))
+        .group_by(order_alerts.c.rule_id, order_alerts.c.severity)
+        .order_by(order_alerts.c.rule_id, order_alerts.c.severity)
+    )
     return _rows(conn.execute(q))
 
 
 def recent_open_alerts(conn: Connection, limit: int = 20) -> list[dict]:
-    q = (sa.select(order_alerts.c.rule_id, order_alerts.c.entity_key, order_alerts.c.order_no, order_alerts.c.severity,
-                   order_alerts.c.message, order_alerts.c.first_seen, order_alerts.c.escalation_level)
-         .where(order_alerts.c.resolved_at.is_(None)).order_by(order_alerts.c.first_seen.desc()).limit(limit))
+    q = (
+        sa.select(
+            order_alerts.c.rule_id,
+            order_alerts.c.entity_key,
+            order_alerts.c.order_no,
+            order_alerts.c.severity,
+            order_alerts.c.message,
+            order_alerts.c.first_seen,
+            order_alerts.c.escalation_level,
+        )
+        .where(order_alerts.c.resolved_at.is_(None))
+        .order_by(order_alerts.c.first_seen.desc())
+        .limit(limit)
+    )
     return _rows(conn.execute(q))
 
 
@@ -175,14 +272,20 @@ def oldest_waiting(conn: Connection, stages: Sequence[str], per_stage: int) -> l
     """The longest-waiting orders of each open stage, read along the (stage, waiting_since) index."""
     out: list[dict] = []
     for stage in stages:
-        q = (sa.select(snap.c.order_no, snap.c.stage, snap.c.responsible_role, snap.c.waiting_since, snap.c.missing_info)
-             .where(snap.c.stage == stage, snap.c.waiting_since.is_not(None))
-             .order_by(snap.c.waiting_since.asc()).limit(per_stage))
+        q = (
+            sa.select(snap.c.order_no, snap.c.stage, snap.c.responsible_role, snap.c.waiting_since, snap.c.missing_info)
+            .where(snap.c.stage == stage, snap.c.waiting_since.is_not(None))
+            .order_by(snap.c.waiting_since.asc())
+            .limit(per_stage)
+        )
         out.extend(_rows(conn.execute(q)))
     return out
 
 
 def watermarks(conn: Connection) -> list[dict]:
-    q = (sa.select(pipeline_state.c.key, pipeline_state.c.value, pipeline_state.c.updated_at)
-         .where(pipeline_state.c.key.startswith("watermark:")).order_by(pipeline_state.c.key))
+    q = (
+        sa.select(pipeline_state.c.key, pipeline_state.c.value, pipeline_state.c.updated_at)
+        .where(pipeline_state.c.key.startswith("watermark:"))
+        .order_by(pipeline_state.c.key)
+    )
     return _rows(conn.execute(q))

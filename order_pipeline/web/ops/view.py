@@ -17,21 +17,41 @@ OPEN_STAGES = ("ordered", "paid", "locked", "shipped", "in_transit", "exception"
 # (label, column, kind, key fact) per stage, after the design's stage table; an empty key fact of
 # a reached stage is flagged, an empty optional one is not.
 STAGE_FACTS: dict[str, list[tuple[str, str, str, bool]]] = {
-    "ordered": [("下单时间", "ordered_at", "time", True), ("金额", "amount", "money", True),
-                ("商品行数", "line_count", "plain", True), ("总数量", "total_qty", "plain", False),
-                ("承诺送达", "promised_date", "date", False)],
-    "paid": [("付款时间", "paid_at", "time", True), ("付款凭证", "voucher_no", "plain", True),
-             ("已付金额", "paid_amount", "money", False), ("已退金额", "refunded_amount", "money", False)],
+    "ordered": [
+        ("下单时间", "ordered_at", "time", True),
+        ("金额", "amount", "money", True),
+        ("商品行数", "line_count", "plain", True),
+        ("总数量", "total_qty", "plain", False),
+        ("承诺送达", "promised_date", "date", False),
+    ],
+    "paid": [
+        ("付款时间", "paid_at", "time", True),
+        ("付款凭证", "voucher_no", "plain", True),
+        ("已付金额", "paid_amount", "money", False),
+        ("已退金额", "refunded_amount", "money", False),
+    ],
     "locked": [("锁定时间", "locked_at", "time", True), ("锁定数量", "total_qty", "plain", False)],
-    "shipped": [("出库时间", "shipped_at", "time", True), ("运单号", "waybill_nos", "plain", True),
-                ("快递公司", "carrier_codes", "carriers", True), ("重量 (kg)", "total_weight_kg", "plain", True),
-                ("包裹数", "parcel_count", "plain", False)],
-    "in_transit": [("开始运输", "in_transit_at", "time", True), ("当前位置", "latest_event_area", "plain", True),
-                   ("预计送达", "eta", "time", True), ("最新动态", "latest_event_context", "plain", False),
-                   ("动态时间", "latest_event_at", "time", False), ("派送中", "out_for_delivery", "bool", False),
-                   ("快递100 状态", "carrier_state", "carrier_state", False)],
-    "delivered": [("签收时间", "delivered_at", "time", True), ("签收人", "signer", "plain", True),
-                  ("已签收包裹", "parcels_signed", "of_parcels", False)],
+    "shipped": [
+        ("出库时间", "shipped_at", "time", True),
+        ("运单号", "waybill_nos", "plain", True),
+        ("快递公司", "carrier_codes", "carriers", True),
+        ("重量 (kg)", "total_weight_kg", "plain", True),
+        ("包裹数", "parcel_count", "plain", False),
+    ],
+    "in_transit": [
+        ("开始运输", "in_transit_at", "time", True),
+        ("当前位置", "latest_event_area", "plain", True),
+        ("预计送达", "eta", "time", True),
+        ("最新动态", "latest_event_context", "plain", False),
+        ("动态时间", "latest_event_at", "time", False),
+        ("派送中", "out_for_delivery", "bool", False),
+        ("快递100 状态", "carrier_state", "carrier_state", False),
+    ],
+    "delivered": [
+        ("签收时间", "delivered_at", "time", True),
+        ("签收人", "signer", "plain", True),
+        ("已签收包裹", "parcels_signed", "of_parcels", False),
+    ],
 }
 
 
@@ -76,11 +96,19 @@ def stage_blocks(order: Mapping, tz: str) -> list[dict]:
         facts = []
         for label, column, kind, key_fact in STAGE_FACTS[code]:
             value = fact_value(order, column, kind, tz)
-            facts.append({"label": label, "value": value or "—", "css": "missing" if done and key_fact and not value else ""})
+            facts.append(
+                {"label": label, "value": value or "—", "css": "missing" if done and key_fact and not value else ""}
+            )
         current = code == order["stage"]
-        blocks.append({"code": code, "label": STAGE_LABELS["zh"][code], "facts": facts,
-                       "css": "current" if current else ("done" if done else ""),
-                       "missing": [missing_text(m) for m in missing if MISSING_FACTS.get(m, ("",))[0] == code]})
+        blocks.append(
+            {
+                "code": code,
+                "label": STAGE_LABELS["zh"][code],
+                "facts": facts,
+                "css": "current" if current else ("done" if done else ""),
+                "missing": [missing_text(m) for m in missing if MISSING_FACTS.get(m, ("",))[0] == code],
+            }
+        )
     return blocks
 
 
@@ -117,40 +145,67 @@ def order_summary(order: Mapping, now: datetime, tz: str) -> dict:
 
 def parcel_rows(parcels: Sequence[Mapping], tz: str) -> list[dict]:
     return [
-        {"waybill_no": p["waybill_no"], "carrier": carrier_name(p.get("carrier_code"), "zh"),
-         "weight": "" if p.get("weight_kg") is None else f"{p['weight_kg']:g}",
-         "shipped_at": local_time(p.get("shipped_at"), tz),
-         "state": "" if p.get("carrier_state") is None else f"{p['carrier_state']} {kuaidi100.label(int(p['carrier_state']))}",
-         "signed": "是" if p.get("is_signed") else "否", "signer": p.get("signer") or "",
-         "signed_at": local_time(p.get("signed_at"), tz),
-         "latest": p.get("latest_event_context") or "", "latest_at": local_time(p.get("latest_event_at"), tz)}
+        {
+            "waybill_no": p["waybill_no"],
+            "carrier": carrier_name(p.get("carrier_code"), "zh"),
+            "weight": "" if p.get("weight_kg") is None else f"{p['weight_kg']:g}",
+            "shipped_at": local_time(p.get("shipped_at"), tz),
+            "state": ""
+            if p.get("carrier_state") is None
+            else f"{p['carrier_state']} {kuaidi100.label(int(p['carrier_state']))}",
+            "signed": "是" if p.get("is_signed") else "否",
+            "signer": p.get("signer") or "",
+            "signed_at": local_time(p.get("signed_at"), tz),
+            "latest": p.get("latest_event_context") or "",
+            "latest_at": local_time(p.get("latest_event_at"), tz),
+        }
         for p in parcels
     ]
 
 
 def event_rows(events: Sequence[Mapping], tz: str) -> list[dict]:
     ordered = sorted(events, key=lambda e: as_utc(e["event_at"]), reverse=True)
-    return [{"time": local_time(e["event_at"], tz), "waybill_no": e.get("waybill_no") or "", "area": e.get("area") or "",
-             "context": e.get("context") or ""} for e in ordered]
+    return [
+        {
+            "time": local_time(e["event_at"], tz),
+            "waybill_no": e.get("waybill_no") or "",
+            "area": e.get("area") or "",
+            "context": e.get("context") or "",
+        }
+        for e in ordered
+    ]
 
 
 def alert_rows(alerts: Sequence[Mapping], tz: str) -> list[dict]:
     return [
-        {"rule": a["rule_id"], "severity": a["severity"], "message": a["message"], "entity": a.get("entity_key") or "",
-         "order_no": a.get("order_no") or "", "first_seen": local_time(a.get("first_seen"), tz),
-         "last_seen": local_time(a.get("last_seen"), tz), "notified_at": local_time(a.get("notified_at"), tz),
-         "escalation": a.get("escalation_level") or 0,
-         "state": "未处理" if a.get("resolved_at") is None else f"已解决 {local_time(a['resolved_at'], tz)}"}
+        {
+            "rule": a["rule_id"],
+            "severity": a["severity"],
+            "message": a["message"],
+            "entity": a.get("entity_key") or "",
+            "order_no": a.get("order_no") or "",
+            "first_seen": local_time(a.get("first_seen"), tz),
+            "last_seen": local_time(a.get("last_seen"), tz),
+            "notified_at": local_time(a.get("notified_at"), tz),
+            "escalation": a.get("escalation_level") or 0,
+            "state": "未处理" if a.get("resolved_at") is None else f"已解决 {local_time(a['resolved_at'], tz)}",
+        }
         for a in alerts
     ]
 
 
 def list_rows(rows: Sequence[Mapping], now: datetime, tz: str) -> list[dict]:
     return [
-        {"order_no": r["order_no"], "stage_label": stage_label(r["stage"]), "name": r.get("customer_name") or "",
-         "phone": r.get("customer_phone") or "", "ordered_at": local_time(r.get("ordered_at"), tz),
-         "waiting_for": age_text(age(r.get("waiting_since"), now)) if r.get("waiting_since") else "—",
-         "role": role_label(r.get("responsible_role")), "waybills": r.get("waybill_nos") or ""}
+        {
+            "order_no": r["order_no"],
+            "stage_label": stage_label(r["stage"]),
+            "name": r.get("customer_name") or "",
+            "phone": r.get("customer_phone") or "",
+            "ordered_at": local_time(r.get("ordered_at"), tz),
+            "waiting_for": age_text(age(r.get("waiting_since"), now)) if r.get("waiting_since") else "—",
+            "role": role_label(r.get("responsible_role")),
+            "waybills": r.get("waybill_nos") or "",
+        }
         for r in rows
     ]
 
@@ -159,9 +214,16 @@ def stage_bars(counts: Mapping[str, int]) -> list[dict]:
     """One bar per stage, widths relative to the largest stage (a CSS bar chart)."""
     codes = [*STAGES, *OFF_PATH, *sorted(set(counts) - set(STAGES) - set(OFF_PATH))]
     top = max(counts.values(), default=0) or 1
-    return [{"code": c, "label": stage_label(c), "count": counts.get(c, 0), "pct": round(100 * counts.get(c, 0) / top),
-             "css": "off" if c in OFF_PATH else ""}
-            for c in codes]
+    return [
+        {
+            "code": c,
+            "label": stage_label(c),
+            "count": counts.get(c, 0),
+            "pct": round(100 * counts.get(c, 0) / top),
+            "css": "off" if c in OFF_PATH else "",
+        }
+        for c in codes
+    ]
 
 
 def oldest_by_role(rows: Sequence[Mapping], now: datetime, tz: str, per_role: int = 5) -> list[dict]:
@@ -171,11 +233,22 @@ def oldest_by_role(rows: Sequence[Mapping], now: datetime, tz: str, per_role: in
     out = []
     for role in sorted(groups):
         oldest = sorted(groups[role], key=lambda r: as_utc(r["waiting_since"]))[:per_role]
-        out.append({"role": role_label(role), "role_code": role, "orders": [
-            {"order_no": r["order_no"], "stage_label": stage_label(r["stage"]),
-             "waiting_since": local_time(r["waiting_since"], tz), "waiting_for": age_text(age(r["waiting_since"], now)),
-             "missing": "、".join(missing_list(r))}
-            for r in oldest]})
+        out.append(
+            {
+                "role": role_label(role),
+                "role_code": role,
+                "orders": [
+                    {
+                        "order_no": r["order_no"],
+                        "stage_label": stage_label(r["stage"]),
+                        "waiting_since": local_time(r["waiting_since"], tz),
+                        "waiting_for": age_text(age(r["waiting_since"], now)),
+                        "missing": "、".join(missing_list(r)),
+                    }
+                    for r in oldest
+                ],
+            }
+        )
     return out
 
 
@@ -183,7 +256,13 @@ def freshness_rows(rows: Sequence[Mapping], now: datetime, tz: str) -> list[dict
     out = []
     for r in rows:
         mark = as_utc(r["value"])
-        out.append({"source": r["key"].removeprefix("watermark:"), "watermark": local_time(mark, tz) or r["value"],
-                    "age": age_text(now - mark) if mark else "—", "hours": (now - mark).total_seconds() / 3600 if mark else None,
-                    "checked": local_time(r.get("updated_at"), tz)})
+        out.append(
+            {
+                "source": r["key"].removeprefix("watermark:"),
+                "watermark": local_time(mark, tz) or r["value"],
+                "age": age_text(now - mark) if mark else "—",
+                "hours": (now - mark).total_seconds() / 3600 if mark else None,
+                "checked": local_time(r.get("updated_at"), tz),
+            }
+        )
     return out

@@ -20,7 +20,7 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
-                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
 }
 
 
@@ -34,12 +34,22 @@ class Pages:
             lstrip_blocks=True,
         )
 
-    def html(self, template: str, context: Mapping, status: int = 200, headers: Mapping[str, str] | None = None) -> HTMLResponse:
+    def html(
+        self, template: str, context: Mapping, status: int = 200, headers: Mapping[str, str] | None = None
+    ) -> HTMLResponse:
         body = self.env.get_template(template).render({"lang": "zh", **context})
         return HTMLResponse(body, status_code=status, headers={**SECURITY_HEADERS, **(headers or {})})
 
-    def error(self, status: int, lang: str = "zh", *, headers: Mapping[str, str] | None = None,
-              contact: str | None = None, wording: str | None = None, **values) -> HTMLResponse:
+    def error(
+        self,
+        status: int,
+        lang: str = "zh",
+        *,
+        headers: Mapping[str, str] | None = None,
+        contact: str | None = None,
+        wording: str | None = None,
+        **values,
+    ) -> HTMLResponse:
         """An error page; `wording` picks a more specific text than the status's own."""
         title, message = ERRORS[lang].get(wording or status) or ERRORS[lang][500]
         context = {

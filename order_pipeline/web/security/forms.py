@@ -32,7 +32,9 @@ def parse_urlencoded(body: bytes) -> dict[str, str]:
 
 
 def parse_multipart(content_type: str, body: bytes) -> dict[str, str]:
-    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
     if not message.is_multipart():
         raise FormError("malformed multipart body")
     form: dict[str, str] = {}

@@ -79,5 +79,5 @@ class RateLimiter:
     def _forget_full(self, now: float) -> None:
         self.buckets = {k: b for k, b in self.buckets.items() if not is_full(b, now, self.rate)}
         if len(self.buckets) > self.max_keys:  # still too many: keep the most recent half
-            recent = sorted(self.buckets.items(), key=lambda kv: kv[1].at)[len(self.buckets) // 2:]
+            recent = sorted(self.buckets.items(), key=lambda kv: kv[1].at)[len(self.buckets) // 2 :]
             self.buckets = dict(recent)

@@ -48,8 +48,11 @@ def new_nonce() -> str:
 
 
 def sign_session(session: Session, secret: bytes) -> str:
-    payload = _b64(json.dumps({"u": session.username, "exp": session.expires, "n": session.nonce},
-                              separators=(",", ":")).encode("utf-8"))
+    payload = _b64(
+        json.dumps({"u": session.username, "exp": session.expires, "n": session.nonce}, separators=(",", ":")).encode(
+            "utf-8"
+        )
+    )
     return f"{payload}.{_mac(secret, _SESSION, payload)}"
 
 
