@@ -62,7 +62,7 @@ def _extract(name: str, now: datetime, full: bool) -> tuple[str, float]:
     from order_pipeline.pipeline.loading import load_source
     from order_pipeline.warehouse.engine import Warehouse
 
-    config = load_config(CONFIG_PATH, check_sources=False)
+    config = load_config(CONFIG_PATH)
     sc = config.sources[name]
     engine = Warehouse(config.warehouse_url.resolve()).engine
     source = sa.create_engine(sc.url.resolve())
@@ -132,7 +132,7 @@ def _read_one(name: str) -> int:
     from order_pipeline.contract.config import load_config
     from order_pipeline.pipeline.loading import read_source
 
-    sc = load_config(CONFIG_PATH, check_sources=False).sources[name]
+    sc = load_config(CONFIG_PATH).sources[name]
     return len(read_source(sa.create_engine(sc.url.resolve()), sc))
 
 
@@ -218,7 +218,7 @@ def child(step: str, config_path: str) -> None:
 
     global CONFIG_PATH
     CONFIG_PATH = config_path
-    config = load_config(config_path, check_sources=False)
+    config = load_config(config_path)
     wh = Warehouse(config.warehouse_url.resolve())
     wh.create_schema()
     wh.engine.dispose()  # no pooled connection may cross into the forked workers
@@ -340,7 +340,7 @@ def land_carrier_feed(config_path: Path, carrier_db: Path) -> float:
     from order_pipeline.warehouse.engine import Warehouse, insert_frame, rebuilding
 
     started = time.perf_counter()
-    config = load_config(config_path, check_sources=False)
+    config = load_config(config_path)
     wh = Warehouse(config.warehouse_url.resolve())
     wh.create_schema()
     with sqlite3.connect(carrier_db) as src:

@@ -222,6 +222,7 @@ def idle_tick(alerting: Alerting, config: Config, url: str) -> None:
     """An alert-sensor tick with nothing to do: the snapshot did not change and nothing is due."""
     import dagster as dg
 
+    from resources.alerting import AlertingResource
     from resources.warehouse import PipelineClock, WarehouseResource
     from sensors.alerts import AlertCursor, alert_sensor
 
@@ -234,7 +235,10 @@ def idle_tick(alerting: Alerting, config: Config, url: str) -> None:
             ctx = dg.build_sensor_context(
                 instance=instance,
                 cursor=cursor,
-                resources={"warehouse": WarehouseResource(url=url), "clock": PipelineClock(now_iso=now.isoformat())},
+                resources={
+                    "clock": PipelineClock(now_at=now.isoformat()),
+                    "alerting": AlertingResource(warehouse=WarehouseResource(url=url)),
+                },
             )
             started = time.perf_counter()
             data = sensor.evaluate_tick(ctx)
@@ -256,9 +260,11 @@ def main() -> None:
         try:
             bench("SQLite", f"sqlite:///{folder / 'warehouse.db'}", args.orders)
         finally:
-            from sensors import runtime
+            from resources.alerting import AlertingResource
+            from resources.warehouse import WarehouseResource
 
-            runtime.forget()
+            AlertingResource.forget()
+            WarehouseResource.dispose_all()
             shutil.rmtree(folder, ignore_errors=True)
     if args.only != "sqlite":
         admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
@@ -272,9 +278,11 @@ def main() -> None:
                 args.orders,
             )
         finally:
-            from sensors import runtime
+            from resources.alerting import AlertingResource
+            from resources.warehouse import WarehouseResource
 
-            runtime.forget()
+            AlertingResource.forget()
+            WarehouseResource.dispose_all()
             with admin.connect() as conn:
                 conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             admin.dispose()

@@ -13,23 +13,23 @@ import pandas as pd
 
 from order_pipeline.contract.config import CONFIG_ENV, Config, ConfigError, load_config
 from order_pipeline.demo.company import DEMO_KEY, DEMO_KEY_ENV, MIN_DAYS, MIN_ORDERS
+from order_pipeline.domain.times import parse_instant
 
 
 def _now(value: str | None) -> datetime:
     if not value:
         return datetime.now(UTC).replace(microsecond=0)
     try:
-        ts = pd.Timestamp(value)
+        return parse_instant(value, "Asia/Shanghai")
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a time; write e.g. 2026-11-25T10:00:00+08:00") from None
-    return (ts.tz_localize("Asia/Shanghai") if ts.tzinfo is None else ts).tz_convert("UTC").to_pydatetime()
 
 
-def _config(path: str | None, check_sources: bool = True) -> Config:
+def _config(path: str | None) -> Config:
     # The demo config names this variable for the sandbox's key; a real config names its own.
     os.environ.setdefault(DEMO_KEY_ENV, DEMO_KEY)
     try:
-        return load_config(path, check_sources=check_sources)
+        return load_config(path)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
 
@@ -52,10 +52,11 @@ def _run(config: Config, now: datetime | None, full_refresh: bool) -> None:
 
 def _dispatch(config: Config, now: datetime, *, show: int = 5) -> None:
     """Evaluate every rule and freshness SLA, send what is due, and print it grouped by recipient."""
-    from order_pipeline.definitions import alert_runtime
-    from order_pipeline.warehouse.engine import Warehouse
+    from resources.alerting import CLI_RETRIES, AlertingResource
+    from resources.warehouse import WarehouseResource
 
-    alerting, dispatcher = alert_runtime(config, Warehouse(config.warehouse_url.resolve()).engine)
+    warehouse = WarehouseResource(url=config.warehouse_url.resolve() or "")
+    alerting, dispatcher = AlertingResource(warehouse=warehouse, retries=CLI_RETRIES).runtime(config)
     ev = alerting.evaluate(now)
     drained = dispatcher.drain(now)
     click.echo("")
@@ -208,6 +209,22 @@ def alerts(config_path: str | None, now: str | None, show_all: bool, rule_ids: t
 
 @main.command()
 @config_option
+def check(config_path: str | None) -> None:
+    """Check that each source, the warehouse, the carrier endpoint and each channel can be reached."""
+    from order_pipeline.reachability import check_all
+
+    config = _config(config_path)
+    click.echo(f"Checking {config.path}")
+    failing = 0
+    for reach in check_all(config):
+        failing += not reach.ok
+        click.echo(f"  {'ok  ' if reach.ok else 'FAIL'}  {reach.part:<28} {reach.detail}")
+    if failing:
+        raise click.ClickException(f"{failing} part(s) cannot be reached")
+
+
+@main.command()
+@config_option
 @click.option("--port", default=3000, show_default=True)
 def ui(config_path: str | None, port: int) -> None:
     """Start `dagster dev` (webserver + daemon) on this config."""
@@ -239,7 +256,7 @@ def serve(config_path: str | None, host: str, port: int) -> None:
     """Serve the customer tracking page and the ops board (reads the published tables)."""
     from order_pipeline.web.server import serve as serve_web
 
-    config = _config(config_path, check_sources=False)  # the pages read the warehouse, never the sources
+    config = _config(config_path)
     _web_settings(config)  # fail on a bad `web:` section before binding the port
     serve_web(config, host=host, port=port)
 
@@ -252,7 +269,7 @@ def link(config_path: str | None, now: str | None, order_no: str) -> None:
     """Print a signed, expiring tracking link for ORDER_NO."""
     from order_pipeline.domain.links import customer_link
 
-    config = _config(config_path, check_sources=False)
+    config = _config(config_path)
     click.echo(customer_link(_web_settings(config), order_no, _now(now)))
 
 

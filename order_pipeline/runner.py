@@ -10,7 +10,8 @@ from pathlib import Path
 import dagster as dg
 
 from order_pipeline.contract.config import Config
-from order_pipeline.definitions import NOW_ENV, PIPELINE_JOB, build_definitions
+from order_pipeline.contract.schema import raw_table_name
+from order_pipeline.definitions import PIPELINE_JOB, build_definitions
 
 DAGSTER_HOME = "DAGSTER_HOME"
 # Assets that take `full_refresh` from run config (see assets.common.LoadConfig).
@@ -35,7 +36,7 @@ def dagster_instance(config: Config) -> dg.DagsterInstance:
 def run_config(config: Config, full_refresh: bool) -> dict:
     if not full_refresh:
         return {}
-    ops = [f"raw_{name}" for name in config.sources] + list(FULL_REFRESH_OPS)
+    ops = [raw_table_name(name) for name in config.sources] + list(FULL_REFRESH_OPS)
     return {"ops": {op: {"config": {"full_refresh": True}} for op in ops}}
 
 
@@ -47,9 +48,7 @@ def run_pipeline(
     full_refresh: bool = False,
     on_step: Callable[[str, float], None] | None = None,
 ) -> RunOutcome:
-    if now:
-        os.environ[NOW_ENV] = now
-    job = build_definitions(config).resolve_job_def(PIPELINE_JOB)
+    job = build_definitions(config, now=now).resolve_job_def(PIPELINE_JOB)
     result = job.execute_in_process(
         instance=instance, run_config=run_config(config, full_refresh), raise_on_error=False
     )

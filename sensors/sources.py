@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from assets.common import raw_asset_key
 from order_pipeline.contract.canonical import SOURCE_ENTITIES
 from order_pipeline.contract.config import SourceConfig
-from sensors.runtime import source_engine
+from resources.warehouse import SourceDatabases
 
 INTERVAL_SECONDS = 30
 
@@ -23,10 +23,9 @@ def sensor_name(entity: str) -> str:
     return f"{entity}_source_changed"
 
 
-def newest_update(sc: SourceConfig) -> str | None:
+def newest_update(engine: sa.Engine, sc: SourceConfig) -> str | None:
     """The source's newest value of its watermark column, as text (None: the source is empty)."""
     entity = SOURCE_ENTITIES[sc.entity]
-    engine = source_engine(sc)
     column = engine.dialect.identifier_preparer.quote(sc.columns[entity.watermark])
     with engine.connect() as conn:
         value = conn.execute(sa.text(f"SELECT MAX({column}) FROM {sc.selectable()}")).scalar()
@@ -53,8 +52,8 @@ def source_change_sensor(
             f"{', '.join(k.to_user_string() for k in keys)} when it moved."
         ),
     )
-    def _sensor(context: dg.SensorEvaluationContext):
-        newest = newest_update(sc)
+    def _sensor(context: dg.SensorEvaluationContext, sources: SourceDatabases):
+        newest = newest_update(sources.engine(sc.entity), sc)
         if newest is None:
             return dg.SkipReason(f"the {sc.entity} source has no rows yet")
         if newest == context.cursor:

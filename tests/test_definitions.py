@@ -13,11 +13,11 @@ from order_pipeline import definitions
 from order_pipeline.cli import main
 from order_pipeline.contract.config import CONFIG_ENV, ConfigError, load_config
 from order_pipeline.contract.schema import alert_outbox, order_alerts
-from order_pipeline.definitions import NOW_ENV, alert_runtime, build_definitions
+from order_pipeline.definitions import build_definitions
 from order_pipeline.runner import run_pipeline
 from order_pipeline.warehouse.engine import Warehouse
-from sensors import runtime
-from sensors.runtime import CLI_RETRIES
+from resources.alerting import CLI_RETRIES, AlertingResource
+from resources.warehouse import WarehouseResource
 
 RULES = ("paid_not_locked", "stock_below_safety", "stuck_parcel", "promise_due_not_shipped")
 
@@ -25,7 +25,8 @@ RULES = ("paid_not_locked", "stock_below_safety", "stuck_parcel", "promise_due_n
 @pytest.fixture(autouse=True)
 def fresh_runtime():
     yield
-    runtime.forget()
+    AlertingResource.forget()
+    WarehouseResource.dispose_all()
 
 
 @pytest.fixture
@@ -46,7 +47,6 @@ def test_the_demo_definitions_load_and_validate(config, monkeypatch):
         "shipments_source_changed",
         "carrier_push_received",
         "follow_sources",
-        "raw_asset_freshness_checks",
         "alert_dispatch",
         "run_failure_alerts",
     } <= sensors
@@ -62,14 +62,9 @@ def test_the_demo_definitions_load_and_validate(config, monkeypatch):
 
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert {("unified_orders", f"sla_{rule}") for rule in RULES} <= checks
-    assert {
-        ("raw_orders", "freshness_check"),
-        ("raw_shipments", "freshness_check"),
-        ("raw_payments", "freshness_check"),
-        ("raw_inventory", "freshness_check"),
-        ("raw_reservations", "freshness_check"),
-        ("raw_tracking", "freshness_check"),
-    } <= checks
+    assert not any(name == "freshness_check" for _, name in checks)  # one mechanism: the policies below
+    for key in ("raw_orders", "raw_shipments", "raw_payments", "raw_inventory", "raw_reservations", "raw_tracking"):
+        assert graph.get(dg.AssetKey(key)).freshness_policy is not None, key
 
     # What `dagster dev` and `dagster definitions validate` load: the module's lazy `defs`.
     monkeypatch.setenv(CONFIG_ENV, str(config.path))
@@ -94,9 +89,8 @@ def test_a_bad_channel_fails_when_the_definitions_load(config, monkeypatch):
 
 
 def test_the_demo_raises_each_rule_as_a_check_and_as_an_alert(config, monkeypatch):
-    monkeypatch.setenv(NOW_ENV, NOW.isoformat())
     with dg.instance_for_test() as instance:
-        outcome = run_pipeline(config, instance, full_refresh=True)
+        outcome = run_pipeline(config, instance, now=NOW.isoformat(), full_refresh=True)
         assert outcome.success, outcome.failures
         keys = [dg.AssetCheckKey(dg.AssetKey("unified_orders"), f"sla_{rule}") for rule in RULES]
         records = instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
@@ -104,10 +98,12 @@ def test_the_demo_raises_each_rule_as_a_check_and_as_an_alert(config, monkeypatc
             evaluation = records[key].event.dagster_event.event_specific_data
             assert evaluation.passed is False, key.name  # the demo breaks every rule
             assert evaluation.metadata["offending"].value >= 1
-            assert "|" in evaluation.metadata["first_offending"].value  # a table of the offending orders
+            first = evaluation.metadata["first_offending"].value.records[0].data  # a table of the offenders
+            assert ("order_no" if key.name != "sla_stock_below_safety" else "sku") in first
 
-    engine = Warehouse(config.warehouse_url.resolve()).engine
-    alerting, dispatcher = alert_runtime(config, engine)
+    warehouse = WarehouseResource(url=config.warehouse_url.resolve())
+    engine = warehouse.engine
+    alerting, dispatcher = AlertingResource(warehouse=warehouse, retries=CLI_RETRIES).runtime(config)
     assert dispatcher.retries == CLI_RETRIES > 0  # no later tick retries for `order-pipeline run`
     ev = alerting.evaluate(NOW)
     assert all(ev.breaching[rule] >= 1 for rule in RULES), ev.breaching

@@ -20,6 +20,7 @@ import uvicorn
 from order_pipeline.carrier import protocol as kuaidi100
 from order_pipeline.carrier import sandbox as carrier_sandbox
 from order_pipeline.carrier.protocol import Kuaidi100Error
+from order_pipeline.domain import carrier_states
 from resources.carrier import Kuaidi100Client
 
 CUSTOMER, KEY, SALT = "CUST0001", "key-abc", "salt-xyz"
@@ -151,21 +152,21 @@ def test_request_carries_the_exact_form_signed_over_the_sent_param():
     ],
 )
 def test_state_category_and_label(state: int, category: str, label: str):
-    assert kuaidi100.category(state) == category
-    assert kuaidi100.label(state) == label
+    assert carrier_states.category(state) == category
+    assert carrier_states.label(state) == label
 
 
 def test_every_basic_state_is_mapped():
-    assert set(kuaidi100.STATE_CATEGORY) == set(range(15)) - {9}
-    assert set(kuaidi100.STATE_CATEGORY) <= set(kuaidi100.STATE_LABEL)
+    assert set(carrier_states.STATE_CATEGORY) == set(range(15)) - {9}
+    assert set(carrier_states.STATE_CATEGORY) <= set(carrier_states.STATE_LABEL)
 
 
 def test_exception_reason():
-    assert kuaidi100.exception_reason(2, "地址不详") == "疑难: 地址不详"
-    assert kuaidi100.exception_reason(14, None) == "拒签"
-    assert kuaidi100.exception_reason(204, "联系不上收件人") == "派件异常: 联系不上收件人"
-    assert kuaidi100.exception_reason(3, "已签收") is None
-    assert kuaidi100.exception_reason(99, "?") is None
+    assert carrier_states.exception_reason(2, "地址不详") == "疑难: 地址不详"
+    assert carrier_states.exception_reason(14, None) == "拒签"
+    assert carrier_states.exception_reason(204, "联系不上收件人") == "派件异常: 联系不上收件人"
+    assert carrier_states.exception_reason(3, "已签收") is None
+    assert carrier_states.exception_reason(99, "?") is None
 
 
 def test_answer_keeps_state_number_and_out_for_delivery():

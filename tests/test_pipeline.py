@@ -26,11 +26,11 @@ from order_pipeline.contract.schema import (
     raw_tracking_events,
     unified_orders,
 )
-from order_pipeline.definitions import NOW_ENV
 from order_pipeline.pipeline.publish import publish
 from order_pipeline.pipeline.unify import unify
 from order_pipeline.runner import run_pipeline
-from order_pipeline.warehouse.engine import Warehouse, utc
+from order_pipeline.domain.times import utc
+from order_pipeline.warehouse.engine import Warehouse
 
 
 def local(ts) -> str:
@@ -39,8 +39,7 @@ def local(ts) -> str:
 
 
 def run(config, monkeypatch, now=NOW, full=False, instance=None):
-    monkeypatch.setenv(NOW_ENV, now.isoformat())
-    outcome = run_pipeline(config, instance or dg.DagsterInstance.ephemeral(), full_refresh=full)
+    outcome = run_pipeline(config, instance or dg.DagsterInstance.ephemeral(), now=now.isoformat(), full_refresh=full)
     assert outcome.success, outcome.failures
     return outcome
 

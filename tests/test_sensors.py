@@ -29,8 +29,9 @@ from order_pipeline.contract.schema import (
     raw_tracking,
 )
 from order_pipeline.warehouse.engine import Warehouse
-from resources.warehouse import PipelineClock, WarehouseResource
-from sensors import runtime
+from order_pipeline.sources import engines as source_engines
+from resources.alerting import AlertingResource
+from resources.warehouse import PipelineClock, SourceConnection, SourceDatabases, WarehouseResource
 from sensors.alerts import AlertCursor, alert_sensor, run_failure_sensor, run_success_sensor
 from sensors.carrier import carrier_push_sensor, poll_cron
 from sensors.sources import source_change_sensor
@@ -41,7 +42,9 @@ M = timedelta(minutes=1)
 @pytest.fixture(autouse=True)
 def fresh_runtime():
     yield
-    runtime.forget()
+    AlertingResource.forget()
+    WarehouseResource.dispose_all()
+    source_engines.dispose_all()
 
 
 @pytest.fixture
@@ -59,7 +62,12 @@ def instance():
 
 
 def resources(url: str, now: datetime) -> dict:
-    return {"warehouse": WarehouseResource(url=url), "clock": PipelineClock(now_iso=now.isoformat())}
+    warehouse = WarehouseResource(url=url)
+    return {
+        "warehouse": warehouse,
+        "clock": PipelineClock(now_at=now.isoformat()),
+        "alerting": AlertingResource(warehouse=warehouse),
+    }
 
 
 # --- source-change sensors ----------------------------------------------------------------------------
@@ -90,9 +98,12 @@ def orders_source(path, query: bool = False) -> SourceConfig:
 def test_source_sensor_requests_a_load_only_when_the_watermark_moves(tmp_path, instance, query):
     path = erp(tmp_path)
     sensor = source_change_sensor(orders_source(path, query), followers=["order_lines"])
+    sources = SourceDatabases(sources={"orders": SourceConnection(url=f"sqlite:///{path}")})
 
     def tick(cursor):
-        return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor))
+        return sensor.evaluate_tick(
+            dg.build_sensor_context(instance=instance, cursor=cursor, resources={"sources": sources})
+        )
 
     empty = tick(None)
     assert not empty.run_requests and "no rows yet" in empty.skip_message
@@ -126,8 +137,10 @@ class Ticks:
         self.sensor, self.instance, self.url, self.cursor = sensor, instance, url, None
 
     def __call__(self, now: datetime):
-        ctx = dg.build_sensor_context(instance=self.instance, cursor=self.cursor, resources=resources(self.url, now))
-        data = self.sensor.evaluate_tick(ctx)
+        with dg.build_sensor_context(
+            instance=self.instance, cursor=self.cursor, resources=resources(self.url, now)
+        ) as ctx:  # the alerting resource holds the warehouse's: a nested resource is opened in a context
+            data = self.sensor.evaluate_tick(ctx)
         self.cursor = data.cursor
         return data
 
@@ -217,7 +230,7 @@ def test_an_idle_tick_reads_one_row_and_neither_evaluates_nor_sends(ticks, engin
     calls, statements = [], []
     monkeypatch.setattr(Alerting, "evaluate", lambda self, now: calls.append(("evaluate", now)))
     monkeypatch.setattr(Dispatcher, "drain", lambda self, now: calls.append(("drain", now)))
-    sensor_engine = runtime.warehouse_engine(ticks.url)  # the engine the ticks share
+    sensor_engine = WarehouseResource(url=ticks.url).engine  # the engine the ticks share
 
     def executed(conn, dbapi_cursor, statement, *args):
         statements.append(statement)
@@ -240,7 +253,7 @@ def test_a_channel_that_times_out_gets_one_attempt_per_tick_and_no_sleep(tmp_pat
     url = str(engine.url)
     alerts = {**GROUPS["alerts"], "groups": {**GROUPS["alerts"]["groups"], "warehouse": {"channels": ["wecom_wh"]}}}
     config = make_config(tmp_path, url, channels={**GROUPS["channels"], "wecom_wh": {"type": "outbox"}}, alerts=alerts)
-    _, dispatcher = runtime.alerting_runtime(config, url)  # the runtime the sensor's ticks use
+    _, dispatcher = AlertingResource(warehouse=WarehouseResource(url=url)).runtime(config)  # what the ticks use
     slept: list[float] = []
     dispatcher.sleep = slept.append
     down, posts = {"on": True}, []
@@ -283,9 +296,10 @@ def test_a_postgresql_source_url_gets_the_installed_driver():
         {"order_no": "FBillNo", "updated_at": "FModifyDate"},
         TZ,
     )
-    engine = runtime.source_engine(sc)  # connects lazily: nothing reaches erp-db here
+    sources = SourceDatabases(sources={"orders": SourceConnection(url=sc.url.resolve() or "")})
+    engine = sources.engine("orders")  # connects lazily: nothing reaches erp-db here
     assert (engine.dialect.name, engine.dialect.driver) == ("postgresql", "psycopg2")
-    assert runtime.source_engine(sc) is engine
+    assert sources.engine("orders") is engine
 
 
 # --- run failures -------------------------------------------------------------------------------------
@@ -312,7 +326,8 @@ def test_a_failed_run_alerts_the_data_team_and_a_success_resolves_it(tmp_path, e
         )
 
     failed = dg.materialize([raw_orders], instance=instance, raise_on_error=False)
-    run_failure_sensor(config)(status_context(failed, dg.DagsterEventType.RUN_FAILURE).for_run_failure())
+    with status_context(failed, dg.DagsterEventType.RUN_FAILURE) as context:
+        run_failure_sensor(config)(context.for_run_failure())
     sent = outbox(engine)
     assert sent["channel"].tolist() == ["data_box"]
     assert "cannot reach the ERP database" in sent["body"].iloc[0]
@@ -321,7 +336,8 @@ def test_a_failed_run_alerts_the_data_team_and_a_success_resolves_it(tmp_path, e
 
     healthy["ok"] = True
     ok = dg.materialize([raw_orders], instance=instance)
-    run_success_sensor(config)(status_context(ok, dg.DagsterEventType.RUN_SUCCESS))
+    with status_context(ok, dg.DagsterEventType.RUN_SUCCESS) as context:
+        run_success_sensor(config)(context)
     assert alert(engine, "run_failure", failed.job_def.name)["resolved_at"] is not None
 
 

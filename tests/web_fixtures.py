@@ -80,7 +80,7 @@ class WebWorld:
     env: dict[str, str] = field(default_factory=dict)
 
     def config(self):
-        return load_config(self.config_path, check_sources=False)
+        return load_config(self.config_path)
 
 
 def source_sections(folder: Path) -> dict:

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from order_pipeline.alerts.settings import CARRIER, SourceSla
 from order_pipeline.carrier.store import due_waybills
 from order_pipeline.contract.schema import pipeline_state, raw_tracking
-from order_pipeline.warehouse.engine import utc
+from order_pipeline.domain.times import utc
 
 
 @dataclass(frozen=True)

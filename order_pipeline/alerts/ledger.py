@@ -39,7 +39,8 @@ import sqlalchemy as sa
 from order_pipeline.alerts.messages import MessageText, resolved_message
 from order_pipeline.alerts.rules import fetch_frame
 from order_pipeline.contract.schema import alert_deliveries, alert_queue, metadata, order_alerts
-from order_pipeline.warehouse.engine import insert_frame, read_frame, utc
+from order_pipeline.domain.times import utc
+from order_pipeline.warehouse.engine import insert_frame, read_frame
 
 log = logging.getLogger(__name__)
 

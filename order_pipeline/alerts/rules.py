@@ -51,7 +51,7 @@ import yaml
 from order_pipeline.contract.config import ConfigError, SectionParser
 from order_pipeline.contract.schema import RAW_TABLES, order_tracking_snapshot
 from order_pipeline.domain.stages import STAGE_LABELS
-from order_pipeline.warehouse.engine import utc
+from order_pipeline.domain.times import utc
 
 SCOPES = ("order", "sku")
 SEVERITIES = ("info", "warning", "critical")

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from order_pipeline.alerts.rules import Rule, parse_rules, with_defaults
+from order_pipeline.contract.schema import raw_table_name
 from order_pipeline.contract.canonical import SOURCE_ENTITIES
 from order_pipeline.contract.config import Config, SectionParser
 from order_pipeline.contract.roles import ROLE_LABELS
@@ -90,7 +91,7 @@ class SourceSla:
 
     @property
     def asset_key(self) -> str:
-        return "raw_tracking" if self.source == CARRIER else f"raw_{self.source}"
+        return raw_table_name("tracking" if self.source == CARRIER else self.source)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,11 @@ def stored_in_key_order(table: sa.Table) -> bool:
     return table.dialect_options["sqlite"]["with_rowid"] is False
 
 
+def raw_table_name(entity: str) -> str:
+    """Where a source entity (or the carrier's `tracking`) lands: `raw_orders`, `raw_tracking`, ..."""
+    return f"raw_{entity}"
+
+
 def _raw_table(entity: Entity) -> sa.Table:
     cols = [
         sa.Column(c.name, _TYPES[c.kind], primary_key=c.name in entity.key, nullable=c.name in entity.key or c.nullable)
@@ -46,16 +51,16 @@ def _raw_table(entity: Entity) -> sa.Table:
     cols.append(sa.Column(BATCH, sa.BigInteger, nullable=False, index=True))
     extra = []
     if "order_no" in entity.column_names and entity.key != ("order_no",):
-        extra.append(sa.Index(f"ix_raw_{entity.name}_order_no", "order_no"))
+        extra.append(sa.Index(f"ix_{raw_table_name(entity.name)}_order_no", "order_no"))
     options = WAYBILL_ORDER if entity.key == ("waybill_no",) else {}
-    return sa.Table(f"raw_{entity.name}", metadata, *cols, *extra, **options)
+    return sa.Table(raw_table_name(entity.name), metadata, *cols, *extra, **options)
 
 
 RAW_TABLES: dict[str, sa.Table] = {name: _raw_table(e) for name, e in SOURCE_ENTITIES.items()}
 
 # Carrier state per waybill, as last answered by Kuaidi100 (poll or push).
 raw_tracking = sa.Table(
-    "raw_tracking",
+    raw_table_name("tracking"),
     metadata,
     sa.Column("waybill_no", sa.Text, primary_key=True),
     sa.Column("carrier_code", sa.Text),

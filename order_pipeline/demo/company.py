@@ -38,7 +38,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from order_pipeline.carrier import protocol as kuaidi100
+from order_pipeline.domain import carrier_states
 from order_pipeline.carrier import sandbox as carrier_sandbox
 
 TIMEZONE = "Asia/Shanghai"
@@ -889,7 +889,7 @@ def _event_rows(p: pd.DataFrame, dest: np.ndarray, district: np.ndarray) -> Iter
     for kd in np.unique(kind):
         m = kind == kd
         context[m], area[m] = _event_text(int(kd), {name: v[m] for name, v in where.items()})
-        status[m] = kuaidi100.STATE_LABEL[int(-kd if kd < 0 else EVENTS_TO_STATE[kd])]
+        status[m] = carrier_states.STATE_LABEL[int(-kd if kd < 0 else EVENTS_TO_STATE[kd])]
     return zip(
         p["waybill"].to_numpy()[i].tolist(),
         _timestamps(time).tolist(),

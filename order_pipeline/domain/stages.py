@@ -14,7 +14,14 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 
-from order_pipeline.carrier.protocol import STATE_CATEGORY, label
+from order_pipeline.domain.carrier_states import (
+    EXCEPTION_STATES,
+    OUT_FOR_DELIVERY_STATE,
+    SIGNED_STATE,
+    TRANSIT_STATES,
+    exception_reason,
+)
+from order_pipeline.domain.times import utc_series
 
 HAPPY_PATH = ("ordered", "paid", "locked", "shipped", "in_transit", "delivered")
 STAGE_LABELS = {
@@ -72,10 +79,6 @@ MISSING_LABELS = {
     "refund": "已付款待退款",
 }
 
-EXCEPTION_STATES = frozenset(s for s, c in STATE_CATEGORY.items() if c == "exception")
-TRANSIT_STATES = frozenset(s for s, c in STATE_CATEGORY.items() if c == "in_transit")
-SIGNED_STATE = 3
-OUT_FOR_DELIVERY_STATE = 5
 AMOUNT_TOLERANCE = 0.005  # money is compared to the cent
 
 
@@ -227,8 +230,8 @@ def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
     exc = p.assign(_pos=parcels.pos)[p["exception"]].drop_duplicates("_pos", keep="last")
     out["exception_reason"] = pd.Series(  # exceptions are few: a Python loop over them is fine
         [
-            f"{label(int(st))}: {ctx if isinstance(ctx, str) else ''}"
-            for st, ctx in zip(exc["state"], exc["last_context"])
+            exception_reason(int(st), ctx if isinstance(ctx, str) else None)
+            for st, ctx in zip(exc["state"], exc["last_context"], strict=True)
         ],
         index=exc["_pos"].to_numpy(),
         dtype=object,
@@ -288,9 +291,9 @@ def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
     }
     waiting = pd.Series(pd.NaT, index=out.index, dtype="datetime64[us, UTC]")
     for s, ts in since.items():
-        waiting = waiting.mask(out["stage"].eq(s), _utc(ts))
-    out["waiting_since"] = waiting.fillna(_utc(out["ordered_at"]))
-    eta = _utc(out["shipped_at"]) + timedelta(days=transit_days)
+        waiting = waiting.mask(out["stage"].eq(s), utc_series(ts))
+    out["waiting_since"] = waiting.fillna(utc_series(out["ordered_at"]))
+    eta = utc_series(out["shipped_at"]) + timedelta(days=transit_days)
     out["eta"] = eta.where(out["stage"].isin(["shipped", "in_transit", "exception"]))
     return out
 
@@ -329,21 +332,14 @@ def _parcels(inp: OrderInputs) -> pd.DataFrame:
     p["exception"] = state.isin(EXCEPTION_STATES) & ~p["signed"]
     p["moving"] = state.isin(TRANSIT_STATES)
     p["out_for_delivery"] = state.eq(OUT_FOR_DELIVERY_STATE)
-    p["first_event_at"] = _utc(take(t, "first_event_at", at_t))
-    p["last_event_at"] = _utc(take(t, "last_event_at", at_t))
+    p["first_event_at"] = utc_series(take(t, "first_event_at", at_t))
+    p["last_event_at"] = utc_series(take(t, "last_event_at", at_t))
     p["last_context"] = take(t, "last_context", at_t)
     p["last_area"] = take(t, "last_area", at_t)
     p["signer"] = take(d, "signer", at_d)
     # A proof of delivery gives the signing time; otherwise the carrier's last event.
-    p["signed_at"] = _utc(take(d, "signed_at", at_d)).fillna(p["last_event_at"].where(p["signed"]))
+    p["signed_at"] = utc_series(take(d, "signed_at", at_d)).fillna(p["last_event_at"].where(p["signed"]))
     return p
-
-
-def _utc(values: pd.Series) -> pd.Series:
-    values = pd.to_datetime(values)
-    if values.dt.tz is None:
-        return values.dt.tz_localize("UTC")
-    return values.dt.tz_convert("UTC")
 
 
 def _join_flags(flags: dict[str, pd.Series], idx: pd.Index) -> pd.Series:

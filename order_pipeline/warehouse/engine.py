@@ -29,11 +29,6 @@ IN_CHUNK = 500  # keys per IN (...) list
 WRITE_CHUNK = 100_000  # rows handed to the driver at a time
 
 
-def utc(ts: datetime) -> datetime:
-    """An aware UTC datetime; naive values read from SQLite are UTC by convention."""
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-
-
 def driver_url(url: str) -> str:
     """SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the installed driver is psycopg2."""
     return (

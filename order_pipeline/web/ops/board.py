@@ -27,7 +27,7 @@ from order_pipeline.web.ops.view import (
 )
 from order_pipeline.web.rendering.i18n import OFF_PATH, STAGES
 from order_pipeline.web.rendering.pages import SECURITY_HEADERS
-from order_pipeline.web.rendering.timefmt import local_time
+from order_pipeline.domain.times import local_time
 from order_pipeline.web.security.sessions import Session
 
 OVERVIEW_TTL_SECONDS = 30  # counting a million snapshot rows is not done on every refresh

@@ -16,7 +16,7 @@ from order_pipeline.web.ops import queries
 from order_pipeline.web.ops.auth import checked_form, staff_access, staff_only
 from order_pipeline.web.ops.page import ops_context
 from order_pipeline.web.ops.view import alert_rows, event_rows, list_rows, order_summary, parcel_rows, stage_blocks
-from order_pipeline.web.rendering.timefmt import local_time
+from order_pipeline.domain.times import local_time
 from order_pipeline.web.security.sessions import Session
 
 MAX_TERM = 64

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from order_pipeline.carrier import protocol as kuaidi100
 from order_pipeline.contract.roles import ROLE_LABELS
+from order_pipeline.domain import carrier_states
 from order_pipeline.domain.stages import MISSING_FACTS, MISSING_LABELS
 from order_pipeline.web.rendering.i18n import OFF_PATH, STAGE_LABELS, STAGES, carrier_name
-from order_pipeline.web.rendering.timefmt import age, age_text, as_utc, local_time
+from order_pipeline.domain.times import age, as_utc, local_time, waited_text
 
 OPEN_STAGES = ("ordered", "paid", "locked", "shipped", "in_transit", "exception")
 
@@ -80,7 +80,7 @@ def fact_value(order: Mapping, column: str, kind: str, tz: str) -> str:
     if kind == "carriers":
         return ", ".join(f"{carrier_name(c.strip(), 'zh')} ({c.strip()})" for c in str(value).split(",") if c.strip())
     if kind == "carrier_state":
-        return f"{value} {kuaidi100.label(int(value))}"
+        return f"{value} {carrier_states.label(int(value))}"
     if kind == "of_parcels":
         return f"{value} / {order.get('parcel_count') or 0}"
     return str(value)
@@ -135,7 +135,7 @@ def order_summary(order: Mapping, now: datetime, tz: str) -> dict:
         "address": order.get("ship_address") or "",
         "role": role_label(order.get("responsible_role")),
         "waiting_since": local_time(order.get("waiting_since"), tz),
-        "waiting_for": age_text(age(order.get("waiting_since"), now)) if order.get("waiting_since") else "—",
+        "waiting_for": waited_text(age(order.get("waiting_since"), now)) if order.get("waiting_since") else "—",
         "exception_reason": order.get("exception_reason") or "",
         "published_at": local_time(order.get("published_at"), tz),
         "source_updated_at": local_time(order.get("source_updated_at"), tz),
@@ -152,7 +152,7 @@ def parcel_rows(parcels: Sequence[Mapping], tz: str) -> list[dict]:
             "shipped_at": local_time(p.get("shipped_at"), tz),
             "state": ""
             if p.get("carrier_state") is None
-            else f"{p['carrier_state']} {kuaidi100.label(int(p['carrier_state']))}",
+            else f"{p['carrier_state']} {carrier_states.label(int(p['carrier_state']))}",
             "signed": "是" if p.get("is_signed") else "否",
             "signer": p.get("signer") or "",
             "signed_at": local_time(p.get("signed_at"), tz),
@@ -202,7 +202,7 @@ def list_rows(rows: Sequence[Mapping], now: datetime, tz: str) -> list[dict]:
             "name": r.get("customer_name") or "",
             "phone": r.get("customer_phone") or "",
             "ordered_at": local_time(r.get("ordered_at"), tz),
-            "waiting_for": age_text(age(r.get("waiting_since"), now)) if r.get("waiting_since") else "—",
+            "waiting_for": waited_text(age(r.get("waiting_since"), now)) if r.get("waiting_since") else "—",
             "role": role_label(r.get("responsible_role")),
             "waybills": r.get("waybill_nos") or "",
         }
@@ -242,7 +242,7 @@ def oldest_by_role(rows: Sequence[Mapping], now: datetime, tz: str, per_role: in
                         "order_no": r["order_no"],
                         "stage_label": stage_label(r["stage"]),
                         "waiting_since": local_time(r["waiting_since"], tz),
-                        "waiting_for": age_text(age(r["waiting_since"], now)),
+                        "waiting_for": waited_text(age(r["waiting_since"], now)),
                         "missing": "、".join(missing_list(r)),
                     }
                     for r in oldest
@@ -260,7 +260,7 @@ def freshness_rows(rows: Sequence[Mapping], now: datetime, tz: str) -> list[dict
             {
                 "source": r["key"].removeprefix("watermark:"),
                 "watermark": local_time(mark, tz) or r["value"],
-                "age": age_text(now - mark) if mark else "—",
+                "age": waited_text(now - mark) if mark else "—",
                 "hours": (now - mark).total_seconds() / 3600 if mark else None,
                 "checked": local_time(r.get("updated_at"), tz),
             }
