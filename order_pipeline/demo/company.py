@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import IntEnum
 from functools import partial
+from importlib import resources
 from itertools import chain
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -43,6 +44,7 @@ from order_pipeline.carrier import sandbox as carrier_sandbox
 
 TIMEZONE = "Asia/Shanghai"
 CONFIG_NAME = "order_pipeline.yaml"
+CONFIG_TEMPLATE_FILE = "config_template.yaml"  # package data beside this module
 # The sandbox accepts whatever account the client is configured with; the demo uses this one.
 DEMO_CUSTOMER = "DEMO"
 DEMO_KEY = "demo-key"
@@ -944,7 +946,7 @@ def _config_text(carrier_db: Path, max_polls: int) -> str:
     from order_pipeline.domain.passwords import hash_password
 
     # The sandbox path is written absolute: the config resolves relative paths in database URLs only.
-    return CONFIG_TEMPLATE.format(
+    return _config_template().format(
         endpoint=json.dumps(f"sandbox://{carrier_db}"),
         max_polls=max_polls,
         customer=DEMO_CUSTOMER,
@@ -957,198 +959,17 @@ def _config_text(carrier_db: Path, max_polls: int) -> str:
     )
 
 
+def _config_template() -> str:
+    """The commented config, with str.format placeholders for what each demo differs in."""
+    return resources.files("order_pipeline.demo").joinpath(CONFIG_TEMPLATE_FILE).read_text(encoding="utf-8")
+
+
 def _write_link_secret(target: Path) -> None:
     """A fresh random secret for signing the demo's tracking links, readable by its owner only."""
     path = target / LINK_SECRET_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(secrets.token_urlsafe(32), encoding="utf-8")
     path.chmod(0o600)
-
-
-CONFIG_TEMPLATE = """\
-# order-pipeline configuration: the demo company.
-#
-# Written by `order-pipeline demo` next to the four source databases it generated. It is also the
-# documented example of the format: copy it, point the URLs at your own systems and put your own
-# column names on the right-hand side. The file is checked when the pipeline starts: a column the
-# source does not have, an unknown setting or a malformed duration is reported with the file, the
-# entry and the fix.
-#
-# Secrets never go into this file. Where a value is secret, write `<name>_env: VARIABLE` instead
-# of `<name>: value` and export the variable (url_env, customer_env, key_env, push_salt_env).
-
-# The business's time zone. Naive timestamps in the sources are read as local times in this zone,
-# and times are shown in it. A source whose system keeps another zone sets its own `timezone:`.
-timezone: Asia/Shanghai
-
-# Where the pipeline keeps its working files. Relative paths in this file are read from the
-# folder this file is in.
-data_dir: data
-
-# The database the pipeline writes: raw extracts, unified orders and the published tables.
-# In production, PostgreSQL with the URL (and its password) in the environment:
-#   url_env: ORDER_PIPELINE_WAREHOUSE_URL    # e.g. postgresql+psycopg2://pipeline@db-host/orders
-warehouse:
-  url: sqlite:///warehouse.db
-
-pipeline:
-  # Rows that break the source contract are kept in the pipeline_rejects table, with the reason.
-  # An asset check fails while more than this many source rows stand rejected.
-  reject_threshold: 100
-
-# One entry per canonical entity, each with
-#   url (or url_env)  a SQLAlchemy URL of the source database
-#   table             a table read as it is, or
-#   query             a SELECT, for a source that needs a little translation first
-#   columns           canonical name: the source's column name (in the table or the SELECT)
-#   timezone          optional: the zone of this source's naive timestamps
-# Columns marked "optional" may be left out. Sources are read incrementally by their updated-at
-# column (the high-water mark): index it in the source.
-#
-# Statuses must come out canonical. Translate them in a `query:` with CASE, and let unknown
-# values pass through (ELSE): the pipeline then rejects those rows as "unknown status" instead
-# of guessing.
-sources:
-  # ERP (Kingdee-style names). Status codes: A = open, C = cancelled.
-  orders:
-    url: sqlite:///erp.db
-    query: |
-      SELECT FBillNo, FCustName, FPhone, FIdCard, FAddress, FAmount, FCurrency, FDate, FPromiseDate,
-             CASE FStatus WHEN 'A' THEN 'open' WHEN 'C' THEN 'cancelled' ELSE FStatus END AS status,
-             FModifyDate
-      FROM T_SAL_ORDER
-    columns:
-      order_no: FBillNo
-      customer_name: FCustName
-      customer_phone: FPhone         # 顺丰 tracking needs it; masked wherever a customer sees it
-      customer_id_no: FIdCard        # optional
-      ship_address: FAddress
-      amount: FAmount
-      currency: FCurrency            # optional
-      ordered_at: FDate
-      promised_date: FPromiseDate    # optional; the "promised within 1 day" rule reads it
-      status: status                 # open | cancelled
-      updated_at: FModifyDate
-
-  # Order lines have no updated-at column: they are re-read for the orders that changed.
-  order_lines:
-    url: sqlite:///erp.db
-    table: T_SAL_ORDERENTRY
-    columns:
-      order_no: FBillNo
-      sku: FMaterialId
-      qty: FQty
-      unit_price: FPrice             # optional
-
-  # Finance keeps Chinese table and column names. Statuses: 已收款 = paid, 已退款 = refunded, 失败 = failed.
-  payments:
-    url: sqlite:///finance.db
-    query: |
-      SELECT 收款单号, 订单编号, 金额, 收款时间, 凭证号,
-             CASE 状态 WHEN '已收款' THEN 'paid' WHEN '已退款' THEN 'refunded' WHEN '失败' THEN 'failed'
-                  ELSE 状态 END AS status,
-             修改时间
-      FROM 收款单
-    columns:
-      payment_id: 收款单号
-      order_no: 订单编号
-      amount: 金额
-      paid_at: 收款时间
-      voucher_no: 凭证号              # optional
-      status: status                 # paid | refunded | failed
-      updated_at: 修改时间
-
-  # WMS: stock per SKU, stock locks, outbound parcels and proofs of delivery.
-  inventory:
-    url: sqlite:///wms.db
-    table: inv_stock
-    columns:
-      sku: item_code
-      on_hand: qty_on_hand
-      reserved: qty_reserved
-      safety_stock: safety_qty
-      updated_at: last_modified
-
-  # Stock locks. Statuses: LOCKED = locked, RELEASED = released.
-  reservations:
-    url: sqlite:///wms.db
-    query: |
-      SELECT lock_id, ref_order, item_code, lock_qty,
-             CASE lock_status WHEN 'LOCKED' THEN 'locked' WHEN 'RELEASED' THEN 'released'
-                  ELSE lock_status END AS status,
-             lock_time, last_modified
-      FROM inv_lock
-    columns:
-      reservation_id: lock_id
-      order_no: ref_order
-      sku: item_code
-      qty: lock_qty
-      status: status                 # locked | released
-      locked_at: lock_time
-      updated_at: last_modified
-
-  # One row per parcel: an order may ship as several.
-  shipments:
-    url: sqlite:///wms.db
-    table: outbound
-    columns:
-      order_no: ref_order
-      waybill_no: tracking_no
-      carrier_code: express_company  # Kuaidi100 company code: shunfeng, zhongtong, yuantong, yunda, jd, ems ...
-      weight_kg: gross_weight        # optional
-      shipped_at: outbound_time
-      updated_at: last_modified
-
-  # Optional: proofs of delivery. These rows are written once; signed_at is their high-water mark.
-  deliveries:
-    url: sqlite:///wms.db
-    table: pod
-    columns:
-      waybill_no: tracking_no
-      signer: signed_by
-      signed_at: signed_time
-      photo_url: photo               # optional
-
-# Kuaidi100 tracking (POST poll/query.do). In production:
-#   endpoint: https://poll.kuaidi100.com/poll/query.do    # the default
-#   customer_env: KUAIDI100_CUSTOMER
-#   key_env: KUAIDI100_KEY
-#   push_salt_env: KUAIDI100_SALT                          # checks the sign of subscription pushes
-# The demo asks the sandbox instead: `sandbox://` and the absolute path of the carrier.db generated
-# with the sources. It speaks the same protocol and checks the same sign, so the key still comes
-# from the environment: the order-pipeline command sets {key_env} to the sandbox's
-# key, {key}, when it is unset.
-carrier:
-  endpoint: {endpoint}
-  customer: {customer}
-  key_env: {key_env}
-  poll_interval: 2h          # ask again about a waybill after this long (Kuaidi100: at most every 30m)
-  max_polls_per_run: {max_polls}   # waybills asked per run at most; the demo's parcel count, so one run sees all
-  timeout: 10s
-  retries: 3                 # further attempts after a server fault (returnCode 501/502) or a timeout
-  transit_days: 3            # ETA when the carrier gives none: shipped_at + this many days
-
-# The customer tracking page and the ops board: `order-pipeline serve --config <this file>`.
-# Links are signed with a secret kept outside this file: in production
-#   link_secret_env: ORDER_PIPELINE_LINK_SECRET
-# and the demo writes a random one into {link_secret}. Staff log in with a scrypt hash
-# made by `order-pipeline hash-password`; the demo's login is {staff_user} / {staff_password}.
-web:
-  base_url: http://127.0.0.1:8080
-  link_secret_file: {link_secret}
-  link_ttl: 7d
-  rate_limits: {{per_ip: 120/1m, per_order: 30/1m, login: 10/1m}}
-  staff:
-    - {{username: {staff_user}, password_hash: "{staff_hash}"}}
-
-# Alerts: the four SLA rules of the design are the defaults (see README, "Alerts"). Without
-# channels every group goes to the local outbox (table alert_outbox and the log), as here.
-alerts:
-  board_url: http://127.0.0.1:8080
-  cooldown: 2h
-  escalate_after: 4h
-  tracking_links: {{channel: outbox, within: 24h}}   # a link for each new order
-"""
 
 
 # --- small utilities --------------------------------------------------------------------------------------
