@@ -41,6 +41,28 @@ import pandas as pd
 
 from order_pipeline.carrier import protocol as kuaidi100
 from order_pipeline.carrier import sandbox as carrier_sandbox
+from order_pipeline.demo.random_data import (
+    DAY,
+    HOUR,
+    concat_strings,
+    daily_ids,
+    date_text,
+    mobile_numbers,
+    random_hours,
+    ranks_in_groups,
+    timestamp_text,
+    yyyymmdd,
+)
+from order_pipeline.demo.reference_data import (
+    CARRIER_CODE,
+    CARRIERS,
+    CITIES,
+    GIVEN_NAMES,
+    SIGNERS,
+    SURNAMES,
+    WAREHOUSES,
+    waybill_numbers,
+)
 
 TIMEZONE = "Asia/Shanghai"
 CONFIG_NAME = "order_pipeline.yaml"
@@ -55,7 +77,6 @@ DEMO_STAFF = ("ops", "demo-ops")  # the demo's ops board login
 MIN_ORDERS = 100  # fewer cannot give every case its minimum count
 MIN_DAYS = 10  # how far back the pinned cases (PINS) reach
 
-HOUR, DAY = 3_600, 86_400
 EVENT_CHUNK = 200_000  # parcels per batch of rendered carrier events: bounds memory at a million orders
 
 
@@ -149,35 +170,7 @@ LOCKING = PAID_IN_FULL - {Case.NOT_LOCKED}
 SHIPPING = {Case.STUCK, Case.SPLIT, Case.EXCEPTION, Case.OUT_FOR_DELIVERY, Case.NO_PICKUP}
 CANCELLING = {Case.REFUNDED, Case.CANCELLED_UNPAID, Case.CANCELLED_PAID}
 
-# (province, city, districts, streets, first four digits of the ID-card region code)
-CITIES = (
-    ("浙江省", "杭州市", ("西湖区", "拱墅区", "滨江区"), ("文三路", "莫干山路", "江南大道"), 3301),
-    ("上海市", "上海市", ("浦东新区", "徐汇区", "静安区"), ("张江路", "漕溪北路", "南京西路"), 3101),
-    ("北京市", "北京市", ("朝阳区", "海淀区", "东城区"), ("建国路", "中关村大街", "东直门内大街"), 1101),
-    ("广东省", "广州市", ("天河区", "越秀区", "海珠区"), ("天河路", "中山五路", "新港中路"), 4401),
-    ("广东省", "深圳市", ("南山区", "福田区", "宝安区"), ("科技园路", "深南大道", "宝安大道"), 4403),
-    ("江苏省", "南京市", ("鼓楼区", "玄武区", "建邺区"), ("中山路", "珠江路", "江东中路"), 3201),
-    ("江苏省", "苏州市", ("姑苏区", "吴中区", "相城区"), ("人民路", "东吴北路", "阳澄湖大道"), 3205),
-    ("四川省", "成都市", ("武侯区", "锦江区", "青羊区"), ("人民南路", "春熙路", "蜀都大道"), 5101),
-    ("湖北省", "武汉市", ("武昌区", "江汉区", "洪山区"), ("中南路", "解放大道", "珞喻路"), 4201),
-    ("陕西省", "西安市", ("雁塔区", "碑林区", "未央区"), ("小寨西路", "南大街", "凤城八路"), 6101),
-    ("福建省", "厦门市", ("思明区", "湖里区", "集美区"), ("中山路", "湖滨北路", "杏林湾路"), 3502),
-    ("山东省", "青岛市", ("市南区", "崂山区", "李沧区"), ("香港中路", "海尔路", "京口路"), 3702),
-    ("湖南省", "长沙市", ("岳麓区", "芙蓉区", "天心区"), ("麓山南路", "五一大道", "芙蓉中路"), 4301),
-    ("天津市", "天津市", ("和平区", "南开区", "河西区"), ("南京路", "鞍山西道", "友谊路"), 1201),
-    ("重庆市", "重庆市", ("渝中区", "江北区", "南岸区"), ("民族路", "建新北路", "南坪西路"), 5001),
-)
-WAREHOUSES = ((0, "余杭区"), (3, "白云区"), (7, "双流区"))  # (city index, district) of each shipping warehouse
 
-# (Kuaidi100 code, name, waybill prefix, leading digits, further digits, share of parcels)
-CARRIERS = (
-    ("shunfeng", "顺丰速运", "SF", 1, 12, 0.22),  # SF1234567890123
-    ("zhongtong", "中通快递", "", 75, 12, 0.25),  # 75123456789012
-    ("yuantong", "圆通速递", "YT", 8, 12, 0.18),  # YT8123456789012
-    ("yunda", "韵达快递", "", 43, 11, 0.15),  # 4312345678901
-    ("jd", "京东快递", "JDVA", 2, 10, 0.12),  # JDVA21234567890
-    ("ems", "EMS", "", 98, 11, 0.08),  # 9812345678901
-)
 # Lookups by index, for rendering whole arrays at once.
 CITY = np.array([c[1] for c in CITIES])
 AREA = np.array([c[1] if c[0] == c[1] else f"{c[0]},{c[1]}" for c in CITIES])  # Kuaidi100 areaName
@@ -185,13 +178,8 @@ HUB = np.array([c[1].removesuffix("市") + "转运中心" for c in CITIES])
 DISTRICT = np.array([c[2] for c in CITIES])
 WAREHOUSE_CITY = np.array([w[0] for w in WAREHOUSES])
 WAREHOUSE_DISTRICT = np.array([w[1] for w in WAREHOUSES])
-CARRIER_CODE = np.array([c[0] for c in CARRIERS])
 CARRIER_NAME = np.array([c[1] for c in CARRIERS])
-WAYBILL_STEP = 2_654_435_761  # coprime with 10: spreads waybill numbers without repeating one
 
-SURNAMES = list("王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹")
-GIVEN_NAMES = list("伟芳娜敏静丽强磊军洋勇艳杰娟涛明超兰霞平刚华玉萍红玲芬燕彬鹏辉浩宇轩涵欣怡墨诺晨阳")
-SIGNERS = ("本人", "家人", "同事", "前台", "门卫", "快递柜", "菜鸟驿站")
 LINE_MIX = (0.4, 0.3, 0.2, 0.1)  # share of orders with 1, 2, 3, 4 lines
 
 SOURCE_TABLES: dict[str, dict[str, dict[str, str]]] = {
@@ -375,7 +363,7 @@ def _plan_skus(rng: np.random.Generator, orders: int) -> dict[str, np.ndarray]:
         "safety": safety,
         "available": safety + rng.integers(10, 400, n),  # on hand minus reserved, normally
         "short_of": (safety * rng.random(n)).astype(np.int64),  # the same for a SKU that runs short
-        "counted_ago": _hours(rng, n, 0.02, 6),  # since the WMS last touched the row
+        "counted_ago": random_hours(rng, n, 0.02, 6),  # since the WMS last touched the row
     }
 
 
@@ -396,7 +384,7 @@ def _parcel_gaps(rng: np.random.Generator, n: int) -> np.ndarray:
     No gap reaches 48 h, so only STUCK parcels ever wait that long for an update.
     """
     bounds = ((0.5, 4), (1, 3), (1, 4), (6, 30), (1, 10), (0.3, 4))
-    return np.column_stack([_hours(rng, n, lo, hi) for lo, hi in bounds])
+    return np.column_stack([random_hours(rng, n, lo, hi) for lo, hi in bounds])
 
 
 def _plan_orders(rng: np.random.Generator, n: int, days: int, clock: int) -> pd.DataFrame:
@@ -409,9 +397,9 @@ def _plan_orders(rng: np.random.Generator, n: int, days: int, clock: int) -> pd.
     lags = np.column_stack(
         [
             np.zeros(n, np.int64),
-            _hours(rng, n, 1 / 60, 1.5),  # ordered -> paid
-            _hours(rng, n, 0.05, 1),  # paid -> stock locked
-            _hours(rng, n, 1, 20),  # locked -> shipped
+            random_hours(rng, n, 1 / 60, 1.5),  # ordered -> paid
+            random_hours(rng, n, 0.05, 1),  # paid -> stock locked
+            random_hours(rng, n, 1, 20),  # locked -> shipped
             _parcel_gaps(rng, n),  # the first parcel's carrier events
         ]
     )
@@ -426,7 +414,9 @@ def _plan_orders(rng: np.random.Generator, n: int, days: int, clock: int) -> pd.
     locked = np.isin(case, list(LOCKING)) | (natural & paid & (times[:, LOCKED] <= clock))
     shipped = np.isin(case, list(SHIPPING)) | (natural & locked & (times[:, SHIPPED] <= clock))
     cancelled = np.isin(case, list(CANCELLING))
-    cancelled_at = np.where(case == Case.CANCELLED_UNPAID, times[:, ORDERED], times[:, PAID]) + _hours(rng, n, 1, 24)
+    cancelled_at = np.where(case == Case.CANCELLED_UNPAID, times[:, ORDERED], times[:, PAID]) + random_hours(
+        rng, n, 1, 24
+    )
 
     today = clock // DAY * DAY
     # 4-7 days out: a natural order ships within a day, so only PROMISE_SOON orders trip rule 4.
@@ -454,7 +444,7 @@ def _plan_orders(rng: np.random.Generator, n: int, days: int, clock: int) -> pd.
     )
     # ERP rows and order numbers run in time order, as in a real ERP.
     o = o.sort_values("ordered", kind="stable").reset_index(drop=True)
-    o["order_no"] = _daily_ids("SO", o["ordered"].to_numpy())
+    o["order_no"] = daily_ids("SO", o["ordered"].to_numpy())
     return o
 
 
@@ -465,11 +455,11 @@ def _pins(rng: np.random.Generator, case: np.ndarray, variant: np.ndarray, days:
     """
     n = len(case)
     point = np.full(n, ORDERED)
-    ago = _hours(rng, n, 0, 24 * days)
+    ago = random_hours(rng, n, 0, 24 * days)
     for c, (at, lo, hi) in PINS.items():
         mask = case == c
         point[mask] = at
-        ago[mask] = _hours(rng, int(mask.sum()), lo, hi)
+        ago[mask] = random_hours(rng, int(mask.sum()), lo, hi)
     stuck, exception = case == Case.STUCK, case == Case.EXCEPTION
     point[stuck] = SHIPPED + np.array(STUCK_AFTER)[variant[stuck] % len(STUCK_AFTER)]
     point[exception] = SHIPPED + np.array([slot for _, slot in EXCEPTIONS])[variant[exception] % len(EXCEPTIONS)]
@@ -479,7 +469,7 @@ def _pins(rng: np.random.Generator, case: np.ndarray, variant: np.ndarray, days:
 def _plan_lines(rng: np.random.Generator, o: pd.DataFrame, n_skus: int) -> dict[str, np.ndarray]:
     counts = o["n_lines"].to_numpy()
     order = np.repeat(np.arange(len(o)), counts)
-    line_no = _ranks(counts)
+    line_no = ranks_in_groups(counts)
     # Popular SKUs first; a stride below a quarter of the catalogue keeps an order's (up to 4) SKUs distinct.
     base = (n_skus * rng.random(len(o)) ** 2).astype(np.int64)
     stride = rng.integers(1, n_skus // 4, len(o))
@@ -499,8 +489,8 @@ def _plan_payments(rng: np.random.Generator, o: pd.DataFrame) -> pd.DataFrame:
     retried = natural_paid & (rng.random(n) < 0.03)  # a failed attempt before the successful one
     deposit_cents = (amount * rng.uniform(0.2, 0.5, n)).astype(np.int64)
     short_cents = np.maximum(100, (amount * rng.uniform(0.05, 0.3, n)).astype(np.int64))
-    later = at + _hours(rng, n, 0.2, 6)
-    refunded_at = o["cancelled_at"].to_numpy() + _hours(rng, n, 0.2, 6)
+    later = at + random_hours(rng, n, 0.2, 6)
+    refunded_at = o["cancelled_at"].to_numpy() + random_hours(rng, n, 0.2, 6)
     between = ordered + (at - ordered) // 2  # after the order was placed, before the final payment
 
     parts = [  # (which orders, amount in cents, time, status, modified: None = the time)
@@ -527,7 +517,7 @@ def _plan_payments(rng: np.random.Generator, o: pd.DataFrame) -> pd.DataFrame:
             )
         )
     pay = pd.concat(frames, ignore_index=True)
-    pay["payment_id"] = _daily_ids("SK", pay["at"].to_numpy())
+    pay["payment_id"] = daily_ids("SK", pay["at"].to_numpy())
     return pay
 
 
@@ -557,12 +547,12 @@ def _plan_parcels(rng: np.random.Generator, o: pd.DataFrame, clock: int) -> pd.D
             "weight": np.where(rng.random(n) < 0.02, np.nan, weight),  # some parcels leave unweighed
             "warehouse": rng.integers(0, len(WAREHOUSES), n),
             "courier": rng.integers(0, len(SURNAMES), n),
-            "courier_phone": _mobiles(rng, n),
+            "courier_phone": mobile_numbers(rng, n),
             "signer": rng.integers(0, len(SIGNERS), n),
             "with_pod": rng.random(n) < 0.85,  # the WMS has proof of delivery for most signed parcels
             "serial": 1 + rng.permutation(n),  # makes the waybill number
         }
-    ).assign(waybill=lambda p: _waybills(p["carrier"].to_numpy(), p["serial"].to_numpy()))
+    ).assign(waybill=lambda p: waybill_numbers(p["carrier"].to_numpy(), p["serial"].to_numpy()))
 
 
 def _parcel_timelines(rng: np.random.Generator, o: pd.DataFrame, clock: int):
@@ -573,7 +563,7 @@ def _parcel_timelines(rng: np.random.Generator, o: pd.DataFrame, clock: int):
     count = np.where(case == Case.SPLIT, np.minimum(n_lines, 2 + o["variant"].to_numpy() % 2), count)
 
     order = np.repeat(np.arange(len(o)), count)
-    first = _ranks(count) == 0
+    first = ranks_in_groups(count) == 0
     later_gaps = _parcel_gaps(rng, len(order))
     offsets = np.where(first[:, None], o[EVENT_COLUMNS].to_numpy()[order], np.cumsum(later_gaps, axis=1))
     # A natural order's second parcel leaves a little later; a split order's others left recently.
@@ -582,8 +572,8 @@ def _parcel_timelines(rng: np.random.Generator, o: pd.DataFrame, clock: int):
         o["shipped_at"].to_numpy()[order],
         np.where(
             case[order] == Case.SPLIT,
-            clock - _hours(rng, len(order), 4, 20),
-            o["shipped_at"].to_numpy()[order] + _hours(rng, len(order), 0.2, 4),
+            clock - random_hours(rng, len(order), 4, 20),
+            o["shipped_at"].to_numpy()[order] + random_hours(rng, len(order), 0.2, 4),
         ),
     )
     keep = shipped <= clock  # a second parcel may still be on the packing table
@@ -604,7 +594,7 @@ def _carrier_progress(
 
 
 def _plan_customers(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
-    names = _join(
+    names = concat_strings(
         np.array(SURNAMES)[:, None, None],
         np.array(GIVEN_NAMES)[None, :, None],
         np.array(["", *GIVEN_NAMES])[None, None, :],
@@ -613,7 +603,7 @@ def _plan_customers(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     district = rng.integers(0, 3, n)
     return {
         "name": names.ravel()[rng.integers(0, names.size, n)],
-        "phone": _mobiles(rng, n),
+        "phone": mobile_numbers(rng, n),
         "id_card": _id_cards(rng, city, district),
         "with_id": rng.random(n) < 0.9,
         "city": city,
@@ -627,14 +617,14 @@ def _addresses(rng: np.random.Generator, city: np.ndarray, district: np.ndarray)
     prefix = np.array([[[_place(c) + d + s for s in c[3]] for d in c[2]] for c in CITIES])
     n = len(city)
     number = rng.integers(1, 800, n).astype(str)
-    unit = _join(
+    unit = concat_strings(
         rng.integers(1, 30, n).astype(str),
         "幢",
         (rng.integers(1, 30, n) * 100 + rng.integers(1, 6, n)).astype(str),
         "室",
     )
     unit = np.where(rng.random(n) < 0.5, unit, "")
-    return _join(prefix[city, district, rng.integers(0, 3, n)], number, "号", unit)
+    return concat_strings(prefix[city, district, rng.integers(0, 3, n)], number, "号", unit)
 
 
 def _id_cards(rng: np.random.Generator, city: np.ndarray, district: np.ndarray) -> np.ndarray:
@@ -642,7 +632,7 @@ def _id_cards(rng: np.random.Generator, city: np.ndarray, district: np.ndarray) 
     n = len(city)
     region = np.array([c[4] for c in CITIES])[city] * 100 + district + 2
     born = np.datetime64("1965-01-01") + rng.integers(0, 40 * 365, n).astype("timedelta64[D]")
-    body = (region * 10**8 + _yyyymmdd(born)) * 1000 + rng.integers(1, 1000, n)
+    body = (region * 10**8 + yyyymmdd(born)) * 1000 + rng.integers(1, 1000, n)
     digits = body[:, None] // 10 ** np.arange(16, -1, -1) % 10
     weights = np.array([7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2])
     check = np.array(list("10X98765432"))[(digits * weights).sum(axis=1) % 11]
@@ -664,10 +654,10 @@ def _order_table(plan: _Plan) -> Table:
         "FAddress": customers["address"].tolist(),
         "FAmount": (o["amount"] / 100).tolist(),
         "FCurrency": ["CNY"] * len(o),
-        "FDate": _timestamps(o["ordered"].to_numpy()).tolist(),
-        "FPromiseDate": _nullable(_dates(promise), promise >= 0),
+        "FDate": timestamp_text(o["ordered"].to_numpy()).tolist(),
+        "FPromiseDate": _nullable(date_text(promise), promise >= 0),
         "FStatus": np.where(o["cancelled"], "C", "A").tolist(),
-        "FModifyDate": _timestamps(modified).tolist(),
+        "FModifyDate": timestamp_text(modified).tolist(),
     }
 
 
@@ -686,17 +676,17 @@ def _payment_table(plan: _Plan) -> Table:
     pay = plan.payments
     booked = pay["status"].ne("failed").to_numpy()
     voucher = np.full(len(pay), "", dtype=object)
-    voucher[booked] = _daily_ids("记", pay["at"].to_numpy()[booked])
+    voucher[booked] = daily_ids("记", pay["at"].to_numpy()[booked])
     # A few booked payments lack their voucher number, a fact the pipeline reports as missing.
     has_voucher = booked & (np.arange(len(pay)) % 50 != 7)
     return {
         "收款单号": pay["payment_id"].tolist(),
         "订单编号": plan.orders["order_no"].to_numpy()[pay["order"].to_numpy()].tolist(),
         "金额": (pay["cents"] / 100).tolist(),
-        "收款时间": _timestamps(pay["at"].to_numpy()).tolist(),
+        "收款时间": timestamp_text(pay["at"].to_numpy()).tolist(),
         "凭证号": _nullable(voucher, has_voucher),
         "状态": pay["status"].map({"paid": "已收款", "refunded": "已退款", "failed": "失败"}).tolist(),
-        "修改时间": _timestamps(pay["modified"].to_numpy()).tolist(),
+        "修改时间": timestamp_text(pay["modified"].to_numpy()).tolist(),
     }
 
 
@@ -716,7 +706,7 @@ def _stock_table(plan: _Plan) -> Table:
         "qty_on_hand": (reserved + available).tolist(),
         "qty_reserved": reserved.tolist(),
         "safety_qty": skus["safety"].tolist(),
-        "last_modified": _timestamps(plan.clock - skus["counted_ago"]).tolist(),
+        "last_modified": timestamp_text(plan.clock - skus["counted_ago"]).tolist(),
     }
 
 
@@ -727,19 +717,19 @@ def _lock_table(plan: _Plan) -> Table:
     released = o["cancelled"].to_numpy()[order]
     modified = np.where(released, o["cancelled_at"].to_numpy()[order], at)
     return {
-        "lock_id": _daily_ids("LK", at).tolist(),
+        "lock_id": daily_ids("LK", at).tolist(),
         "ref_order": o["order_no"].to_numpy()[order].tolist(),
         "item_code": plan.skus["code"][lines["sku"][locks]].tolist(),
         "lock_qty": lines["qty"][locks].tolist(),
         "lock_status": np.where(released, "RELEASED", "LOCKED").tolist(),
-        "lock_time": _timestamps(at).tolist(),
-        "last_modified": _timestamps(modified).tolist(),
+        "lock_time": timestamp_text(at).tolist(),
+        "last_modified": timestamp_text(modified).tolist(),
     }
 
 
 def _outbound_table(plan: _Plan) -> Table:
     parcels = plan.parcels
-    shipped = _timestamps(parcels["shipped"].to_numpy()).tolist()
+    shipped = timestamp_text(parcels["shipped"].to_numpy()).tolist()
     weight = parcels["weight"].to_numpy()
     return {
         "ref_order": plan.orders["order_no"].to_numpy()[parcels["order"].to_numpy()].tolist(),
@@ -757,8 +747,8 @@ def _pod_table(plan: _Plan) -> Table:
     return {
         "tracking_no": waybill.tolist(),
         "signed_by": np.array(SIGNERS)[p["signer"].to_numpy()].tolist(),
-        "signed_time": _timestamps((p["shipped"] + p[f"event_{SIGNED}"]).to_numpy()).tolist(),
-        "photo": _join("https://wms.demo.example/pod/", waybill, ".jpg").tolist(),
+        "signed_time": timestamp_text((p["shipped"] + p[f"event_{SIGNED}"]).to_numpy()).tolist(),
+        "photo": concat_strings("https://wms.demo.example/pod/", waybill, ".jpg").tolist(),
     }
 
 
@@ -783,11 +773,13 @@ def _bad_rows(plan: _Plan) -> dict[str, BadRows]:
     line = int(np.flatnonzero(plan.lines["order"] == victim)[0])
     payment = int(np.flatnonzero(plan.payments["order"].to_numpy() == victim)[0])
     parcel = int(np.flatnonzero(plan.parcels["order"].to_numpy() == victim)[0])
-    stamp = str(_timestamps(np.array([plan.clock - HOUR]))[0])
+    stamp = str(timestamp_text(np.array([plan.clock - HOUR]))[0])
     unknown_order = _successor(o["order_no"].iloc[-1])
     other_sku = str(plan.skus["code"][(plan.lines["sku"][line] + 1) % len(plan.skus["code"])])
     # A serial past the last parcel's: a waybill number no parcel has.
-    stray_waybill = str(_waybills(plan.parcels["carrier"].to_numpy()[[parcel]], np.array([len(plan.parcels) + 1]))[0])
+    stray_waybill = str(
+        waybill_numbers(plan.parcels["carrier"].to_numpy()[[parcel]], np.array([len(plan.parcels) + 1]))[0]
+    )
 
     def receipts(t: Table) -> list[dict]:
         good = _row(t, payment)
@@ -874,7 +866,7 @@ def _event_rows(p: pd.DataFrame, dest: np.ndarray, district: np.ndarray) -> Iter
     """The events of a batch of parcels, oldest first: (waybill, time, context, area, status)."""
     n = p["n_events"].to_numpy()
     i = np.repeat(np.arange(len(p)), n)
-    k = _ranks(n) + 1
+    k = ranks_in_groups(n) + 1
     time = p["shipped"].to_numpy()[i] + p[EVENT_COLUMNS].to_numpy()[i, k - 1]
     trouble = p["exception_state"].to_numpy()[i]
     kind = np.where((k == n[i]) & (trouble > 0), -trouble, k)  # carrier trouble takes the last event's place
@@ -894,7 +886,7 @@ def _event_rows(p: pd.DataFrame, dest: np.ndarray, district: np.ndarray) -> Iter
         status[m] = kuaidi100.STATE_LABEL[int(-kd if kd < 0 else EVENTS_TO_STATE[kd])]
     return zip(
         p["waybill"].to_numpy()[i].tolist(),
-        _timestamps(time).tolist(),
+        timestamp_text(time).tolist(),
         context.tolist(),
         area.tolist(),
         status.tolist(),
@@ -907,36 +899,36 @@ def _event_text(kind: int, q: dict[str, np.ndarray]) -> tuple[np.ndarray, np.nda
     `kind` is the event's place on the way (PICKUP ... SIGNED), or minus the Kuaidi100 state of carrier trouble.
     """
     origin, dest = WAREHOUSE_CITY[q["warehouse"]], q["dest"]
-    at_origin, at_dest = _join("【", CITY[origin], "】"), _join("【", CITY[dest], "】")
+    at_origin, at_dest = concat_strings("【", CITY[origin], "】"), concat_strings("【", CITY[dest], "】")
 
     def courier() -> np.ndarray:
-        return _join("快递员", np.array(SURNAMES)[q["courier"]], "师傅")
+        return concat_strings("快递员", np.array(SURNAMES)[q["courier"]], "师傅")
 
     if kind == PICKUP:
         site = WAREHOUSE_DISTRICT[q["warehouse"]]
-        return _join(at_origin, CARRIER_NAME[q["carrier"]], " ", site, "营业部 已揽收"), AREA[origin]
+        return concat_strings(at_origin, CARRIER_NAME[q["carrier"]], " ", site, "营业部 已揽收"), AREA[origin]
     if kind == AT_ORIGIN_HUB:
-        return _join(at_origin, "快件已到达 ", HUB[origin]), AREA[origin]
+        return concat_strings(at_origin, "快件已到达 ", HUB[origin]), AREA[origin]
     if kind == LEFT_ORIGIN_HUB:
-        return _join(at_origin, "快件已从 ", HUB[origin], " 发出，下一站 ", HUB[dest]), AREA[origin]
+        return concat_strings(at_origin, "快件已从 ", HUB[origin], " 发出，下一站 ", HUB[dest]), AREA[origin]
     if kind == AT_DEST_HUB:
-        return _join(at_dest, "快件已到达 ", HUB[dest]), AREA[dest]
+        return concat_strings(at_dest, "快件已到达 ", HUB[dest]), AREA[dest]
     if kind == DISPATCH:
         site = DISTRICT[dest, q["district"]]
-        return _join(at_dest, site, "营业部 ", courier(), "正在派件，电话：", q["phone"]), AREA[dest]
+        return concat_strings(at_dest, site, "营业部 ", courier(), "正在派件，电话：", q["phone"]), AREA[dest]
     if kind == SIGNED:
         signer = np.array(SIGNERS)[q["signer"]]
-        return _join(
+        return concat_strings(
             at_dest, "快件已签收，签收人：", signer, "。如有疑问请联系", courier(), "，电话：", q["phone"]
         ), AREA[dest]
     if kind == -2:
         site = DISTRICT[dest, q["district"]]
-        return _join(at_dest, "收件人电话无人接听，快件暂存", site, "营业部，待联系后再派送"), AREA[dest]
+        return concat_strings(at_dest, "收件人电话无人接听，快件暂存", site, "营业部，待联系后再派送"), AREA[dest]
     if kind == -4:
-        return _join(at_origin, "退回件已由寄件人签收，原因：收件人拒收"), AREA[origin]
+        return concat_strings(at_origin, "退回件已由寄件人签收，原因：收件人拒收"), AREA[origin]
     if kind == -6:
-        return _join(at_dest, "收件地址不详，快件正在退回寄件人"), AREA[dest]
-    return _join(at_dest, "收件人拒收，原因：不想要了。", courier(), "电话：", q["phone"]), AREA[dest]  # -14
+        return concat_strings(at_dest, "收件地址不详，快件正在退回寄件人"), AREA[dest]
+    return concat_strings(at_dest, "收件人拒收，原因：不想要了。", courier(), "电话：", q["phone"]), AREA[dest]  # -14
 
 
 # --- the config -----------------------------------------------------------------------------------------
@@ -1004,66 +996,6 @@ def _write_table(conn: sqlite3.Connection, name: str, schema: dict[str, str], ta
 def _local_seconds(now: datetime) -> int:
     local = now.astimezone(ZoneInfo(TIMEZONE)).replace(tzinfo=None)
     return (local - datetime(1970, 1, 1)) // timedelta(seconds=1)
-
-
-def _hours(rng: np.random.Generator, n: int, lo: float, hi: float) -> np.ndarray:
-    """n random durations from lo to hi hours, in whole seconds."""
-    return rng.integers(round(lo * HOUR), round(hi * HOUR), n)
-
-
-def _ranks(counts: np.ndarray) -> np.ndarray:
-    """0, 1, ... within each group of np.repeat(x, counts)."""
-    return np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-
-
-def _join(*parts) -> np.ndarray:
-    """Element-wise concatenation of strings and string arrays."""
-    out = parts[0]
-    for part in parts[1:]:
-        out = np.strings.add(out, part)
-    return out
-
-
-def _timestamps(seconds: np.ndarray) -> np.ndarray:
-    """Local wall-clock seconds -> 'YYYY-MM-DD HH:MM:SS', the way the sources store time."""
-    text = np.datetime_as_string(np.asarray(seconds).astype("datetime64[s]"), unit="s").astype("U19")
-    text.view(np.uint32).reshape(len(text), 19)[:, 10] = ord(" ")  # ISO's 'T'
-    return text
-
-
-def _dates(seconds: np.ndarray) -> np.ndarray:
-    return np.datetime_as_string(np.asarray(seconds).astype("datetime64[s]"), unit="D")
-
-
-def _yyyymmdd(days: np.ndarray) -> np.ndarray:
-    """datetime64[D] -> 20261125 as integers."""
-    year = days.astype("datetime64[Y]").astype(np.int64) + 1970
-    month = days.astype("datetime64[M]").astype(np.int64) % 12 + 1
-    day = (days - days.astype("datetime64[M]")).astype(np.int64) + 1
-    return year * 10_000 + month * 100 + day
-
-
-def _daily_ids(prefix: str, seconds: np.ndarray) -> np.ndarray:
-    """IDs like SO20261125000123: the local date, then a serial per day in time order."""
-    order = np.argsort(seconds, kind="stable")
-    day = seconds[order] // DAY
-    serial = np.arange(len(day)) - np.searchsorted(day, day) + 1
-    text = np.strings.add(prefix, (_yyyymmdd(day.astype("datetime64[D]")) * 1_000_000 + serial).astype(str))
-    ids = np.empty_like(text)
-    ids[order] = text
-    return ids
-
-
-def _mobiles(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Mainland mobile numbers, 1[3-9] and nine digits."""
-    return (13_000_000_000 + rng.integers(0, 7_000_000_000, n)).astype(str)
-
-
-def _waybills(carrier: np.ndarray, serial: np.ndarray) -> np.ndarray:
-    """Waybill numbers in each carrier's format; distinct serials give distinct numbers."""
-    scale = 10 ** np.array([c[4] for c in CARRIERS])[carrier]
-    number = np.array([c[3] for c in CARRIERS])[carrier] * scale + serial * WAYBILL_STEP % scale
-    return np.strings.add(np.array([c[2] for c in CARRIERS])[carrier], number.astype(str))
 
 
 def _nullable(values: np.ndarray, present: np.ndarray) -> list:
