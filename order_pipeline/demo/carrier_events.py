@@ -61,6 +61,7 @@ def write_carrier(path: Path, plan: Plan) -> dict[str, int]:
                     np.strings.slice(customers["phone"][order], -4, None).tolist(),
                     tracked["state"].tolist(),
                     (tracked["state"] == 3).astype(int).tolist(),
+                    strict=True,
                 ),
             ).rowcount
         batches = (
@@ -108,6 +109,7 @@ def _event_rows(p: pd.DataFrame, dest: np.ndarray, district: np.ndarray) -> Iter
         context.tolist(),
         area.tolist(),
         status.tolist(),
+        strict=True,
     )
 
 

@@ -138,7 +138,9 @@ def _plan_orders(rng: np.random.Generator, n: int, days: int, clock: int) -> pd.
             "cancelled_at": np.where(cancelled, cancelled_at, -1),
             "promise": promise,
             "event_point": np.where(case == Case.NATURAL, -1, point),
-            **dict(zip(EVENT_COLUMNS, (offset[:, SHIPPED + 1 :] - offset[:, [SHIPPED]]).T)),  # the first parcel's
+            **dict(
+                zip(EVENT_COLUMNS, (offset[:, SHIPPED + 1 :] - offset[:, [SHIPPED]]).T, strict=True)
+            ),  # the first parcel's
         }
     )
     # ERP rows and order numbers run in time order, as in a real ERP.
@@ -223,7 +225,7 @@ def _plan_parcels(rng: np.random.Generator, o: pd.DataFrame, clock: int) -> pd.D
             "n_events": n_events,
             "exception_state": exception_state,
             "state": np.where(exception_state > 0, exception_state, EVENTS_TO_STATE[n_events]),
-            **dict(zip(EVENT_COLUMNS, offsets.T)),
+            **dict(zip(EVENT_COLUMNS, offsets.T, strict=True)),
             "carrier": rng.choice(len(CARRIERS), n, p=shares / shares.sum()),
             "weight": np.where(rng.random(n) < 0.02, np.nan, weight),  # some parcels leave unweighed
             "warehouse": rng.integers(0, len(WAREHOUSES), n),

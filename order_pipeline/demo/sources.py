@@ -305,8 +305,11 @@ def _write_table(conn: sqlite3.Connection, name: str, schema: dict[str, str], ta
     columns = ", ".join(f'"{column}" {kind}' for column, kind in schema.items())
     conn.execute(f'CREATE TABLE "{name}" ({columns})')
     marks = ", ".join("?" * len(schema))
+    # Not strict: outbound's outbound_time and last_modified are one list, which each appended row
+    # lengthens twice; the rows written end with the shortest column.
+    rows = zip(*(table[c] for c in schema), strict=False)
     with conn:
-        count = conn.executemany(f'INSERT INTO "{name}" VALUES ({marks})', zip(*(table[c] for c in schema))).rowcount
+        count = conn.executemany(f'INSERT INTO "{name}" VALUES ({marks})', rows).rowcount
     # Indexed after loading: building an index once is faster than keeping it up to date row by row.
     for column in SOURCE_INDEXES.get(name, ()):
         conn.execute(f'CREATE INDEX "ix_{name}_{column}" ON "{name}" ("{column}")')
