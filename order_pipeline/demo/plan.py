@@ -64,6 +64,7 @@ def draw_plan(rng: np.random.Generator, orders: int, days: int, clock: int) -> P
 
 
 def _plan_skus(rng: np.random.Generator, orders: int) -> dict[str, np.ndarray]:
+    """The catalogue, one SKU per 50 orders within bounds: code, price in cents, stock figures."""
     n = int(np.clip(orders // 50, 60, 5000))
     price = np.round(np.exp(rng.normal(4.2, 0.7, n))).astype(np.int64) * 100 - 10  # cents, e.g. 66.90
     safety = rng.integers(5, 60, n)
@@ -86,13 +87,8 @@ def _parcel_gaps(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.column_stack([random_hours(rng, n, lo, hi) for lo, hi in bounds])
 
 
-def _plan_orders(rng: np.random.Generator, n: int, days: int, clock: int) -> pd.DataFrame:
-    case = assign_cases(rng, n)
-    variant = pd.Series(case).groupby(case).cumcount().to_numpy()  # the n-th order of its case
-    n_lines = rng.choice(np.arange(1, 5), n, p=LINE_MIX)
-    # A split order ships a parcel per line at most: give it the lines for 2 or 3 parcels.
-    n_lines = np.where(case == Case.SPLIT, np.maximum(n_lines, 2 + variant % 2), n_lines)
-
+def _timeline_offsets(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Per order, seconds from its placing to each point of its timeline, the first parcel's events last."""
     lags = np.column_stack(
         [
             np.zeros(n, np.int64),
@@ -102,7 +98,18 @@ def _plan_orders(rng: np.random.Generator, n: int, days: int, clock: int) -> pd.
             _parcel_gaps(rng, n),  # the first parcel's carrier events
         ]
     )
-    offset = np.cumsum(lags, axis=1)  # from ordered to each point of the chain
+    return np.cumsum(lags, axis=1)
+
+
+def _plan_orders(rng: np.random.Generator, n: int, days: int, clock: int) -> pd.DataFrame:
+    """One row per order: case, timeline, the stages reached by now, promised date; in time order, numbered."""
+    case = assign_cases(rng, n)
+    variant = pd.Series(case).groupby(case).cumcount().to_numpy()  # the n-th order of its case
+    n_lines = rng.choice(np.arange(1, 5), n, p=LINE_MIX)
+    # A split order ships a parcel per line at most: give it the lines for 2 or 3 parcels.
+    n_lines = np.where(case == Case.SPLIT, np.maximum(n_lines, 2 + variant % 2), n_lines)
+
+    offset = _timeline_offsets(rng, n)
     point, ago = pinned_points(rng, case, variant, days)
     ordered = clock - ago - offset[np.arange(n), point]
     times = ordered[:, None] + offset
@@ -113,15 +120,15 @@ def _plan_orders(rng: np.random.Generator, n: int, days: int, clock: int) -> pd.
     locked = np.isin(case, list(LOCKING)) | (natural & paid & (times[:, LOCKED] <= clock))
     shipped = np.isin(case, list(SHIPPING)) | (natural & locked & (times[:, SHIPPED] <= clock))
     cancelled = np.isin(case, list(CANCELLING))
-    cancelled_at = np.where(case == Case.CANCELLED_UNPAID, times[:, ORDERED], times[:, PAID]) + random_hours(
-        rng, n, 1, 24
-    )
+    cancelling_from = np.where(case == Case.CANCELLED_UNPAID, times[:, ORDERED], times[:, PAID])
+    cancelled_at = cancelling_from + random_hours(rng, n, 1, 24)
 
     today = clock // DAY * DAY
     # 4-7 days out: a natural order ships within a day, so only PROMISE_SOON orders trip rule 4.
     promise = np.where(paid & natural & (rng.random(n) < 0.4), ordered // DAY * DAY + rng.integers(4, 8, n) * DAY, -1)
     promise = np.where(case == Case.PROMISE_SOON, today + variant % 2 * DAY, promise)
 
+    first_parcel = offset[:, SHIPPED + 1 :] - offset[:, [SHIPPED]]  # its carrier events, from shipped
     o = pd.DataFrame(
         {
             "case": case,
@@ -138,9 +145,7 @@ def _plan_orders(rng: np.random.Generator, n: int, days: int, clock: int) -> pd.
             "cancelled_at": np.where(cancelled, cancelled_at, -1),
             "promise": promise,
             "event_point": np.where(case == Case.NATURAL, -1, point),
-            **dict(
-                zip(EVENT_COLUMNS, (offset[:, SHIPPED + 1 :] - offset[:, [SHIPPED]]).T, strict=True)
-            ),  # the first parcel's
+            **dict(zip(EVENT_COLUMNS, first_parcel.T, strict=True)),
         }
     )
     # ERP rows and order numbers run in time order, as in a real ERP.
@@ -150,6 +155,7 @@ def _plan_orders(rng: np.random.Generator, n: int, days: int, clock: int) -> pd.
 
 
 def _plan_lines(rng: np.random.Generator, o: pd.DataFrame, n_skus: int) -> dict[str, np.ndarray]:
+    """One element per order line: its order's row, line number within the order, SKU index, quantity."""
     counts = o["n_lines"].to_numpy()
     order = np.repeat(np.arange(len(o)), counts)
     line_no = ranks_in_groups(counts)
@@ -213,6 +219,7 @@ def _plan_locks(o: pd.DataFrame, lines: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def _plan_parcels(rng: np.random.Generator, o: pd.DataFrame, clock: int) -> pd.DataFrame:
+    """One row per parcel shipped by now: its order, timeline, carrier state and what the WMS records."""
     order, first, shipped, offsets = _parcel_timelines(rng, o, clock)
     n_events, exception_state = _carrier_progress(o, order, first, shipped, offsets, clock)
     n = len(order)
@@ -238,7 +245,9 @@ def _plan_parcels(rng: np.random.Generator, o: pd.DataFrame, clock: int) -> pd.D
     ).assign(waybill=lambda p: waybill_numbers(p["carrier"].to_numpy(), p["serial"].to_numpy()))
 
 
-def _parcel_timelines(rng: np.random.Generator, o: pd.DataFrame, clock: int):
+def _parcel_timelines(
+    rng: np.random.Generator, o: pd.DataFrame, clock: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Parcels that left the warehouse by now: order, first of its order?, shipped at, event offsets."""
     case, n_lines = o["case"].to_numpy(), o["n_lines"].to_numpy()
     count = o["shipped"].to_numpy().astype(np.int64)

@@ -248,9 +248,8 @@ def contract_breaking_rows(plan: Plan) -> dict[str, BadRows]:
     unknown_order = _successor(o["order_no"].iloc[-1])
     other_sku = str(plan.skus["code"][(plan.lines["sku"][line] + 1) % len(plan.skus["code"])])
     # A serial past the last parcel's: a waybill number no parcel has.
-    stray_waybill = str(
-        waybill_numbers(plan.parcels["carrier"].to_numpy()[[parcel]], np.array([len(plan.parcels) + 1]))[0]
-    )
+    stray_serial = np.array([len(plan.parcels) + 1])
+    stray_waybill = str(waybill_numbers(plan.parcels["carrier"].to_numpy()[[parcel]], stray_serial)[0])
 
     def receipts(t: Table) -> list[dict]:
         good = _row(t, payment)
@@ -294,6 +293,7 @@ def _successor(number: str) -> str:
 
 
 def connect_for_filling(path: Path) -> sqlite3.Connection:
+    """A connection to a database file being generated."""
     conn = sqlite3.connect(path)
     # Nothing to protect while a file is being generated: no rollback journal, no fsync.
     conn.execute("PRAGMA journal_mode=OFF")
@@ -305,8 +305,8 @@ def _write_table(conn: sqlite3.Connection, name: str, schema: dict[str, str], ta
     columns = ", ".join(f'"{column}" {kind}' for column, kind in schema.items())
     conn.execute(f'CREATE TABLE "{name}" ({columns})')
     marks = ", ".join("?" * len(schema))
-    # Not strict: outbound's outbound_time and last_modified are one list, which each appended row
-    # lengthens twice; the rows written end with the shortest column.
+    # Not strict: outbound's outbound_time and last_modified are one list, to which an appended row
+    # adds both its values; zip stops at the other columns' length, so only the first is written.
     rows = zip(*(table[c] for c in schema), strict=False)
     with conn:
         count = conn.executemany(f'INSERT INTO "{name}" VALUES ({marks})', rows).rowcount
