@@ -59,7 +59,7 @@ def _digests(path: Path) -> dict[str, str]:
 def test_same_arguments_give_the_same_rows(demo, tmp_path):
     again = build_demo_company(tmp_path, ORDERS, now=NOW)
     assert again.counts == demo.counts
-    for mine, theirs in zip(_databases(demo), _databases(again)):
+    for mine, theirs in zip(_databases(demo), _databases(again), strict=True):
         assert _digests(mine) == _digests(theirs), mine.name
 
 
@@ -206,7 +206,9 @@ def _rejects(company: DemoCompany) -> dict[str, list[str]]:
     cfg = load_config(company.config_path)
     found = {}
     for name, sc in cfg.sources.items():
-        engine = sa.create_engine(sc.url.resolve())
+        url = sc.url.resolve()
+        assert url is not None, f"{name}: the demo config gives every source's URL inline"
+        engine = sa.create_engine(url)
         _, rejects = validate(SOURCE_ENTITIES[name], read_source(engine, sc), sc.timezone)
         engine.dispose()
         found[name] = sorted(rejects["reason"])
