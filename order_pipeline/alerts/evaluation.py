@@ -27,11 +27,14 @@ from order_pipeline.alerts.messages import (
     run_failure_message,
     tracking_link_message,
 )
-from order_pipeline.alerts.rules import Rule, aware_utc, fetch_frame, time_param
+from order_pipeline.alerts.rules import Rule, aware_utc
 from order_pipeline.alerts.rules import evaluate as evaluate_rules
 from order_pipeline.alerts.settings import AlertSettings, load_alert_settings
 from order_pipeline.contract.config import Config
-from order_pipeline.contract.schema import order_tracking_snapshot, pipeline_state, tracking_link_sends
+from order_pipeline.contract.schema import pipeline_state, tracking_link_sends
+from order_pipeline.domain.links import customer_link
+from order_pipeline.domain.masking import mask_phone
+from order_pipeline.notify.links import LinkSettings, link_settings, orders_without_link
 from order_pipeline.warehouse.engine import insert_frame
 
 log = logging.getLogger(__name__)
@@ -66,7 +69,7 @@ class Alerting:
     def __init__(self, config: Config, engine: sa.Engine, settings: AlertSettings | None = None):
         self.config, self.engine = config, engine
         self.settings = settings or load_alert_settings(config)
-        self.web = self._web_settings()
+        self.links = self._link_settings()
         key = str(engine.url)
         if key not in _schema_ready:
             ledger.ensure_schema(engine)
@@ -241,45 +244,36 @@ class Alerting:
 
     # -- customer tracking links ----------------------------------------------------------------
 
-    def _web_settings(self):
+    def _link_settings(self) -> LinkSettings | None:
         if self.settings.tracking_links is None:
             return None
         if not self.settings.web_configured:
             log.info("customer tracking links are not sent: the config has no `web:` section (base_url, link secret)")
             return None
-        from order_pipeline.web.settings import WebSettings
-
-        return WebSettings.from_config(self.config)
+        return link_settings(self.config)
 
     def _queue_links(self, conn: sa.Connection, now: datetime) -> int:
         """Queue one tracking link for each new order that has none yet."""
         tl = self.settings.tracking_links
-        if tl is None or self.web is None:
+        if tl is None or self.links is None:
             return 0
-        from order_pipeline.domain.links import customer_link
-        from order_pipeline.domain.masking import mask_phone
-
-        s, t = order_tracking_snapshot, tracking_link_sends
-        new = fetch_frame(
-            conn,
-            sa.select(s.c.order_no, s.c.customer_phone)
-            .where(s.c.status == "open")
-            .where(s.c.ordered_at >= time_param(now - tl.within))
-            .where(~sa.exists().where(t.c.order_no == s.c.order_no))
-            .order_by(s.c.order_no),
-        )
+        new = orders_without_link(conn, aware_utc(now) - tl.within)
         if new.empty:
             return 0
-        insert_frame(conn, t, pd.DataFrame({"order_no": new["order_no"], "channel": tl.channel, "queued_at": now}))
+        insert_frame(
+            conn,
+            tracking_link_sends,
+            pd.DataFrame({"order_no": new["order_no"], "channel": tl.channel, "queued_at": now}),
+        )
         items = [
             (
                 order_no,
                 tl.channel,
                 tracking_link_message(
-                    order_no, customer_link(self.web, order_no, now), mask_phone(phone), self.web.link_ttl
+                    order_no, customer_link(self.links, order_no, now), mask_phone(phone), self.links.link_ttl
                 ),
             )
-            for order_no, phone in zip(new["order_no"], new["customer_phone"])
+            for order_no, phone in zip(new["order_no"], new["customer_phone"], strict=True)
         ]
         return ledger.queue_messages(conn, TRACKING_LINK, ledger.LINK, items, now, LINK_HOLD)
 
