@@ -230,8 +230,9 @@ def ui(config_path: str | None, port: int) -> None:
     """Start `dagster dev` (webserver + daemon) on this config."""
     config = _config(config_path)
     os.environ[CONFIG_ENV] = str(config.path)
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(config.data_dir / "dagster_home")))
-    home.mkdir(parents=True, exist_ok=True)
+    from order_pipeline.runner import dagster_home
+
+    home = dagster_home(config)
     workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
     args = ["dagster", "dev", "-p", str(port)]
     args += ["-w", str(workspace)] if workspace.exists() else ["-m", "order_pipeline.definitions"]

@@ -26,10 +26,26 @@ class RunOutcome:
     failures: list[str]
 
 
-def dagster_instance(config: Config) -> dg.DagsterInstance:
-    """The instance in $DAGSTER_HOME, or one under the data directory, so `order-pipeline ui` shows the runs."""
+# What a new instance home gets (deploy/dagster.yaml says the same for production): the project's
+# log lines reach each run's event log.
+INSTANCE_YAML = """python_logs:
+  managed_python_loggers: [order_pipeline]
+  python_log_level: INFO
+"""
+
+
+def dagster_home(config: Config) -> Path:
+    """$DAGSTER_HOME, or one under the data directory, so `order-pipeline ui` shows the CLI's runs."""
     home = Path(os.environ.setdefault(DAGSTER_HOME, str(config.data_dir / "dagster_home")))
     home.mkdir(parents=True, exist_ok=True)
+    instance_yaml = home / "dagster.yaml"
+    if not instance_yaml.exists():
+        instance_yaml.write_text(INSTANCE_YAML, encoding="utf-8")
+    return home
+
+
+def dagster_instance(config: Config) -> dg.DagsterInstance:
+    dagster_home(config)
     return dg.DagsterInstance.get()
 
 

@@ -132,3 +132,26 @@ def test_cli_run_sends_and_prints_the_alerts_then_lists_them(config, monkeypatch
     assert "stuck_parcel (" in listed.output and "high risk" in listed.output
     again = cli.invoke(main, ["run", "--config", str(config.path), "--now", NOW.isoformat()])
     assert "queued 0 messages" in again.output  # nothing is sent twice
+
+
+def test_the_projects_log_lines_reach_the_run_event_log(config, tmp_path, monkeypatch):
+    """The instance the CLI creates captures `order_pipeline.*` loggers, as deploy/dagster.yaml does."""
+    import logging
+    from pathlib import Path
+
+    import yaml
+
+    from order_pipeline import runner
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+
+    @dg.asset
+    def speaks():
+        logging.getLogger("order_pipeline.pipeline.publish").warning("VACUUM after the rebuild failed: disk full")
+
+    with runner.dagster_instance(config) as instance:
+        result = dg.materialize([speaks], instance=instance)
+        logged = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert any("VACUUM after the rebuild failed: disk full" in m for m in logged)
+    shipped = Path(__file__).resolve().parent.parent / "deploy" / "dagster.yaml"
+    assert yaml.safe_load(shipped.read_text())["python_logs"] == yaml.safe_load(runner.INSTANCE_YAML)["python_logs"]
