@@ -34,16 +34,6 @@ STAGE_LABELS = {
     "cancelled": "已取消",
     "exception": "配送异常",
 }
-STAGE_LABELS_EN = {
-    "ordered": "Ordered",
-    "paid": "Paid",
-    "locked": "Stock locked",
-    "shipped": "Shipped",
-    "in_transit": "In transit",
-    "delivered": "Delivered",
-    "cancelled": "Cancelled",
-    "exception": "Delivery problem",
-}
 # Who owns the step that moves an order out of its stage.
 NEXT_OWNER = {
     "ordered": "finance",
@@ -171,8 +161,33 @@ class _PerOrder:
 
 
 def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
+    """One row per order: its facts, its stage, what is missing, who owns the next step, since when."""
     o = inp.orders.drop_duplicates("order_no").reset_index(drop=True)
     orders = pd.Index(o["order_no"])
+    out = _order_facts(o)
+    amount = pd.to_numeric(out["amount"], errors="coerce").fillna(0.0)
+    is_paid = _payment_facts(out, inp, orders, amount)
+    is_locked = _lock_facts(out, inp, orders)
+    parcels = _PerOrder(_parcels(inp), orders)
+    flags = _parcel_facts(out, parcels)
+    _stage(out, parcels, flags, is_paid, is_locked)
+    _missing_and_owner(out, flags, amount, is_paid, is_locked)
+    _waiting_and_eta(out, transit_days)
+    return out
+
+
+@dataclass(frozen=True)
+class _ParcelFlags:
+    """What an order's parcels say about it, per order."""
+
+    any_exception: pd.Series
+    any_transit: pd.Series
+    weight_missing: pd.Series
+    untracked: pd.Series
+    in_transit_at: pd.Series  # the first carrier event of any parcel
+
+
+def _order_facts(o: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({"order_no": o["order_no"]})
     for col in (
         "customer_name",
@@ -184,12 +199,14 @@ def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
         "promised_date",
         "status",
     ):
-        out[col] = o[col] if col in o else None
+        out[col] = o.get(col, None)
     out["phone_tail"] = out["customer_phone"].astype("string").str.replace(r"\D", "", regex=True).str[-4:]
-    out["source_updated_at"] = o["updated_at"] if "updated_at" in o else pd.NaT
-    amount = pd.to_numeric(out["amount"], errors="coerce").fillna(0.0)
+    out["source_updated_at"] = o.get("updated_at", pd.NaT)
+    return out
 
-    # Payments: an order is paid when its paid payments cover the amount.
+
+def _payment_facts(out: pd.DataFrame, inp: OrderInputs, orders: pd.Index, amount: pd.Series) -> pd.Series:
+    """An order is paid when its paid payments cover the amount."""
     pay = inp.payments
     paid = _PerOrder(pay[pay["status"] == "paid"], orders)
     out["paid_amount"] = paid.sum("amount")
@@ -197,16 +214,21 @@ def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
     is_paid = out["paid_amount"] >= amount - AMOUNT_TOLERANCE
     out["paid_at"] = paid.agg("paid_at", "max").where(is_paid)
     out["voucher_no"] = paid.join("voucher_no")
+    return is_paid
 
-    # Lines and reservations: locked when active reservations cover every line.
+
+def _lock_facts(out: pd.DataFrame, inp: OrderInputs, orders: pd.Index) -> pd.Series:
+    """Locked when active reservations cover every line."""
     lines = _PerOrder(inp.lines, orders)
     out["line_count"] = lines.count()
     out["total_qty"] = lines.sum("qty")
     res = _PerOrder(inp.reservations[inp.reservations["status"] == "locked"], orders)
     is_locked = (out["line_count"] > 0) & ~_short_of_stock(lines, res)
     out["locked_at"] = res.agg("locked_at", "max").where(is_locked)
+    return is_locked
 
-    parcels = _PerOrder(_parcels(inp), orders)
+
+def _parcel_facts(out: pd.DataFrame, parcels: _PerOrder) -> _ParcelFlags:
     p = parcels.rows
     out["parcel_count"] = parcels.count()
     out["parcels_signed"] = parcels.count(p["signed"])
@@ -214,12 +236,7 @@ def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
     out["carrier_codes"] = parcels.join("carrier_code")
     out["total_weight_kg"] = pd.Series(parcels.sum("weight_kg")).where(parcels.any(p["weight_kg"].notna()))
     out["shipped_at"] = parcels.agg("shipped_at", "min")
-    in_transit_at = parcels.agg("first_event_at", "min")
-    any_exception = parcels.any(p["exception"])
-    any_transit = parcels.any(p["moving"])
     out["out_for_delivery"] = parcels.any(p["out_for_delivery"])
-    weight_missing = parcels.any(p["weight_kg"].isna())
-    untracked = parcels.any(~p["tracked"])
 
     # The parcel with the newest carrier event speaks for the order.
     latest = parcels.last_by("last_event_at")
@@ -237,15 +254,26 @@ def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
         dtype=object,
     ).reindex(out.index)
     out["signer"] = parcels.join("signer")
+    return _ParcelFlags(
+        any_exception=parcels.any(p["exception"]),
+        any_transit=parcels.any(p["moving"]),
+        weight_missing=parcels.any(p["weight_kg"].isna()),
+        untracked=parcels.any(~p["tracked"]),
+        in_transit_at=parcels.agg("first_event_at", "min"),
+    )
 
+
+def _stage(
+    out: pd.DataFrame, parcels: _PerOrder, flags: _ParcelFlags, is_paid: pd.Series, is_locked: pd.Series
+) -> None:
     has_parcels = out["parcel_count"] > 0
     all_signed = has_parcels & (out["parcels_signed"] == out["parcel_count"])
     stage = np.select(
         [
             out["status"].eq("cancelled"),
-            any_exception & ~all_signed,
+            flags.any_exception & ~all_signed,
             all_signed,
-            has_parcels & (any_transit | (out["parcels_signed"] > 0)),
+            has_parcels & (flags.any_transit | (out["parcels_signed"] > 0)),
             has_parcels,
             is_locked,
             is_paid,
@@ -256,8 +284,13 @@ def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
     out["stage"] = stage
     out["stage_label"] = out["stage"].map(STAGE_LABELS)
     out["delivered_at"] = parcels.agg("signed_at", "max").where(all_signed)
-    out["in_transit_at"] = in_transit_at.where(out["stage"].isin(["in_transit", "delivered", "exception"]))
+    out["in_transit_at"] = flags.in_transit_at.where(out["stage"].isin(["in_transit", "delivered", "exception"]))
 
+
+def _missing_and_owner(
+    out: pd.DataFrame, flags: _ParcelFlags, amount: pd.Series, is_paid: pd.Series, is_locked: pd.Series
+) -> None:
+    """The facts missing for the stages reached, and who owns the earliest one (else the next step)."""
     rank = out["stage"].map({s: i for i, s in enumerate(HAPPY_PATH)}).fillna(-1)
     rank = rank.where(out["stage"] != "exception", HAPPY_PATH.index("in_transit"))
     reached = {s: rank >= i for i, s in enumerate(HAPPY_PATH)}
@@ -266,8 +299,8 @@ def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
         "payment": reached["paid"] & ~is_paid,
         "voucher_no": reached["paid"] & is_paid & (amount > 0) & out["voucher_no"].isna(),
         "stock_lock": reached["locked"] & ~is_locked,
-        "waybill_weight": reached["shipped"] & weight_missing,
-        "carrier_tracking": reached["shipped"] & untracked,
+        "waybill_weight": reached["shipped"] & flags.weight_missing,
+        "carrier_tracking": reached["shipped"] & flags.untracked,
         "current_location": out["stage"].eq("in_transit") & out["latest_event_area"].isna(),
         "proof_of_delivery": reached["delivered"] & out["signer"].isna(),
         "refund": out["stage"].eq("cancelled") & (out["paid_amount"] > AMOUNT_TOLERANCE),
@@ -279,6 +312,9 @@ def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
     owner = first_missing.fillna(out["stage"].map(NEXT_OWNER))
     out["responsible_role"] = owner.astype(object).where(owner.notna(), None)
 
+
+def _waiting_and_eta(out: pd.DataFrame, transit_days: int) -> None:
+    """Since when the order waits in its stage, and the ETA while a parcel travels."""
     since = {
         "ordered": out["ordered_at"],
         "paid": out["paid_at"],
@@ -295,7 +331,6 @@ def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
     out["waiting_since"] = waiting.fillna(utc_series(out["ordered_at"]))
     eta = utc_series(out["shipped_at"]) + timedelta(days=transit_days)
     out["eta"] = eta.where(out["stage"].isin(["shipped", "in_transit", "exception"]))
-    return out
 
 
 def _short_of_stock(lines: _PerOrder, res: _PerOrder) -> np.ndarray:
