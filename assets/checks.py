@@ -28,7 +28,8 @@ from assets.carrier import RAW_TRACKING
 from assets.common import CLOCK, WAREHOUSE
 from assets.unified import UNIFIED_ORDERS
 from order_pipeline.alerts.messages import waited_text
-from order_pipeline.alerts.rules import Rule, count_and_sample
+from order_pipeline.alerts.rules.model import Rule
+from order_pipeline.alerts.rules.sql import count_and_sample
 from order_pipeline.alerts.settings import SourceSla
 from order_pipeline.contract.schema import unified_orders
 

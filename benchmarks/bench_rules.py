@@ -30,7 +30,8 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from order_pipeline.alerts.evaluation import Alerting
-from order_pipeline.alerts.rules import default_rules, evaluate
+from order_pipeline.alerts.rules.parser import default_rules
+from order_pipeline.alerts.rules.sql import evaluate
 from order_pipeline.contract.config import CarrierConfig, Config, Secret
 from order_pipeline.contract.schema import RAW_TABLES, order_tracking_snapshot
 from order_pipeline.domain.stages import NEXT_OWNER, STAGE_LABELS

@@ -11,7 +11,9 @@ import pytest
 import sqlalchemy as sa
 from conftest import NOW
 
-from order_pipeline.alerts.rules import FieldRef, count_and_sample, default_rules, evaluate, parse_rules
+from order_pipeline.alerts.rules.model import FieldRef
+from order_pipeline.alerts.rules.parser import default_rules, parse_rules
+from order_pipeline.alerts.rules.sql import count_and_sample, evaluate
 from order_pipeline.alerts.settings import BUILTIN_GROUPS, load_alert_settings
 from order_pipeline.contract.config import CarrierConfig, Config, ConfigError, Secret
 from order_pipeline.contract.roles import ROLE_LABELS

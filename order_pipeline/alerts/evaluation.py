@@ -27,8 +27,9 @@ from order_pipeline.alerts.messages import (
     run_failure_message,
     tracking_link_message,
 )
-from order_pipeline.alerts.rules import Rule, aware_utc, fetch_frame, time_param
-from order_pipeline.alerts.rules import evaluate as evaluate_rules
+from order_pipeline.alerts.rules.model import Rule
+from order_pipeline.alerts.rules.sql import aware_utc, fetch_frame, time_param
+from order_pipeline.alerts.rules.sql import evaluate as evaluate_rules
 from order_pipeline.alerts.settings import AlertSettings, load_alert_settings
 from order_pipeline.contract.config import Config
 from order_pipeline.contract.schema import order_tracking_snapshot, pipeline_state, tracking_link_sends

@@ -37,7 +37,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from order_pipeline.alerts.messages import MessageText, resolved_message
-from order_pipeline.alerts.rules import fetch_frame
+from order_pipeline.alerts.rules.sql import fetch_frame
 from order_pipeline.contract.schema import alert_deliveries, alert_queue, metadata, order_alerts
 from order_pipeline.warehouse.engine import insert_frame, read_frame, utc
 

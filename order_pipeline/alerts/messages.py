@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 
-from order_pipeline.alerts.rules import Rule
+from order_pipeline.alerts.rules.model import Rule
 from order_pipeline.contract.roles import ROLE_LABELS
 
 SEVERITY_LABELS = {"info": "提示", "warning": "警告", "critical": "严重"}

@@ -35,7 +35,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from order_pipeline.alerts.rules import Rule, parse_rules, with_defaults
+from order_pipeline.alerts.rules.model import Rule, with_defaults
+from order_pipeline.alerts.rules.parser import parse_rules
 from order_pipeline.contract.canonical import SOURCE_ENTITIES
 from order_pipeline.contract.config import Config, SectionParser
 from order_pipeline.contract.roles import ROLE_LABELS
