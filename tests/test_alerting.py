@@ -15,7 +15,8 @@ from conftest import NOW
 from test_rules import TZ, D, H, S, add_rows, engine, make_config, order, publish_rows, warehouse_url  # noqa: F401
 
 from order_pipeline.alerts import ledger as alert_ledger
-from order_pipeline.alerts.channels import OutboxChannel, WeComRobot
+from order_pipeline.alerts.channels.outbox import OutboxChannel
+from order_pipeline.alerts.channels.wecom import WeComRobot
 from order_pipeline.alerts.dispatch import Dispatcher, build_channels
 from order_pipeline.alerts.evaluation import Alerting
 from order_pipeline.alerts.freshness import source_ages

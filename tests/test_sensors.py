@@ -16,7 +16,7 @@ from test_alerting import GROUPS, paid_order
 from test_rules import TZ, H, S, make_config, order, publish_rows, warehouse_url  # noqa: F401
 
 from order_pipeline.alerts import ledger as alert_ledger
-from order_pipeline.alerts.channels import WeComRobot
+from order_pipeline.alerts.channels.wecom import WeComRobot
 from order_pipeline.alerts.dispatch import Dispatcher
 from order_pipeline.alerts.evaluation import Alerting
 from order_pipeline.contract.config import Secret, SourceConfig

@@ -22,7 +22,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from order_pipeline.alerts import ledger
-from order_pipeline.alerts.channels import AlertMessage, Attempt, Channel, RateBudget, deliver, plan
+from order_pipeline.alerts.channels.delivery import Attempt, RateBudget, deliver, plan
+from order_pipeline.alerts.channels.message import AlertMessage, Channel
 from order_pipeline.alerts.messages import MessageText
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,8 @@ def _targets(rows: pd.DataFrame) -> str:
 
 def build_channels(settings, engine: sa.Engine) -> dict[str, Channel]:
     """Every configured channel plus the outbox, ready to send (settings: AlertSettings)."""
-    from order_pipeline.alerts.channels import OutboxChannel, build_channel
+    from order_pipeline.alerts.channels.config import build_channel
+    from order_pipeline.alerts.channels.outbox import OutboxChannel
     from order_pipeline.alerts.settings import OUTBOX
 
     built: dict[str, Channel] = {OUTBOX: OutboxChannel(engine, name=OUTBOX)}

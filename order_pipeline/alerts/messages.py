@@ -29,7 +29,7 @@ ORDER_PAGE = "/ops/order/{order_no}"  # the ops board's order page (order_pipeli
 
 @dataclass(frozen=True)
 class MessageText:
-    """What a message says, before a channel shapes it (resources.channels.AlertMessage)."""
+    """What a message says, before a channel shapes it (order_pipeline.alerts.channels.message.AlertMessage)."""
 
     title: str
     body_markdown: str

@@ -1,6 +1,6 @@
 """Who hears about what: the `alerts:`, `channels:` and `freshness:` sections, checked at load time.
 
-    channels:                          # each built by resources.channels.build_channel
+    channels:                          # each built by alerts.channels.config.build_channel
       wecom_warehouse: {type: wecom, webhook_url_env: WECOM_WAREHOUSE_URL, mentions: ["13800000000"]}
       ops_mail: {type: email, host: smtp.example.com, sender: ops@example.com, recipients: [lead@example.com]}
     alerts:
