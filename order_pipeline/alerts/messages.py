@@ -167,7 +167,7 @@ def rule_message(
         )
         if rule.risk == "high":
             facts += "　风险：高"
-        link = order_link(board_url, entity)
+        link = order_link(board_url, str(entity))
         md += [f"> {facts}", f"> [在看板查看 {entity}]({link})"]
         text += [facts, f"看板：{link}"]
     else:
