@@ -26,7 +26,8 @@ import pandas as pd
 from assets.carrier import RAW_TRACKING
 from assets.common import table_preview
 from assets.unified import UNIFIED_ORDERS
-from order_pipeline.alerts.rules import Rule, count_and_sample
+from order_pipeline.alerts.rules.model import Rule
+from order_pipeline.alerts.rules.sql import count_and_sample
 from order_pipeline.alerts.settings import SourceSla
 from order_pipeline.contract.schema import unified_orders
 from order_pipeline.domain.times import waited_text

@@ -166,8 +166,9 @@ def alerts(config_path: str | None, now: str | None, show_all: bool, rule_ids: t
     import sqlalchemy as sa
 
     from order_pipeline.alerts.ledger import ensure_schema
-    from order_pipeline.alerts.messages import local_time, waited_text
+    from order_pipeline.alerts.messages import short_time as local_time
     from order_pipeline.contract.schema import order_alerts
+    from order_pipeline.domain.times import waited_text
     from order_pipeline.warehouse.engine import Warehouse, read_frame
 
     config = _config(config_path)

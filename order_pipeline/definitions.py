@@ -24,7 +24,7 @@ from assets.checks import freshness_policies, rule_checks
 from assets.published import EVENTS, PARCELS, SNAPSHOT, published_checks, published_tracking_tables
 from assets.sources import raw_source_asset
 from assets.unified import UNIFIED_ORDERS, unified_orders_asset
-from order_pipeline.alerts.dispatch import build_channels
+from order_pipeline.alerts.channels.config import validate_channel
 from order_pipeline.alerts.settings import load_alert_settings
 from order_pipeline.contract.config import Config, Secret, find_config, load_config
 from order_pipeline.demo.company import DEMO_KEY, DEMO_KEY_ENV
@@ -67,7 +67,10 @@ def _resources(config: Config, now: str | None) -> dict[str, dg.ConfigurableReso
         "warehouse": warehouse,
         "clock": PipelineClock(now_at=now),
         "sources": SourceDatabases(
-            sources={name: SourceConnection(url=_setting(sc.url)) for name, sc in config.sources.items()}
+            sources={
+                name: SourceConnection(url=sc.url.value or "", url_env=sc.url.env or "")
+                for name, sc in config.sources.items()
+            }
         ),
         "kuaidi100": Kuaidi100Client(
             endpoint=carrier.endpoint,
@@ -84,7 +87,8 @@ def build_definitions(config: Config, now: str | None = None) -> dg.Definitions:
     """The definitions of `config`; `now` pins the clock (ISO time) for a reproducible run."""
     carrier = config.carrier
     alerts = load_alert_settings(config)
-    build_channels(alerts, None)  # a bad `channels:` entry fails here, at load time
+    for name, spec in alerts.channel_specs.items():  # a bad `channels:` entry fails here, at load time
+        validate_channel(name, spec, config.path)
     assets = [raw_source_asset(sc, config.path) for sc in config.sources.values()]
     assets += [
         carrier_tracking_asset(carrier.poll_interval, carrier.max_polls_per_run),

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
-from order_pipeline.alerts.channels import build_channel
+from order_pipeline.alerts.channels.config import build_channel
 from order_pipeline.alerts.settings import load_alert_settings
 from order_pipeline.contract.config import Config, ConfigError, Secret
 from order_pipeline.sources.checks import check_source, first_line
@@ -93,7 +93,8 @@ def _carrier(config: Config) -> str:
             raise ConfigError(
                 config.path, f"carrier.{name}_env", "missing", f"set `{name}_env:` to the variable that holds it"
             )
-    return _connect(carrier.endpoint)
+    parts = urlsplit(carrier.endpoint)
+    return _connect(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
 
 
 def _channels(config: Config) -> Iterator[Reach]:
@@ -107,20 +108,12 @@ def _channels(config: Config) -> Iterator[Reach]:
 
 
 def _channel(name: str, spec, config_file: Path) -> str:
-    channel = build_channel(name, spec, None, config_file)
-    url = getattr(channel, "_url", None)
-    if url:
-        return _connect(url)
-    host = getattr(channel, "host", None)
-    if host:
-        return _connect(f"smtp://{host}:{channel.port}")  # type: ignore[attr-defined]
-    return "writes to the warehouse"
+    endpoint = build_channel(name, spec, None, config_file).endpoint()
+    return "writes to the warehouse" if endpoint is None else _connect(*endpoint)
 
 
-def _connect(url: str) -> str:
-    """A TCP connection to the URL's host, and nothing sent: a check must not post to a robot."""
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    with socket.create_connection((parts.hostname or "", port), timeout=TIMEOUT_SECONDS):
+def _connect(host: str, port: int) -> str:
+    """A TCP connection to the host, and nothing sent: a check must not post to a robot or mail anyone."""
+    with socket.create_connection((host, port), timeout=TIMEOUT_SECONDS):
         pass
-    return f"{parts.hostname}:{port} accepts connections"
+    return f"{host}:{port} accepts connections"

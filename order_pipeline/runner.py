@@ -12,6 +12,7 @@ import dagster as dg
 from order_pipeline.contract.config import Config
 from order_pipeline.contract.schema import raw_table_name
 from order_pipeline.definitions import PIPELINE_JOB, build_definitions
+from sensors.alerts import step_failure_text
 
 DAGSTER_HOME = "DAGSTER_HOME"
 # Assets that take `full_refresh` from run config (see assets.common.LoadConfig).
@@ -75,5 +76,5 @@ def run_pipeline(
             if on_step:
                 on_step(event.step_key, steps[event.step_key])
         elif event.event_type == dg.DagsterEventType.STEP_FAILURE:
-            failures.append(f"{event.step_key}: {event.event_specific_data.error.message.strip()}")
+            failures.append(step_failure_text(event) or f"{event.step_key}: failed")
     return RunOutcome(result.success, result.run_id, steps, failures)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from typing import ClassVar
 
@@ -40,7 +41,15 @@ class WarehouseResource(dg.ConfigurableResource):
 
 
 class SourceConnection(dg.Config):
-    url: str  # an EnvVar where the config names one: the value is read when the run starts
+    """Where a source's URL comes from: inline, or the environment variable the config names.
+
+    Not a Dagster `EnvVar`: those are resolved for every resource when a run starts, so one unset
+    variable would fail every source's step. Read here, it fails only the step of its own source
+    (whose check names the config entry and the fix first).
+    """
+
+    url: str = ""
+    url_env: str = ""
 
 
 class SourceDatabases(dg.ConfigurableResource):
@@ -49,7 +58,11 @@ class SourceDatabases(dg.ConfigurableResource):
     sources: dict[str, SourceConnection]
 
     def engine(self, name: str) -> sa.Engine:
-        return source_engine(self.sources[name].url)
+        source = self.sources[name]
+        url = os.environ.get(source.url_env) if source.url_env else source.url
+        if not url:
+            raise RuntimeError(f"environment variable {source.url_env} is not set (the URL of source {name})")
+        return source_engine(url)
 
 
 class PipelineClock(dg.ConfigurableResource):

@@ -91,14 +91,19 @@ def alert_sensor(config: Config, interval: int = INTERVAL_SECONDS) -> dg.SensorD
     return alert_dispatch
 
 
+def step_failure_text(event: dg.DagsterEvent) -> str | None:
+    """'<step>: <the user's exception>' of a step failure: the cause, not Dagster's wrapper around it."""
+    error = getattr(event.event_specific_data, "error", None)
+    while error is not None and error.cause is not None:
+        error = error.cause
+    return None if error is None else f"{event.step_key}: {error.message.strip()}"
+
+
 def _failure_text(context: dg.RunFailureSensorContext) -> str:
-    steps = context.get_step_failure_events()
-    for event in steps:
-        error = event.event_specific_data.error if event.event_specific_data else None
-        while error is not None and error.cause is not None:  # the user's exception, not Dagster's wrapper
-            error = error.cause
-        if error is not None:
-            return f"{event.step_key}: {error.message.strip()}"
+    for event in context.get_step_failure_events():
+        text = step_failure_text(event)
+        if text:
+            return text
     return context.failure_event.message or "the run failed"
 
 

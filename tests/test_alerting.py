@@ -15,7 +15,9 @@ from conftest import NOW
 from test_rules import TZ, D, H, S, add_rows, engine, make_config, order, publish_rows, warehouse_url  # noqa: F401
 
 from order_pipeline.alerts import ledger as alert_ledger
-from order_pipeline.alerts.channels import OutboxChannel, WeComRobot
+from order_pipeline.alerts import queue as alert_queue_ops
+from order_pipeline.alerts.channels.outbox import OutboxChannel
+from order_pipeline.alerts.channels.wecom import WeComRobot
 from order_pipeline.alerts.dispatch import Dispatcher, build_channels
 from order_pipeline.alerts.evaluation import Alerting
 from order_pipeline.alerts.freshness import source_ages
@@ -361,7 +363,7 @@ def test_a_crash_between_send_and_record_never_sends_twice_within_the_cooldown(t
         raise Crash()
 
     with monkeypatch.context() as m:
-        m.setattr(alert_ledger, "record_outcome", crash)
+        m.setattr(alert_queue_ops, "record_outcome", crash)
         with pytest.raises(Crash):
             tick(alerting, dispatcher, NOW)
     assert len(outbox(engine)) == 1  # it went out, but the ledger never heard

@@ -71,21 +71,23 @@ def test_the_demo_definitions_load_and_validate(config, monkeypatch):
     dg.Definitions.validate_loadable(definitions.defs())
 
 
-def test_a_bad_channel_fails_when_the_definitions_load(config, monkeypatch):
+def with_channels(config, channels: dict):
+    return type(config)(**{**config.__dict__, "sections": {**config.sections, "channels": channels}})
+
+
+def test_a_bad_channel_fails_when_the_definitions_load_and_an_unset_secret_does_not(config, monkeypatch):
     monkeypatch.delenv("WECOM_WAREHOUSE_URL", raising=False)
-    bad = type(config)(
-        **{
-            **config.__dict__,
-            "sections": {
-                **config.sections,
-                "channels": {"wecom_warehouse": {"type": "wecom", "webhook_url_env": "WECOM_WAREHOUSE_URL"}},
-            },
-        }
-    )
     with pytest.raises(ConfigError) as err:
-        build_definitions(bad)
+        build_definitions(with_channels(config, {"wecom_warehouse": {"type": "wecom", "webhook_url_env": "no such"}}))
     assert err.value.entry == "channels.wecom_warehouse.webhook_url_env"
-    assert "WECOM_WAREHOUSE_URL is not set" in err.value.problem
+    assert "not an environment variable name" in err.value.problem
+    with pytest.raises(ConfigError) as err:
+        build_definitions(with_channels(config, {"wecom_warehouse": {"type": "wecom", "webhook_url": "https://x"}}))
+    assert err.value.entry == "channels.wecom_warehouse.webhook_url" and "webhook_url_env" in err.value.fix
+
+    # The variable's value is read when the channel sends (and by `order-pipeline check`), not at load.
+    unset = with_channels(config, {"wecom_warehouse": {"type": "wecom", "webhook_url_env": "WECOM_WAREHOUSE_URL"}})
+    dg.Definitions.validate_loadable(build_definitions(unset))
 
 
 def test_the_demo_raises_each_rule_as_a_check_and_as_an_alert(config, monkeypatch):

@@ -15,8 +15,8 @@ from conftest import NOW
 from test_alerting import GROUPS, paid_order
 from test_rules import TZ, H, S, make_config, order, publish_rows, warehouse_url  # noqa: F401
 
-from order_pipeline.alerts import ledger as alert_ledger
-from order_pipeline.alerts.channels import WeComRobot
+from order_pipeline.alerts import queue as alert_queue_ops
+from order_pipeline.alerts.channels.wecom import WeComRobot
 from order_pipeline.alerts.dispatch import Dispatcher
 from order_pipeline.alerts.evaluation import Alerting
 from order_pipeline.contract.config import Secret, SourceConfig
@@ -28,8 +28,8 @@ from order_pipeline.contract.schema import (
     order_alerts,
     raw_tracking,
 )
-from order_pipeline.warehouse.engine import Warehouse
 from order_pipeline.sources import engines as source_engines
+from order_pipeline.warehouse.engine import Warehouse
 from resources.alerting import AlertingResource
 from resources.warehouse import PipelineClock, SourceConnection, SourceDatabases, WarehouseResource
 from sensors.alerts import AlertCursor, alert_sensor, run_failure_sensor, run_success_sensor
@@ -208,7 +208,7 @@ def test_a_crash_between_send_and_record_across_ticks(ticks, engine, monkeypatch
         raise RuntimeError("the code server was killed here")
 
     with monkeypatch.context() as m:
-        m.setattr(alert_ledger, "record_outcome", killed)
+        m.setattr(alert_queue_ops, "record_outcome", killed)
         with pytest.raises(Exception, match="killed"):
             ticks(NOW)
     assert ticks.cursor is None  # the failed tick kept no cursor

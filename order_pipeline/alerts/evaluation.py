@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from order_pipeline.alerts import ledger
+from order_pipeline.alerts import ledger, queue
 from order_pipeline.alerts.freshness import SourceAge, source_ages
 from order_pipeline.alerts.messages import (
     MessageText,
@@ -27,13 +27,14 @@ from order_pipeline.alerts.messages import (
     run_failure_message,
     tracking_link_message,
 )
-from order_pipeline.alerts.rules import Rule, aware_utc
-from order_pipeline.alerts.rules import evaluate as evaluate_rules
+from order_pipeline.alerts.rules.model import Rule
+from order_pipeline.alerts.rules.sql import evaluate as evaluate_rules
 from order_pipeline.alerts.settings import AlertSettings, load_alert_settings
 from order_pipeline.contract.config import Config
 from order_pipeline.contract.schema import pipeline_state, tracking_link_sends
 from order_pipeline.domain.links import customer_link
 from order_pipeline.domain.masking import mask_phone
+from order_pipeline.domain.times import aware_utc
 from order_pipeline.notify.links import LinkSettings, link_settings, orders_without_link
 from order_pipeline.warehouse.engine import insert_frame
 
@@ -180,7 +181,7 @@ class Alerting:
     def queue_ready_at(self, now: datetime) -> datetime | None:
         """When a queued message can next go out (now, a retry time or an expiring claim); None: queue empty."""
         with self.engine.connect() as conn:
-            return ledger.next_ready_at(conn, now)
+            return queue.next_ready_at(conn, now)
 
     def _rule_render(self, rule: Rule, now: datetime):
         tz, board = self.config.timezone, self.settings.board_url
@@ -275,7 +276,7 @@ class Alerting:
             )
             for order_no, phone in zip(new["order_no"], new["customer_phone"], strict=True)
         ]
-        return ledger.queue_messages(conn, TRACKING_LINK, ledger.LINK, items, now, LINK_HOLD)
+        return queue.queue_messages(conn, TRACKING_LINK, queue.LINK, items, now, LINK_HOLD)
 
     # -- reading ------------------------------------------------------------------------------
 
