@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from order_pipeline.domain.masking import mask_address, mask_carrier_text, mask_name, mask_phone
-from order_pipeline.web.rendering.i18n import STAGE_LABELS, STAGES, TEXT, carrier_name
 from order_pipeline.domain.times import as_utc, local_date, local_time
+from order_pipeline.web.rendering.i18n import STAGE_LABELS, STAGES, TEXT, carrier_name
 
 STAGE_TIME_COLUMNS = {s: f"{s}_at" for s in STAGES}
 

@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
+from order_pipeline.domain.times import local_time
 from order_pipeline.web.context import WebContext, web_context
 from order_pipeline.web.db import reading
 from order_pipeline.web.ops import queries
@@ -27,7 +28,6 @@ from order_pipeline.web.ops.view import (
 )
 from order_pipeline.web.rendering.i18n import OFF_PATH, STAGES
 from order_pipeline.web.rendering.pages import SECURITY_HEADERS
-from order_pipeline.domain.times import local_time
 from order_pipeline.web.security.sessions import Session
 
 OVERVIEW_TTL_SECONDS = 30  # counting a million snapshot rows is not done on every refresh

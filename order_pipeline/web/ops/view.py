@@ -8,8 +8,8 @@ from datetime import datetime
 from order_pipeline.contract.roles import ROLE_LABELS
 from order_pipeline.domain import carrier_states
 from order_pipeline.domain.stages import MISSING_FACTS, MISSING_LABELS
-from order_pipeline.web.rendering.i18n import OFF_PATH, STAGE_LABELS, STAGES, carrier_name
 from order_pipeline.domain.times import age, as_utc, local_time, waited_text
+from order_pipeline.web.rendering.i18n import OFF_PATH, STAGE_LABELS, STAGES, carrier_name
 
 OPEN_STAGES = ("ordered", "paid", "locked", "shipped", "in_transit", "exception")
 
