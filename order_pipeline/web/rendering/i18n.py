@@ -9,6 +9,7 @@ LANGS = ("zh", "en")
 
 STAGES = HAPPY_PATH
 OFF_PATH = ("cancelled", "exception")
+ALL_STAGES = (*STAGES, *OFF_PATH)
 
 STAGE_LABELS = {
     "zh": dict(PIPELINE_STAGE_LABELS),
