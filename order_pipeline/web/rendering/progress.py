@@ -25,7 +25,7 @@ def reached_index(stage: str) -> int:
 
 
 def stage_reached(order: Mapping, code: str) -> bool:
-    """The order is at or past stage `code`, or has that stage's time (an order off the path may)."""
+    """The order is at or past stage `code`, or has that stage's time (a cancelled order keeps the ones it got)."""
     return STAGES.index(code) <= reached_index(order["stage"]) or order.get(STAGE_TIME_COLUMNS[code]) is not None
 
 
