@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from order_pipeline.warehouse import engine as warehouse
@@ -31,7 +32,7 @@ def make_engine(url: str, *, busy_timeout: float = SQLITE_BUSY_TIMEOUT) -> Engin
     if sa.engine.make_url(url).get_backend_name() == "sqlite":
         engine = warehouse.create_engine(url)  # WAL, synchronous=NORMAL
 
-        @sa.event.listens_for(engine, "connect")
+        @event.listens_for(engine, "connect")
         def _busy_timeout(dbapi_conn, _):  # runs after the warehouse's own pragmas
             cur = dbapi_conn.cursor()
             cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
