@@ -146,7 +146,7 @@ class _Parser(WebSectionParser):
                 self.fail(f"{entry}.username", f"{name!r} is not a user name", "use 1-64 letters, digits or . _ @ -")
             if any(u.username == name for u in users):
                 self.fail(f"{entry}.username", f"{name!r} is listed twice", "keep one entry per person")
-            stored = item.get("password_hash")
+            stored = str(item.get("password_hash") or "")
             try:
                 parse_password_hash(stored)
             except ValueError as e:

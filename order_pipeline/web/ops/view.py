@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from order_pipeline.contract.roles import ROLE_LABELS
+from order_pipeline.contract import roles
 from order_pipeline.domain import carrier_states
 from order_pipeline.domain.stages import MISSING_FACTS, MISSING_LABELS
 from order_pipeline.domain.times import age, as_utc, local_time, waited_text
@@ -58,9 +58,8 @@ STAGE_FACTS: dict[str, list[tuple[str, str, str, bool]]] = {
 
 
 def role_label(role: str | None) -> str:
-    if not role:
-        return "未指定"
-    return f"{ROLE_LABELS[role]} ({role})" if role in ROLE_LABELS else role
+    """The board names a role with its code too, which is what the config's groups are written in."""
+    return f"{roles.role_label(role)} ({role})" if role in roles.ROLE_LABELS else roles.role_label(role)
 
 
 def stage_label(stage: str | None) -> str:
