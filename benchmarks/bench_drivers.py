@@ -33,7 +33,7 @@ def timed(label: str, work):
 
 
 def read_sqlite3(table: str) -> pd.DataFrame:
-    """As warehouse.read_frame: fetchall, then one frame from the tuples."""
+    """As warehouse.frames.read_frame: fetchall, then one frame from the tuples."""
     with sqlite3.connect(SOURCE) as conn:
         cur = conn.execute(f'SELECT * FROM "{table}"')
         return pd.DataFrame.from_records(cur.fetchall(), columns=[d[0] for d in cur.description], coerce_float=True)
@@ -51,7 +51,7 @@ def python_strings(kind: pa.DataType):
 
 
 def write_sqlite3(path: Path, frame: pd.DataFrame) -> None:
-    """As warehouse.insert_frame on SQLite: tuples of plain values built column by column, one executemany."""
+    """As warehouse.frames.insert_frame on SQLite: tuples of plain values built column by column, one executemany."""
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")

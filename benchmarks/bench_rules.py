@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_rules.py --orders 200000 --only sqlite
     ORDER_PIPELINE_TEST_PG=postgresql+psycopg2://postgres@127.0.0.1:5432/postgres  (the server to use)
 
-The snapshot is synthetic (numpy, written with warehouse.insert_frame): an open window of a month
+The snapshot is synthetic (numpy, written with warehouse.frames.insert_frame): an open window of a month
 in which most orders are delivered and a few percent sit in each earlier stage, with about one
 percent breaking each rule. Order lines (1.5 per order), stock per SKU and stock locks are
 written too, since the SKU rule reads them.
@@ -38,7 +38,9 @@ from order_pipeline.alerts.rules.sql import evaluate
 from order_pipeline.contract.config import CarrierConfig, Config, Secret
 from order_pipeline.contract.schema import RAW_TABLES, order_tracking_snapshot
 from order_pipeline.domain.stages import NEXT_OWNER, STAGE_LABELS
-from order_pipeline.warehouse.engine import Warehouse, insert_frame, set_state
+from order_pipeline.warehouse.engine import Warehouse
+from order_pipeline.warehouse.frames import insert_frame
+from order_pipeline.warehouse.state import PUBLISHED_BATCH, set_state
 
 NOW = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
 TZ = "Asia/Shanghai"
@@ -201,7 +203,7 @@ def load(engine: sa.Engine, n: int) -> float:
         ):
             for i in range(0, len(frame), CHUNK):
                 insert_frame(conn, table, frame.iloc[i : i + CHUNK])
-        set_state(conn, "published_batch", "1", NOW)
+        set_state(conn, PUBLISHED_BATCH, "1", NOW)
     if engine.dialect.name == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("ANALYZE")

@@ -15,7 +15,6 @@ from order_pipeline.contract.config import CONFIG_ENV, ConfigError, load_config
 from order_pipeline.contract.schema import alert_outbox, order_alerts
 from order_pipeline.definitions import build_definitions
 from order_pipeline.runner import run_pipeline
-from order_pipeline.warehouse.engine import Warehouse
 from resources.alerting import CLI_RETRIES, AlertingResource
 from resources.warehouse import WarehouseResource
 

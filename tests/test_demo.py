@@ -13,11 +13,11 @@ import pytest
 import sqlalchemy as sa
 
 from order_pipeline.carrier import protocol as kuaidi100
-from order_pipeline.domain import carrier_states
 from order_pipeline.carrier import sandbox as carrier_sandbox
 from order_pipeline.contract.canonical import SOURCE_ENTITIES
 from order_pipeline.contract.config import load_config
 from order_pipeline.demo.company import DEMO_CUSTOMER, DEMO_KEY, DEMO_KEY_ENV, DemoCompany, build_demo_company
+from order_pipeline.domain import carrier_states
 from order_pipeline.domain.validation import validate
 from order_pipeline.pipeline.loading import read_source
 

@@ -26,10 +26,10 @@ from order_pipeline.contract.schema import (
     raw_tracking_events,
     unified_orders,
 )
+from order_pipeline.domain.times import utc
 from order_pipeline.pipeline.publish import publish
 from order_pipeline.pipeline.unify import unify
 from order_pipeline.runner import run_pipeline
-from order_pipeline.domain.times import utc
 from order_pipeline.warehouse.engine import Warehouse
 
 
@@ -595,7 +595,7 @@ def test_concurrent_loads_get_distinct_batches_in_commit_order(backend, earlier,
     """Two loads racing for a batch number: the second waits for the first to commit."""
     import threading
 
-    from order_pipeline.warehouse.engine import next_batch
+    from order_pipeline.warehouse.state import next_batch
 
     url = f"sqlite:///{tmp_path / 'wh.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")()
     wh = Warehouse(url)
@@ -618,7 +618,7 @@ def test_concurrent_loads_get_distinct_batches_in_commit_order(backend, earlier,
 
 
 def _take_batch(engine) -> int:
-    from order_pipeline.warehouse.engine import next_batch
+    from order_pipeline.warehouse.state import next_batch
 
     with engine.begin() as conn:
         return next_batch(conn, NOW)

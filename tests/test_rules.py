@@ -17,7 +17,9 @@ from order_pipeline.alerts.rules.sql import count_and_sample, evaluate
 from order_pipeline.contract.config import CarrierConfig, Config, Secret
 from order_pipeline.contract.schema import RAW_TABLES, order_tracking_snapshot, unified_orders
 from order_pipeline.domain.stages import NEXT_OWNER, STAGE_LABELS
-from order_pipeline.warehouse.engine import Warehouse, insert_frame, set_state
+from order_pipeline.warehouse.engine import Warehouse
+from order_pipeline.warehouse.frames import insert_frame
+from order_pipeline.warehouse.state import PUBLISHED_BATCH, set_state
 
 TZ = "Asia/Shanghai"
 H, S, D = timedelta(hours=1), timedelta(seconds=1), timedelta(days=1)
@@ -62,7 +64,7 @@ def publish_rows(
     with engine.begin() as conn:
         conn.execute(table.delete())
         insert_frame(conn, table, frame)
-        set_state(conn, "published_batch", str(batch), now)
+        set_state(conn, PUBLISHED_BATCH, str(batch), now)
 
 
 def add_rows(engine: sa.Engine, entity: str, rows: list[dict]) -> None:

@@ -36,7 +36,8 @@ from order_pipeline.domain.links import customer_link
 from order_pipeline.domain.masking import mask_phone
 from order_pipeline.domain.times import aware_utc
 from order_pipeline.notify.links import LinkSettings, link_settings, orders_without_link
-from order_pipeline.warehouse.engine import insert_frame
+from order_pipeline.warehouse.frames import insert_frame
+from order_pipeline.warehouse.state import PUBLISHED_BATCH
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ FRESHNESS_RULE = "source_freshness"
 RUN_FAILURE_RULE = "run_failure"
 TRACKING_LINK = "tracking_link"
 ASSETS_PREFIX = "assets:"
-PUBLISHED_STATE = "published_batch"  # order_pipeline.publish.STATE_KEY
 LINK_HOLD = timedelta(days=1)  # an in-doubt tracking link is sent again after a day at the earliest
 
 _schema_ready: set[str] = set()
@@ -126,7 +126,7 @@ class Alerting:
     def published_batch(self, conn: sa.Connection | None = None) -> str | None:
         """The batch the published snapshot reflects: it changes whenever a publish ran."""
         q = sa.select(pipeline_state.c.value, pipeline_state.c.updated_at).where(
-            pipeline_state.c.key == PUBLISHED_STATE
+            pipeline_state.c.key == PUBLISHED_BATCH
         )
         if conn is not None:
             row = conn.execute(q).first()

@@ -39,7 +39,7 @@ from order_pipeline.alerts.messages import MessageText, resolved_message
 from order_pipeline.alerts.queue import ESCALATE, NOTIFY, RESOLVE, Route, alert_rows, supersede
 from order_pipeline.contract.schema import alert_deliveries, alert_queue, metadata, order_alerts
 from order_pipeline.domain.times import utc
-from order_pipeline.warehouse.engine import IN_CHUNK, insert_frame, read_frame
+from order_pipeline.warehouse.frames import IN_CHUNK, insert_frame, read_frame
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from order_pipeline.alerts.messages import MessageText
 from order_pipeline.alerts.rules.sql import fetch_frame
 from order_pipeline.contract.schema import alert_deliveries, alert_queue, order_alerts
 from order_pipeline.domain.times import utc
-from order_pipeline.warehouse.engine import IN_CHUNK, insert_frame
+from order_pipeline.warehouse.frames import IN_CHUNK, insert_frame
 
 PENDING, SENT, SUPERSEDED = "pending", "sent", "superseded"
 NOTIFY, ESCALATE, RESOLVE, LINK = "notify", "escalate", "resolve", "link"

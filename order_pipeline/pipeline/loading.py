@@ -18,19 +18,10 @@ from order_pipeline.contract.canonical import SOURCE_ENTITIES, Entity
 from order_pipeline.contract.config import SourceConfig
 from order_pipeline.contract.schema import BATCH, RAW_TABLES, stored_in_key_order
 from order_pipeline.domain.validation import parse_timestamps, record_keys, validate
-from order_pipeline.warehouse.engine import (
-    IN_CHUNK,
-    clear_rejects,
-    delete_keys,
-    get_state,
-    insert_frame,
-    next_batch,
-    read_frame,
-    record_rejects,
-    replace_keys,
-    replacing,
-    set_state,
-)
+from order_pipeline.pipeline.rejects import clear_rejects, record_rejects
+from order_pipeline.warehouse.frames import IN_CHUNK, delete_keys, insert_frame, read_frame, replace_keys
+from order_pipeline.warehouse.rebuild import replacing
+from order_pipeline.warehouse.state import get_state, high_water_mark_key, newest_update_key, next_batch, set_state
 
 
 @dataclass(frozen=True)
@@ -85,7 +76,7 @@ def load_source(wh: sa.Engine, src: sa.Engine, sc: SourceConfig, now: datetime, 
     if entity.watermark is None:
         return _load_children(wh, src, sc, entity, now, full)
 
-    hwm_key = f"hwm:{entity.name}"
+    hwm_key = high_water_mark_key(entity.name)
     with wh.connect() as conn:
         since = None if full else get_state(conn, hwm_key)
     full = since is None  # a first load is a full one
@@ -109,7 +100,7 @@ def load_source(wh: sa.Engine, src: sa.Engine, sc: SourceConfig, now: datetime, 
             set_state(conn, hwm_key, mark, now)
         newest = good[entity.watermark].max() if len(good) else None
         if newest is not None:
-            set_state(conn, f"watermark:{entity.name}", newest.isoformat(), now)
+            set_state(conn, newest_update_key(entity.name), newest.isoformat(), now)
     return LoadResult(entity.name, len(frame), len(good), len(rejects), batch, newest)
 
 

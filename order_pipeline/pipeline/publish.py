@@ -40,23 +40,17 @@ from order_pipeline.contract.schema import (
     unified_orders,
 )
 from order_pipeline.domain.stages import SIGNED_STATE
-from order_pipeline.warehouse.engine import (
-    get_state,
-    prefer_index_lookups,
-    replacing,
-    set_state,
-    temporary_orders,
-    upsert_select,
-)
+from order_pipeline.warehouse.engine import prefer_index_lookups, temporary_orders
+from order_pipeline.warehouse.frames import upsert_select
+from order_pipeline.warehouse.rebuild import replacing
+from order_pipeline.warehouse.state import PUBLISHED_BATCH, PUBLISHED_STAGE_COUNTS, get_state, set_state
 
 log = logging.getLogger(__name__)
 
-STATE_KEY = "published_batch"
 # Orders per stage, kept up to date by each publish for its metadata and the ops board's funnel:
 # counting the whole snapshot took 0.5-1.0 s on PostgreSQL at 1M orders once incremental runs had
 # left its pages not all-visible (an index-only scan then visits the table too). An incremental
 # run counts only the orders it republishes, through the primary key.
-STAGE_COUNTS_KEY = "published_stage_counts"
 STAGE_TIMES = (
     ("ordered", "ordered_at"),
     ("paid", "paid_at"),
@@ -79,7 +73,7 @@ class PublishResult:
 
 def publish(engine: sa.Engine, now: datetime, full: bool = False) -> PublishResult:
     with engine.begin() as conn:
-        since = 0 if full else int(get_state(conn, STATE_KEY, "0"))
+        since = 0 if full else int(get_state(conn, PUBLISHED_BATCH, "0"))
         upto = conn.execute(sa.select(sa.func.max(unified_orders.c[BATCH]))).scalar() or 0
         full = full or since == 0
         leaving = None  # an incremental run's republished orders, counted per stage before it
@@ -96,7 +90,7 @@ def publish(engine: sa.Engine, now: datetime, full: bool = False) -> PublishResu
             # Both before the snapshot and the parcels change: they compare with what those published.
             written = _update_stage_rows(conn, since)
             carrier = temporary_orders(conn, "tmp_carrier_orders", _parcels_changed(since))
-            counted = get_state(conn, STAGE_COUNTS_KEY)
+            counted = get_state(conn, PUBLISHED_STAGE_COUNTS)
             leaving = _count_stages(conn, touched) if counted is not None else None
             orders = upsert_select(
                 conn,
@@ -115,8 +109,8 @@ def publish(engine: sa.Engine, now: datetime, full: bool = False) -> PublishResu
             counts.subtract(leaving)
             counts.update(_count_stages(conn, touched))
         counts = {stage: n for stage, n in sorted(counts.items()) if n > 0}
-        set_state(conn, STATE_KEY, str(upto), now)
-        set_state(conn, STAGE_COUNTS_KEY, json.dumps(counts), now)
+        set_state(conn, PUBLISHED_BATCH, str(upto), now)
+        set_state(conn, PUBLISHED_STAGE_COUNTS, json.dumps(counts), now)
     if full and engine.dialect.name == "postgresql":
         _vacuum(engine, order_tracking_snapshot, order_tracking_parcels, order_tracking_events)
     return PublishResult(orders, written, carrier_orders, full, counts)
@@ -124,7 +118,7 @@ def publish(engine: sa.Engine, now: datetime, full: bool = False) -> PublishResu
 
 def published_stage_counts(conn: sa.Connection) -> dict[str, int]:
     """Orders per stage in the snapshot, as the last publish left them (stored with it, in one transaction)."""
-    counted = get_state(conn, STAGE_COUNTS_KEY)
+    counted = get_state(conn, PUBLISHED_STAGE_COUNTS)
     return json.loads(counted) if counted is not None else dict(_count_stages(conn))
 
 

@@ -29,25 +29,19 @@ from order_pipeline.contract.canonical import ORDER_KEYED, SOURCE_ENTITIES
 from order_pipeline.contract.schema import BATCH, RAW_TABLES, pipeline_rejects, raw_tracking, unified_orders
 from order_pipeline.domain.stages import INPUT_COLUMNS, OrderInputs, derive_orders
 from order_pipeline.domain.validation import record_keys
-from order_pipeline.warehouse.engine import (
+from order_pipeline.pipeline.rejects import open_rejects, record_rejects
+from order_pipeline.warehouse.engine import create_engine, prefer_index_lookups, temporary_orders
+from order_pipeline.warehouse.frames import (
     PreparedRows,
-    create_engine,
-    current_batch,
     delete_keys,
-    get_state,
     insert_prepared,
-    open_rejects,
-    prefer_index_lookups,
     prepare_rows,
     read_frame,
-    record_rejects,
     replace_keys,
-    replacing,
-    set_state,
-    temporary_orders,
 )
+from order_pipeline.warehouse.rebuild import replacing
+from order_pipeline.warehouse.state import UNIFIED_BATCH, current_batch, get_state, set_state
 
-STATE_KEY = "unified_batch"
 # Orders derived at a time by a full rebuild. Smaller slices shorten the start, before the first
 # slice is ready, and the end, when only the writer works: 29 s instead of 32 s at 1M orders
 # with 25,000 rather than 100,000. Memory: a slice's raw rows in each worker, and up to
@@ -148,7 +142,7 @@ def unify(
 ) -> UnifyResult:
     with engine.begin() as conn:
         batch = current_batch(conn)
-        since = 0 if full else int(get_state(conn, STATE_KEY, "0"))
+        since = 0 if full else int(get_state(conn, UNIFIED_BATCH, "0"))
         full = full or since == 0
         open_keys = open_rejects(conn, list(ORPHAN_REASON))
         if full:
@@ -169,7 +163,7 @@ def unify(
                 orphans += _apply_orphan_changes(conn, part.changes, now)
                 if first is None:
                     first = part.preview
-        set_state(conn, STATE_KEY, str(batch), now)
+        set_state(conn, UNIFIED_BATCH, str(batch), now)
     return UnifyResult(touched, first, full, orphans)
 
 

@@ -187,7 +187,7 @@ def _datetime_columns(query: sa.Select) -> list[str]:
 def fetch_frame(conn: sa.Connection, query: sa.Select, datetime_cols: Collection[str] = ()) -> pd.DataFrame:
     """Run a SELECT whose parameters include times, and return a DataFrame.
 
-    `warehouse.read_frame` hands parameters to the driver as they are; a time compared
+    `warehouse.frames.read_frame` hands parameters to the driver as they are; a time compared
     with SQLite's text timestamps must go through SQLAlchemy's bind processing to be
     written the way the column stores it, so these queries execute normally.
     """

@@ -24,6 +24,7 @@ from order_pipeline.contract.schema import (
     tracking_access_log,
 )
 from order_pipeline.pipeline.publish import published_stage_counts
+from order_pipeline.warehouse.state import NEWEST_UPDATE_PREFIX
 
 snap = order_tracking_snapshot
 parcels_t = order_tracking_parcels
@@ -32,7 +33,6 @@ events_t = order_tracking_events
 MAX_EVENTS = 200
 SEARCH_LIMIT = 50
 LIST_LIMIT = 200
-WATERMARK_PREFIX = "watermark:"  # the `pipeline_state` keys of the sources' watermarks
 
 CUSTOMER_COLUMNS = [
     snap.c[n]
@@ -286,7 +286,7 @@ def oldest_waiting(conn: Connection, stages: Sequence[str], per_stage: int) -> l
 def watermarks(conn: Connection) -> list[dict]:
     q = (
         sa.select(pipeline_state.c.key, pipeline_state.c.value, pipeline_state.c.updated_at)
-        .where(pipeline_state.c.key.startswith(WATERMARK_PREFIX))
+        .where(pipeline_state.c.key.startswith(NEWEST_UPDATE_PREFIX))
         .order_by(pipeline_state.c.key)
     )
     return _rows(conn.execute(q))

@@ -9,7 +9,7 @@ from order_pipeline.contract import roles
 from order_pipeline.domain import carrier_states
 from order_pipeline.domain.stages import MISSING_FACTS, MISSING_LABELS
 from order_pipeline.domain.times import age, as_utc, local_time, waited_text
-from order_pipeline.web.ops.queries import WATERMARK_PREFIX
+from order_pipeline.warehouse.state import NEWEST_UPDATE_PREFIX
 from order_pipeline.web.rendering.i18n import ALL_STAGES, OFF_PATH, STAGE_LABELS, STAGES, carrier_name
 from order_pipeline.web.rendering.progress import newest_first, sort_instant, stage_reached
 
@@ -270,7 +270,7 @@ def freshness_rows(rows: Sequence[Mapping], now: datetime, tz: str) -> list[dict
         mark = as_utc(r["value"])
         out.append(
             {
-                "source": r["key"].removeprefix(WATERMARK_PREFIX),
+                "source": r["key"].removeprefix(NEWEST_UPDATE_PREFIX),
                 "watermark": local_time(mark, tz) or r["value"],
                 "age": waited_text(now - mark) if mark else "—",
                 "hours": (now - mark).total_seconds() / 3600 if mark else None,
