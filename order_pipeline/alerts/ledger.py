@@ -39,7 +39,7 @@ from order_pipeline.alerts.messages import MessageText, resolved_message
 from order_pipeline.alerts.queue import ESCALATE, NOTIFY, RESOLVE, Route, alert_rows, supersede
 from order_pipeline.contract.schema import alert_deliveries, alert_queue, metadata, order_alerts
 from order_pipeline.domain.times import utc
-from order_pipeline.warehouse.frames import IN_CHUNK, insert_frame, read_frame
+from order_pipeline.warehouse.frames import insert_frame, read_frame, read_keyed
 
 log = logging.getLogger(__name__)
 
@@ -352,19 +352,8 @@ def _update_each(ctx: _Sync, params: list[dict], **values) -> None:
 
 def _existing(conn: sa.Connection, rule_id: str, keys: Sequence[str]) -> pd.DataFrame:
     a = order_alerts
-    parts = [
-        read_frame(
-            conn,
-            sa.select(a.c.entity_key, a.c.notified_at, a.c.queued_at, a.c.attempts)
-            .where(a.c.rule_id == rule_id)
-            .where(a.c.entity_key.in_(keys[i : i + IN_CHUNK])),
-            ["notified_at", "queued_at"],
-        )
-        for i in range(0, len(keys), IN_CHUNK)
-    ]
-    if not parts:
-        return pd.DataFrame(columns=["entity_key", "notified_at", "queued_at", "attempts"])
-    return pd.concat(parts, ignore_index=True)
+    query = sa.select(a.c.entity_key, a.c.notified_at, a.c.queued_at, a.c.attempts).where(a.c.rule_id == rule_id)
+    return read_keyed(conn, query, a.c.entity_key, list(keys), ["notified_at", "queued_at"])
 
 
 def _details(row: dict) -> str:

@@ -19,7 +19,7 @@ from order_pipeline.contract.config import SourceConfig
 from order_pipeline.contract.schema import BATCH, RAW_TABLES, stored_in_key_order
 from order_pipeline.domain.validation import parse_timestamps, record_keys, validate
 from order_pipeline.pipeline.rejects import clear_rejects, record_rejects
-from order_pipeline.warehouse.frames import IN_CHUNK, delete_keys, insert_frame, read_frame, replace_keys
+from order_pipeline.warehouse.frames import IN_CHUNK, delete_keys, insert_frame, read_frame, read_keyed, replace_keys
 from order_pipeline.warehouse.rebuild import replacing
 from order_pipeline.warehouse.state import get_state, high_water_mark_key, newest_update_key, next_batch, set_state
 
@@ -177,13 +177,7 @@ def _touch_orders_left(conn: sa.Connection, table: sa.Table, entity: Entity, goo
         return
     (key,) = entity.key
     keys = good[key].astype(str).tolist()
-    stored = pd.concat(
-        [
-            read_frame(conn, sa.select(table.c[key], table.c.order_no).where(table.c[key].in_(keys[i : i + IN_CHUNK])))
-            for i in range(0, len(keys), IN_CHUNK)
-        ],
-        ignore_index=True,
-    )
+    stored = read_keyed(conn, sa.select(table.c[key], table.c.order_no), table.c[key], keys)
     moved = stored.merge(good[[key, "order_no"]], on=key, suffixes=("", "_now"))
     left = moved.loc[moved["order_no"] != moved["order_no_now"], "order_no"].dropna().unique().tolist()
     orders = RAW_TABLES["orders"]
@@ -229,15 +223,7 @@ def _replace_children(
     """
     key, columns = list(entity.key), entity.column_names
     times = [c.name for c in entity.columns if c.kind in ("datetime", "date")]
-    parts = [
-        read_frame(
-            conn,
-            sa.select(*(table.c[c] for c in columns)).where(table.c.order_no.in_(order_nos[i : i + IN_CHUNK])),
-            times,
-        )
-        for i in range(0, len(order_nos), IN_CHUNK)
-    ]
-    stored = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+    stored = read_keyed(conn, sa.select(*(table.c[c] for c in columns)), table.c.order_no, order_nos, times)
     unchanged = _same_rows(good[columns], stored, key) if len(stored) else np.zeros(len(good), dtype=bool)
     gone = stored[key].merge(good[key].drop_duplicates(), on=key, how="left", indicator=True)
     delete_keys(conn, table, gone.loc[gone["_merge"] == "left_only", key].astype(str), key)

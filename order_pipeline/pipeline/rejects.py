@@ -9,7 +9,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from order_pipeline.contract.schema import pipeline_rejects
-from order_pipeline.warehouse.frames import IN_CHUNK, delete_keys, read_frame, replace_keys
+from order_pipeline.warehouse.frames import delete_keys, read_keyed, replace_keys
 
 
 def record_rejects(conn: sa.Connection, source: str, rejects: pd.DataFrame, now: datetime) -> int:
@@ -19,19 +19,8 @@ def record_rejects(conn: sa.Connection, source: str, rejects: pd.DataFrame, now:
     frame = rejects[["record_key", "reason", "raw_row"]].drop_duplicates(["record_key", "reason"]).copy()
     r = pipeline_rejects
     keys = frame["record_key"].unique().tolist()
-    existing = pd.concat(
-        [
-            read_frame(  # in chunks: SQLite caps the number of bound parameters
-                conn,
-                sa.select(r.c.record_key, r.c.reason, r.c.first_seen)
-                .where(r.c.source == source)
-                .where(r.c.record_key.in_(keys[i : i + IN_CHUNK])),
-                ["first_seen"],
-            )
-            for i in range(0, max(len(keys), 1), IN_CHUNK)
-        ],
-        ignore_index=True,
-    )
+    query = sa.select(r.c.record_key, r.c.reason, r.c.first_seen).where(r.c.source == source)
+    existing = read_keyed(conn, query, r.c.record_key, keys, ["first_seen"])
     frame = frame.merge(existing, on=["record_key", "reason"], how="left")
     frame["first_seen"] = frame["first_seen"].fillna(pd.Timestamp(now))
     frame["last_seen"] = pd.Timestamp(now)

@@ -33,6 +33,24 @@ def read_frame(conn: sa.Connection, query: sa.Executable, datetime_cols: Iterabl
     return frame
 
 
+def read_keyed(
+    conn: sa.Connection,
+    query: sa.Select,
+    column: sa.ColumnElement,
+    keys: Sequence,
+    datetime_cols: Iterable[str] = (),
+) -> pd.DataFrame:
+    """`query`'s rows whose `column` is one of `keys`, asked IN_CHUNK keys at a time (SQLite caps the
+    bound parameters of a statement); no keys, no query: an empty frame with the query's columns."""
+    parts = [
+        read_frame(conn, query.where(column.in_(keys[i : i + IN_CHUNK])), datetime_cols)
+        for i in range(0, len(keys), IN_CHUNK)
+    ]
+    if not parts:
+        return pd.DataFrame(columns=[c.name for c in query.selected_columns])
+    return pd.concat(parts, ignore_index=True)
+
+
 def insert_frame(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> int:
     """Append a DataFrame (columns named as the table's) through the driver's bulk path."""
     for part in _chunks(frame):
