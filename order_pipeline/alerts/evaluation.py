@@ -2,9 +2,9 @@
 
 `Alerting.evaluate(now)` is what the alert sensor and `order-pipeline run` call: one SELECT per
 rule over the published snapshot, the freshness of every source, then one transaction that
-updates `order_alerts` and queues the messages that are due (see `alert_ledger` for the order
-of record and send). Sending is the dispatcher's part (`sensors.dispatch`), which holds the
-channels.
+updates `order_alerts` and queues the messages that are due (see `alerts.ledger` for the order
+of record and send), with each new order's tracking link (`notify.links`). Sending is the
+dispatcher's part (`alerts.dispatch`), which holds the channels.
 """
 
 from __future__ import annotations

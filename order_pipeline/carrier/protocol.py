@@ -1,7 +1,8 @@
 """The Kuaidi100 protocol: signing, the query form, answers, push callbacks.
 
 Pure functions over strings and dicts, no I/O: the HTTP client lives in
-`resources.kuaidi100`, the stand-in service in `order_pipeline.carrier_sandbox`.
+`resources.carrier`, the stand-in service in `order_pipeline.carrier.sandbox`, the meaning of
+each parcel state in `order_pipeline.domain.carrier_states`.
 
 Error answers of POST poll/query.do come as HTTP 200 with
 `{"result": false, "returnCode": ..., "message": ...}`:

@@ -1,6 +1,6 @@
 """The warehouse connection of the web app: a small pool, Core only.
 
-Built on the pipeline's own engine settings (`order_pipeline.warehouse`): the
+Built on the pipeline's own engine settings (`order_pipeline.warehouse.engine`): the
 psycopg2 driver for a bare `postgresql://` URL, sessions in UTC on PostgreSQL,
 WAL on SQLite. Pages read in a read-only transaction of their own and leave
 their audit row to the access-log writer (`audit.AccessLog`), so a long publish
