@@ -73,7 +73,7 @@ def alert_sensor(config: Config, interval: int = INTERVAL_SECONDS) -> dg.SensorD
         batch = alerts.published_batch()
         if batch is None:
             return dg.SkipReason("nothing published yet: the rules read order_tracking_snapshot")
-        if batch == cursor.batch and cursor.due_at and now < cursor.due_at:
+        if batch == cursor.batch and cursor.evaluated_at and cursor.due_at and now < cursor.due_at:
             return dg.SkipReason(
                 f"snapshot unchanged since {cursor.evaluated_at.isoformat()} and nothing due "
                 f"before {cursor.due_at.isoformat()}"
@@ -94,7 +94,7 @@ def alert_sensor(config: Config, interval: int = INTERVAL_SECONDS) -> dg.SensorD
 def _failure_text(context: dg.RunFailureSensorContext) -> str:
     steps = context.get_step_failure_events()
     for event in steps:
-        error = event.event_specific_data.error if event.event_specific_data else None
+        error = event.step_failure_data.error if event.event_specific_data else None
         while error is not None and error.cause is not None:  # the user's exception, not Dagster's wrapper
             error = error.cause
         if error is not None:
