@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
 
-from order_pipeline.alerts.channels import build_channel
+from order_pipeline.alerts.channels import EmailChannel, build_channel
 from order_pipeline.alerts.settings import load_alert_settings
 from order_pipeline.contract.config import Config, ConfigError, Secret
 from order_pipeline.sources.checks import check_source, first_line
@@ -42,12 +44,12 @@ def check_all(config: Config) -> Iterator[Reach]:
     yield from _channels(config)
 
 
-def _attempt(part: str, probe) -> Reach:
+def _attempt(part: str, probe: Callable[[], str]) -> Reach:
     try:
         return Reach(part, True, probe())
     except ConfigError as e:
         return Reach(part, False, str(e))
-    except (OSError, sa.exc.SQLAlchemyError) as e:
+    except (OSError, SQLAlchemyError) as e:
         return Reach(part, False, first_line(e))
 
 
@@ -107,13 +109,14 @@ def _channels(config: Config) -> Iterator[Reach]:
 
 
 def _channel(name: str, spec, config_file: Path) -> str:
-    channel = build_channel(name, spec, None, config_file)
+    # No engine: only the channel's address is read, and an outbox built here never writes.
+    # build_channel's annotation asks for an Engine all the same.
+    channel = build_channel(name, spec, cast(sa.Engine, None), config_file)
     url = getattr(channel, "_url", None)
     if url:
         return _connect(url)
-    host = getattr(channel, "host", None)
-    if host:
-        return _connect(f"smtp://{host}:{channel.port}")  # type: ignore[attr-defined]
+    if isinstance(channel, EmailChannel) and channel.host:
+        return _connect(f"smtp://{channel.host}:{channel.port}")
     return "writes to the warehouse"
 
 
