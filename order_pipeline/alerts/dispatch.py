@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import cast
 
 import pandas as pd
 import sqlalchemy as sa
@@ -78,12 +79,13 @@ class Dispatcher:
         with self.engine.connect() as conn:
             rows = ledger.ready(conn, now)
             used = ledger.sends_in_last_minute(conn, now) if len(rows) else {}
-        for name, group in rows.groupby("channel", sort=False):
+        for key, group in rows.groupby("channel", sort=False):
+            name = str(key)  # the queue's channel column is text
             channel = self.channels.get(name)
             if channel is None:
                 # The config no longer has this channel: the rows wait (and say why) until it is back.
                 attempt = Attempt(False, clock(), f"channel {name!r} is not configured", False)
-                ledger.record_outcome(self.engine, group, name, [attempt], now)
+                ledger.record_outcome(self.engine, group, name, _as_recorded([attempt]), now)
                 result.sent.append(Sent(name, _targets(group), "-", len(group), False, 1, attempt.error))
                 continue
             self._drain_channel(channel, group, used.get(name, 0), now, clock, result)
@@ -123,7 +125,7 @@ class Dispatcher:
                 log.exception("channel %s failed unexpectedly", channel.name)
                 attempts = [Attempt(False, clock(), f"{type(e).__name__}: {e}", True)]
             rows = group[group["id"].isin(ids)]
-            ledger.record_outcome(self.engine, rows, channel.name, attempts, now)
+            ledger.record_outcome(self.engine, rows, channel.name, _as_recorded(attempts), now)
             last = attempts[-1]
             result.sent.append(
                 Sent(channel.name, _targets(rows), piece.title, len(ids), last.ok, len(attempts), last.error)
@@ -143,6 +145,15 @@ class Dispatcher:
                     ledger.release(self.engine, rest, now + RETRY_AFTER_OUTAGE)
                     result.waiting += len(rest)
                     break
+
+
+def _as_recorded(attempts: list[Attempt]) -> Sequence[ledger.AttemptLike]:
+    """The attempts as ledger.record_outcome takes them.
+
+    record_outcome only reads them; its AttemptLike protocol declares writable attributes all the
+    same, which the frozen Attempt does not have.
+    """
+    return cast("Sequence[ledger.AttemptLike]", attempts)
 
 
 def _message(row) -> AlertMessage:
