@@ -155,7 +155,7 @@ def step_floor(config, engine) -> dict:
     from concurrent.futures import ProcessPoolExecutor
 
     from order_pipeline.contract.schema import order_tracking_snapshot, unified_orders
-    from order_pipeline.warehouse.engine import insert_frame, read_frame
+    from order_pipeline.warehouse.frames import insert_frame, read_frame
 
     started = time.perf_counter()
     with ProcessPoolExecutor(EXTRACT_WORKERS, mp_context=multiprocessing.get_context("fork")) as pool:
@@ -189,7 +189,7 @@ def step_required(config, engine) -> dict:
     Read from what the rebuild just wrote (untimed), one table at a time.
     """
     from order_pipeline.contract.schema import RAW_TABLES, order_tracking_events, unified_orders
-    from order_pipeline.warehouse.engine import insert_frame, read_frame
+    from order_pipeline.warehouse.frames import insert_frame, read_frame
 
     def bare(table: sa.Table) -> sa.Table:
         copy = sa.Table("bench_bare_" + table.name, sa.MetaData(), *(sa.Column(c.name, c.type) for c in table.columns))
@@ -348,7 +348,9 @@ def land_carrier_feed(config_path: Path, carrier_db: Path) -> float:
     from order_pipeline.contract.config import load_config
     from order_pipeline.contract.schema import raw_tracking, raw_tracking_events
     from order_pipeline.domain.validation import parse_timestamps
-    from order_pipeline.warehouse.engine import Warehouse, insert_frame, rebuilding
+    from order_pipeline.warehouse.engine import Warehouse
+    from order_pipeline.warehouse.frames import insert_frame
+    from order_pipeline.warehouse.rebuild import rebuilding
 
     started = time.perf_counter()
     config = load_config(config_path)

@@ -34,7 +34,9 @@ from order_pipeline.alerts.rules import default_rules, evaluate
 from order_pipeline.contract.config import CarrierConfig, Config, Secret
 from order_pipeline.contract.schema import RAW_TABLES, order_tracking_snapshot
 from order_pipeline.domain.stages import NEXT_OWNER, STAGE_LABELS
-from order_pipeline.warehouse.engine import Warehouse, insert_frame, set_state
+from order_pipeline.warehouse.engine import Warehouse
+from order_pipeline.warehouse.frames import insert_frame
+from order_pipeline.warehouse.state import set_state
 
 NOW = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
 TZ = "Asia/Shanghai"

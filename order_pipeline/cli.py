@@ -170,7 +170,8 @@ def alerts(config_path: str | None, now: str | None, show_all: bool, rule_ids: t
     from order_pipeline.alerts.ledger import ensure_schema
     from order_pipeline.alerts.messages import local_time, waited_text
     from order_pipeline.contract.schema import order_alerts
-    from order_pipeline.warehouse.engine import Warehouse, read_frame
+    from order_pipeline.warehouse.engine import Warehouse
+    from order_pipeline.warehouse.frames import read_frame
 
     config = _config(config_path)
     engine = Warehouse(config.warehouse_url.resolve() or "").engine

@@ -29,7 +29,8 @@ from order_pipeline.contract.schema import (
     order_alerts,
     raw_tracking,
 )
-from order_pipeline.warehouse.engine import Warehouse, set_state
+from order_pipeline.warehouse.engine import Warehouse
+from order_pipeline.warehouse.state import set_state
 
 M = timedelta(minutes=1)
 GROUPS = {

@@ -595,7 +595,7 @@ def test_concurrent_loads_get_distinct_batches_in_commit_order(backend, earlier,
     """Two loads racing for a batch number: the second waits for the first to commit."""
     import threading
 
-    from order_pipeline.warehouse.engine import next_batch
+    from order_pipeline.warehouse.state import next_batch
 
     url = f"sqlite:///{tmp_path / 'wh.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")()
     wh = Warehouse(url)
@@ -618,7 +618,7 @@ def test_concurrent_loads_get_distinct_batches_in_commit_order(backend, earlier,
 
 
 def _take_batch(engine) -> int:
-    from order_pipeline.warehouse.engine import next_batch
+    from order_pipeline.warehouse.state import next_batch
 
     with engine.begin() as conn:
         return next_batch(conn, NOW)

@@ -17,7 +17,9 @@ from order_pipeline.contract.config import CarrierConfig, Config, ConfigError, S
 from order_pipeline.contract.roles import ROLE_LABELS
 from order_pipeline.contract.schema import RAW_TABLES, order_tracking_snapshot, unified_orders
 from order_pipeline.domain.stages import MISSING_FACTS, NEXT_OWNER, STAGE_LABELS
-from order_pipeline.warehouse.engine import Warehouse, insert_frame, set_state
+from order_pipeline.warehouse.engine import Warehouse
+from order_pipeline.warehouse.frames import insert_frame
+from order_pipeline.warehouse.state import set_state
 
 TZ = "Asia/Shanghai"
 H, S, D = timedelta(hours=1), timedelta(seconds=1), timedelta(days=1)

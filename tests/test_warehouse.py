@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from order_pipeline.warehouse.engine import create_engine, insert_frame, read_frame
+from order_pipeline.warehouse.engine import create_engine
+from order_pipeline.warehouse.frames import insert_frame, read_frame
 
 TEXTS = ['a "quoted", comma', "line\nbreak\r\n", "\\N", "back\\slash", "", None, "中文，地址", "  spaced  "]
 

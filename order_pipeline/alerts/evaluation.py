@@ -35,7 +35,7 @@ from order_pipeline.contract.schema import pipeline_state, tracking_link_sends
 from order_pipeline.domain.links import customer_link
 from order_pipeline.domain.masking import mask_phone
 from order_pipeline.notify.links import LinkSettings, link_settings, orders_without_link
-from order_pipeline.warehouse.engine import insert_frame
+from order_pipeline.warehouse.frames import insert_frame
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from order_pipeline.alerts.messages import MessageText, resolved_message
 from order_pipeline.alerts.rules import fetch_frame
 from order_pipeline.contract.schema import alert_deliveries, alert_queue, metadata, order_alerts
 from order_pipeline.domain.times import utc
-from order_pipeline.warehouse.engine import insert_frame, read_frame
+from order_pipeline.warehouse.frames import insert_frame, read_frame
 
 log = logging.getLogger(__name__)
 

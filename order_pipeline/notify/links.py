@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from order_pipeline.contract.config import Config, SectionParser
 from order_pipeline.contract.schema import order_tracking_snapshot, tracking_link_sends
-from order_pipeline.warehouse.engine import read_frame
+from order_pipeline.warehouse.frames import read_frame
 
 DEFAULT_LINK_SECRET_ENV = "ORDER_PIPELINE_LINK_SECRET"
 DEFAULT_BASE_URL = "http://127.0.0.1:8080"

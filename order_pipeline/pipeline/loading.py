@@ -18,19 +18,10 @@ from order_pipeline.contract.canonical import SOURCE_ENTITIES, Entity
 from order_pipeline.contract.config import SourceConfig
 from order_pipeline.contract.schema import BATCH, RAW_TABLES, stored_in_key_order
 from order_pipeline.domain.validation import parse_timestamps, record_keys, validate
-from order_pipeline.warehouse.engine import (
-    IN_CHUNK,
-    clear_rejects,
-    delete_keys,
-    get_state,
-    insert_frame,
-    next_batch,
-    read_frame,
-    record_rejects,
-    replace_keys,
-    replacing,
-    set_state,
-)
+from order_pipeline.warehouse.frames import IN_CHUNK, delete_keys, insert_frame, read_frame, replace_keys
+from order_pipeline.pipeline.rejects import clear_rejects, record_rejects
+from order_pipeline.warehouse.state import get_state, next_batch, set_state
+from order_pipeline.warehouse.rebuild import replacing
 
 
 @dataclass(frozen=True)

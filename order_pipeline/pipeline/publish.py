@@ -42,14 +42,10 @@ from order_pipeline.contract.schema import (
     unified_orders,
 )
 from order_pipeline.domain.stages import SIGNED_STATE
-from order_pipeline.warehouse.engine import (
-    get_state,
-    prefer_index_lookups,
-    replacing,
-    set_state,
-    temporary_orders,
-    upsert_select,
-)
+from order_pipeline.warehouse.state import get_state, set_state
+from order_pipeline.warehouse.engine import prefer_index_lookups, temporary_orders
+from order_pipeline.warehouse.rebuild import replacing
+from order_pipeline.warehouse.frames import upsert_select
 
 log = logging.getLogger(__name__)
 

@@ -31,23 +31,11 @@ from order_pipeline.contract.canonical import ORDER_KEYED, SOURCE_ENTITIES
 from order_pipeline.contract.schema import BATCH, RAW_TABLES, pipeline_rejects, raw_tracking, unified_orders
 from order_pipeline.domain.stages import INPUT_COLUMNS, OrderInputs, derive_orders
 from order_pipeline.domain.validation import record_keys
-from order_pipeline.warehouse.engine import (
-    PreparedRows,
-    create_engine,
-    current_batch,
-    delete_keys,
-    get_state,
-    insert_prepared,
-    open_rejects,
-    prefer_index_lookups,
-    prepare_rows,
-    read_frame,
-    record_rejects,
-    replace_keys,
-    replacing,
-    set_state,
-    temporary_orders,
-)
+from order_pipeline.warehouse.frames import PreparedRows, delete_keys, insert_prepared, prepare_rows, read_frame, replace_keys
+from order_pipeline.warehouse.engine import create_engine, prefer_index_lookups, temporary_orders
+from order_pipeline.warehouse.state import current_batch, get_state, set_state
+from order_pipeline.pipeline.rejects import open_rejects, record_rejects
+from order_pipeline.warehouse.rebuild import replacing
 
 STATE_KEY = "unified_batch"
 # Orders derived at a time by a full rebuild. Smaller slices shorten the start, before the first
