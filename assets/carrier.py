@@ -36,11 +36,11 @@ def carrier_tracking_asset(poll_interval: timedelta, max_polls_per_run: int) -> 
         backlog = len(due) > max_polls_per_run
         due = due.head(max_polls_per_run)
         answers, errors = [], {}
-        for row in due.itertuples(index=False):
+        for waybill_no, carrier_code, phone in zip(due["waybill_no"], due["carrier_code"], due["phone"], strict=True):
             try:
-                answers.append(kuaidi100.query(row.carrier_code, row.waybill_no, row.phone))
+                answers.append(kuaidi100.query(carrier_code, waybill_no, phone))
             except Kuaidi100Error as e:
-                errors[row.waybill_no] = f"{e.return_code or 'transport'}: {e.message}"
+                errors[waybill_no] = f"{e.return_code or 'transport'}: {e.message}"
         store_tracking_answers(engine, answers, via="poll", now=now)
         store_poll_errors(engine, errors, now)
         if errors:

@@ -7,6 +7,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import click
 import pandas as pd
@@ -91,7 +92,7 @@ def _summary(config: Config) -> None:
     from order_pipeline.warehouse.engine import Warehouse
 
     click.echo("")
-    click.echo(summarize(Warehouse(config.warehouse_url.resolve()).engine))
+    click.echo(summarize(Warehouse(config.warehouse_url.resolve() or "").engine))
 
 
 @click.group()
@@ -148,7 +149,8 @@ Run again (incremental): order-pipeline run --config {company.config_path} --now
 @now_option
 @click.option("--full-refresh", is_flag=True, help="Rebuild everything instead of the orders that changed.")
 def run(config_path: str | None, now: str | None, full_refresh: bool) -> None:
-    """Run the pipeline once (incremental by default), then evaluate every rule and freshness check and send the alerts."""
+    """Run the pipeline once (incremental by default), then evaluate every rule and freshness check and send
+    the alerts."""
     config = _config(config_path)
     pinned = _now(now)
     _run(config, pinned if now else None, full_refresh)
@@ -173,7 +175,7 @@ def alerts(config_path: str | None, now: str | None, show_all: bool, rule_ids: t
     from order_pipeline.warehouse.frames import read_frame
 
     config = _config(config_path)
-    engine = Warehouse(config.warehouse_url.resolve()).engine
+    engine = Warehouse(config.warehouse_url.resolve() or "").engine
     ensure_schema(engine)
     a = order_alerts
     q = sa.select(a)
@@ -196,13 +198,15 @@ def alerts(config_path: str | None, now: str | None, show_all: bool, rule_ids: t
     )
     for rule_id, group in rows.groupby("rule_id", sort=False):
         click.echo(f"\n{rule_id} ({len(group)})")
+        # pandas-stubs type a row's fields as any scalar, Period and Interval included, which pd.notna's
+        # overloads leave out; the time columns hold Timestamps (read_frame parses them).
         for r in group.itertuples(index=False):
             state = (
                 f"resolved {local_time(r.resolved_at, tz)}"
-                if pd.notna(r.resolved_at)
-                else f"open {waited_text(pd.Timestamp(at) - r.first_seen)}"
+                if pd.notna(r.resolved_at)  # pyright: ignore[reportCallIssue, reportArgumentType]
+                else f"open {waited_text(pd.Timestamp(at) - cast(pd.Timestamp, r.first_seen))}"
             )
-            told = f"notified {local_time(r.notified_at, tz)}" if pd.notna(r.notified_at) else "not yet notified"
+            told = f"notified {local_time(r.notified_at, tz)}" if pd.notna(r.notified_at) else "not yet notified"  # pyright: ignore[reportCallIssue, reportArgumentType]
             level = f", escalated ×{r.escalation_level}" if r.escalation_level else ""
             risk = ", high risk" if r.risk == "high" else ""
             click.echo(f"  [{r.severity}] {r.entity_key}: {state}, {told}{level}{risk}, {r.attempts} attempt(s)")

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
 
 from order_pipeline.alerts.channels.config import build_channel
 from order_pipeline.alerts.settings import load_alert_settings
@@ -42,12 +43,12 @@ def check_all(config: Config) -> Iterator[Reach]:
     yield from _channels(config)
 
 
-def _attempt(part: str, probe) -> Reach:
+def _attempt(part: str, probe: Callable[[], str]) -> Reach:
     try:
         return Reach(part, True, probe())
     except ConfigError as e:
         return Reach(part, False, str(e))
-    except (OSError, sa.exc.SQLAlchemyError) as e:
+    except (OSError, SQLAlchemyError) as e:
         return Reach(part, False, first_line(e))
 
 

@@ -69,12 +69,15 @@ def run_pipeline(
     result = job.execute_in_process(
         instance=instance, run_config=run_config(config, full_refresh), raise_on_error=False
     )
-    steps, failures = {}, []
+    steps: dict[str, float] = {}
+    failures: list[str] = []
     for event in result.all_events:
         if event.event_type == dg.DagsterEventType.STEP_SUCCESS:
-            steps[event.step_key] = event.event_specific_data.duration_ms / 1000
+            step_key = event.step_key
+            assert step_key is not None  # a step event always names its step
+            steps[step_key] = event.step_success_data.duration_ms / 1000
             if on_step:
-                on_step(event.step_key, steps[event.step_key])
+                on_step(step_key, steps[step_key])
         elif event.event_type == dg.DagsterEventType.STEP_FAILURE:
             failures.append(step_failure_text(event) or f"{event.step_key}: failed")
     return RunOutcome(result.success, result.run_id, steps, failures)

@@ -73,7 +73,7 @@ def alert_sensor(config: Config, interval: int = INTERVAL_SECONDS) -> dg.SensorD
         batch = alerts.published_batch()
         if batch is None:
             return dg.SkipReason("nothing published yet: the rules read order_tracking_snapshot")
-        if batch == cursor.batch and cursor.due_at and now < cursor.due_at:
+        if batch == cursor.batch and cursor.evaluated_at and cursor.due_at and now < cursor.due_at:
             return dg.SkipReason(
                 f"snapshot unchanged since {cursor.evaluated_at.isoformat()} and nothing due "
                 f"before {cursor.due_at.isoformat()}"
@@ -93,7 +93,7 @@ def alert_sensor(config: Config, interval: int = INTERVAL_SECONDS) -> dg.SensorD
 
 def step_failure_text(event: dg.DagsterEvent) -> str | None:
     """'<step>: <the user's exception>' of a step failure: the cause, not Dagster's wrapper around it."""
-    error = getattr(event.event_specific_data, "error", None)
+    error = event.step_failure_data.error if event.is_step_failure else None
     while error is not None and error.cause is not None:
         error = error.cause
     return None if error is None else f"{event.step_key}: {error.message.strip()}"

@@ -8,6 +8,8 @@ same load twice. `unified_orders` and the published tables follow by declarative
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import dagster as dg
 import sqlalchemy as sa
 
@@ -26,6 +28,7 @@ def sensor_name(entity: str) -> str:
 def newest_update(engine: sa.Engine, sc: SourceConfig) -> str | None:
     """The source's newest value of its watermark column, as text (None: the source is empty)."""
     entity = SOURCE_ENTITIES[sc.entity]
+    assert entity.watermark is not None  # only a source with an updated-at column is watched
     column = engine.dialect.identifier_preparer.quote(sc.columns[entity.watermark])
     with engine.connect() as conn:
         value = conn.execute(sa.text(f"SELECT MAX({column}) FROM {sc.selectable()}")).scalar()
@@ -33,7 +36,7 @@ def newest_update(engine: sa.Engine, sc: SourceConfig) -> str | None:
 
 
 def source_change_sensor(
-    sc: SourceConfig, followers: list[str] = (), interval: int = INTERVAL_SECONDS
+    sc: SourceConfig, followers: Sequence[str] = (), interval: int = INTERVAL_SECONDS
 ) -> dg.SensorDefinition:
     """The sensor for one source with a watermark; `followers` are sources re-read with it (order lines)."""
     entity = SOURCE_ENTITIES[sc.entity]

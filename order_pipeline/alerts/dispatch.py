@@ -79,7 +79,8 @@ class Dispatcher:
         with self.engine.connect() as conn:
             rows = queue.ready(conn, now)
             used = queue.sends_in_last_minute(conn, now) if len(rows) else {}
-        for name, group in rows.groupby("channel", sort=False):
+        for key, group in rows.groupby("channel", sort=False):
+            name = str(key)  # the queue's channel column is text
             channel = self.channels.get(name)
             if channel is None:
                 # The config no longer has this channel: the rows wait (and say why) until it is back.

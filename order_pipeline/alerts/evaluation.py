@@ -50,6 +50,11 @@ LINK_HOLD = timedelta(days=1)  # an in-doubt tracking link is sent again after a
 _schema_ready: set[str] = set()
 
 
+def _no_message(row: dict, kind: str, at: Any) -> tuple[str, MessageText]:
+    """The render of a sync without breaches, which renders no message."""
+    raise AssertionError("a sync without breaches renders no message")
+
+
 @dataclass
 class Evaluation:
     now: datetime
@@ -80,13 +85,15 @@ class Alerting:
 
     def rule_spec(self, rule: Rule) -> ledger.AlertSpec:
         s = self.settings
+        cooldown = rule.cooldown
+        assert cooldown is not None  # the settings give every rule the default cool-down
         return ledger.AlertSpec(
             rule.id,
             rule.scope,
             rule.title,
             rule.severity,
             rule.notify,
-            rule.cooldown,
+            cooldown,
             rule.escalate_to or (),
             rule.escalate_after,
             s.max_escalations,
@@ -237,7 +244,7 @@ class Alerting:
                 self.run_spec(),
                 empty,
                 aware_utc(now),
-                lambda row, kind, fs: ("", None),
+                _no_message,
                 self.settings.route,
                 self.settings.board_url,
                 scope_keys=covered,

@@ -31,9 +31,14 @@ Route = Callable[[str], list[tuple[str, tuple[str, ...]]]]  # target -> [(channe
 
 
 class AttemptLike(Protocol):
-    ok: bool
-    at: datetime
-    error: str | None
+    """One try at sending, as the queue records it (read only: a channel's attempts are frozen)."""
+
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def at(self) -> datetime: ...
+    @property
+    def error(self) -> str | None: ...
 
 
 def alert_rows(

@@ -7,15 +7,15 @@ each parcel state in `order_pipeline.domain.carrier_states`.
 Error answers of POST poll/query.do come as HTTP 200 with
 `{"result": false, "returnCode": ..., "message": ...}`:
 
-| returnCode | message (zh)                          | meaning                                        | retry        |
-|------------|---------------------------------------|------------------------------------------------|--------------|
-| 400        | 找不到对应公司 / 提交的数据不完整       | unknown `com`, bad form, account not enabled   | no: fix it   |
-| 408        | 快递公司参数异常：验证码错误            | `phone` missing or wrong (顺丰, 丰网, ...)      | no: fix it   |
-| 500        | 查询无结果，请隔段时间再查               | the carrier has no record (yet) of the waybill | later        |
-| 501        | 服务器错误                             | intermittent fault at Kuaidi100                 | now, backoff |
-| 502        | 服务器繁忙                             | Kuaidi100 overloaded                            | now, backoff |
-| 503        | 验证签名失败                           | sign is not MD5(param + key + customer)        | no: fix it   |
-| 601        | key已过期                              | no query quota left: the account needs topping | no: fix it   |
+| returnCode | message (zh)                      | meaning                                        | retry        |
+|------------|-----------------------------------|------------------------------------------------|--------------|
+| 400        | 找不到对应公司 / 提交的数据不完整 | unknown `com`, bad form, account not enabled   | no: fix it   |
+| 408        | 快递公司参数异常：验证码错误      | `phone` missing or wrong (顺丰, 丰网, ...)     | no: fix it   |
+| 500        | 查询无结果，请隔段时间再查        | the carrier has no record (yet) of the waybill | later        |
+| 501        | 服务器错误                        | intermittent fault at Kuaidi100                | now, backoff |
+| 502        | 服务器繁忙                        | Kuaidi100 overloaded                           | now, backoff |
+| 503        | 验证签名失败                      | sign is not MD5(param + key + customer)        | no: fix it   |
+| 601        | key已过期                         | no query quota left: the account needs topping | no: fix it   |
 
 "Later" means the next poll: Kuaidi100 asks that one waybill be queried at most
 every 30 minutes, so asking again within seconds only repeats the same answer.

@@ -69,7 +69,10 @@ class SourceConfig:
 
     def selectable(self) -> str:
         """The FROM clause: a table name or the configured SELECT as a subquery."""
-        return f"({self.query}) AS src" if self.query else self.table
+        if self.query:
+            return f"({self.query}) AS src"
+        assert self.table is not None  # a source has exactly one of table and query
+        return self.table
 
 
 @dataclass(frozen=True)
@@ -246,6 +249,7 @@ class _Parser(SectionParser):
         if secret.env is not None:
             return secret
         url = secret.value
+        assert url is not None  # a required secret without an environment name has a value
         try:
             parsed = sa.engine.make_url(url)
         except Exception:

@@ -7,6 +7,8 @@ contract for downstream apps (tracking page, ops board, BI).
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 
 from order_pipeline.contract.canonical import SOURCE_ENTITIES, Entity
@@ -30,7 +32,7 @@ BATCH = "_batch"
 # and the carrier timeline are built by joining them on the waybill, which then walks each
 # in order instead of visiting a random page per parcel: publishing 1M orders' parcels took
 # 2 s instead of 16 s, their carrier events 6 s instead of 18 s.
-WAYBILL_ORDER = {"sqlite_with_rowid": False}
+WAYBILL_ORDER: dict[str, Any] = {"sqlite_with_rowid": False}  # dialect keyword arguments of sa.Table
 
 
 def stored_in_key_order(table: sa.Table) -> bool:

@@ -120,7 +120,8 @@ class _PerOrder:
     """
 
     def __init__(self, frame: pd.DataFrame, orders: pd.Index):
-        pos = orders.get_indexer(frame["order_no"])
+        # pandas takes any list-like target; pandas-stubs accept only an Index.
+        pos = orders.get_indexer(frame["order_no"])  # pyright: ignore[reportArgumentType]
         keep = pos >= 0
         self.rows = frame[keep].reset_index(drop=True)
         self.pos = pos[keep]
@@ -180,10 +181,10 @@ def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
 class _ParcelFlags:
     """What an order's parcels say about it, per order."""
 
-    any_exception: pd.Series
-    any_transit: pd.Series
-    weight_missing: pd.Series
-    untracked: pd.Series
+    any_exception: np.ndarray
+    any_transit: np.ndarray
+    weight_missing: np.ndarray
+    untracked: np.ndarray
     in_transit_at: pd.Series  # the first carrier event of any parcel
 
 
@@ -351,8 +352,9 @@ def _parcels(inp: OrderInputs) -> pd.DataFrame:
     t = inp.tracking.drop_duplicates("waybill_no").set_index("waybill_no")
     d = inp.deliveries.drop_duplicates("waybill_no").set_index("waybill_no")
     p = inp.shipments[["order_no", "waybill_no", "carrier_code", "weight_kg", "shipped_at"]].reset_index(drop=True)
-    at_t = t.index.get_indexer(p["waybill_no"])  # each waybill number is hashed once per table
-    at_d = d.index.get_indexer(p["waybill_no"])
+    # Each waybill number is hashed once per table (pandas takes any list-like target; pandas-stubs only an Index).
+    at_t = t.index.get_indexer(p["waybill_no"])  # pyright: ignore[reportArgumentType]
+    at_d = d.index.get_indexer(p["waybill_no"])  # pyright: ignore[reportArgumentType]
 
     def take(frame: pd.DataFrame, col: str, at: np.ndarray) -> pd.Series:
         """frame[col] at positions `at`, missing where -1, keeping the column's type even when empty."""

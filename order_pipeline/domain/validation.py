@@ -72,7 +72,7 @@ def validate(
     version = key + ([entity.watermark] if entity.watermark else [])
     keyed = reasons.clean
     # Most loads repeat no key: one pass tells, and spares them the conflict search and the dedup.
-    repeated = out[keyed].duplicated(key, keep=False).any()
+    repeated = bool(out[keyed].duplicated(key, keep=False).any())
     if repeated and not entity.summed:
         conflicting = _conflicting_duplicates(out[keyed], version)
         reasons.flag(keyed & out.index.isin(conflicting), f"duplicate {'/'.join(key)} with conflicting values")
@@ -99,6 +99,7 @@ def _typed(col: Column, raw: pd.Series, tz: str, reasons: _Reasons) -> pd.Series
         text = _stripped(raw)
         present = text.notna()
     if col.kind == "str":
+        assert text is not None  # a text column is always stripped above
         value = text
     elif col.kind in ("float", "int"):
         value = pd.to_numeric(raw.where(present, None), errors="coerce")

@@ -195,8 +195,8 @@ def _load_children(
         parent_batch = conn.execute(sa.select(sa.func.max(parent.c[BATCH]))).scalar() or 0
         seen = get_state(conn, state_key)
         full = full or seen is None  # a first load is a full one
-        order_nos = None
-        if not full:
+        order_nos: list[str] | None = None
+        if seen is not None and not full:
             order_nos = [r[0] for r in conn.execute(sa.select(parent.c.order_no).where(parent.c[BATCH] > int(seen)))]
     frame = read_source(src, sc, order_nos=order_nos)
     good, rejects = validate(entity, frame, sc.timezone, sc.columns)
@@ -204,7 +204,7 @@ def _load_children(
     with wh.begin() as conn:
         batch = next_batch(conn, now)
         good[BATCH] = batch
-        if full:
+        if order_nos is None:  # a full load
             _insert_all(conn, table, good, entity)
         else:
             _replace_children(conn, table, entity, good, order_nos)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
 
 from order_pipeline.contract.schema import (
     BATCH,
@@ -76,6 +77,7 @@ def publish(engine: sa.Engine, now: datetime, full: bool = False) -> PublishResu
         since = 0 if full else int(get_state(conn, PUBLISHED_BATCH, "0"))
         upto = conn.execute(sa.select(sa.func.max(unified_orders.c[BATCH]))).scalar() or 0
         full = full or since == 0
+        counted = None  # the stage counts the last publish stored, read by an incremental run
         leaving = None  # an incremental run's republished orders, counted per stage before it
         if full:
             with replacing(conn, order_tracking_snapshot, order_tracking_parcels, order_tracking_events) as target:
@@ -100,9 +102,9 @@ def publish(engine: sa.Engine, now: datetime, full: bool = False) -> PublishResu
             )
             _update_parcels(conn, touched)
             written += _update_carrier_rows(conn, sa.select(carrier.c.order_no))
-            carrier_orders = conn.execute(sa.select(sa.func.count()).select_from(carrier)).scalar()
+            carrier_orders = conn.execute(sa.select(sa.func.count()).select_from(carrier)).scalar_one()
             carrier.drop(conn)
-        if leaving is None:
+        if counted is None or leaving is None:
             counts = _count_stages(conn)
         else:  # the published counts, moved by the orders this run republished
             counts = Counter(json.loads(counted))
@@ -140,11 +142,11 @@ def _vacuum(engine: sa.Engine, *tables: sa.Table) -> None:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             for table in tables:
                 conn.exec_driver_sql(f"VACUUM {table.name}")
-    except sa.exc.DBAPIError as e:
+    except DBAPIError as e:
         log.warning("VACUUM after the rebuild failed: %s", e)
 
 
-def _insert(conn: sa.Connection, table: sa.Table, query: sa.Select) -> int:
+def _insert(conn: sa.Connection, table: sa.Table, query: sa.Select | sa.CompoundSelect) -> int:
     names = [c.name for c in query.selected_columns]
     return conn.execute(table.insert().from_select(names, query)).rowcount
 
@@ -160,7 +162,10 @@ def _update_stage_rows(conn: sa.Connection, since: int) -> int:
     """
     u, p, e = unified_orders, order_tracking_snapshot, order_tracking_events
     stages = sa.union_all(*(sa.select(sa.literal(stage).label("stage")) for stage, _ in _stage_times(u))).subquery()
-    at = lambda table: sa.case(*((stages.c.stage == stage, time) for stage, time in _stage_times(table)))
+
+    def at(table: sa.Table) -> sa.Case:
+        return sa.case(*((stages.c.stage == stage, time) for stage, time in _stage_times(table)))
+
     moves = sa.Table(
         "tmp_stage_moves",
         sa.MetaData(),
@@ -200,7 +205,7 @@ def _update_stage_rows(conn: sa.Connection, since: int) -> int:
     return removed + added
 
 
-def _parcels_changed(since: int) -> sa.Select:
+def _parcels_changed(since: int) -> sa.CompoundSelect:
     """Orders whose carrier rows may differ from the published ones.
 
     An order's carrier rows change when one of its parcels is shipped, moves to another
@@ -314,7 +319,7 @@ def _stage_row(order_no: sa.ColumnElement, at: sa.ColumnElement, stage: str | sa
     )
 
 
-def _stage_rows(u: sa.Table) -> sa.Select:
+def _stage_rows(u: sa.Table) -> sa.CompoundSelect:
     """Every stage row of the timeline."""
     return sa.union_all(*(_stage_row(u.c.order_no, at, stage).where(at.is_not(None)) for stage, at in _stage_times(u)))
 

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
 from order_pipeline.contract.config import ConfigError, SourceConfig
 from order_pipeline.sources.engines import source_engine
@@ -30,7 +31,7 @@ def source_url(config_file: Path, sc: SourceConfig) -> str:
         raise ConfigError(config_file, f"{entry}.url", "missing", "set `url:` or `url_env:`")
     try:
         sa.engine.make_url(url)
-    except sa.exc.ArgumentError:
+    except ArgumentError:
         # Not echoed: a URL from the environment may carry a password.
         raise ConfigError(
             config_file,
@@ -61,14 +62,14 @@ def check_source(config_file: Path, sc: SourceConfig) -> list[str]:
     try:
         with source_engine(url).connect() as conn:
             have = list(conn.execute(sa.text(f"SELECT * FROM {sc.selectable()} WHERE 1 = 0")).keys())
-    except sa.exc.OperationalError as e:
+    except OperationalError as e:
         raise ConfigError(
             config_file,
             f"{entry}.url",
             f"cannot reach the database or read {sc.table or 'the query'} ({first_line(e)})",
             "check the URL, that the server is up, and the table name or query",
         ) from None
-    except sa.exc.SQLAlchemyError as e:
+    except SQLAlchemyError as e:
         raise ConfigError(
             config_file, entry, f"the source cannot be read ({first_line(e)})", "check the table name or the query"
         ) from None

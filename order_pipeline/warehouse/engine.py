@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy import event
 
 from order_pipeline.contract.schema import metadata
 
@@ -35,7 +36,7 @@ def create_engine(url: str) -> sa.Engine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)  # the default lives under data_dir
         engine = sa.create_engine(url)
 
-        @sa.event.listens_for(engine, "connect")
+        @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _):
             # WAL lets the tracking page read while a run publishes.
             cur = dbapi_conn.cursor()
@@ -102,7 +103,7 @@ def prefer_index_lookups(conn: sa.Connection) -> None:
         conn.exec_driver_sql("SET LOCAL random_page_cost = 1.1")
 
 
-def temporary_orders(conn: sa.Connection, name: str, query: sa.Select) -> sa.Table:
+def temporary_orders(conn: sa.Connection, name: str, query: sa.Select | sa.CompoundSelect) -> sa.Table:
     """The order numbers `query` selects, kept in a temporary table for the rest of the transaction."""
     table = sa.Table(name, sa.MetaData(), sa.Column("order_no", sa.Text, primary_key=True), prefixes=["TEMPORARY"])
     table.create(conn)

@@ -26,6 +26,7 @@ def read_frame(conn: sa.Connection, query: sa.Executable, datetime_cols: Iterabl
     """
     result = conn.execute(query)  # SQLAlchemy binds the parameters the way it stores values
     names = list(result.keys())
+    assert result.cursor is not None  # a SELECT always has a cursor to fetch from
     frame = pd.DataFrame.from_records(result.cursor.fetchall(), columns=names, coerce_float=True)
     result.close()
     for col in datetime_cols:
@@ -78,13 +79,20 @@ def prepare_rows(dialect: str, table: sa.Table, frame: pd.DataFrame) -> Prepared
     return PreparedRows(tuple(cols), payload, len(frame))
 
 
+def _driver_cursor(conn: sa.Connection):
+    """The DB-API cursor under `conn`, for the bulk paths SQLAlchemy's row processing would slow down."""
+    driver = conn.connection.driver_connection
+    assert driver is not None  # an open connection always has its driver's
+    return driver.cursor()
+
+
 def insert_prepared(conn: sa.Connection, table: sa.Table, rows: PreparedRows) -> int:
     """Append prepared rows to `table`, or to a table with the same columns (a rebuild's fresh copy)."""
     if not rows.count:
         return 0
     cols = ", ".join(rows.columns)
-    cur = conn.connection.driver_connection.cursor()
-    if conn.dialect.name == "sqlite":
+    cur = _driver_cursor(conn)
+    if isinstance(rows.payload, pd.DataFrame):  # SQLite: tuples from the frame
         cur.executemany(
             f"INSERT INTO {table.name} ({cols}) VALUES ({', '.join('?' * len(rows.columns))})",
             _sqlite_rows(rows.payload, table),
@@ -136,7 +144,7 @@ def replace_keys(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame, key:
         f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
         f"ON CONFLICT ({', '.join(key)}) {update}"
     )
-    cur = conn.connection.driver_connection.cursor()
+    cur = _driver_cursor(conn)
     for part in _chunks(frame[cols]):
         cur.executemany(sql, _sqlite_rows(part, table))
     cur.close()
@@ -252,7 +260,8 @@ def _csv_rows(frame: pd.DataFrame, table: sa.Table) -> str:
             fields = [NULL if m else ("true" if v else "false") for v, m in zip(data, missing, strict=True)]
         else:
             fields = [
-                NULL if m else '"' + (v if v.__class__ is str else str(v)).replace('"', '""') + '"'
+                # The class test is the fast path for text; pyright cannot narrow through it.
+                NULL if m else '"' + (v if v.__class__ is str else str(v)).replace('"', '""') + '"'  # pyright: ignore[reportAttributeAccessIssue]
                 for v, m in zip(data, missing, strict=True)
             ]
         columns.append(fields)

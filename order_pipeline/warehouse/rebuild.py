@@ -88,7 +88,7 @@ def _swap_in(conn: sa.Connection, table: sa.Table, new: sa.Table) -> None:
     if key:
         conn.exec_driver_sql(f"ALTER TABLE {new.name} ADD CONSTRAINT {new.name}_pkey PRIMARY KEY ({', '.join(key)})")
     for index in table.indexes:
-        sa.Index(index.name + NEXT, *(new.c[c.name] for c in index.columns), unique=index.unique).create(conn)
+        sa.Index(f"{index.name}{NEXT}", *(new.c[c.name] for c in index.columns), unique=index.unique).create(conn)
     grants = conn.execute(
         sa.text(  # grantee 0 is PUBLIC
             "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, a.privilege_type"
@@ -103,5 +103,5 @@ def _swap_in(conn: sa.Connection, table: sa.Table, new: sa.Table) -> None:
     if key:
         conn.exec_driver_sql(f"ALTER TABLE {table.name} RENAME CONSTRAINT {new.name}_pkey TO {table.name}_pkey")
     for index in table.indexes:
-        conn.exec_driver_sql(f"ALTER INDEX {index.name + NEXT} RENAME TO {index.name}")
+        conn.exec_driver_sql(f"ALTER INDEX {index.name}{NEXT} RENAME TO {index.name}")
     conn.exec_driver_sql(f"ANALYZE {table.name}")

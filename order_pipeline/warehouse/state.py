@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import overload
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -26,6 +27,10 @@ def newest_update_key(entity: str) -> str:
     return NEWEST_UPDATE_PREFIX + entity
 
 
+@overload
+def get_state(conn: sa.Connection, key: str, default: str) -> str: ...
+@overload
+def get_state(conn: sa.Connection, key: str, default: None = None) -> str | None: ...
 def get_state(conn: sa.Connection, key: str, default: str | None = None) -> str | None:
     value = conn.execute(sa.select(pipeline_state.c.value).where(pipeline_state.c.key == key)).scalar()
     return default if value is None else value
