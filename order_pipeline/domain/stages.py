@@ -76,20 +76,20 @@ def _empty(columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
 
 
+# The order's own facts, carried into the unified row as the ERP gave them.
+ORDER_FACTS = (
+    "customer_name",
+    "customer_phone",
+    "ship_address",
+    "amount",
+    "currency",
+    "ordered_at",
+    "promised_date",
+    "status",
+)
 # What derivation reads of each source (and the keys orphan rows are reported by): `unify` selects these.
 INPUT_COLUMNS = {
-    "orders": [
-        "order_no",
-        "customer_name",
-        "customer_phone",
-        "ship_address",
-        "amount",
-        "currency",
-        "ordered_at",
-        "promised_date",
-        "status",
-        "updated_at",
-    ],
+    "orders": ["order_no", *ORDER_FACTS, "updated_at"],
     "lines": ["order_no", "sku", "qty"],
     "payments": ["payment_id", "order_no", "amount", "paid_at", "voucher_no", "status"],
     "reservations": ["reservation_id", "order_no", "sku", "qty", "status", "locked_at"],
@@ -190,17 +190,8 @@ class _ParcelFlags:
 
 def _order_facts(o: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({"order_no": o["order_no"]})
-    for col in (
-        "customer_name",
-        "customer_phone",
-        "ship_address",
-        "amount",
-        "currency",
-        "ordered_at",
-        "promised_date",
-        "status",
-    ):
-        out[col] = o.get(col, None)
+    for col in ORDER_FACTS:
+        out[col] = o.get(col)
     out["phone_tail"] = out["customer_phone"].astype("string").str.replace(r"\D", "", regex=True).str[-4:]
     out["source_updated_at"] = o.get("updated_at", pd.NaT)
     return out
