@@ -70,6 +70,8 @@ from order_pipeline.warehouse.engine import Warehouse
 from order_pipeline.warehouse.frames import insert_frame
 from order_pipeline.web.security.audit import FLUSH_SECONDS
 
+# np.where fills with None through an object array: the stubs take no bare None there.
+NONE = np.array(None, dtype=object)
 DB_NAME = "order_pipeline_bench_web"
 CHUNK = 100_000
 RATE_LIMITS = {"per_ip": "100000000/1m", "per_order": "100000000/1m", "login": "100000/1m"}
@@ -202,11 +204,14 @@ def snapshot_frame(n: int, seed: int = 11) -> pd.DataFrame:
     snap["waybill_nos"] = np.where(
         shipped,
         cat(pd.Series(carrier).map(CARRIERS).to_numpy(dtype=str), (730_000_000_000 + np.arange(n)).astype(str)),
-        None,
+        NONE,
     )
-    snap["carrier_codes"] = np.where(shipped, carrier, None)
+    snap["carrier_codes"] = np.where(shipped, carrier, NONE)
     # Picked up a few hours after shipping, never after the latest carrier event.
-    pickup = np.minimum(snap["shipped_at"] + pd.to_timedelta(rng.uniform(1, 8, n), unit="h"), snap["latest_event_at"])
+    pickup = pd.Series(
+        np.minimum(snap["shipped_at"] + pd.to_timedelta(rng.uniform(1, 8, n), unit="h"), snap["latest_event_at"]),
+        index=snap.index,
+    )
     snap["in_transit_at"] = pickup.where(moving)
     snap["eta"] = (snap["shipped_at"] + pd.Timedelta(days=3)).where(np.isin(stage, ["shipped", "in_transit"]))
     snap["out_for_delivery"] = out
@@ -225,9 +230,9 @@ def snapshot_frame(n: int, seed: int = 11) -> pd.DataFrame:
         ],
         cat("快件已到达【", city, "转运中心】"),
     )
-    snap["latest_event_context"] = np.where(moving, latest, None)
-    snap["latest_event_area"] = np.where(moving, city, None)
-    snap["exception_reason"] = np.where(stage == "exception", "收件人电话 13912345678 无人接听，派送失败", None)
+    snap["latest_event_context"] = np.where(moving, latest, NONE)
+    snap["latest_event_area"] = np.where(moving, city, NONE)
+    snap["exception_reason"] = np.where(stage == "exception", "收件人电话 13912345678 无人接听，派送失败", NONE)
     snap["parcels_signed"] = (stage == "delivered").astype(np.int64)
     snap["_events"] = np.where(moving, rng.integers(3, 8, n), 0)  # carrier events of its parcel
     return snap
@@ -356,7 +361,7 @@ class Setup:
 
 
 def write_config(folder: Path, url: str) -> Setup:
-    """A config `order-pipeline serve` accepts: it checks every required source, so they point at empty SQLite tables."""
+    """A config `order-pipeline serve` accepts: every required source is configured, on empty SQLite tables."""
     sources_db = folder / "sources.db"
     with sqlite3.connect(sources_db) as db:
         for name, entity in SOURCE_ENTITIES.items():
@@ -423,7 +428,7 @@ def staff_cookie(base: str, setup: Setup) -> str:
     """Log in through the form (CSRF token from the login page) and return the session cookie header."""
     with httpx.Client(base_url=base) as client:
         page = client.get("/ops/login")
-        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+        csrf = _group(re.search(r'name="csrf" value="([^"]+)"', page.text))
         answer = client.post(
             "/ops/login", data={"username": setup.username, "password": setup.password, "csrf": csrf, "next": "/ops/"}
         )
@@ -559,10 +564,11 @@ async def drive(phase: Phase, port: int, seed: int) -> Outcome:
         due = start + i / phase.rate
         if (wait := due - time.perf_counter()) > 0:
             await asyncio.sleep(wait)
-        tasks.append(asyncio.create_task(one(*rng.choice(phase.targets), due)))
+        # A drawn target is a (label, path) pair; numpy's stubs type the draw as one array.
+        tasks.append(asyncio.create_task(one(*rng.choice(phase.targets), due)))  # pyright: ignore[reportCallIssue]
     await asyncio.gather(*tasks)
     out.elapsed = max(last_answer - start, phase.seconds)
-    for reader, writer in conns.idle:
+    for _reader, writer in conns.idle:
         writer.close()
     return out
 
@@ -675,7 +681,7 @@ def sanity(base: str, customer: list, cookie: str, board: list) -> None:
     tail = next(path for label, path in board if label == "search phone tail")
     phone = next(path for label, path in board if label == "search phone")
     found = [
-        re.search(r"：(\d+) 个订单", httpx.get(base + p, headers={"Cookie": cookie}).text).group(1)
+        _group(re.search(r"：(\d+) 个订单", httpx.get(base + p, headers={"Cookie": cookie}).text))
         for p in (tail, phone)
     ]
     print(
@@ -684,10 +690,16 @@ def sanity(base: str, customer: list, cookie: str, board: list) -> None:
     )
 
 
+def _group(match: re.Match[str] | None) -> str:
+    """The first group of a match the page must have; a page without it is a failed run."""
+    assert match is not None, "the page did not have what the benchmark reads from it"
+    return match.group(1)
+
+
 def access_rows(url: str) -> int:
     engine = sa.create_engine(url)
     with engine.connect() as conn:
-        n = conn.execute(sa.select(sa.func.count()).select_from(tracking_access_log)).scalar()
+        n = conn.execute(sa.select(sa.func.count()).select_from(tracking_access_log)).scalar_one()
     engine.dispose()
     return n
 
@@ -774,7 +786,7 @@ def summary(rows: list[Row]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--orders", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=float, default=20, help="length of the 200/s and board phases")
     parser.add_argument("--step-seconds", type=float, default=10, help="length of each rising-rate step")
