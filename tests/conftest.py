@@ -1,21 +1,35 @@
-"""Shared fixtures: a small demo company, a pinned clock, and the real PostgreSQL server."""
+"""Shared fixtures: the real PostgreSQL server, a small demo company, an empty warehouse on each backend,
+and the web app over its test world."""
 
 from __future__ import annotations
 
 import os
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from helpers import (
+    DEMO_KEY_VALUE,
+    NOW,
+    FakeClock,
+    WebClient,
+    build_world,
+    copy_company,
+)
+
+from order_pipeline.warehouse.engine import Warehouse
+from order_pipeline.web.app import create_app
 
 PG_ADMIN_URL = os.environ.get("ORDER_PIPELINE_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-NOW = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)  # 10:00 in Shanghai
 
 
 def _required(flag: str) -> bool:
     return os.environ.get(flag) == "1"
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +69,9 @@ def pg_database(pg_server):
     admin.dispose()
 
 
+# --- the demo company -------------------------------------------------------------------------------
+
+
 @pytest.fixture(scope="session")
 def demo_template(tmp_path_factory) -> Path:
     """A small demo company, built once per session; tests copy it."""
@@ -68,11 +85,60 @@ def demo_template(tmp_path_factory) -> Path:
 @pytest.fixture
 def demo_company(demo_template, tmp_path, monkeypatch) -> Path:
     """A private copy of the demo company (sources and config) in tmp_path."""
-    import shutil
-
-    target = tmp_path / "demo"
-    shutil.copytree(demo_template, target)
-    config = (target / "order_pipeline.yaml").read_text(encoding="utf-8")
-    (target / "order_pipeline.yaml").write_text(config.replace(str(demo_template), str(target)), encoding="utf-8")
-    monkeypatch.setenv("ORDER_PIPELINE_DEMO_KUAIDI100_KEY", "demo-key")
+    target = copy_company(demo_template, tmp_path / "demo")
+    monkeypatch.setenv("ORDER_PIPELINE_DEMO_KUAIDI100_KEY", DEMO_KEY_VALUE)
     return target
+
+
+# --- an empty warehouse on each backend ----------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def warehouse_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'warehouse.db'}"
+    return request.getfixturevalue("pg_database")()
+
+
+@pytest.fixture
+def engine(warehouse_url) -> Iterator[sa.Engine]:
+    """The engine of an empty warehouse with the pipeline's schema, on SQLite and on PostgreSQL.
+
+    Modules that mean another engine by `engine` define their own.
+    """
+    wh = Warehouse(warehouse_url)
+    wh.create_schema()
+    yield wh.engine
+    wh.engine.dispose()
+
+
+# --- the web app -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_client(tmp_path, clock, monkeypatch) -> Iterator[Callable[..., WebClient]]:
+    """A WebClient over a fresh test world; `web` overrides entries of the config's web section."""
+    made: list[WebClient] = []
+
+    def make(web: dict | None = None, **client_kw) -> WebClient:
+        world = build_world(tmp_path / f"w{len(made)}", web)
+        for k, v in world.env.items():
+            monkeypatch.setenv(k, v)
+        client = WebClient(create_app(world.config(), engine=world.engine, clock=clock), world, **client_kw)
+        made.append(client)
+        return client
+
+    yield make
+    for c in made:
+        c.close()
+        c.world.engine.dispose()
+
+
+@pytest.fixture
+def client(make_client) -> WebClient:
+    return make_client()

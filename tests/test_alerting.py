@@ -11,8 +11,25 @@ import httpx
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from conftest import NOW
-from test_rules import TZ, D, H, S, add_rows, engine, make_config, order, publish_rows, warehouse_url  # noqa: F401
+from helpers import (
+    GROUPS,
+    NOW,
+    TZ,
+    D,
+    H,
+    M,
+    S,
+    add_rows,
+    alerting_for,
+    deliveries,
+    ledger_row,
+    make_config,
+    order,
+    outbox,
+    paid_order,
+    publish_rows,
+    tick,
+)
 
 from order_pipeline.alerts import ledger as alert_ledger
 from order_pipeline.alerts.channels import OutboxChannel, WeComRobot
@@ -24,79 +41,17 @@ from order_pipeline.contract.config import Secret, SourceConfig
 from order_pipeline.contract.schema import (
     BATCH,
     alert_deliveries,
-    alert_outbox,
     alert_queue,
-    order_alerts,
     raw_tracking,
 )
 from order_pipeline.warehouse.engine import Warehouse, set_state
-
-M = timedelta(minutes=1)
-GROUPS = {
-    "channels": {
-        "wh_box": {"type": "outbox"},
-        "lead_box": {"type": "outbox"},
-        "cs_box": {"type": "outbox"},
-        "data_box": {"type": "outbox"},
-    },
-    "alerts": {
-        "cooldown": "2h",
-        "escalate_after": "4h",
-        "escalate_to": ["ops_lead"],
-        "max_escalations": 1,
-        "groups": {
-            "warehouse": {"channels": ["wh_box"], "mentions": ["13800000000"]},
-            "ops_lead": {"channels": ["lead_box"]},
-            "customer_service": {"channels": ["cs_box"]},
-            "data": {"channels": ["data_box"]},
-        },
-    },
-}
-
-
-def runtime(tmp_path, engine, channels=None, **sections):
-    config = make_config(tmp_path, str(engine.url), **{**GROUPS, **sections})
-    alerting = Alerting(config, engine)
-    built = build_channels(alerting.settings, engine) if channels is None else channels
-    return alerting, Dispatcher(engine, built)
-
-
-def tick(alerting, dispatcher, now):
-    ev = alerting.evaluate(now)
-    return ev, dispatcher.drain(now)
-
-
-def outbox(engine) -> pd.DataFrame:
-    with engine.connect() as conn:
-        return pd.read_sql(sa.select(alert_outbox).order_by(alert_outbox.c.id), conn)
-
-
-def ledger_row(engine, rule_id, key) -> dict:
-    with engine.connect() as conn:
-        return dict(
-            conn.execute(
-                sa.select(order_alerts).where(order_alerts.c.rule_id == rule_id).where(order_alerts.c.entity_key == key)
-            )
-            .mappings()
-            .one()
-        )
-
-
-def deliveries(engine) -> pd.DataFrame:
-    with engine.connect() as conn:
-        return pd.read_sql(sa.select(alert_deliveries).order_by(alert_deliveries.c.id), conn)
-
-
-def paid_order(no="SO-1", hours=3):
-    return order(no, "paid", paid_at=NOW - hours * H, responsible_role="warehouse")
-
 
 # --- dedup, cool-down, escalation, resolution ----------------------------------------------------------
 
 
 def test_sent_once_resent_after_the_cooldown_escalated_then_resolved(tmp_path, engine):
     publish_rows(engine, [paid_order()])
-    alerting, dispatcher = runtime(tmp_path, engine)
+    alerting, dispatcher = alerting_for(tmp_path, engine)
 
     ev, drained = tick(alerting, dispatcher, NOW)
     assert ev.breaching["paid_not_locked"] == 1
@@ -138,7 +93,7 @@ def test_sent_once_resent_after_the_cooldown_escalated_then_resolved(tmp_path, e
 
 def test_a_flapping_condition_waits_out_its_cooldown(tmp_path, engine):
     publish_rows(engine, [paid_order()])
-    alerting, dispatcher = runtime(tmp_path, engine, alerts={**GROUPS["alerts"], "resolve_note": False})
+    alerting, dispatcher = alerting_for(tmp_path, engine, alerts={**GROUPS["alerts"], "resolve_note": False})
     tick(alerting, dispatcher, NOW)
     publish_rows(engine, [order("SO-1", "locked", paid_at=NOW - 3 * H, locked_at=NOW)], batch=2)
     tick(alerting, dispatcher, NOW + M)
@@ -152,7 +107,7 @@ def test_a_flapping_condition_waits_out_its_cooldown(tmp_path, engine):
 
 def test_dedup_across_orders_and_ticks(tmp_path, engine):
     publish_rows(engine, [paid_order("A"), paid_order("B"), order("C", "locked", locked_at=NOW)])
-    alerting, dispatcher = runtime(tmp_path, engine)
+    alerting, dispatcher = alerting_for(tmp_path, engine)
     for minutes in range(3):
         tick(alerting, dispatcher, NOW + minutes * M)
     assert sorted(outbox(engine)["title"].str.split().str[-1]) == ["A", "B"]
@@ -164,7 +119,7 @@ def test_dedup_across_orders_and_ticks(tmp_path, engine):
 
 def test_message_is_short_chinese_with_order_stage_wait_owner_and_link(tmp_path, engine):
     publish_rows(engine, [paid_order(hours=3)])
-    alerting, dispatcher = runtime(
+    alerting, dispatcher = alerting_for(
         tmp_path, engine, alerts={**GROUPS["alerts"], "board_url": "https://ops.example.com"}
     )
     tick(alerting, dispatcher, NOW + 15 * M)
@@ -188,7 +143,7 @@ def test_stuck_parcel_marks_the_order_high_risk(tmp_path, engine):
             )
         ],
     )
-    alerting, dispatcher = runtime(tmp_path, engine)
+    alerting, dispatcher = alerting_for(tmp_path, engine)
     tick(alerting, dispatcher, NOW)
     row = ledger_row(engine, "stuck_parcel", "SO-9")
     assert row["risk"] == "high" and row["severity"] == "critical"
@@ -355,7 +310,7 @@ class Crash(BaseException):
 
 def test_a_crash_between_send_and_record_never_sends_twice_within_the_cooldown(tmp_path, engine, monkeypatch):
     publish_rows(engine, [paid_order()])
-    alerting, dispatcher = runtime(tmp_path, engine)
+    alerting, dispatcher = alerting_for(tmp_path, engine)
 
     def crash(*args, **kwargs):
         raise Crash()
@@ -380,7 +335,7 @@ def test_a_crash_between_send_and_record_never_sends_twice_within_the_cooldown(t
 
 def test_a_crash_between_claim_and_send_delays_but_never_loses(tmp_path, engine, monkeypatch):
     publish_rows(engine, [paid_order()])
-    alerting, dispatcher = runtime(tmp_path, engine)
+    alerting, dispatcher = alerting_for(tmp_path, engine)
     import order_pipeline.alerts.dispatch as dispatch
 
     def crash(*args, **kwargs):
@@ -477,7 +432,7 @@ def test_the_carrier_feed_is_stale_only_while_a_parcel_waits_for_an_answer(engin
 
 
 def test_a_failed_run_alerts_the_data_team_once_and_a_success_resolves_it(tmp_path, engine):
-    alerting, dispatcher = runtime(tmp_path, engine)
+    alerting, dispatcher = alerting_for(tmp_path, engine)
     failed = "assets:raw_order_lines,raw_orders"
     for minutes in (0, 5):
         alerting.run_failed(
@@ -508,7 +463,7 @@ def test_each_new_order_gets_one_tracking_link(tmp_path, engine, monkeypatch):
         ],
     )
     web = {"base_url": "https://track.example.com", "link_secret_env": "TEST_LINK_SECRET"}
-    alerting, dispatcher = runtime(tmp_path, engine, web=web)
+    alerting, dispatcher = alerting_for(tmp_path, engine, web=web)
     ev, _ = tick(alerting, dispatcher, NOW)
     assert ev.links_queued == 1
     tick(alerting, dispatcher, NOW + M)
@@ -522,7 +477,7 @@ def test_each_new_order_gets_one_tracking_link(tmp_path, engine, monkeypatch):
 def test_without_a_web_section_links_are_skipped_and_logged(tmp_path, engine, caplog):
     publish_rows(engine, [order("NEW-1", "ordered", ordered_at=NOW - H)])
     with caplog.at_level(logging.INFO, logger="order_pipeline.alerts.evaluation"):
-        alerting, dispatcher = runtime(tmp_path, engine)
+        alerting, dispatcher = alerting_for(tmp_path, engine)
     ev, _ = tick(alerting, dispatcher, NOW)
     assert ev.links_queued == 0
     assert "tracking links are not sent" in caplog.text
@@ -531,7 +486,7 @@ def test_without_a_web_section_links_are_skipped_and_logged(tmp_path, engine, ca
 def test_the_alerting_creates_its_tables_in_an_empty_warehouse(tmp_path):
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     engine = Warehouse(url).engine  # no create_schema: the alert tables are the alerting's to create
-    alerting, dispatcher = runtime(tmp_path, engine)
+    alerting, dispatcher = alerting_for(tmp_path, engine)
     assert {"order_alerts", "alert_queue", "alert_deliveries", "alert_outbox", "tracking_link_sends"} <= set(
         sa.inspect(engine).get_table_names()
     )

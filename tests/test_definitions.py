@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-from conftest import NOW
+from helpers import NOW
 
 from order_pipeline import definitions
 from order_pipeline.cli import main

@@ -6,11 +6,12 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from contextlib import closing
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from helpers import NOW
 
 from order_pipeline.carrier import protocol as kuaidi100
 from order_pipeline.carrier import sandbox as carrier_sandbox
@@ -20,7 +21,6 @@ from order_pipeline.demo.company import DEMO_CUSTOMER, DEMO_KEY, DEMO_KEY_ENV, D
 from order_pipeline.domain.validation import validate
 from order_pipeline.pipeline.loading import read_source
 
-NOW = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
 LOCAL_NOW = "2026-11-25 10:00:00"  # NOW in Shanghai, as the sources write time
 ORDERS = 300
 

@@ -8,8 +8,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 import yaml
-from conftest import NOW
-from test_config import write_sources
+from helpers import NOW, write_sources
 
 from order_pipeline.contract.config import load_config
 from order_pipeline.contract.schema import RAW_TABLES, pipeline_rejects

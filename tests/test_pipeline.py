@@ -11,7 +11,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from conftest import NOW
+from helpers import NOW
 
 from order_pipeline.carrier.protocol import TrackingAnswer, TrackingEvent
 from order_pipeline.carrier.store import store_tracking_answers

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from conftest import NOW
+from helpers import NOW
 
 from order_pipeline.alerts.rules import FieldRef, count_and_sample, default_rules, evaluate, parse_rules
 from order_pipeline.alerts.settings import BUILTIN_GROUPS, load_alert_settings

@@ -8,12 +8,9 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 import httpx
-import pandas as pd
 import pytest
 import sqlalchemy as sa
-from conftest import NOW
-from test_alerting import GROUPS, paid_order
-from test_rules import TZ, H, S, make_config, order, publish_rows, warehouse_url  # noqa: F401
+from helpers import GROUPS, NOW, TZ, H, M, S, ledger_row, make_config, order, outbox, paid_order, publish_rows
 
 from order_pipeline.alerts import ledger as alert_ledger
 from order_pipeline.alerts.channels import WeComRobot
@@ -23,33 +20,20 @@ from order_pipeline.contract.config import Secret, SourceConfig
 from order_pipeline.contract.schema import (
     BATCH,
     alert_deliveries,
-    alert_outbox,
     alert_queue,
-    order_alerts,
     raw_tracking,
 )
-from order_pipeline.warehouse.engine import Warehouse
 from resources.warehouse import PipelineClock, WarehouseResource
 from sensors import runtime
 from sensors.alerts import AlertCursor, alert_sensor, run_failure_sensor, run_success_sensor
 from sensors.carrier import carrier_push_sensor, poll_cron
 from sensors.sources import source_change_sensor
 
-M = timedelta(minutes=1)
-
 
 @pytest.fixture(autouse=True)
 def fresh_runtime():
     yield
     runtime.forget()
-
-
-@pytest.fixture
-def engine(warehouse_url):
-    wh = Warehouse(warehouse_url)
-    wh.create_schema()
-    yield wh.engine
-    wh.engine.dispose()
 
 
 @pytest.fixture
@@ -132,22 +116,6 @@ class Ticks:
         return data
 
 
-def outbox(engine) -> pd.DataFrame:
-    with engine.connect() as conn:
-        return pd.read_sql(sa.select(alert_outbox).order_by(alert_outbox.c.id), conn)
-
-
-def alert(engine, rule_id="paid_not_locked", key="SO-1") -> dict:
-    with engine.connect() as conn:
-        return dict(
-            conn.execute(
-                sa.select(order_alerts).where(order_alerts.c.rule_id == rule_id).where(order_alerts.c.entity_key == key)
-            )
-            .mappings()
-            .one()
-        )
-
-
 @pytest.fixture
 def ticks(tmp_path, engine, instance):
     config = make_config(tmp_path, str(engine.url), **GROUPS)
@@ -175,12 +143,12 @@ def test_alert_sensor_dedups_resends_escalates_and_resolves_across_ticks(ticks, 
     ticks(NOW + 2 * H)
     assert len(outbox(engine)) == 2
     ticks(NOW + 4 * H)
-    assert outbox(engine)["channel"].tolist()[-1] == "lead_box" and alert(engine)["escalation_level"] == 1
+    assert outbox(engine)["channel"].tolist()[-1] == "lead_box" and ledger_row(engine)["escalation_level"] == 1
 
     publish_rows(engine, [order("SO-1", "locked", paid_at=NOW - 3 * H, locked_at=NOW + 4 * H)], batch=2)
     resolved = ticks(NOW + 4 * H + 30 * S)  # a new batch is evaluated at once, whatever was due
     assert "paid_not_locked 0" in resolved.skip_message
-    assert alert(engine)["resolved_at"] is not None
+    assert ledger_row(engine)["resolved_at"] is not None
     assert outbox(engine)["title"].iloc[-1].startswith("【已恢复】")
     count = len(outbox(engine))
     ticks(NOW + 4 * H + M)
@@ -316,13 +284,13 @@ def test_a_failed_run_alerts_the_data_team_and_a_success_resolves_it(tmp_path, e
     sent = outbox(engine)
     assert sent["channel"].tolist() == ["data_box"]
     assert "cannot reach the ERP database" in sent["body"].iloc[0]
-    entity = alert(engine, "run_failure", failed.job_def.name)
+    entity = ledger_row(engine, "run_failure", failed.job_def.name)
     assert entity["scope"] == "run" and entity["severity"] == "critical"
 
     healthy["ok"] = True
     ok = dg.materialize([raw_orders], instance=instance)
     run_success_sensor(config)(status_context(ok, dg.DagsterEventType.RUN_SUCCESS))
-    assert alert(engine, "run_failure", failed.job_def.name)["resolved_at"] is not None
+    assert ledger_row(engine, "run_failure", failed.job_def.name)["resolved_at"] is not None
 
 
 # --- the carrier -----------------------------------------------------------------------------------------

@@ -9,24 +9,16 @@ import logging
 import re
 import sqlite3
 import time
-import warnings
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 import yaml
-from starlette.exceptions import StarletteDeprecationWarning
-
-with warnings.catch_warnings():  # the installed httpx works; Starlette merely prefers its successor
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from starlette.testclient import TestClient
-
-from web_fixtures import (
+from helpers import (
     COURIER_PHONE,
     COURIER_PHONE_INTL,
     FULL_ADDRESS,
     FULL_NAME,
-    LINK_SECRET,
     NOW,
     ORDER_EXCEPTION,
     ORDER_IN_TRANSIT,
@@ -36,13 +28,19 @@ from web_fixtures import (
     PUSH_SALT,
     PUSH_SALT_ENV,
     RAW_PHONE,
+    SECRET,
     SIGNER_NAME,
     STAFF_PASSWORD,
     STAFF_USER,
     STREET,
     WAYBILL,
-    FakeClock,
+    TestClient,
+    WebClient,
+    access_rows,
     build_world,
+    link_path,
+    login,
+    page_csrf,
     push_form,
     source_sections,
     write_config,
@@ -70,7 +68,6 @@ from order_pipeline.web.security.audit import AccessLog
 from order_pipeline.web.security.ratelimit import Rate, RateLimiter, client_key, take
 from order_pipeline.web.settings import WebSettings, parse_rate
 
-SECRET = LINK_SECRET.encode()
 # "8765" is the middle of both courier numbers, whatever way they are written.
 NEVER_SHOWN = [
     RAW_PHONE,
@@ -83,66 +80,6 @@ NEVER_SHOWN = [
     SIGNER_NAME,
     "腾讯大厦",
 ]
-
-
-# --- fixtures ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def make_client(tmp_path, clock, monkeypatch):
-    """A TestClient over a fresh warehouse; `web` overrides entries of the config's web section."""
-    made = []
-
-    def make(web: dict | None = None, **client_kw) -> TestClient:
-        world = build_world(tmp_path / f"w{len(made)}", web)
-        for k, v in world.env.items():
-            monkeypatch.setenv(k, v)
-        client = TestClient(create_app(world.config(), engine=world.engine, clock=clock), **client_kw)
-        client.world = world
-        made.append(client)
-        return client
-
-    yield make
-    for c in made:
-        c.close()
-        c.world.engine.dispose()
-
-
-@pytest.fixture
-def client(make_client):
-    return make_client()
-
-
-def link_path(order_no: str, expires=None, lang: str | None = None) -> str:
-    token = make_token(order_no, expires or NOW + timedelta(days=7), SECRET)
-    return f"/order/{order_no}?t={token}" + (f"&lang={lang}" if lang else "")
-
-
-def access_rows(client) -> list[dict]:
-    client.app.state.web.access_log.flush()  # what the writer thread would write within a quarter second
-    with client.world.engine.connect() as conn:
-        return [
-            dict(r) for r in conn.execute(sa.select(tracking_access_log).order_by(tracking_access_log.c.id)).mappings()
-        ]
-
-
-def login(client, password: str = STAFF_PASSWORD):
-    page = client.get("/ops/login")
-    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
-    return client.post(
-        "/ops/login",
-        data={"username": STAFF_USER, "password": password, "csrf": csrf, "next": "/ops/"},
-        follow_redirects=False,
-    )
-
-
-def page_csrf(html: str) -> str:
-    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
 
 
 # --- pure parts -------------------------------------------------------------------------------------
@@ -604,7 +541,9 @@ def test_customer_page_is_served_while_a_publish_holds_the_write_lock(
     world = build_world(tmp_path / "w", busy_timeout=0.2)
     for k, v in world.env.items():
         monkeypatch.setenv(k, v)
-    client = TestClient(create_app(world.config(), engine=world.engine, clock=clock), raise_server_exceptions=False)
+    client = WebClient(
+        create_app(world.config(), engine=world.engine, clock=clock), world, raise_server_exceptions=False
+    )
     publish_in_progress(world)
     caplog.set_level(logging.ERROR, logger="order_pipeline.web")
     started = time.monotonic()
@@ -612,7 +551,7 @@ def test_customer_page_is_served_while_a_publish_holds_the_write_lock(
     refused = client.get(f"/order/{ORDER_IN_TRANSIT}?t=forged")
     assert time.monotonic() - started < 5  # the read did not queue behind the publish
     assert page.status_code == 200 and "138****5678" in page.text and "配送中" in page.text
-    client.app.state.web.access_log.flush()
+    client.web.access_log.flush()
     assert refused.status_code == 403
     # The audit rows could not be written; they are in the error log instead of lost.
     unwritten = [
@@ -633,7 +572,7 @@ def test_customer_page_survives_a_failing_audit_write(client, monkeypatch, caplo
     with caplog.at_level(logging.ERROR, logger="order_pipeline.web"):
         assert client.get(link_path(ORDER_IN_TRANSIT)).status_code == 200
         assert client.get(link_path("SO9999")).status_code == 404
-        client.app.state.web.access_log.flush()
+        client.web.access_log.flush()
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any(ORDER_IN_TRANSIT in m and "'ok'" in m for m in messages)
     assert any("SO9999" in m and "'not_found'" in m for m in messages)
@@ -641,7 +580,7 @@ def test_customer_page_survives_a_failing_audit_write(client, monkeypatch, caplo
 
 def test_access_rows_are_written_in_batches_and_on_close(client):
     """A page view only queues its row; the writer's batch (or shutdown) puts them in the table, none lost."""
-    web = client.app.state.web
+    web = client.web
     web.access_log = log = AccessLog(web.engine, interval=3600)  # the writer thread will not wake during the test
     for _ in range(3):
         assert client.get(link_path(ORDER_IN_TRANSIT)).status_code == 200
@@ -921,7 +860,7 @@ def test_signed_but_malformed_push_is_refused(client):
 
 
 def test_push_without_configured_salt_is_refused(client, monkeypatch):
-    monkeypatch.setattr(client.app.state.web, "push_salt", None)
+    monkeypatch.setattr(client.web, "push_salt", None)
     r = client.post("/hooks/kuaidi100", data=push_form())
     assert r.status_code == 403 and stored_tracking(client) == []
 
@@ -929,7 +868,7 @@ def test_push_without_configured_salt_is_refused(client, monkeypatch):
 def test_push_salt_env_is_read_at_start(make_client, monkeypatch):
     monkeypatch.delenv(PUSH_SALT_ENV, raising=False)
     client = make_client()
-    assert client.app.state.web.push_salt == PUSH_SALT
+    assert client.web.push_salt == PUSH_SALT
 
 
 def test_health(client):
