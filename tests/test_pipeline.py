@@ -591,7 +591,7 @@ def test_dagster_instance_storage_on_postgres(config, pg_database, tmp_path, mon
 
 
 @pytest.mark.parametrize("earlier", [0, 1], ids=["first loads ever", "later loads"])
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_concurrent_loads_get_distinct_batches_in_commit_order(backend, earlier, tmp_path, request):
     """Two loads racing for a batch number: the second waits for the first to commit."""
     import threading

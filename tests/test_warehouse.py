@@ -54,7 +54,7 @@ def _frame() -> pd.DataFrame:
     )
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def engine(request, tmp_path):
     url = (
         f"sqlite:///{tmp_path / 'warehouse.db'}"
