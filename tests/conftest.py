@@ -19,7 +19,7 @@ from helpers import (
     copy_company,
 )
 
-from order_pipeline.warehouse.engine import Warehouse
+from order_pipeline.warehouse.engine import Warehouse, create_engine
 from order_pipeline.web.app import create_app
 
 PG_ADMIN_URL = os.environ.get("ORDER_PIPELINE_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
@@ -49,24 +49,77 @@ def pg_server() -> str:
     return PG_ADMIN_URL
 
 
+class PgSession:
+    """One throw-away database for the test session, holding a schema for each warehouse a test asks for.
+
+    The code under test sets its own libpq `options` (`-c timezone=UTC`), which would override a
+    search_path passed the same way in the URL. So each schema belongs to a login role of the same
+    name whose search_path is that schema alone: every connection made with the role's URL, in
+    this process or another, by the pipeline, the web app or Dagster, sees that schema and nothing
+    else. Tables, the temporary tables of a session and the tables a rebuild swaps in by rename
+    all stay in it.
+    """
+
+    def __init__(self, admin_url: str):
+        self.admin_url = sa.engine.make_url(admin_url)
+        self.name = f"order_pipeline_test_{uuid.uuid4().hex[:10]}"
+        self.roles: list[str] = []
+        self._admin = sa.create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+        with self._admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{self.name}"')
+            superuser = conn.exec_driver_sql("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").scalar()
+        # The roles may do what the admin may: create roles, grant, vacuum.
+        self._powers = "SUPERUSER" if superuser else "CREATEROLE"
+        self._inside = sa.create_engine(self.admin_url.set(database=self.name), isolation_level="AUTOCOMMIT")
+
+    def new_schema(self) -> str:
+        """A fresh, empty schema; returns the URL that works in it."""
+        role = f"op_test_{uuid.uuid4().hex[:12]}"
+        password = self.admin_url.password
+        with self._inside.connect() as conn:
+            conn.exec_driver_sql(
+                f'CREATE ROLE "{role}" LOGIN {self._powers}' + (" PASSWORD %(pw)s" if password else ""),
+                {"pw": str(password)} if password else None,
+            )
+            self.roles.append(role)
+            conn.exec_driver_sql(f'CREATE SCHEMA "{role}" AUTHORIZATION "{role}"')
+            conn.exec_driver_sql(f'ALTER ROLE "{role}" SET search_path = "{role}"')
+        url = self.admin_url.set(username=role, database=self.name).render_as_string(hide_password=False)
+        _check_schema(url, role)
+        return url
+
+    def drop(self) -> None:
+        self._inside.dispose()
+        with self._admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+            if self.roles:
+                conn.exec_driver_sql("DROP ROLE IF EXISTS " + ", ".join(f'"{r}"' for r in self.roles))
+        self._admin.dispose()
+
+
+def _check_schema(url: str, schema: str) -> None:
+    """The warehouse's own engine, with its own connect arguments, works in `schema` only."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT current_schemas(false)").scalar() == [schema]
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(scope="session")
-def pg_database(pg_server):
-    """A throw-away database for this test session; returns a factory of fresh databases."""
-    admin = sa.create_engine(pg_server, isolation_level="AUTOCOMMIT")
-    created = []
+def pg_session(pg_server) -> Iterator[PgSession]:
+    session = PgSession(pg_server)
+    yield session
+    session.drop()
 
-    def make() -> str:
-        name = f"order_pipeline_test_{uuid.uuid4().hex[:10]}"
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        created.append(name)
-        return sa.engine.make_url(pg_server).set(database=name).render_as_string(hide_password=False)
 
-    yield make
-    with admin.connect() as conn:
-        for name in created:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+@pytest.fixture
+def pg_database(request, pg_session) -> Callable[[], str]:
+    """A factory of fresh, empty PostgreSQL warehouses (a schema each in the session's database): returns URLs."""
+    if request.node.get_closest_marker("postgres") is None:
+        pytest.fail(f"{request.node.nodeid} talks to PostgreSQL: mark it @pytest.mark.postgres")
+    return pg_session.new_schema
 
 
 # --- the demo company -------------------------------------------------------------------------------

@@ -308,7 +308,7 @@ def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(
     if backend == "postgres":  # vacuumed after the rebuild, not left to autovacuum
         with engine.connect() as conn:
             pages, visible = conn.execute(
-                sa.text("SELECT relpages, relallvisible FROM pg_class WHERE relname = 'order_tracking_events'")
+                sa.text("SELECT relpages, relallvisible FROM pg_class WHERE oid = to_regclass('order_tracking_events')")
             ).one()
         assert pages > 0 and visible >= 0.9 * pages
     before = max_batch(engine)
@@ -533,8 +533,8 @@ def test_a_postgres_rebuild_swaps_in_fresh_tables_keeping_grants_and_views(
             indexes = set(
                 conn.execute(
                     sa.text(
-                        "SELECT indexname FROM pg_indexes WHERE tablename IN ('order_tracking_snapshot', "
-                        "'order_tracking_parcels')"
+                        "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() "
+                        "AND tablename IN ('order_tracking_snapshot', 'order_tracking_parcels')"
                     )
                 ).scalars()
             )

@@ -334,11 +334,12 @@ def test_sqlite_engine_reads_beside_a_writer(tmp_path):
 @pytest.mark.postgres
 def test_postgres_sessions_run_in_utc_and_reads_are_read_only(pg_database):
     url = pg_database()
-    name = sa.engine.make_url(url).database
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:  # a server whose sessions default to another zone
-        conn.exec_driver_sql(f"ALTER DATABASE \"{name}\" SET timezone TO 'Asia/Shanghai'")
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:  # a server whose sessions (of this role) default to another zone
+        conn.exec_driver_sql("ALTER ROLE CURRENT_USER SET timezone TO 'Asia/Shanghai'")
         conn.exec_driver_sql("CREATE TABLE t (at timestamptz)")
+    with admin.connect() as conn:  # a new session
+        assert conn.exec_driver_sql("SHOW timezone").scalar() == "Asia/Shanghai"
     admin.dispose()
     engine = web_db.make_engine("postgresql://" + url.split("://", 1)[1])
     try:
