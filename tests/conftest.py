@@ -1,13 +1,15 @@
-"""Shared fixtures: the real PostgreSQL server, a small demo company, an empty warehouse on each backend,
-and the web app over its test world."""
+"""Shared fixtures: the real PostgreSQL server, a small demo company (as sources and materialized once),
+an empty warehouse on each backend, and the web app over its test world."""
 
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import sqlalchemy as sa
 from helpers import (
@@ -16,9 +18,13 @@ from helpers import (
     FakeClock,
     WebClient,
     build_world,
+    company_digest,
     copy_company,
+    run_at,
+    warehouse_of,
 )
 
+from order_pipeline.contract.config import Config, load_config
 from order_pipeline.warehouse.engine import Warehouse, create_engine
 from order_pipeline.web.app import create_app
 
@@ -139,6 +145,43 @@ def demo_template(tmp_path_factory) -> Path:
 def demo_company(demo_template, tmp_path, monkeypatch) -> Path:
     """A private copy of the demo company (sources and config) in tmp_path."""
     target = copy_company(demo_template, tmp_path / "demo")
+    monkeypatch.setenv("ORDER_PIPELINE_DEMO_KUAIDI100_KEY", DEMO_KEY_VALUE)
+    return target
+
+
+@dataclass(frozen=True)
+class Materialized:
+    """The demo company after one pipeline run at NOW (its warehouse is SQLite), and the run's Dagster instance."""
+
+    root: Path
+    config: Config
+    instance: dg.DagsterInstance
+    engine: sa.Engine
+
+
+@pytest.fixture(scope="session")
+def materialized_demo(demo_template, tmp_path_factory) -> Iterator[Materialized]:
+    """The demo company materialized once for the session, to read from only: the session ends with an
+    error if a test wrote to it. A test that changes it asks for `materialized_company` instead."""
+    root = copy_company(demo_template, tmp_path_factory.mktemp("materialized") / "demo")
+    config = load_config(root / "order_pipeline.yaml")
+    home = tmp_path_factory.mktemp("materialized-dagster-home")
+    with dg.instance_for_test(temp_dir=str(home), set_dagster_home=False) as instance:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("ORDER_PIPELINE_DEMO_KUAIDI100_KEY", DEMO_KEY_VALUE)
+            mp.setenv("DAGSTER_HOME", str(home))
+            run_at(config, mp, instance=instance)
+        warehouse = Warehouse(warehouse_of(config))
+        before = company_digest(root)
+        yield Materialized(root, config, instance, warehouse.engine)
+        warehouse.engine.dispose()
+    assert company_digest(root) == before, "a test wrote to the shared materialized demo company"
+
+
+@pytest.fixture
+def materialized_company(materialized_demo, tmp_path, monkeypatch) -> Path:
+    """A private copy of the materialized demo company (sources, config and warehouse) in tmp_path."""
+    target = copy_company(materialized_demo.root, tmp_path / "demo")
     monkeypatch.setenv("ORDER_PIPELINE_DEMO_KUAIDI100_KEY", DEMO_KEY_VALUE)
     return target
 

@@ -11,7 +11,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from helpers import NOW
+from helpers import NOW, warehouse_of
 
 from order_pipeline.carrier.protocol import TrackingAnswer, TrackingEvent
 from order_pipeline.carrier.store import store_tracking_answers
@@ -73,27 +73,26 @@ def engine(config):
     return Warehouse(config.warehouse_url.resolve()).engine
 
 
-def test_all_assets_materialize_and_checks_pass(config, engine, monkeypatch):
-    with dg.instance_for_test() as instance:
-        run(config, monkeypatch, instance=instance)
-        for key in ("raw_orders", "raw_tracking", "unified_orders", "order_tracking_snapshot", "order_tracking_events"):
-            assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None, key
-        checks = {
-            key.name: record
-            for key, record in instance.event_log_storage.get_latest_asset_check_execution_by_key(
-                [
-                    dg.AssetCheckKey(dg.AssetKey("order_tracking_snapshot"), name)
-                    for name in ("snapshot_order_no_unique", "snapshot_covers_open_orders", "rejects_below_threshold")
-                ]
-            ).items()
-        }
-        assert {name: c.status.value for name, c in checks.items()} == {
-            "snapshot_order_no_unique": "SUCCEEDED",
-            "snapshot_covers_open_orders": "SUCCEEDED",
-            "rejects_below_threshold": "SUCCEEDED",
-        }
-        meta = instance.get_latest_materialization_event(dg.AssetKey("unified_orders")).asset_materialization.metadata
-        assert meta["orders_total"].value == meta["orders_recomputed"].value > 300
+def test_all_assets_materialize_and_checks_pass(materialized_demo):
+    instance, engine = materialized_demo.instance, materialized_demo.engine
+    for key in ("raw_orders", "raw_tracking", "unified_orders", "order_tracking_snapshot", "order_tracking_events"):
+        assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None, key
+    checks = {
+        key.name: record
+        for key, record in instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [
+                dg.AssetCheckKey(dg.AssetKey("order_tracking_snapshot"), name)
+                for name in ("snapshot_order_no_unique", "snapshot_covers_open_orders", "rejects_below_threshold")
+            ]
+        ).items()
+    }
+    assert {name: c.status.value for name, c in checks.items()} == {
+        "snapshot_order_no_unique": "SUCCEEDED",
+        "snapshot_covers_open_orders": "SUCCEEDED",
+        "rejects_below_threshold": "SUCCEEDED",
+    }
+    meta = instance.get_latest_materialization_event(dg.AssetKey("unified_orders")).asset_materialization.metadata
+    assert meta["orders_total"].value == meta["orders_recomputed"].value > 300
     with engine.connect() as conn:
         orders = conn.execute(sa.select(sa.func.count()).select_from(RAW_TABLES["orders"])).scalar()
         stages = dict(
@@ -122,9 +121,8 @@ def test_all_assets_materialize_and_checks_pass(config, engine, monkeypatch):
     assert events > 0
 
 
-def test_bad_rows_are_quarantined_with_reasons_and_the_rest_is_published(config, engine, monkeypatch):
-    run(config, monkeypatch)
-    with engine.connect() as conn:
+def test_bad_rows_are_quarantined_with_reasons_and_the_rest_is_published(materialized_demo):
+    with materialized_demo.engine.connect() as conn:
         rejects = pd.read_sql(sa.select(pipeline_rejects), conn)
         published = set(conn.execute(sa.select(order_tracking_snapshot.c.order_no)).scalars())
     reasons = set(zip(rejects["source"], rejects["reason"]))
@@ -371,8 +369,9 @@ def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(
     assert written["orders_carrier_compared"].value == len(parcels_changed)
 
 
-def test_an_orders_lines_are_rewritten_only_where_they_changed(config, engine, demo_company, monkeypatch):
-    run(config, monkeypatch)
+def test_an_orders_lines_are_rewritten_only_where_they_changed(materialized_company, monkeypatch):
+    config = load_config(materialized_company / "order_pipeline.yaml")
+    engine = Warehouse(warehouse_of(config)).engine
     lines = RAW_TABLES["order_lines"]
 
     def stored(order):
@@ -390,7 +389,7 @@ def test_an_orders_lines_are_rewritten_only_where_they_changed(config, engine, d
     before = stored(order)
     changed, removed, *kept = sorted(before)
     later = NOW + timedelta(minutes=10)
-    with sqlite3.connect(demo_company / "erp.db") as erp:
+    with sqlite3.connect(materialized_company / "erp.db") as erp:
         erp.execute("UPDATE T_SAL_ORDER SET FModifyDate = ? WHERE FBillNo = ?", (local(later), order))
         erp.execute(
             "UPDATE T_SAL_ORDERENTRY SET FQty = FQty + 1 WHERE FBillNo = ? AND FMaterialId = ?", (order, changed)
@@ -428,16 +427,18 @@ def rejects(engine) -> pd.DataFrame:
 
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def test_a_full_rebuild_in_slices_derives_the_same_orders_and_orphans(
-    backend, workers, config, engine, demo_company, request, monkeypatch
-):
+def test_a_full_rebuild_in_slices_derives_the_same_orders_and_orphans(backend, workers, request, monkeypatch):
     """In slices, in this process or in worker processes beside it (which prepare the rows for the
     bulk write there), as in one piece."""
     if backend == "postgres":
-        config = _on_postgres(demo_company, request.getfixturevalue("pg_database"), monkeypatch)
-        engine = Warehouse(config.warehouse_url.resolve()).engine
-    run(config, monkeypatch)
-    with sqlite3.connect(demo_company / "finance.db") as db:  # a payment for an order the ERP never had
+        company = request.getfixturevalue("demo_company")
+        config = _on_postgres(company, request.getfixturevalue("pg_database"), monkeypatch)
+        run(config, monkeypatch)
+    else:  # the demo as its first run left it
+        company = request.getfixturevalue("materialized_company")
+        config = load_config(company / "order_pipeline.yaml")
+    engine = Warehouse(warehouse_of(config)).engine
+    with sqlite3.connect(company / "finance.db") as db:  # a payment for an order the ERP never had
         db.execute("INSERT INTO 收款单 SELECT * FROM 收款单 LIMIT 1")
         db.execute(
             "UPDATE 收款单 SET 收款单号 = 'PAY-ORPHAN', 订单编号 = 'ZZ-NO-SUCH-ORDER' WHERE rowid = "
@@ -463,17 +464,17 @@ def test_a_full_rebuild_in_slices_derives_the_same_orders_and_orphans(
     assert "PAY-ORPHAN" not in set(rejects(engine)["record_key"])
 
 
-def test_a_run_with_no_source_change_recomputes_nothing(config, engine, monkeypatch):
-    run(config, monkeypatch)
+def test_a_run_with_no_source_change_recomputes_nothing(materialized_company, monkeypatch):
+    config = load_config(materialized_company / "order_pipeline.yaml")
+    engine = Warehouse(warehouse_of(config)).engine
     before = max_batch(engine)
     run(config, monkeypatch, now=NOW + timedelta(minutes=1))
     assert recomputed(engine, before) == set()
 
 
 @pytest.mark.postgres
-def test_postgres_warehouse_publishes_the_same_snapshot(config, engine, demo_company, pg_database, monkeypatch):
-    run(config, monkeypatch)
-    sqlite_snapshot = snapshot(engine)
+def test_postgres_warehouse_publishes_the_same_snapshot(materialized_demo, demo_company, pg_database, monkeypatch):
+    sqlite_snapshot = snapshot(materialized_demo.engine)
 
     pg_config = _on_postgres(demo_company, pg_database, monkeypatch)
     monkeypatch.setattr("order_pipeline.pipeline.unify.SLICE_ORDERS", 700)  # slices split by PostgreSQL's collation
