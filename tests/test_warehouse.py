@@ -1,13 +1,24 @@
-"""The warehouse's bulk write paths (sqlite3 executemany, PostgreSQL COPY) keep every value as it was."""
+"""The warehouse engine: the bulk write paths (sqlite3 executemany, PostgreSQL COPY) keep every value as it was,
+concurrent loads get their batch numbers in commit order, and an index whose columns changed is rebuilt."""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from helpers import NOW
 
-from order_pipeline.warehouse.engine import create_engine, insert_frame, read_frame
+from order_pipeline.warehouse.engine import (
+    Warehouse,
+    create_engine,
+    insert_frame,
+    next_batch,
+    read_frame,
+    rebuild_changed_indexes,
+)
 
 TEXTS = ['a "quoted", comma', "line\nbreak\r\n", "\\N", "back\\slash", "", None, "中文，地址", "  spaced  "]
 
@@ -85,3 +96,52 @@ def test_bulk_insert_keeps_text_numbers_flags_and_times_exactly(engine):
     pd.testing.assert_series_equal(back["at"], frame["at"], check_dtype=False)
     days = [None if pd.isna(v) else pd.Timestamp(v).date() for v in back["day"]]
     assert days == [None if pd.isna(v) else v.date() for v in frame["day"]]
+
+
+@pytest.mark.parametrize("earlier", [0, 1], ids=["first loads ever", "later loads"])
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_concurrent_loads_get_distinct_batches_in_commit_order(backend, earlier, tmp_path, request):
+    """Two loads racing for a batch number: the second waits for the first to commit."""
+    url = f"sqlite:///{tmp_path / 'wh.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")()
+    wh = Warehouse(url)
+    wh.create_schema()
+    for _ in range(earlier):
+        _take_batch(wh.engine)
+    first = wh.engine.connect()
+    first.begin()
+    assert next_batch(first, NOW) == earlier + 1
+    got = []
+    second = threading.Thread(target=lambda: got.append(_take_batch(wh.engine)))
+    second.start()
+    second.join(timeout=0.5)
+    assert second.is_alive()  # blocked behind the first load's open transaction
+    first.commit()
+    first.close()
+    second.join(timeout=30)
+    assert got == [earlier + 2]
+    wh.engine.dispose()
+
+
+def _take_batch(engine) -> int:
+    with engine.begin() as conn:
+        return next_batch(conn, NOW)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_an_index_whose_columns_changed_is_rebuilt_at_start(backend, tmp_path, request):
+    """A warehouse from when the timeline's index covered every column gets the current index."""
+    url = f"sqlite:///{tmp_path / 'wh.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")()
+    wh = Warehouse(url)
+    wh.create_schema()
+    with wh.engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX ix_events_order_time")
+        conn.exec_driver_sql(
+            "CREATE INDEX ix_events_order_time ON order_tracking_events "
+            "(order_no, event_at, kind, stage, waybill_no, context, area)"
+        )
+
+    wh.create_schema()
+    indexes = {ix["name"]: ix["column_names"] for ix in sa.inspect(wh.engine).get_indexes("order_tracking_events")}
+    assert indexes["ix_events_order_time"] == ["order_no", "event_at"]
+    assert rebuild_changed_indexes(wh.engine) == []  # once is enough
+    wh.engine.dispose()
