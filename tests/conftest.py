@@ -23,6 +23,7 @@ from helpers import (
     run_at,
     warehouse_of,
 )
+from sqlalchemy.exc import OperationalError
 
 from order_pipeline.contract.config import Config, load_config
 from order_pipeline.warehouse.engine import Warehouse, create_engine
@@ -45,7 +46,7 @@ def pg_server() -> str:
     try:
         with engine.connect():
             pass
-    except sa.exc.OperationalError as e:
+    except OperationalError as e:
         message = f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {str(e.orig).strip().splitlines()[0]}"
         if _required("REQUIRE_POSTGRES"):
             pytest.fail(message)

@@ -257,10 +257,15 @@ def config_on_postgres(company: Path, url: str, monkeypatch: pytest.MonkeyPatch)
     return load_config(path)
 
 
+def resolved(secret: Secret) -> str:
+    """A configured value (a URL), which must be set."""
+    value = secret.resolve()
+    assert value is not None, secret
+    return value
+
+
 def warehouse_of(config: Config) -> str:
-    url = config.warehouse_url.resolve()
-    assert url is not None
-    return url
+    return resolved(config.warehouse_url)
 
 
 def local(ts) -> str:

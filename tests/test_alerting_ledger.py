@@ -34,7 +34,7 @@ def test_sent_once_resent_after_the_cooldown_escalated_then_resolved(tmp_path, e
     publish_rows(engine, [paid_order()])
     alerting, dispatcher = alerting_for(tmp_path, engine)
 
-    ev, drained = tick(alerting, dispatcher, NOW)
+    ev, _ = tick(alerting, dispatcher, NOW)
     assert ev.breaching["paid_not_locked"] == 1
     sent = outbox(engine)
     assert sent["channel"].tolist() == ["wh_box"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from helpers import NOW
+from helpers import NOW, resolved
 
 from order_pipeline.carrier import protocol as kuaidi100
 from order_pipeline.carrier import sandbox as carrier_sandbox
@@ -58,7 +58,7 @@ def _digests(path: Path) -> dict[str, str]:
 def test_same_arguments_give_the_same_rows(demo, tmp_path):
     again = build_demo_company(tmp_path, ORDERS, now=NOW)
     assert again.counts == demo.counts
-    for mine, theirs in zip(_databases(demo), _databases(again)):
+    for mine, theirs in zip(_databases(demo), _databases(again), strict=True):
         assert _digests(mine) == _digests(theirs), mine.name
 
 
@@ -205,7 +205,7 @@ def _rejects(company: DemoCompany) -> dict[str, list[str]]:
     cfg = load_config(company.config_path)
     found = {}
     for name, sc in cfg.sources.items():
-        engine = sa.create_engine(sc.url.resolve())
+        engine = sa.create_engine(resolved(sc.url))
         _, rejects = validate(SOURCE_ENTITIES[name], read_source(engine, sc), sc.timezone)
         engine.dispose()
         found[name] = sorted(rejects["reason"])

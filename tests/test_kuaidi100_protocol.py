@@ -101,7 +101,8 @@ def test_events_are_sorted_deduplicated_and_in_utc():
     assert [e.context for e in answer.events] == ["已揽收", "离开杭州", "到达上海", "派件中"]
     first = answer.events[0]
     assert first.at == datetime(2026, 11, 23, 0, 0, tzinfo=UTC)  # 08:00 in Shanghai
-    assert first.at.utcoffset().total_seconds() == 0
+    offset = first.at.utcoffset()
+    assert offset is not None and offset.total_seconds() == 0
     assert first.area is None and first.status == "揽收"
     assert answer.events[2].area is None and answer.events[2].status is None
     assert answer.events[3].area == "上海,上海市"

@@ -247,10 +247,11 @@ def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(
     contexts = set(full["order_tracking_events"]["context"])
     assert {LONG_CONTEXT, "已到达转运中心（更正）"} <= contexts
     assert LONG_CONTEXT not in set(events_before["context"])
-    assert row.loc[edited, "amount"] == snapshot_before.loc[edited, "amount"] + 1
+    assert row["amount"][edited] == snapshot_before["amount"][edited] + 1
     # An order that gave a parcel away keeps its stage times, yet its timeline lost that parcel's events.
     times = ["ordered_at", "paid_at", "locked_at", "shipped_at", "in_transit_at", "delivered_at"]
     kept, before = row.loc[split], snapshot_before.loc[split]
+    assert isinstance(kept, pd.Series) and isinstance(before, pd.Series)  # one row each
     assert kept[times].equals(before[times]) and kept["stage"] == before["stage"] == "in_transit"
     assert (before["parcel_count"], kept["parcel_count"]) == (2, 1)
     assert set(events_before.loc[events_before["order_no"] == split, "waybill_no"].dropna()) > {SECOND_PARCEL}

@@ -45,7 +45,7 @@ def test_a_postgres_rebuild_swaps_in_fresh_tables_keeping_grants_and_views(demo_
     engine = Warehouse(warehouse_of(pg_config)).engine
     reader = f"tracking_reader_{uuid.uuid4().hex[:8]}"
 
-    def oids() -> dict[str, int]:
+    def oids() -> dict[str, int | None]:
         with engine.connect() as conn:
             return {
                 t.name: conn.execute(sa.text("SELECT to_regclass(:t)::oid"), {"t": t.name}).scalar()
@@ -116,12 +116,13 @@ def test_dagster_instance_storage_on_postgres(config, pg_database, tmp_path, mon
     monkeypatch.setenv("DAGSTER_PG_URL", url)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         outcome = run_at(config, monkeypatch, instance=instance)
-        assert instance.get_run_by_id(outcome.run_id).is_success
+        run = instance.get_run_by_id(outcome.run_id)
+        assert run is not None and run.is_success
     engine = sa.create_engine(url)
     with engine.connect() as conn:
         stored = conn.execute(sa.text("SELECT count(*) FROM runs WHERE run_id = :r"), {"r": outcome.run_id}).scalar()
         events = conn.execute(
             sa.text("SELECT count(*) FROM event_logs WHERE run_id = :r"), {"r": outcome.run_id}
-        ).scalar()
+        ).scalar_one()
     engine.dispose()
     assert stored == 1 and events > 10

@@ -50,7 +50,8 @@ def test_all_assets_materialize_and_checks_pass(materialized_demo):
         ).scalar()
         unsigned_in_delivered = conn.execute(
             sa.text(
-                "SELECT count(*) FROM order_tracking_parcels p JOIN order_tracking_snapshot s ON s.order_no = p.order_no "
+                "SELECT count(*) FROM order_tracking_parcels p "
+                "JOIN order_tracking_snapshot s ON s.order_no = p.order_no "
                 "WHERE s.stage = 'delivered' AND NOT p.is_signed"
             )
         ).scalar()
@@ -68,7 +69,7 @@ def test_bad_rows_are_quarantined_with_reasons_and_the_rest_is_published(materia
     with materialized_demo.engine.connect() as conn:
         rejects = pd.read_sql(sa.select(pipeline_rejects), conn)
         published = set(conn.execute(sa.select(order_tracking_snapshot.c.order_no)).scalars())
-    reasons = set(zip(rejects["source"], rejects["reason"]))
+    reasons = set(zip(rejects["source"], rejects["reason"], strict=True))
     assert ("orders", "missing order_no") in reasons
     assert ("orders", "unparseable ordered_at") in reasons
     assert ("payments", "negative amount") in reasons

@@ -44,8 +44,9 @@ def _frame() -> pd.DataFrame:
             "amount": [np.nan, 1e20, 0.1, -2.5, 0.0, 3.0, 123456.789, np.nan],
             "count": pd.array([1, None, 3, 0, -7, 2**31 - 1, None, 5], dtype="Int64"),
             "flag": pd.array([True, False, None, True, False, True, None, False], dtype="boolean"),
-            "at": pd.to_datetime(
-                [
+            # pandas-stubs leave None out of the lists to_datetime takes; pandas reads it as NaT
+            "at": pd.to_datetime(  # pyright: ignore[reportCallIssue]
+                [  # pyright: ignore[reportArgumentType]
                     "2026-11-25 02:00:00.123456",
                     None,
                     "1999-12-31 23:59:59",
@@ -58,8 +59,17 @@ def _frame() -> pd.DataFrame:
                 utc=True,
                 format="ISO8601",
             ),
-            "day": pd.to_datetime(
-                ["2026-11-25", None, "2026-12-31", "2026-02-28", None, "2026-01-01", "2027-06-30", "2026-11-26"]
+            "day": pd.to_datetime(  # pyright: ignore[reportCallIssue]
+                [  # pyright: ignore[reportArgumentType]
+                    "2026-11-25",
+                    None,
+                    "2026-12-31",
+                    "2026-02-28",
+                    None,
+                    "2026-01-01",
+                    "2027-06-30",
+                    "2026-11-26",
+                ]
             ),
         }
     )

@@ -30,6 +30,7 @@ from helpers import (
     build_world,
     link_path,
 )
+from sqlalchemy.exc import OperationalError
 
 from order_pipeline.contract.schema import tracking_access_log
 from order_pipeline.domain.links import make_token
@@ -261,7 +262,7 @@ def test_customer_page_is_served_while_a_publish_holds_the_write_lock(
 
 def test_customer_page_survives_a_failing_audit_write(client, monkeypatch, caplog):
     def broken(engine, rows, durable=False):
-        raise sa.exc.OperationalError("INSERT INTO tracking_access_log", {}, Exception("database is locked"))
+        raise OperationalError("INSERT INTO tracking_access_log", {}, Exception("database is locked"))
 
     monkeypatch.setattr(queries, "write_accesses", broken)
     with caplog.at_level(logging.ERROR, logger="order_pipeline.web"):

@@ -8,7 +8,6 @@ import io
 import logging
 import re
 
-import sqlalchemy as sa
 from helpers import (
     COURIER_PHONE,
     COURIER_PHONE_INTL,
@@ -26,6 +25,7 @@ from helpers import (
     login,
     page_csrf,
 )
+from sqlalchemy.exc import OperationalError
 
 from order_pipeline.web.ops import queries
 from order_pipeline.web.ops.export import csv_cell
@@ -187,7 +187,9 @@ def test_staff_issue_customer_link(client):
     assert client.post(f"/ops/order/{ORDER_PAID}/link", data={}).status_code == 403
     r = client.post(f"/ops/order/{ORDER_PAID}/link", data={"csrf": page_csrf(page.text)})
     assert r.status_code == 200
-    url = re.search(r"(http://testserver/order/[^<\s]+)", r.text).group(1)
+    link = re.search(r"(http://testserver/order/[^<\s]+)", r.text)
+    assert link, "no customer link on the page"
+    url = link.group(1)
     assert client.get(url.replace("http://testserver", "").replace("&amp;", "&")).status_code == 200
     assert access_rows(client)[-2]["outcome"] == "link_issued"
 
@@ -220,7 +222,7 @@ def test_no_export_without_its_audit_row(make_client, monkeypatch, caplog):
     assert client.get("/ops/orders", params={"stage": "paid"}).status_code == 200  # queued, not yet written
 
     def broken(engine, rows, durable=False):
-        raise sa.exc.OperationalError("INSERT INTO tracking_access_log", {}, Exception("database is locked"))
+        raise OperationalError("INSERT INTO tracking_access_log", {}, Exception("database is locked"))
 
     monkeypatch.setattr(queries, "write_accesses", broken)
     with caplog.at_level(logging.ERROR, logger="order_pipeline.web"):

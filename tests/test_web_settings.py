@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -19,6 +20,7 @@ from helpers import (
     RAW_PHONE,
     WAYBILL,
     TestClient,
+    WebWorld,
     build_world,
     link_path,
     login,
@@ -26,6 +28,7 @@ from helpers import (
     source_sections,
     write_config,
 )
+from sqlalchemy.exc import InternalError
 
 from order_pipeline.contract.config import ConfigError, load_config
 from order_pipeline.contract.schema import tracking_access_log
@@ -71,7 +74,9 @@ def test_settings_defaults_and_env_secret(tmp_path, monkeypatch):
     assert s.base_url == "http://127.0.0.1:8080"
     assert s.link_ttl == timedelta(days=7)
     assert s.link_secret == s.session_secret == b"from-the-environment-0123456789"
-    assert s.rate_limits.per_ip.count == 120 and s.rate_limits.per_order.count == 30
+    per_ip, per_order = s.rate_limits.per_ip, s.rate_limits.per_order
+    assert per_ip is not None and per_order is not None
+    assert per_ip.count == 120 and per_order.count == 30
     assert "from-the-environment" not in repr(s)
 
 
@@ -81,7 +86,9 @@ def test_settings_defaults_and_env_secret(tmp_path, monkeypatch):
 def test_engine_for_a_bare_postgresql_url_uses_psycopg2():
     engine = web_db.make_engine("postgresql://tracker@db.example.com/warehouse")
     assert engine.dialect.driver == "psycopg2"
-    assert (engine.pool.size(), engine.pool._max_overflow) == (web_db.POOL_SIZE, web_db.MAX_OVERFLOW)
+    pool = engine.pool
+    assert isinstance(pool, sa.QueuePool)
+    assert (pool.size(), pool._max_overflow) == (web_db.POOL_SIZE, web_db.MAX_OVERFLOW)
 
 
 def test_sqlite_engine_reads_beside_a_writer(tmp_path):
@@ -108,7 +115,7 @@ def test_postgres_sessions_run_in_utc_and_reads_are_read_only(pg_database):
             assert conn.exec_driver_sql("SHOW timezone").scalar() == "UTC"
             # A naive timestamp, as COPY writes it, is UTC.
             assert conn.exec_driver_sql("SELECT TIMESTAMP '2026-11-25 02:00:00'::timestamptz").scalar() == NOW
-        with pytest.raises(sa.exc.InternalError, match="read-only"), web_db.reading(engine) as conn:
+        with pytest.raises(InternalError, match="read-only"), web_db.reading(engine) as conn:
             conn.exec_driver_sql("INSERT INTO t VALUES (now())")
         with engine.begin() as conn:  # the pooled connection is writable again afterwards
             conn.exec_driver_sql("INSERT INTO t VALUES (now())")
@@ -116,18 +123,19 @@ def test_postgres_sessions_run_in_utc_and_reads_are_read_only(pg_database):
         engine.dispose()
 
 
-def published_only_world(tmp_path, backend, pg_database):
-    """A warehouse holding only what the pipeline publishes, reached through a bare `postgresql://` URL on PostgreSQL."""
-    if backend == "postgres":
-        url = "postgresql://" + pg_database().split("://", 1)[1]
+def published_only_world(tmp_path: Path, pg_url: str | None) -> WebWorld:
+    """A warehouse holding only what the pipeline publishes: on SQLite, or at `pg_url` on PostgreSQL,
+    reached through a bare `postgresql://` URL."""
+    if pg_url:
+        url = "postgresql://" + pg_url.split("://", 1)[1]
         return build_world(tmp_path, url=url, tables=PUBLISHED_TABLES)
     return build_world(tmp_path, tables=PUBLISHED_TABLES)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_app_works_on_the_published_tables_alone(tmp_path, clock, monkeypatch, backend, request):
-    pg_database = request.getfixturevalue("pg_database") if backend == "postgres" else None
-    world = published_only_world(tmp_path, backend, pg_database)
+    pg_url = request.getfixturevalue("pg_database")() if backend == "postgres" else None
+    world = published_only_world(tmp_path, pg_url)
     assert set(sa.inspect(world.engine).get_table_names()) == {t.name for t in PUBLISHED_TABLES}
     world.engine.dispose()
     for k, v in world.env.items():
