@@ -59,8 +59,6 @@ with warnings.catch_warnings():  # the installed httpx works; Starlette merely p
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from starlette.testclient import TestClient
 
-__all__ = ["TestClient"]
-
 # --- the pinned clock --------------------------------------------------------------------------------
 
 NOW = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)  # 10:00 in Shanghai

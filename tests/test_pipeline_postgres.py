@@ -21,11 +21,6 @@ from order_pipeline.warehouse.engine import Warehouse
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture
-def config(demo_company):
-    return load_config(demo_company / "order_pipeline.yaml")
-
-
 def test_postgres_warehouse_publishes_the_same_snapshot(materialized_demo, demo_company, pg_database, monkeypatch):
     sqlite_snapshot = snapshot(materialized_demo.engine)
 
@@ -105,9 +100,9 @@ def test_a_postgres_rebuild_swaps_in_fresh_tables_keeping_grants_and_views(demo_
         engine.dispose()
 
 
-def test_dagster_instance_storage_on_postgres(config, pg_database, tmp_path, monkeypatch):
+def test_dagster_instance_storage_on_postgres(materialized_company, pg_database, tmp_path, monkeypatch):
     """The shipped deploy/dagster.yaml puts runs and events into the real PostgreSQL server."""
-
+    config = load_config(materialized_company / "order_pipeline.yaml")  # the run's work is not the point here
     home = tmp_path / "dagster_home"
     home.mkdir()
     shipped = Path(__file__).resolve().parent.parent / "deploy" / "dagster.yaml"
