@@ -4,7 +4,7 @@ BIN     := $(VENV)/bin
 PYTHON  ?= python3
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test ui bench install
+.PHONY: demo test lint ui bench install
 
 install: $(STAMP)
 
@@ -21,7 +21,14 @@ demo: $(STAMP)
 ui: $(STAMP)
 	$(BIN)/order-pipeline ui --config data/demo/order_pipeline.yaml
 
-test: $(STAMP)
+# Format, lint, the import layers (docs/architecture.md) and types, then the tests.
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/pyright
+
+test: $(STAMP) lint
 	scripts/test-services
 	$(BIN)/pytest $(ARGS)
 

@@ -4,9 +4,11 @@ from datetime import timedelta
 
 import dagster as dg
 
-from assets.common import CLOCK, KUAIDI100, SOURCES_GROUP, WAREHOUSE, raw_asset_key
+from assets.common import SOURCES_GROUP, raw_asset_key
 from order_pipeline.carrier.protocol import Kuaidi100Error
 from order_pipeline.carrier.store import due_waybills, store_poll_errors, store_tracking_answers
+from resources.carrier import Kuaidi100Client
+from resources.warehouse import PipelineClock, WarehouseResource
 
 RAW_TRACKING = dg.AssetKey("raw_tracking")
 
@@ -17,25 +19,28 @@ def carrier_tracking_asset(poll_interval: timedelta, max_polls_per_run: int) -> 
         group_name=SOURCES_GROUP,
         deps=[raw_asset_key("shipments"), raw_asset_key("orders")],
         kinds={"kuaidi100"},
-        required_resource_keys={WAREHOUSE, CLOCK, KUAIDI100},
         description=(
             f"Kuaidi100 state and events per waybill. Polls unsigned waybills not polled for "
             f"{poll_interval}, at most {max_polls_per_run} a run; pushed callbacks land here too."
         ),
     )
-    def raw_tracking(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        res = context.resources
-        engine, now = res.warehouse.engine, res.clock.now()
+    def raw_tracking(
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        clock: PipelineClock,
+        kuaidi100: Kuaidi100Client,
+    ) -> dg.MaterializeResult:
+        engine, now = warehouse.engine, clock.now()
         with engine.connect() as conn:
             due = due_waybills(conn, now, poll_interval, max_polls_per_run + 1)
         backlog = len(due) > max_polls_per_run
         due = due.head(max_polls_per_run)
         answers, errors = [], {}
-        for row in due.itertuples(index=False):
+        for waybill_no, carrier_code, phone in zip(due["waybill_no"], due["carrier_code"], due["phone"], strict=True):
             try:
-                answers.append(res.kuaidi100.query(row.carrier_code, row.waybill_no, row.phone))
+                answers.append(kuaidi100.query(carrier_code, waybill_no, phone))
             except Kuaidi100Error as e:
-                errors[row.waybill_no] = f"{e.return_code or 'transport'}: {e.message}"
+                errors[waybill_no] = f"{e.return_code or 'transport'}: {e.message}"
         store_tracking_answers(engine, answers, via="poll", now=now)
         store_poll_errors(engine, errors, now)
         if errors:

@@ -1,24 +1,27 @@
-"""What the asset modules share: run config, resource keys, metadata helpers."""
+"""What the asset modules share: groups, run config, metadata helpers.
+
+Resources reach the assets as typed parameters named by their keys in the Definitions
+(`warehouse`, `clock`, `sources`, `kuaidi100`).
+"""
 
 from __future__ import annotations
+
+import math
+from datetime import date, datetime
 
 import dagster as dg
 import pandas as pd
 
-WAREHOUSE = "warehouse"
-CLOCK = "clock"
-KUAIDI100 = "kuaidi100"
+from order_pipeline.contract.schema import raw_table_name
+
 SOURCES_GROUP = "sources"
 ORDERS_GROUP = "orders"
 PUBLISHED_GROUP = "published"
-
-
-def source_resource_key(entity: str) -> str:
-    return f"source_{entity}"
+ROW_COUNT = "dagster/row_count"
 
 
 def raw_asset_key(entity: str) -> dg.AssetKey:
-    return dg.AssetKey(f"raw_{entity}")
+    return dg.AssetKey(raw_table_name(entity))
 
 
 class LoadConfig(dg.Config):
@@ -27,6 +30,35 @@ class LoadConfig(dg.Config):
     full_refresh: bool = False
 
 
-def preview(frame: pd.DataFrame, columns: list[str], rows: int = 10) -> dg.MetadataValue:
-    shown = frame[[c for c in columns if c in frame.columns]].head(rows)
-    return dg.MetadataValue.md(shown.to_markdown(index=False) if not shown.empty else "_no rows_")
+def table_preview(frame: pd.DataFrame, columns: list[str] | None = None, rows: int = 10) -> dg.MetadataValue:
+    """The first rows of `frame` as a table the UI renders (and keeps typed), not as Markdown."""
+    shown = frame if columns is None else frame[[c for c in columns if c in frame.columns]]
+    shown = shown.head(rows)
+    schema = dg.TableSchema(columns=[dg.TableColumn(str(c), _column_type(shown[c])) for c in shown.columns])
+    records = [dg.TableRecord({str(k): _cell(v) for k, v in row.items()}) for row in shown.to_dict("records")]
+    return dg.MetadataValue.table(records, schema)
+
+
+def _column_type(col: pd.Series) -> str:
+    if pd.api.types.is_bool_dtype(col):
+        return "bool"
+    if pd.api.types.is_integer_dtype(col):
+        return "int"
+    if pd.api.types.is_float_dtype(col):
+        return "float"
+    if pd.api.types.is_datetime64_any_dtype(col):
+        return "datetime"
+    return "string"
+
+
+def _cell(value) -> str | int | float | bool | None:
+    """A value as a table record holds it: plain types only, times as ISO text, no NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT or value is pd.NA:
+        return None
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, bool | int | float | str):
+        return value
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return str(value)

@@ -3,11 +3,12 @@
 import dagster as dg
 import sqlalchemy as sa
 
-from assets.common import CLOCK, PUBLISHED_GROUP, WAREHOUSE, LoadConfig
+from assets.common import PUBLISHED_GROUP, ROW_COUNT, LoadConfig
 from assets.unified import UNIFIED_ORDERS
 from order_pipeline.contract.canonical import SOURCE_ENTITIES
 from order_pipeline.contract.schema import RAW_TABLES, order_tracking_snapshot, pipeline_rejects
 from order_pipeline.pipeline.publish import publish
+from resources.warehouse import PipelineClock, WarehouseResource
 
 SNAPSHOT = dg.AssetKey("order_tracking_snapshot")
 EVENTS = dg.AssetKey("order_tracking_events")
@@ -42,16 +43,16 @@ REJECTS_BELOW_THRESHOLD = "rejects_below_threshold"
             description="Each order's timeline: stage changes and carrier events.",
         ),
     ],
-    required_resource_keys={WAREHOUSE, CLOCK},
 )
-def published_tracking_tables(context: dg.AssetExecutionContext, config: LoadConfig):
-    result = publish(context.resources.warehouse.engine, context.resources.clock.now(), full=config.full_refresh)
+def published_tracking_tables(config: LoadConfig, warehouse: WarehouseResource, clock: PipelineClock):
+    result = publish(warehouse.engine, clock.now(), full=config.full_refresh)
     yield dg.MaterializeResult(
         asset_key=SNAPSHOT,
         metadata={
             "orders_published": result.orders,
             "full_refresh": result.full,
             "orders_total": sum(result.stage_counts.values()),
+            ROW_COUNT: sum(result.stage_counts.values()),
             **{f"orders_{stage}": n for stage, n in sorted(result.stage_counts.items())},
         },
     )
@@ -66,13 +67,12 @@ def published_checks(reject_threshold: int) -> list[dg.AssetChecksDefinition]:
     @dg.asset_check(
         asset=SNAPSHOT,
         name=UNIQUE_ORDER_NO,
-        required_resource_keys={WAREHOUSE},
         description="Each order appears once in the snapshot.",
     )
-    def unique_order_no(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    def unique_order_no(warehouse: WarehouseResource) -> dg.AssetCheckResult:
         s = order_tracking_snapshot
         q = sa.select(s.c.order_no, sa.func.count().label("n")).group_by(s.c.order_no).having(sa.func.count() > 1)
-        with context.resources.warehouse.engine.connect() as conn:
+        with warehouse.engine.connect() as conn:
             dups = conn.execute(q.limit(20)).all()
         return dg.AssetCheckResult(
             passed=not dups,
@@ -82,15 +82,14 @@ def published_checks(reject_threshold: int) -> list[dg.AssetChecksDefinition]:
     @dg.asset_check(
         asset=SNAPSHOT,
         name=COVERS_OPEN_ORDERS,
-        required_resource_keys={WAREHOUSE},
         description="Every open order the ERP sent is in the snapshot.",
     )
-    def covers_open_orders(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    def covers_open_orders(warehouse: WarehouseResource) -> dg.AssetCheckResult:
         o, s = RAW_TABLES["orders"], order_tracking_snapshot
         missing = (
             sa.select(o.c.order_no).where(o.c.status == "open").where(~sa.exists().where(s.c.order_no == o.c.order_no))
         )
-        with context.resources.warehouse.engine.connect() as conn:
+        with warehouse.engine.connect() as conn:
             count = conn.execute(sa.select(sa.func.count()).select_from(missing.subquery())).scalar()
             examples = conn.execute(missing.limit(20)).scalars().all()
         return dg.AssetCheckResult(
@@ -100,12 +99,11 @@ def published_checks(reject_threshold: int) -> list[dg.AssetChecksDefinition]:
     @dg.asset_check(
         asset=SNAPSHOT,
         name=REJECTS_BELOW_THRESHOLD,
-        required_resource_keys={WAREHOUSE},
         description=f"At most {reject_threshold} source rows are rejected (pipeline.reject_threshold).",
     )
-    def rejects_below_threshold(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    def rejects_below_threshold(warehouse: WarehouseResource) -> dg.AssetCheckResult:
         r = pipeline_rejects
-        with context.resources.warehouse.engine.connect() as conn:
+        with warehouse.engine.connect() as conn:
             per_source = dict(conn.execute(sa.select(r.c.source, sa.func.count()).group_by(r.c.source)).all())
         total = sum(per_source.values())
         return dg.AssetCheckResult(

@@ -1,14 +1,18 @@
 """One asset per configured source, landing its extract into `raw_<entity>`."""
 
+from pathlib import Path
+
 import dagster as dg
 
-from assets.common import CLOCK, SOURCES_GROUP, WAREHOUSE, LoadConfig, raw_asset_key, source_resource_key
+from assets.common import SOURCES_GROUP, LoadConfig, raw_asset_key
 from order_pipeline.contract.canonical import SOURCE_ENTITIES
 from order_pipeline.contract.config import SourceConfig
 from order_pipeline.pipeline.loading import load_source
+from order_pipeline.sources.checks import check_source
+from resources.warehouse import PipelineClock, SourceDatabases, WarehouseResource
 
 
-def raw_source_asset(sc: SourceConfig) -> dg.AssetsDefinition:
+def raw_source_asset(sc: SourceConfig, config_file: Path) -> dg.AssetsDefinition:
     entity = SOURCE_ENTITIES[sc.entity]
     # Order lines are re-read for the orders that changed, so they follow raw_orders.
     deps = [raw_asset_key("orders")] if entity.watermark is None else []
@@ -19,19 +23,19 @@ def raw_source_asset(sc: SourceConfig) -> dg.AssetsDefinition:
         group_name=SOURCES_GROUP,
         deps=deps,
         kinds={"sql"},
-        required_resource_keys={WAREHOUSE, CLOCK, source_resource_key(entity.name)},
         description=f"{entity.name} from the {entity.system.upper()} ({where}), upserted by {'/'.join(entity.key)}.",
         metadata={"source_columns": dg.MetadataValue.json(sc.columns), "timezone": sc.timezone},
     )
-    def _raw(context: dg.AssetExecutionContext, config: LoadConfig) -> dg.MaterializeResult:
-        res = context.resources
-        result = load_source(
-            res.warehouse.engine,
-            getattr(res, source_resource_key(entity.name)).engine,
-            sc,
-            res.clock.now(),
-            full=config.full_refresh,
-        )
+    def _raw(
+        context: dg.AssetExecutionContext,
+        config: LoadConfig,
+        warehouse: WarehouseResource,
+        clock: PipelineClock,
+        sources: SourceDatabases,
+    ) -> dg.MaterializeResult:
+        # A wrong table or column fails here, in the config's terms, and fails only this source.
+        check_source(config_file, sc)
+        result = load_source(warehouse.engine, sources.engine(entity.name), sc, clock.now(), full=config.full_refresh)
         if result.rejected:
             context.log.warning(f"{result.rejected} {entity.name} rows rejected: see pipeline_rejects")
         metadata = {**result.metadata, "batch": result.batch, "full_refresh": config.full_refresh}

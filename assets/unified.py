@@ -4,10 +4,11 @@ import dagster as dg
 import sqlalchemy as sa
 
 from assets.carrier import RAW_TRACKING
-from assets.common import CLOCK, ORDERS_GROUP, WAREHOUSE, LoadConfig, preview, raw_asset_key
+from assets.common import ORDERS_GROUP, ROW_COUNT, LoadConfig, raw_asset_key, table_preview
 from order_pipeline.contract.schema import unified_orders
 from order_pipeline.domain.stages import HAPPY_PATH, STAGE_LABELS
 from order_pipeline.pipeline.unify import unify
+from resources.warehouse import PipelineClock, WarehouseResource
 
 UNIFIED_ORDERS = dg.AssetKey("unified_orders")
 PREVIEW_COLUMNS = ["order_no", "stage_label", "missing_info", "responsible_role", "waiting_since", "parcel_count"]
@@ -19,13 +20,12 @@ def unified_orders_asset(entities: list[str], transit_days: int) -> dg.AssetsDef
         group_name=ORDERS_GROUP,
         deps=[raw_asset_key(e) for e in entities] + [RAW_TRACKING],
         kinds={"pandas", "sql"},
-        required_resource_keys={WAREHOUSE, CLOCK},
         description="One row per order: lifecycle stage, stage times, missing facts, owner of the next step, "
         "waiting since, parcels, latest carrier event and ETA. Recomputes only the orders a source touched.",
     )
-    def _unified(context: dg.AssetExecutionContext, config: LoadConfig) -> dg.MaterializeResult:
-        engine = context.resources.warehouse.engine
-        result = unify(engine, context.resources.clock.now(), transit_days, full=config.full_refresh)
+    def _unified(config: LoadConfig, warehouse: WarehouseResource, clock: PipelineClock) -> dg.MaterializeResult:
+        engine = warehouse.engine
+        result = unify(engine, clock.now(), transit_days, full=config.full_refresh)
         with engine.connect() as conn:
             per_stage = dict(
                 conn.execute(sa.select(unified_orders.c.stage, sa.func.count()).group_by(unified_orders.c.stage)).all()
@@ -35,8 +35,9 @@ def unified_orders_asset(entities: list[str], transit_days: int) -> dg.AssetsDef
             "full_refresh": result.full,
             "orphan_rows": result.orphans,
             "orders_total": sum(per_stage.values()),
+            ROW_COUNT: sum(per_stage.values()),
             **{f"orders_{s}": per_stage.get(s, 0) for s in (*HAPPY_PATH, "cancelled", "exception")},
-            "preview": preview(
+            "preview": table_preview(
                 result.preview.assign(stage_label=result.preview["stage"].map(STAGE_LABELS)), PREVIEW_COLUMNS
             ),
         }

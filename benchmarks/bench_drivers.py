@@ -17,9 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import adbc_driver_sqlite.dbapi as adbc_sqlite
+# adbc-driver-sqlite and pyarrow are installed in the benchmark's own venv only (see above), not the project's.
+import adbc_driver_sqlite.dbapi as adbc_sqlite  # pyright: ignore[reportMissingImports]
 import pandas as pd
-import pyarrow as pa
+import pyarrow as pa  # pyright: ignore[reportMissingImports]
 
 SOURCE = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "out" / "company-1000000" / "erp.db")
 
@@ -32,7 +33,7 @@ def timed(label: str, work):
 
 
 def read_sqlite3(table: str) -> pd.DataFrame:
-    """As warehouse.read_frame: fetchall, then one frame from the tuples."""
+    """As warehouse.frames.read_frame: fetchall, then one frame from the tuples."""
     with sqlite3.connect(SOURCE) as conn:
         cur = conn.execute(f'SELECT * FROM "{table}"')
         return pd.DataFrame.from_records(cur.fetchall(), columns=[d[0] for d in cur.description], coerce_float=True)
@@ -50,13 +51,13 @@ def python_strings(kind: pa.DataType):
 
 
 def write_sqlite3(path: Path, frame: pd.DataFrame) -> None:
-    """As warehouse.insert_frame on SQLite: tuples of plain values built column by column, one executemany."""
+    """As warehouse.frames.insert_frame on SQLite: tuples of plain values built column by column, one executemany."""
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute(f"CREATE TABLE t ({', '.join(f'c{i}' for i in range(frame.shape[1]))})")
         columns = [frame[c].astype(object).where(frame[c].notna(), None).tolist() for c in frame.columns]
-        conn.executemany(f"INSERT INTO t VALUES ({', '.join('?' * frame.shape[1])})", list(zip(*columns)))
+        conn.executemany(f"INSERT INTO t VALUES ({', '.join('?' * frame.shape[1])})", list(zip(*columns, strict=True)))
 
 
 def write_adbc(path: Path, frame: pd.DataFrame) -> None:
@@ -83,18 +84,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for table in ("T_SAL_ORDERENTRY", "T_SAL_ORDER"):
             print(f"{table}:")
-            frame = timed("read, sqlite3 → pandas", lambda: read_sqlite3(table))
-            arrow = timed("read, ADBC → Arrow", lambda: read_adbc(table))
+            frame = timed("read, sqlite3 → pandas", lambda table=table: read_sqlite3(table))
+            arrow = timed("read, ADBC → Arrow", lambda table=table: read_adbc(table))
             timed(
-                "     Arrow → pandas, strings as Python objects", lambda: arrow.to_pandas(types_mapper=python_strings)
+                "     Arrow → pandas, strings as Python objects",
+                lambda arrow=arrow: arrow.to_pandas(types_mapper=python_strings),
             )
             timed(
                 f"write {len(frame):,} rows, sqlite3 executemany",
-                lambda: write_sqlite3(Path(tmp) / f"a-{table}.db", frame),
+                lambda table=table, frame=frame: write_sqlite3(Path(tmp) / f"a-{table}.db", frame),
             )
             timed(
                 f"write {len(frame):,} rows, ADBC ingest from pandas",
-                lambda: write_adbc(Path(tmp) / f"b-{table}.db", frame),
+                lambda table=table, frame=frame: write_adbc(Path(tmp) / f"b-{table}.db", frame),
             )
     print(f"a column of 5,000 integers and then one text, through ADBC: {mixed_types()}")
 

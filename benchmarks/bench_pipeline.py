@@ -24,6 +24,7 @@ landed two at a time, as Dagster's default multiprocess executor runs the source
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -35,10 +36,14 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import sqlalchemy as sa
 import yaml
+
+if TYPE_CHECKING:
+    from order_pipeline.contract.config import Secret
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "out"
@@ -53,6 +58,14 @@ EXTRACT_WORKERS = 2
 CONFIG_PATH = ""  # the child's config, for its pool workers
 
 
+def _url(secret: Secret) -> str:
+    """A database URL from the config; one that resolves to nothing is a config the benchmark cannot run."""
+    url = secret.resolve()
+    if url is None:
+        raise SystemExit(f"no database URL: {secret.env or 'the config'} does not give one")
+    return url
+
+
 # -- steps, each run in a child process -------------------------------------------------------
 
 
@@ -62,10 +75,10 @@ def _extract(name: str, now: datetime, full: bool) -> tuple[str, float]:
     from order_pipeline.pipeline.loading import load_source
     from order_pipeline.warehouse.engine import Warehouse
 
-    config = load_config(CONFIG_PATH, check_sources=False)
+    config = load_config(CONFIG_PATH)
     sc = config.sources[name]
-    engine = Warehouse(config.warehouse_url.resolve()).engine
-    source = sa.create_engine(sc.url.resolve())
+    engine = Warehouse(_url(config.warehouse_url)).engine
+    source = sa.create_engine(_url(sc.url))
     started = time.perf_counter()
     load_source(engine, source, sc, now, full=full)
     seconds = time.perf_counter() - started
@@ -132,8 +145,8 @@ def _read_one(name: str) -> int:
     from order_pipeline.contract.config import load_config
     from order_pipeline.pipeline.loading import read_source
 
-    sc = load_config(CONFIG_PATH, check_sources=False).sources[name]
-    return len(read_source(sa.create_engine(sc.url.resolve()), sc))
+    sc = load_config(CONFIG_PATH).sources[name]
+    return len(read_source(sa.create_engine(_url(sc.url)), sc))
 
 
 def step_floor(config, engine) -> dict:
@@ -142,7 +155,7 @@ def step_floor(config, engine) -> dict:
     from concurrent.futures import ProcessPoolExecutor
 
     from order_pipeline.contract.schema import order_tracking_snapshot, unified_orders
-    from order_pipeline.warehouse.engine import insert_frame, read_frame
+    from order_pipeline.warehouse.frames import insert_frame, read_frame
 
     started = time.perf_counter()
     with ProcessPoolExecutor(EXTRACT_WORKERS, mp_context=multiprocessing.get_context("fork")) as pool:
@@ -176,7 +189,7 @@ def step_required(config, engine) -> dict:
     Read from what the rebuild just wrote (untimed), one table at a time.
     """
     from order_pipeline.contract.schema import RAW_TABLES, order_tracking_events, unified_orders
-    from order_pipeline.warehouse.engine import insert_frame, read_frame
+    from order_pipeline.warehouse.frames import insert_frame, read_frame
 
     def bare(table: sa.Table) -> sa.Table:
         copy = sa.Table("bench_bare_" + table.name, sa.MetaData(), *(sa.Column(c.name, c.type) for c in table.columns))
@@ -218,8 +231,8 @@ def child(step: str, config_path: str) -> None:
 
     global CONFIG_PATH
     CONFIG_PATH = config_path
-    config = load_config(config_path, check_sources=False)
-    wh = Warehouse(config.warehouse_url.resolve())
+    config = load_config(config_path)
+    wh = Warehouse(_url(config.warehouse_url))
     wh.create_schema()
     wh.engine.dispose()  # no pooled connection may cross into the forked workers
     global MEMORY
@@ -270,10 +283,8 @@ def _process_tree(root: int) -> list[int]:
         children = []
         for pid in frontier:  # each thread lists the children it started
             for listing in Path(f"/proc/{pid}/task").glob("*/children"):
-                try:
+                with contextlib.suppress(OSError):  # the process ended meanwhile
                     children += [int(child) for child in listing.read_text().split()]
-                except OSError:  # the process ended meanwhile
-                    pass
         tree += children
         frontier = children
     return tree
@@ -337,11 +348,13 @@ def land_carrier_feed(config_path: Path, carrier_db: Path) -> float:
     from order_pipeline.contract.config import load_config
     from order_pipeline.contract.schema import raw_tracking, raw_tracking_events
     from order_pipeline.domain.validation import parse_timestamps
-    from order_pipeline.warehouse.engine import Warehouse, insert_frame, rebuilding
+    from order_pipeline.warehouse.engine import Warehouse
+    from order_pipeline.warehouse.frames import insert_frame
+    from order_pipeline.warehouse.rebuild import rebuilding
 
     started = time.perf_counter()
-    config = load_config(config_path, check_sources=False)
-    wh = Warehouse(config.warehouse_url.resolve())
+    config = load_config(config_path)
+    wh = Warehouse(_url(config.warehouse_url))
     wh.create_schema()
     with sqlite3.connect(carrier_db) as src:
         events = pd.read_sql("SELECT waybill_no, time, context, area_name AS area, status FROM carrier_events", src)
@@ -486,7 +499,8 @@ def main() -> None:
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r[0]:,} | {r[1]} | {r[2]:.1f} | {r[3]:.0f} | {r[4]:.1f} | {r[5]:.2f}× | {r[6]:.1f} | {r[2] / r[6]:.2f}× |"
+            f"| {r[0]:,} | {r[1]} | {r[2]:.1f} | {r[3]:.0f} | {r[4]:.1f} | {r[5]:.2f}× | {r[6]:.1f} |"
+            f" {r[2] / r[6]:.2f}× |"
             f" {r[7]:,} | {r[8]:.2f} | {r[9]:.2f} | {r[10]:.0f} |"
         )
 

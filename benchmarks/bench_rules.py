@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_rules.py --orders 200000 --only sqlite
     ORDER_PIPELINE_TEST_PG=postgresql+psycopg2://postgres@127.0.0.1:5432/postgres  (the server to use)
 
-The snapshot is synthetic (numpy, written with warehouse.insert_frame): an open window of a month
+The snapshot is synthetic (numpy, written with warehouse.frames.insert_frame): an open window of a month
 in which most orders are delivered and a few percent sit in each earlier stage, with about one
 percent breaking each rule. Order lines (1.5 per order), stock per SKU and stock locks are
 written too, since the SKU rule reads them.
@@ -20,8 +20,11 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -30,11 +33,14 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from order_pipeline.alerts.evaluation import Alerting
-from order_pipeline.alerts.rules import default_rules, evaluate
+from order_pipeline.alerts.rules.parser import default_rules
+from order_pipeline.alerts.rules.sql import evaluate
 from order_pipeline.contract.config import CarrierConfig, Config, Secret
 from order_pipeline.contract.schema import RAW_TABLES, order_tracking_snapshot
 from order_pipeline.domain.stages import NEXT_OWNER, STAGE_LABELS
-from order_pipeline.warehouse.engine import Warehouse, insert_frame, set_state
+from order_pipeline.warehouse.engine import Warehouse
+from order_pipeline.warehouse.frames import insert_frame
+from order_pipeline.warehouse.state import PUBLISHED_BATCH, set_state
 
 NOW = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
 TZ = "Asia/Shanghai"
@@ -43,13 +49,23 @@ STAGES = np.array(["ordered", "paid", "locked", "shipped", "in_transit", "delive
 SHARES = np.array([0.03, 0.01, 0.02, 0.03, 0.12, 0.745, 0.01, 0.035])
 CHUNK = 100_000
 HOUR = np.timedelta64(3600, "s")
+T = TypeVar("T")
 
 
 def synthetic(n: int, seed: int = 7) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(snapshot, order lines, inventory, reservations) for n orders."""
     rng = np.random.default_rng(seed)
-    now = np.datetime64(NOW.replace(tzinfo=None), "s")
     stage = STAGES[rng.choice(len(STAGES), n, p=SHARES / SHARES.sum())]
+    times = timeline(rng, stage)
+    order_no = np.strings.add("SO", (10_000_000 + np.arange(n)).astype(str))
+    snapshot = snapshot_frame(rng, order_no, stage, times)
+    return (snapshot, *stock(rng, order_no, stage))
+
+
+def timeline(rng: np.random.Generator, stage: np.ndarray) -> dict[str, np.ndarray]:
+    """When each order reached each stage, as naive UTC datetime64 (NaT: not reached)."""
+    n = len(stage)
+    now = np.datetime64(NOW.replace(tzinfo=None), "s")
     rank = pd.Series(stage).map({s: i for i, s in enumerate(STAGES)}).to_numpy()
     hours = lambda lo, hi: (rng.uniform(lo, hi, n) * 3600).astype("timedelta64[s]")  # noqa: E731
     # Each stage's orders are as old as orders in that stage usually are.
@@ -81,9 +97,25 @@ def synthetic(n: int, seed: int = 7) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
         [paid_at, locked_at, shipped_at, latest],
         ordered_at,
     )
-    order_no = np.strings.add("SO", (10_000_000 + np.arange(n)).astype(str))
+    return {
+        "ordered_at": ordered_at,
+        "paid_at": paid_at,
+        "locked_at": locked_at,
+        "shipped_at": shipped_at,
+        "delivered_at": delivered_at,
+        "latest_event_at": latest,
+        "promised_date": promised,
+        "waiting_since": waiting,
+        "shipped": shipped,
+    }
+
+
+def snapshot_frame(
+    rng: np.random.Generator, order_no: np.ndarray, stage: np.ndarray, times: dict[str, np.ndarray]
+) -> pd.DataFrame:
+    n, shipped = len(stage), times["shipped"]
     utc = lambda a: pd.to_datetime(a).tz_localize("UTC")  # noqa: E731
-    snapshot = pd.DataFrame(
+    return pd.DataFrame(
         {
             "order_no": order_no,
             "stage": stage,
@@ -93,23 +125,30 @@ def synthetic(n: int, seed: int = 7) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
             "customer_phone": "13812345678",
             "phone_tail": "5678",
             "amount": rng.uniform(20, 2000, n).round(2),
-            "ordered_at": utc(ordered_at),
-            "paid_at": utc(paid_at),
-            "locked_at": utc(locked_at),
-            "shipped_at": utc(shipped_at),
-            "delivered_at": utc(delivered_at),
-            "latest_event_at": utc(latest),
-            "promised_date": pd.to_datetime(promised),
+            "ordered_at": utc(times["ordered_at"]),
+            "paid_at": utc(times["paid_at"]),
+            "locked_at": utc(times["locked_at"]),
+            "shipped_at": utc(times["shipped_at"]),
+            "delivered_at": utc(times["delivered_at"]),
+            "latest_event_at": utc(times["latest_event_at"]),
+            "promised_date": pd.to_datetime(times["promised_date"]),
             "parcel_count": shipped.astype(np.int64),
             "parcels_signed": (stage == "delivered").astype(np.int64),
             "out_for_delivery": False,
-            "waybill_nos": np.where(shipped, np.strings.add("YT", order_no), None),
+            # A 0-d object array, as np.where makes of a bare None.
+            "waybill_nos": np.where(shipped, np.strings.add("YT", order_no), np.array(None, dtype=object)),
             "responsible_role": pd.Series(stage).map(NEXT_OWNER).to_numpy(),
-            "waiting_since": utc(waiting),
+            "waiting_since": utc(times["waiting_since"]),
             "published_at": pd.Timestamp(NOW),
         }
     )
-    n_skus = 5000
+
+
+def stock(
+    rng: np.random.Generator, order_no: np.ndarray, stage: np.ndarray
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(order lines, inventory, reservations): 1.5 lines an order over 5,000 SKUs, the locked ones reserved."""
+    n, n_skus = len(stage), 5000
     per_order = rng.choice([1, 2, 3], n, p=[0.6, 0.3, 0.1])
     line_order = np.repeat(np.arange(n), per_order)
     line_no = np.arange(len(line_order)) - np.repeat(np.cumsum(per_order) - per_order, per_order)
@@ -149,7 +188,7 @@ def synthetic(n: int, seed: int = 7) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
             "_batch": 1,
         }
     )
-    return snapshot, lines, inventory, reservations
+    return lines, inventory, reservations
 
 
 def load(engine: sa.Engine, n: int) -> float:
@@ -164,16 +203,18 @@ def load(engine: sa.Engine, n: int) -> float:
         ):
             for i in range(0, len(frame), CHUNK):
                 insert_frame(conn, table, frame.iloc[i : i + CHUNK])
-        set_state(conn, "published_batch", "1", NOW)
+        set_state(conn, PUBLISHED_BATCH, "1", NOW)
     if engine.dialect.name == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("ANALYZE")
     return time.perf_counter() - started
 
 
-def best_of(fn, repeat: int = 3) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeat):
+def best_of(fn: Callable[[], T], repeat: int = 3) -> tuple[float, T]:
+    started = time.perf_counter()
+    out = fn()
+    times = [time.perf_counter() - started]
+    for _ in range(repeat - 1):
         started = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - started)
@@ -189,10 +230,10 @@ def bench(name: str, url: str, n: int) -> None:
     rules = default_rules()
     for rule in rules:
         with engine.connect() as conn:
-            t, found = best_of(lambda: evaluate(conn, [rule], NOW, TZ))
+            t, found = best_of(partial(evaluate, conn, [rule], NOW, TZ))
         print(f"  rule {rule.id:<30} {t:8.3f} s   {found[rule.id].count:>7,} offending")
     with engine.connect() as conn:
-        t, found = best_of(lambda: evaluate(conn, rules, NOW, TZ))
+        t, found = best_of(partial(evaluate, conn, rules, NOW, TZ))
     print(f"  ALL FOUR RULES                      {t:8.3f} s   {sum(b.count for b in found.values()):>7,} offending")
 
     tmp = Path(tempfile.mkdtemp())
@@ -222,6 +263,7 @@ def idle_tick(alerting: Alerting, config: Config, url: str) -> None:
     """An alert-sensor tick with nothing to do: the snapshot did not change and nothing is due."""
     import dagster as dg
 
+    from resources.alerting import AlertingResource
     from resources.warehouse import PipelineClock, WarehouseResource
     from sensors.alerts import AlertCursor, alert_sensor
 
@@ -234,12 +276,15 @@ def idle_tick(alerting: Alerting, config: Config, url: str) -> None:
             ctx = dg.build_sensor_context(
                 instance=instance,
                 cursor=cursor,
-                resources={"warehouse": WarehouseResource(url=url), "clock": PipelineClock(now_iso=now.isoformat())},
+                resources={
+                    "clock": PipelineClock(now_at=now.isoformat()),
+                    "alerting": AlertingResource(warehouse=WarehouseResource(url=url)),
+                },
             )
             started = time.perf_counter()
             data = sensor.evaluate_tick(ctx)
             times.append(time.perf_counter() - started)
-            assert data.skip_message.startswith("snapshot unchanged"), data.skip_message
+            assert (data.skip_message or "").startswith("snapshot unchanged"), data.skip_message
     print(
         f"  idle alert-sensor tick              {statistics.median(times[2:]) * 1000:8.1f} ms (median; "
         f"first {times[0] * 1000:.0f} ms builds the runtime)"
@@ -247,7 +292,7 @@ def idle_tick(alerting: Alerting, config: Config, url: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--orders", type=int, default=1_000_000)
     parser.add_argument("--only", choices=["sqlite", "postgres"])
     args = parser.parse_args()
@@ -256,9 +301,11 @@ def main() -> None:
         try:
             bench("SQLite", f"sqlite:///{folder / 'warehouse.db'}", args.orders)
         finally:
-            from sensors import runtime
+            from resources.alerting import AlertingResource
+            from resources.warehouse import WarehouseResource
 
-            runtime.forget()
+            AlertingResource.forget()
+            WarehouseResource.dispose_all()
             shutil.rmtree(folder, ignore_errors=True)
     if args.only != "sqlite":
         admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
@@ -272,9 +319,11 @@ def main() -> None:
                 args.orders,
             )
         finally:
-            from sensors import runtime
+            from resources.alerting import AlertingResource
+            from resources.warehouse import WarehouseResource
 
-            runtime.forget()
+            AlertingResource.forget()
+            WarehouseResource.dispose_all()
             with admin.connect() as conn:
                 conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             admin.dispose()

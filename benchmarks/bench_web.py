@@ -66,7 +66,8 @@ from order_pipeline.contract.schema import (
 from order_pipeline.domain.links import make_token
 from order_pipeline.domain.passwords import hash_password
 from order_pipeline.pipeline.publish import STAGE_TIMES
-from order_pipeline.warehouse.engine import Warehouse, insert_frame
+from order_pipeline.warehouse.engine import Warehouse
+from order_pipeline.warehouse.frames import insert_frame
 from order_pipeline.web.security.audit import FLUSH_SECONDS
 
 DB_NAME = "order_pipeline_bench_web"

@@ -7,29 +7,30 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import click
 import pandas as pd
 
 from order_pipeline.contract.config import CONFIG_ENV, Config, ConfigError, load_config
 from order_pipeline.demo.company import DEMO_KEY, DEMO_KEY_ENV, MIN_DAYS, MIN_ORDERS
+from order_pipeline.domain.times import parse_instant
 
 
 def _now(value: str | None) -> datetime:
     if not value:
         return datetime.now(UTC).replace(microsecond=0)
     try:
-        ts = pd.Timestamp(value)
+        return parse_instant(value, "Asia/Shanghai")
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a time; write e.g. 2026-11-25T10:00:00+08:00") from None
-    return (ts.tz_localize("Asia/Shanghai") if ts.tzinfo is None else ts).tz_convert("UTC").to_pydatetime()
 
 
-def _config(path: str | None, check_sources: bool = True) -> Config:
+def _config(path: str | None) -> Config:
     # The demo config names this variable for the sandbox's key; a real config names its own.
     os.environ.setdefault(DEMO_KEY_ENV, DEMO_KEY)
     try:
-        return load_config(path, check_sources=check_sources)
+        return load_config(path)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
 
@@ -52,10 +53,11 @@ def _run(config: Config, now: datetime | None, full_refresh: bool) -> None:
 
 def _dispatch(config: Config, now: datetime, *, show: int = 5) -> None:
     """Evaluate every rule and freshness SLA, send what is due, and print it grouped by recipient."""
-    from order_pipeline.definitions import alert_runtime
-    from order_pipeline.warehouse.engine import Warehouse
+    from resources.alerting import CLI_RETRIES, AlertingResource
+    from resources.warehouse import WarehouseResource
 
-    alerting, dispatcher = alert_runtime(config, Warehouse(config.warehouse_url.resolve()).engine)
+    warehouse = WarehouseResource(url=config.warehouse_url.resolve() or "")
+    alerting, dispatcher = AlertingResource(warehouse=warehouse, retries=CLI_RETRIES).runtime(config)
     ev = alerting.evaluate(now)
     drained = dispatcher.drain(now)
     click.echo("")
@@ -90,7 +92,7 @@ def _summary(config: Config) -> None:
     from order_pipeline.warehouse.engine import Warehouse
 
     click.echo("")
-    click.echo(summarize(Warehouse(config.warehouse_url.resolve()).engine))
+    click.echo(summarize(Warehouse(config.warehouse_url.resolve() or "").engine))
 
 
 @click.group()
@@ -147,7 +149,8 @@ Run again (incremental): order-pipeline run --config {company.config_path} --now
 @now_option
 @click.option("--full-refresh", is_flag=True, help="Rebuild everything instead of the orders that changed.")
 def run(config_path: str | None, now: str | None, full_refresh: bool) -> None:
-    """Run the pipeline once (incremental by default), then evaluate every rule and freshness check and send the alerts."""
+    """Run the pipeline once (incremental by default), then evaluate every rule and freshness check and send
+    the alerts."""
     config = _config(config_path)
     pinned = _now(now)
     _run(config, pinned if now else None, full_refresh)
@@ -165,12 +168,14 @@ def alerts(config_path: str | None, now: str | None, show_all: bool, rule_ids: t
     import sqlalchemy as sa
 
     from order_pipeline.alerts.ledger import ensure_schema
-    from order_pipeline.alerts.messages import local_time, waited_text
+    from order_pipeline.alerts.messages import short_time as local_time
     from order_pipeline.contract.schema import order_alerts
-    from order_pipeline.warehouse.engine import Warehouse, read_frame
+    from order_pipeline.domain.times import waited_text
+    from order_pipeline.warehouse.engine import Warehouse
+    from order_pipeline.warehouse.frames import read_frame
 
     config = _config(config_path)
-    engine = Warehouse(config.warehouse_url.resolve()).engine
+    engine = Warehouse(config.warehouse_url.resolve() or "").engine
     ensure_schema(engine)
     a = order_alerts
     q = sa.select(a)
@@ -193,17 +198,35 @@ def alerts(config_path: str | None, now: str | None, show_all: bool, rule_ids: t
     )
     for rule_id, group in rows.groupby("rule_id", sort=False):
         click.echo(f"\n{rule_id} ({len(group)})")
+        # pandas-stubs type a row's fields as any scalar, Period and Interval included, which pd.notna's
+        # overloads leave out; the time columns hold Timestamps (read_frame parses them).
         for r in group.itertuples(index=False):
             state = (
                 f"resolved {local_time(r.resolved_at, tz)}"
-                if pd.notna(r.resolved_at)
-                else f"open {waited_text(pd.Timestamp(at) - r.first_seen)}"
+                if pd.notna(r.resolved_at)  # pyright: ignore[reportCallIssue, reportArgumentType]
+                else f"open {waited_text(pd.Timestamp(at) - cast(pd.Timestamp, r.first_seen))}"
             )
-            told = f"notified {local_time(r.notified_at, tz)}" if pd.notna(r.notified_at) else "not yet notified"
+            told = f"notified {local_time(r.notified_at, tz)}" if pd.notna(r.notified_at) else "not yet notified"  # pyright: ignore[reportCallIssue, reportArgumentType]
             level = f", escalated ×{r.escalation_level}" if r.escalation_level else ""
             risk = ", high risk" if r.risk == "high" else ""
             click.echo(f"  [{r.severity}] {r.entity_key}: {state}, {told}{level}{risk}, {r.attempts} attempt(s)")
             click.echo(f"      {r.message}")
+
+
+@main.command()
+@config_option
+def check(config_path: str | None) -> None:
+    """Check that each source, the warehouse, the carrier endpoint and each channel can be reached."""
+    from order_pipeline.reachability import check_all
+
+    config = _config(config_path)
+    click.echo(f"Checking {config.path}")
+    failing = 0
+    for reach in check_all(config):
+        failing += not reach.ok
+        click.echo(f"  {'ok  ' if reach.ok else 'FAIL'}  {reach.part:<28} {reach.detail}")
+    if failing:
+        raise click.ClickException(f"{failing} part(s) cannot be reached")
 
 
 @main.command()
@@ -213,8 +236,9 @@ def ui(config_path: str | None, port: int) -> None:
     """Start `dagster dev` (webserver + daemon) on this config."""
     config = _config(config_path)
     os.environ[CONFIG_ENV] = str(config.path)
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(config.data_dir / "dagster_home")))
-    home.mkdir(parents=True, exist_ok=True)
+    from order_pipeline.runner import dagster_home
+
+    home = dagster_home(config)
     workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
     args = ["dagster", "dev", "-p", str(port)]
     args += ["-w", str(workspace)] if workspace.exists() else ["-m", "order_pipeline.definitions"]
@@ -239,7 +263,7 @@ def serve(config_path: str | None, host: str, port: int) -> None:
     """Serve the customer tracking page and the ops board (reads the published tables)."""
     from order_pipeline.web.server import serve as serve_web
 
-    config = _config(config_path, check_sources=False)  # the pages read the warehouse, never the sources
+    config = _config(config_path)
     _web_settings(config)  # fail on a bad `web:` section before binding the port
     serve_web(config, host=host, port=port)
 
@@ -252,7 +276,7 @@ def link(config_path: str | None, now: str | None, order_no: str) -> None:
     """Print a signed, expiring tracking link for ORDER_NO."""
     from order_pipeline.domain.links import customer_link
 
-    config = _config(config_path, check_sources=False)
+    config = _config(config_path)
     click.echo(customer_link(_web_settings(config), order_no, _now(now)))
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import dagster as dg
 
 from order_pipeline.contract.config import Config
-from order_pipeline.definitions import NOW_ENV, PIPELINE_JOB, build_definitions
+from order_pipeline.contract.schema import raw_table_name
+from order_pipeline.definitions import PIPELINE_JOB, build_definitions
+from sensors.alerts import step_failure_text
 
 DAGSTER_HOME = "DAGSTER_HOME"
 # Assets that take `full_refresh` from run config (see assets.common.LoadConfig).
@@ -25,17 +27,33 @@ class RunOutcome:
     failures: list[str]
 
 
-def dagster_instance(config: Config) -> dg.DagsterInstance:
-    """The instance in $DAGSTER_HOME, or one under the data directory, so `order-pipeline ui` shows the runs."""
+# What a new instance home gets (deploy/dagster.yaml says the same for production): the project's
+# log lines reach each run's event log.
+INSTANCE_YAML = """python_logs:
+  managed_python_loggers: [order_pipeline]
+  python_log_level: INFO
+"""
+
+
+def dagster_home(config: Config) -> Path:
+    """$DAGSTER_HOME, or one under the data directory, so `order-pipeline ui` shows the CLI's runs."""
     home = Path(os.environ.setdefault(DAGSTER_HOME, str(config.data_dir / "dagster_home")))
     home.mkdir(parents=True, exist_ok=True)
+    instance_yaml = home / "dagster.yaml"
+    if not instance_yaml.exists():
+        instance_yaml.write_text(INSTANCE_YAML, encoding="utf-8")
+    return home
+
+
+def dagster_instance(config: Config) -> dg.DagsterInstance:
+    dagster_home(config)
     return dg.DagsterInstance.get()
 
 
 def run_config(config: Config, full_refresh: bool) -> dict:
     if not full_refresh:
         return {}
-    ops = [f"raw_{name}" for name in config.sources] + list(FULL_REFRESH_OPS)
+    ops = [raw_table_name(name) for name in config.sources] + list(FULL_REFRESH_OPS)
     return {"ops": {op: {"config": {"full_refresh": True}} for op in ops}}
 
 
@@ -47,18 +65,19 @@ def run_pipeline(
     full_refresh: bool = False,
     on_step: Callable[[str, float], None] | None = None,
 ) -> RunOutcome:
-    if now:
-        os.environ[NOW_ENV] = now
-    job = build_definitions(config).resolve_job_def(PIPELINE_JOB)
+    job = build_definitions(config, now=now).resolve_job_def(PIPELINE_JOB)
     result = job.execute_in_process(
         instance=instance, run_config=run_config(config, full_refresh), raise_on_error=False
     )
-    steps, failures = {}, []
+    steps: dict[str, float] = {}
+    failures: list[str] = []
     for event in result.all_events:
         if event.event_type == dg.DagsterEventType.STEP_SUCCESS:
-            steps[event.step_key] = event.event_specific_data.duration_ms / 1000
+            step_key = event.step_key
+            assert step_key is not None  # a step event always names its step
+            steps[step_key] = event.step_success_data.duration_ms / 1000
             if on_step:
-                on_step(event.step_key, steps[event.step_key])
+                on_step(step_key, steps[step_key])
         elif event.event_type == dg.DagsterEventType.STEP_FAILURE:
-            failures.append(f"{event.step_key}: {event.event_specific_data.error.message.strip()}")
+            failures.append(step_failure_text(event) or f"{event.step_key}: failed")
     return RunOutcome(result.success, result.run_id, steps, failures)

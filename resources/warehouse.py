@@ -1,51 +1,74 @@
-"""Dagster resources for the databases: the warehouse (target) and the sources."""
+"""Dagster resources for the databases: the warehouse (target), the sources, and the pipeline's clock."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
+from typing import ClassVar
 
 import dagster as dg
-import pandas as pd
 import sqlalchemy as sa
-from pydantic import PrivateAttr
 
-from order_pipeline.warehouse.engine import Warehouse, driver_url
+from order_pipeline.domain.times import parse_instant
+from order_pipeline.sources.engines import source_engine
+from order_pipeline.warehouse.engine import Warehouse
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The target database. SQLite by default, PostgreSQL by URL (`url_env` in the config)."""
+    """The target database. SQLite by default, PostgreSQL by URL (`url_env` in the config).
+
+    The engine, its connection pool and the schema check are kept for the process: a sensor
+    tick builds its resources afresh, and an idle tick should cost one query, not a reconnect.
+    """
 
     url: str
-    _warehouse: Warehouse | None = PrivateAttr(default=None)
+    _engines: ClassVar[dict[str, sa.Engine]] = {}
 
     @property
     def engine(self) -> sa.Engine:
-        if self._warehouse is None:
-            self._warehouse = Warehouse(self.url)
-            self._warehouse.create_schema()
-        return self._warehouse.engine
+        if self.url not in self._engines:
+            warehouse = Warehouse(self.url)
+            warehouse.create_schema()
+            self._engines[self.url] = warehouse.engine
+        return self._engines[self.url]
+
+    @classmethod
+    def dispose_all(cls) -> None:
+        """Close every kept engine (a test that swaps warehouses)."""
+        for engine in cls._engines.values():
+            engine.dispose()
+        cls._engines.clear()
 
 
-class SourceDatabase(dg.ConfigurableResource):
-    """One source system's database, read-only."""
+class SourceConnection(dg.Config):
+    """Where a source's URL comes from: inline, or the environment variable the config names.
 
-    url: str
-    _engine: sa.Engine | None = PrivateAttr(default=None)
+    Not a Dagster `EnvVar`: those are resolved for every resource when a run starts, so one unset
+    variable would fail every source's step. Read here, it fails only the step of its own source
+    (whose check names the config entry and the fix first).
+    """
 
-    @property
-    def engine(self) -> sa.Engine:
-        if self._engine is None:
-            self._engine = sa.create_engine(driver_url(self.url))
-        return self._engine
+    url: str = ""
+    url_env: str = ""
+
+
+class SourceDatabases(dg.ConfigurableResource):
+    """The source systems' databases, read-only, by source name (orders, payments, ...)."""
+
+    sources: dict[str, SourceConnection]
+
+    def engine(self, name: str) -> sa.Engine:
+        source = self.sources[name]
+        url = os.environ.get(source.url_env) if source.url_env else source.url
+        if not url:
+            raise RuntimeError(f"environment variable {source.url_env} is not set (the URL of source {name})")
+        return source_engine(url)
 
 
 class PipelineClock(dg.ConfigurableResource):
     """The pipeline's notion of now. Pinned (`now: 2026-11-25T10:00:00+08:00`) for reproducible runs and tests."""
 
-    now_iso: str | None = None
+    now_at: str | None = None  # ISO time; naive means UTC
 
     def now(self) -> datetime:
-        if self.now_iso:
-            ts = pd.Timestamp(self.now_iso)
-            return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).to_pydatetime()
-        return datetime.now(UTC)
+        return parse_instant(self.now_at, "UTC") if self.now_at else datetime.now(UTC)

@@ -12,24 +12,21 @@ one attempt per tick, never a wait within it: its retry time is among what the c
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 import dagster as dg
 
-from order_pipeline.alerts.dispatch import Dispatcher, DrainResult
-from order_pipeline.alerts.evaluation import Alerting, Evaluation, run_entity
+from order_pipeline.alerts.dispatch import DrainResult
+from order_pipeline.alerts.evaluation import Evaluation, run_entity
 from order_pipeline.contract.config import Config
-from resources.warehouse import PipelineClock, WarehouseResource
-from sensors.runtime import alerting_runtime
+from resources.alerting import AlertingResource
+from resources.warehouse import PipelineClock
 
 ALERT_SENSOR = "alert_dispatch"
 RUN_FAILURE_SENSOR = "run_failure_alerts"
 RUN_SUCCESS_SENSOR = "run_success_resolves_alerts"
 INTERVAL_SECONDS = 30
-
-Runtime = Callable[[Config, str], tuple[Alerting, Dispatcher]]
 
 
 @dataclass(frozen=True)
@@ -61,9 +58,7 @@ def describe(ev: Evaluation, drained: DrainResult) -> str:
     return text
 
 
-def alert_sensor(
-    config: Config, interval: int = INTERVAL_SECONDS, runtime: Runtime = alerting_runtime
-) -> dg.SensorDefinition:
+def alert_sensor(config: Config, interval: int = INTERVAL_SECONDS) -> dg.SensorDefinition:
     @dg.sensor(
         name=ALERT_SENSOR,
         minimum_interval_seconds=interval,
@@ -71,22 +66,22 @@ def alert_sensor(
         description="Evaluates the SLA rules and source freshness on the published snapshot and sends the alerts "
         "that are due (ledger: order_alerts, attempts: alert_deliveries).",
     )
-    def alert_dispatch(context: dg.SensorEvaluationContext, warehouse: WarehouseResource, clock: PipelineClock):
+    def alert_dispatch(context: dg.SensorEvaluationContext, alerting: AlertingResource, clock: PipelineClock):
         now = clock.now()
-        alerting, dispatcher = runtime(config, warehouse.url)
+        alerts, dispatcher = alerting.runtime(config)
         cursor = AlertCursor.parse(context.cursor)
-        batch = alerting.published_batch()
+        batch = alerts.published_batch()
         if batch is None:
             return dg.SkipReason("nothing published yet: the rules read order_tracking_snapshot")
-        if batch == cursor.batch and cursor.due_at and now < cursor.due_at:
+        if batch == cursor.batch and cursor.evaluated_at and cursor.due_at and now < cursor.due_at:
             return dg.SkipReason(
                 f"snapshot unchanged since {cursor.evaluated_at.isoformat()} and nothing due "
                 f"before {cursor.due_at.isoformat()}"
             )
-        ev = alerting.evaluate(now)
+        ev = alerts.evaluate(now)
         drained = dispatcher.drain(now)
-        due = now + alerting.settings.evaluate_every
-        for t in (ev.next_due, alerting.queue_ready_at(now)):  # a cool-down, an escalation, a retry, a rate limit
+        due = now + alerts.settings.evaluate_every
+        for t in (ev.next_due, alerts.queue_ready_at(now)):  # a cool-down, an escalation, a retry, a rate limit
             if t is not None:
                 due = min(due, t)
         context.update_cursor(AlertCursor(batch, now, due).dump())
@@ -96,26 +91,31 @@ def alert_sensor(
     return alert_dispatch
 
 
+def step_failure_text(event: dg.DagsterEvent) -> str | None:
+    """'<step>: <the user's exception>' of a step failure: the cause, not Dagster's wrapper around it."""
+    error = event.step_failure_data.error if event.is_step_failure else None
+    while error is not None and error.cause is not None:
+        error = error.cause
+    return None if error is None else f"{event.step_key}: {error.message.strip()}"
+
+
 def _failure_text(context: dg.RunFailureSensorContext) -> str:
-    steps = context.get_step_failure_events()
-    for event in steps:
-        error = event.event_specific_data.error if event.event_specific_data else None
-        while error is not None and error.cause is not None:  # the user's exception, not Dagster's wrapper
-            error = error.cause
-        if error is not None:
-            return f"{event.step_key}: {error.message.strip()}"
+    for event in context.get_step_failure_events():
+        text = step_failure_text(event)
+        if text:
+            return text
     return context.failure_event.message or "the run failed"
 
 
-def run_failure_sensor(config: Config, runtime: Runtime = alerting_runtime) -> dg.SensorDefinition:
+def run_failure_sensor(config: Config) -> dg.SensorDefinition:
     @dg.run_failure_sensor(
         name=RUN_FAILURE_SENSOR,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="A failed run alerts the data team (alerts.run_failures_to).",
     )
-    def run_failure_alerts(context: dg.RunFailureSensorContext, warehouse: WarehouseResource, clock: PipelineClock):
+    def run_failure_alerts(context: dg.RunFailureSensorContext, alerting: AlertingResource, clock: PipelineClock):
         now = clock.now()
-        alerting, dispatcher = runtime(config, warehouse.url)
+        alerts, dispatcher = alerting.runtime(config)
         run = context.dagster_run
         keys = sorted(k.to_user_string() for k in (run.asset_selection or ()))
         label = (
@@ -123,14 +123,14 @@ def run_failure_sensor(config: Config, runtime: Runtime = alerting_runtime) -> d
             if not keys or not run.job_name.startswith("__")
             else keys[0] + (f" 等{len(keys)}个资产" if len(keys) > 1 else "")
         )
-        alerting.run_failed(run_entity(run.job_name, keys), label, run.run_id, _failure_text(context), now)
+        alerts.run_failed(run_entity(run.job_name, keys), label, run.run_id, _failure_text(context), now)
         drained = dispatcher.drain(now)
         context.log.info(f"run {run.run_id} failed: alerted, {drained.delivered} delivered, {drained.failed} failed")
 
     return run_failure_alerts
 
 
-def run_success_sensor(config: Config, runtime: Runtime = alerting_runtime) -> dg.SensorDefinition:
+def run_success_sensor(config: Config) -> dg.SensorDefinition:
     @dg.run_status_sensor(
         run_status=dg.DagsterRunStatus.SUCCESS,
         name=RUN_SUCCESS_SENSOR,
@@ -138,12 +138,12 @@ def run_success_sensor(config: Config, runtime: Runtime = alerting_runtime) -> d
         description="A successful run resolves the failure alert of the same job or assets.",
     )
     def run_success_resolves_alerts(
-        context: dg.RunStatusSensorContext, warehouse: WarehouseResource, clock: PipelineClock
+        context: dg.RunStatusSensorContext, alerting: AlertingResource, clock: PipelineClock
     ):
         now = clock.now()
-        alerting, dispatcher = runtime(config, warehouse.url)
+        alerts, dispatcher = alerting.runtime(config)
         run = context.dagster_run
-        result = alerting.run_succeeded(run.job_name, [k.to_user_string() for k in (run.asset_selection or ())], now)
+        result = alerts.run_succeeded(run.job_name, [k.to_user_string() for k in (run.asset_selection or ())], now)
         if result.resolved:
             dispatcher.drain(now)
 

@@ -15,7 +15,6 @@ import sqlalchemy as sa
 from assets.carrier import RAW_TRACKING
 from order_pipeline.contract.schema import BATCH, raw_tracking
 from resources.warehouse import WarehouseResource
-from sensors.runtime import warehouse_engine
 
 POLL_SCHEDULE = "carrier_poll"
 PUSH_SENSOR = "carrier_push_received"
@@ -51,8 +50,7 @@ def carrier_push_sensor(interval: int = 30) -> dg.SensorDefinition:
         description="Records a raw_tracking materialization when Kuaidi100 pushed new answers, so automation follows.",
     )
     def _sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource):
-        engine = warehouse_engine(warehouse.url)
-        with engine.connect() as conn:
+        with warehouse.engine.connect() as conn:
             newest = conn.execute(
                 sa.select(sa.func.max(raw_tracking.c[BATCH])).where(raw_tracking.c.via == "push")
             ).scalar()

@@ -8,13 +8,15 @@ same load twice. `unified_orders` and the published tables follow by declarative
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import dagster as dg
 import sqlalchemy as sa
 
 from assets.common import raw_asset_key
 from order_pipeline.contract.canonical import SOURCE_ENTITIES
 from order_pipeline.contract.config import SourceConfig
-from sensors.runtime import source_engine
+from resources.warehouse import SourceDatabases
 
 INTERVAL_SECONDS = 30
 
@@ -23,10 +25,10 @@ def sensor_name(entity: str) -> str:
     return f"{entity}_source_changed"
 
 
-def newest_update(sc: SourceConfig) -> str | None:
+def newest_update(engine: sa.Engine, sc: SourceConfig) -> str | None:
     """The source's newest value of its watermark column, as text (None: the source is empty)."""
     entity = SOURCE_ENTITIES[sc.entity]
-    engine = source_engine(sc)
+    assert entity.watermark is not None  # only a source with an updated-at column is watched
     column = engine.dialect.identifier_preparer.quote(sc.columns[entity.watermark])
     with engine.connect() as conn:
         value = conn.execute(sa.text(f"SELECT MAX({column}) FROM {sc.selectable()}")).scalar()
@@ -34,7 +36,7 @@ def newest_update(sc: SourceConfig) -> str | None:
 
 
 def source_change_sensor(
-    sc: SourceConfig, followers: list[str] = (), interval: int = INTERVAL_SECONDS
+    sc: SourceConfig, followers: Sequence[str] = (), interval: int = INTERVAL_SECONDS
 ) -> dg.SensorDefinition:
     """The sensor for one source with a watermark; `followers` are sources re-read with it (order lines)."""
     entity = SOURCE_ENTITIES[sc.entity]
@@ -53,8 +55,8 @@ def source_change_sensor(
             f"{', '.join(k.to_user_string() for k in keys)} when it moved."
         ),
     )
-    def _sensor(context: dg.SensorEvaluationContext):
-        newest = newest_update(sc)
+    def _sensor(context: dg.SensorEvaluationContext, sources: SourceDatabases):
+        newest = newest_update(sources.engine(sc.entity), sc)
         if newest is None:
             return dg.SkipReason(f"the {sc.entity} source has no rows yet")
         if newest == context.cursor:

@@ -171,7 +171,7 @@ def materialized_demo(demo_template, tmp_path_factory) -> Iterator[Materialized]
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("ORDER_PIPELINE_DEMO_KUAIDI100_KEY", DEMO_KEY_VALUE)
             mp.setenv("DAGSTER_HOME", str(home))
-            run_at(config, mp, instance=instance)
+            run_at(config, instance=instance)
         warehouse = Warehouse(warehouse_of(config))
         before = company_digest(root)
         yield Materialized(root, config, instance, warehouse.engine)

@@ -47,12 +47,13 @@ from order_pipeline.contract.schema import (
     tracking_access_log,
     unified_orders,
 )
-from order_pipeline.definitions import NOW_ENV
 from order_pipeline.domain.links import make_token
 from order_pipeline.domain.passwords import hash_password
 from order_pipeline.domain.stages import NEXT_OWNER, STAGE_LABELS
 from order_pipeline.runner import RunOutcome, run_pipeline
-from order_pipeline.warehouse.engine import create_engine, insert_frame, set_state
+from order_pipeline.warehouse.engine import create_engine
+from order_pipeline.warehouse.frames import insert_frame
+from order_pipeline.warehouse.state import PUBLISHED_BATCH, set_state
 from order_pipeline.web.db import SQLITE_BUSY_TIMEOUT, make_engine
 
 with warnings.catch_warnings():  # the installed httpx works; Starlette merely prefers its successor
@@ -109,7 +110,7 @@ def publish_rows(
     with engine.begin() as conn:
         conn.execute(table.delete())
         insert_frame(conn, table, frame)
-        set_state(conn, "published_batch", str(batch), now)
+        set_state(conn, PUBLISHED_BATCH, str(batch), now)
 
 
 def add_rows(engine: sa.Engine, entity: str, rows: list[dict]) -> None:
@@ -232,15 +233,10 @@ def company_digest(root: Path) -> str:
 
 
 def run_at(
-    config: Config,
-    monkeypatch: pytest.MonkeyPatch,
-    now: datetime = NOW,
-    full: bool = False,
-    instance: dg.DagsterInstance | None = None,
+    config: Config, now: datetime = NOW, full: bool = False, instance: dg.DagsterInstance | None = None
 ) -> RunOutcome:
     """The pipeline job in process with the clock pinned to `now`; it must succeed."""
-    monkeypatch.setenv(NOW_ENV, now.isoformat())
-    outcome = run_pipeline(config, instance or dg.DagsterInstance.ephemeral(), full_refresh=full)
+    outcome = run_pipeline(config, instance or dg.DagsterInstance.ephemeral(), now=now.isoformat(), full_refresh=full)
     assert outcome.success, outcome.failures
     return outcome
 
@@ -359,7 +355,7 @@ class WebWorld:
     env: dict[str, str] = field(default_factory=dict)
 
     def config(self) -> Config:
-        return load_config(self.config_path, check_sources=False)
+        return load_config(self.config_path)
 
 
 class WebClient(TestClient):

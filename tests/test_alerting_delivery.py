@@ -10,7 +10,8 @@ import httpx
 import sqlalchemy as sa
 from helpers import GROUPS, NOW, M, S, deliveries, ledger_row, make_config, outbox, paid_order, publish_rows, tick
 
-from order_pipeline.alerts.channels import OutboxChannel, WeComRobot
+from order_pipeline.alerts.channels.outbox import OutboxChannel
+from order_pipeline.alerts.channels.wecom import WeComRobot
 from order_pipeline.alerts.dispatch import Dispatcher
 from order_pipeline.alerts.evaluation import Alerting
 from order_pipeline.contract.schema import alert_deliveries, alert_queue

@@ -28,7 +28,7 @@ from order_pipeline.alerts.freshness import source_ages
 from order_pipeline.alerts.settings import CARRIER, SourceSla
 from order_pipeline.contract.config import Secret, SourceConfig
 from order_pipeline.contract.schema import BATCH, raw_tracking
-from order_pipeline.warehouse.engine import set_state
+from order_pipeline.warehouse.state import set_state
 
 # --- freshness ----------------------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from helpers import (
 )
 
 from order_pipeline.alerts import ledger as alert_ledger
+from order_pipeline.alerts import queue as alert_queue_ops
 from order_pipeline.contract.schema import alert_queue
 from order_pipeline.warehouse.engine import Warehouse
 
@@ -147,7 +148,7 @@ def test_a_crash_between_send_and_record_never_sends_twice_within_the_cooldown(t
         raise Crash()
 
     with monkeypatch.context() as m:
-        m.setattr(alert_ledger, "record_outcome", crash)
+        m.setattr(alert_queue_ops, "record_outcome", crash)
         with pytest.raises(Crash):
             tick(alerting, dispatcher, NOW)
     assert len(outbox(engine)) == 1  # it went out, but the ledger never heard

@@ -1,4 +1,9 @@
-"""Config mistakes fail at load time, naming the file, the entry and the fix."""
+"""Config mistakes fail at load time, naming the file, the entry and the fix.
+
+What only the source itself can tell (is it there, does it have the mapped columns, is the
+variable with its URL set) is not asked at load time: `check_source` asks it, for
+`order-pipeline check` and for each source's run, in the same terms.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import yaml
 from helpers import write_sources
 
 from order_pipeline.contract.config import ConfigError, load_config, parse_duration
+from order_pipeline.sources.checks import check_source
 
 
 @pytest.fixture
@@ -21,6 +27,15 @@ def load(tmp_path: Path, doc: dict):
     path = tmp_path / "order_pipeline.yaml"
     path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
     return load_config(path)
+
+
+def unreachable(tmp_path: Path, doc: dict, source: str) -> ConfigError:
+    """Loading succeeds without touching the source; checking it fails, naming the file, entry and fix."""
+    config = load(tmp_path, doc)
+    with pytest.raises(ConfigError) as info:
+        check_source(config.path, config.sources[source])
+    assert str(tmp_path / "order_pipeline.yaml") in str(info.value)
+    return info.value
 
 
 def error(tmp_path: Path, doc: dict) -> ConfigError:
@@ -53,26 +68,26 @@ def test_missing_required_mapping(tmp_path, doc):
 
 def test_mapping_to_a_column_the_source_lacks(tmp_path, doc):
     doc["sources"]["orders"]["columns"]["order_no"] = "FBillNo"
-    e = error(tmp_path, doc)
+    e = unreachable(tmp_path, doc, "orders")
     assert e.entry == "sources.orders.columns.order_no" and "'FBillNo'" in e.problem
     assert "order_no" in e.fix  # lists what the source does have
 
 
 def test_missing_database_file(tmp_path, doc):
     doc["sources"]["shipments"]["url"] = "sqlite:///nowhere/wms.db"
-    e = error(tmp_path, doc)
+    e = unreachable(tmp_path, doc, "shipments")
     assert e.entry == "sources.shipments.url" and "does not exist" in e.problem
 
 
 def test_unreachable_database_server(tmp_path, doc):
     doc["sources"]["payments"]["url"] = "postgresql+psycopg2://postgres@127.0.0.1:1/finance"
-    e = error(tmp_path, doc)
+    e = unreachable(tmp_path, doc, "payments")
     assert e.entry == "sources.payments.url" and "cannot reach" in e.problem and "server is up" in e.fix
 
 
 def test_unknown_table(tmp_path, doc):
     doc["sources"]["inventory"]["table"] = "stock"
-    e = error(tmp_path, doc)
+    e = unreachable(tmp_path, doc, "inventory")
     assert e.entry.startswith("sources.inventory") and "stock" in e.problem
 
 
@@ -121,7 +136,7 @@ def test_url_from_an_unset_environment_variable(tmp_path, doc, monkeypatch):
     monkeypatch.delenv("ERP_DATABASE_URL", raising=False)
     doc["sources"]["orders"] = {**doc["sources"]["orders"], "url_env": "ERP_DATABASE_URL"}
     del doc["sources"]["orders"]["url"]
-    e = error(tmp_path, doc)
+    e = unreachable(tmp_path, doc, "orders")
     assert e.entry == "sources.orders.url_env" and "export ERP_DATABASE_URL" in e.fix
 
 
@@ -129,7 +144,16 @@ def test_url_from_an_environment_variable(tmp_path, doc, monkeypatch):
     monkeypatch.setenv("ERP_DATABASE_URL", f"sqlite:///{tmp_path / 'orders.db'}")
     doc["sources"]["orders"] = {**doc["sources"]["orders"], "url_env": "ERP_DATABASE_URL"}
     del doc["sources"]["orders"]["url"]
-    assert load(tmp_path, doc).sources["orders"].url.env == "ERP_DATABASE_URL"
+    config = load(tmp_path, doc)
+    assert config.sources["orders"].url.env == "ERP_DATABASE_URL"
+    assert "order_no" in check_source(config.path, config.sources["orders"])
+
+
+def test_a_malformed_variable_name_fails_at_load(tmp_path, doc):
+    doc["sources"]["orders"] = {**doc["sources"]["orders"], "url_env": "ERP-URL"}
+    del doc["sources"]["orders"]["url"]
+    e = error(tmp_path, doc)
+    assert e.entry == "sources.orders.url_env" and "not an environment variable name" in e.problem
 
 
 def test_table_and_query_together(tmp_path, doc):

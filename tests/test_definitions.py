@@ -13,11 +13,10 @@ from order_pipeline import definitions
 from order_pipeline.cli import main
 from order_pipeline.contract.config import CONFIG_ENV, ConfigError, load_config
 from order_pipeline.contract.schema import alert_outbox, order_alerts
-from order_pipeline.definitions import NOW_ENV, alert_runtime, build_definitions
+from order_pipeline.definitions import build_definitions
 from order_pipeline.runner import run_pipeline
-from order_pipeline.warehouse.engine import Warehouse
-from sensors import runtime
-from sensors.runtime import CLI_RETRIES
+from resources.alerting import CLI_RETRIES, AlertingResource
+from resources.warehouse import WarehouseResource
 
 RULES = ("paid_not_locked", "stock_below_safety", "stuck_parcel", "promise_due_not_shipped")
 
@@ -25,7 +24,8 @@ RULES = ("paid_not_locked", "stock_below_safety", "stuck_parcel", "promise_due_n
 @pytest.fixture(autouse=True)
 def fresh_runtime():
     yield
-    runtime.forget()
+    AlertingResource.forget()
+    WarehouseResource.dispose_all()
 
 
 @pytest.fixture
@@ -46,7 +46,6 @@ def test_the_demo_definitions_load_and_validate(config, monkeypatch):
         "shipments_source_changed",
         "carrier_push_received",
         "follow_sources",
-        "raw_asset_freshness_checks",
         "alert_dispatch",
         "run_failure_alerts",
     } <= sensors
@@ -62,41 +61,37 @@ def test_the_demo_definitions_load_and_validate(config, monkeypatch):
 
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert {("unified_orders", f"sla_{rule}") for rule in RULES} <= checks
-    assert {
-        ("raw_orders", "freshness_check"),
-        ("raw_shipments", "freshness_check"),
-        ("raw_payments", "freshness_check"),
-        ("raw_inventory", "freshness_check"),
-        ("raw_reservations", "freshness_check"),
-        ("raw_tracking", "freshness_check"),
-    } <= checks
+    assert not any(name == "freshness_check" for _, name in checks)  # one mechanism: the policies below
+    for key in ("raw_orders", "raw_shipments", "raw_payments", "raw_inventory", "raw_reservations", "raw_tracking"):
+        assert graph.get(dg.AssetKey(key)).freshness_policy is not None, key
 
     # What `dagster dev` and `dagster definitions validate` load: the module's lazy `defs`.
     monkeypatch.setenv(CONFIG_ENV, str(config.path))
     dg.Definitions.validate_loadable(definitions.defs())
 
 
-def test_a_bad_channel_fails_when_the_definitions_load(config, monkeypatch):
+def with_channels(config, channels: dict):
+    return type(config)(**{**config.__dict__, "sections": {**config.sections, "channels": channels}})
+
+
+def test_a_bad_channel_fails_when_the_definitions_load_and_an_unset_secret_does_not(config, monkeypatch):
     monkeypatch.delenv("WECOM_WAREHOUSE_URL", raising=False)
-    bad = type(config)(
-        **{
-            **config.__dict__,
-            "sections": {
-                **config.sections,
-                "channels": {"wecom_warehouse": {"type": "wecom", "webhook_url_env": "WECOM_WAREHOUSE_URL"}},
-            },
-        }
-    )
     with pytest.raises(ConfigError) as err:
-        build_definitions(bad)
+        build_definitions(with_channels(config, {"wecom_warehouse": {"type": "wecom", "webhook_url_env": "no such"}}))
     assert err.value.entry == "channels.wecom_warehouse.webhook_url_env"
-    assert "WECOM_WAREHOUSE_URL is not set" in err.value.problem
+    assert "not an environment variable name" in err.value.problem
+    with pytest.raises(ConfigError) as err:
+        build_definitions(with_channels(config, {"wecom_warehouse": {"type": "wecom", "webhook_url": "https://x"}}))
+    assert err.value.entry == "channels.wecom_warehouse.webhook_url" and "webhook_url_env" in err.value.fix
+
+    # The variable's value is read when the channel sends (and by `order-pipeline check`), not at load.
+    unset = with_channels(config, {"wecom_warehouse": {"type": "wecom", "webhook_url_env": "WECOM_WAREHOUSE_URL"}})
+    dg.Definitions.validate_loadable(build_definitions(unset))
 
 
 def test_the_demo_raises_each_rule_as_a_check_and_as_an_alert(config, monkeypatch):
-    monkeypatch.setenv(NOW_ENV, NOW.isoformat())
     with dg.instance_for_test() as instance:
-        outcome = run_pipeline(config, instance, full_refresh=True)
+        outcome = run_pipeline(config, instance, now=NOW.isoformat(), full_refresh=True)
         assert outcome.success, outcome.failures
         keys = [dg.AssetCheckKey(dg.AssetKey("unified_orders"), f"sla_{rule}") for rule in RULES]
         records = instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
@@ -106,12 +101,15 @@ def test_the_demo_raises_each_rule_as_a_check_and_as_an_alert(config, monkeypatc
             evaluation = entry.dagster_event.event_specific_data
             assert isinstance(evaluation, dg.AssetCheckEvaluation), key.name
             assert evaluation.passed is False, key.name  # the demo breaks every rule
-            offending, first = evaluation.metadata["offending"].value, evaluation.metadata["first_offending"].value
+            offending, table = evaluation.metadata["offending"].value, evaluation.metadata["first_offending"]
             assert isinstance(offending, int) and offending >= 1
-            assert isinstance(first, str) and "|" in first  # a table of the offending orders
+            assert isinstance(table, dg.TableMetadataValue)
+            first = table.records[0].data  # a table of the offenders
+            assert ("order_no" if key.name != "sla_stock_below_safety" else "sku") in first
 
-    engine = Warehouse(warehouse_of(config)).engine
-    alerting, dispatcher = alert_runtime(config, engine)
+    warehouse = WarehouseResource(url=warehouse_of(config))
+    engine = warehouse.engine
+    alerting, dispatcher = AlertingResource(warehouse=warehouse, retries=CLI_RETRIES).runtime(config)
     assert dispatcher.retries == CLI_RETRIES > 0  # no later tick retries for `order-pipeline run`
     ev = alerting.evaluate(NOW)
     assert all(ev.breaching[rule] >= 1 for rule in RULES), ev.breaching
@@ -140,3 +138,26 @@ def test_cli_run_sends_and_prints_the_alerts_then_lists_them(config, monkeypatch
     assert "stuck_parcel (" in listed.output and "high risk" in listed.output
     again = cli.invoke(main, ["run", "--config", str(config.path), "--now", NOW.isoformat()])
     assert "queued 0 messages" in again.output  # nothing is sent twice
+
+
+def test_the_projects_log_lines_reach_the_run_event_log(config, tmp_path, monkeypatch):
+    """The instance the CLI creates captures `order_pipeline.*` loggers, as deploy/dagster.yaml does."""
+    import logging
+    from pathlib import Path
+
+    import yaml
+
+    from order_pipeline import runner
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+
+    @dg.asset
+    def speaks():
+        logging.getLogger("order_pipeline.pipeline.publish").warning("VACUUM after the rebuild failed: disk full")
+
+    with runner.dagster_instance(config) as instance:
+        result = dg.materialize([speaks], instance=instance)
+        logged = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert any("VACUUM after the rebuild failed: disk full" in m for m in logged)
+    shipped = Path(__file__).resolve().parent.parent / "deploy" / "dagster.yaml"
+    assert yaml.safe_load(shipped.read_text())["python_logs"] == yaml.safe_load(runner.INSTANCE_YAML)["python_logs"]

@@ -18,6 +18,7 @@ from order_pipeline.carrier import sandbox as carrier_sandbox
 from order_pipeline.contract.canonical import SOURCE_ENTITIES
 from order_pipeline.contract.config import load_config
 from order_pipeline.demo.company import DEMO_CUSTOMER, DEMO_KEY, DEMO_KEY_ENV, DemoCompany, build_demo_company
+from order_pipeline.domain import carrier_states
 from order_pipeline.domain.validation import validate
 from order_pipeline.pipeline.loading import read_source
 
@@ -160,7 +161,7 @@ def test_carrier_state_matches_the_newest_event(db):
         "SELECT w.state, (SELECT status FROM car.carrier_events e WHERE e.waybill_no = w.waybill_no "
         "ORDER BY time DESC LIMIT 1) FROM car.carrier_waybills w"
     ).fetchall()
-    assert rows and all(kuaidi100.STATE_LABEL[state] == status for state, status in rows)
+    assert rows and all(carrier_states.STATE_LABEL[state] == status for state, status in rows)
     events, parcels = db.execute("SELECT count(*), count(DISTINCT waybill_no) FROM car.carrier_events").fetchone()
     assert 4.5 <= events / parcels <= 6.5
     with_phone = db.execute(

@@ -11,6 +11,7 @@ from helpers import CUSTOMER, KEY, SALT, answer_payload, md5_upper
 
 from order_pipeline.carrier import protocol as kuaidi100
 from order_pipeline.carrier.protocol import Kuaidi100Error
+from order_pipeline.domain import carrier_states
 
 # --- signing --------------------------------------------------------------------------------
 
@@ -63,21 +64,21 @@ def test_query_form_param_is_compact_json_and_phone_only_when_given():
     ],
 )
 def test_state_category_and_label(state: int, category: str, label: str):
-    assert kuaidi100.category(state) == category
-    assert kuaidi100.label(state) == label
+    assert carrier_states.category(state) == category
+    assert carrier_states.label(state) == label
 
 
 def test_every_basic_state_is_mapped():
-    assert set(kuaidi100.STATE_CATEGORY) == set(range(15)) - {9}
-    assert set(kuaidi100.STATE_CATEGORY) <= set(kuaidi100.STATE_LABEL)
+    assert set(carrier_states.STATE_CATEGORY) == set(range(15)) - {9}
+    assert set(carrier_states.STATE_CATEGORY) <= set(carrier_states.STATE_LABEL)
 
 
 def test_exception_reason():
-    assert kuaidi100.exception_reason(2, "地址不详") == "疑难: 地址不详"
-    assert kuaidi100.exception_reason(14, None) == "拒签"
-    assert kuaidi100.exception_reason(204, "联系不上收件人") == "派件异常: 联系不上收件人"
-    assert kuaidi100.exception_reason(3, "已签收") is None
-    assert kuaidi100.exception_reason(99, "?") is None
+    assert carrier_states.exception_reason(2, "地址不详") == "疑难: 地址不详"
+    assert carrier_states.exception_reason(14, None) == "拒签"
+    assert carrier_states.exception_reason(204, "联系不上收件人") == "派件异常: 联系不上收件人"
+    assert carrier_states.exception_reason(3, "已签收") is None
+    assert carrier_states.exception_reason(99, "?") is None
 
 
 def test_answer_keeps_state_number_and_out_for_delivery():

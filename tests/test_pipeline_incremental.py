@@ -33,8 +33,9 @@ from order_pipeline.contract.schema import (
     raw_tracking_events,
     unified_orders,
 )
+from order_pipeline.domain.times import utc
 from order_pipeline.pipeline.unify import unify
-from order_pipeline.warehouse.engine import Warehouse, utc
+from order_pipeline.warehouse.engine import Warehouse
 
 
 @pytest.fixture
@@ -200,7 +201,7 @@ def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(
         config = config_on_postgres(demo_company, request.getfixturevalue("pg_database")(), monkeypatch)
         engine = Warehouse(warehouse_of(config)).engine
     split = _ship_a_second_parcel(demo_company)
-    run_at(config, monkeypatch)
+    run_at(config)
     if backend == "postgres":  # vacuumed after the rebuild, not left to autovacuum
         with engine.connect() as conn:
             pages, visible = conn.execute(
@@ -221,7 +222,7 @@ def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(
     changed.add(edited)
 
     instance = dg.DagsterInstance.ephemeral()
-    run_at(config, monkeypatch, now=later, instance=instance)
+    run_at(config, now=later, instance=instance)
     assert recomputed(engine, before) == changed
     incremental = published(engine)
     # The stage counts the run kept (moved by the orders it republished) are the snapshot's.
@@ -235,7 +236,7 @@ def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(
     assert per_stage == counted.to_dict()
     assert counted["cancelled"] > tables_before["order_tracking_snapshot"]["stage"].value_counts()["cancelled"]
 
-    run_at(config, monkeypatch, now=later, full=True)
+    run_at(config, now=later, full=True)
     full = published(engine)
     if backend == "postgres":
         engine.dispose()
@@ -288,7 +289,7 @@ def test_a_full_rebuild_in_slices_derives_the_same_orders_and_orphans(backend, w
     if backend == "postgres":
         company = request.getfixturevalue("demo_company")
         config = config_on_postgres(company, request.getfixturevalue("pg_database")(), monkeypatch)
-        run_at(config, monkeypatch)
+        run_at(config)
     else:  # the demo as its first run left it
         company = request.getfixturevalue("materialized_company")
         config = load_config(company / "order_pipeline.yaml")
@@ -299,7 +300,7 @@ def test_a_full_rebuild_in_slices_derives_the_same_orders_and_orphans(backend, w
             "UPDATE 收款单 SET 收款单号 = 'PAY-ORPHAN', 订单编号 = 'ZZ-NO-SUCH-ORDER' WHERE rowid = "
             "(SELECT MAX(rowid) FROM 收款单)"
         )
-    run_at(config, monkeypatch, full=True)
+    run_at(config, full=True)
     whole, whole_rejects = unified(engine), rejects(engine)
     assert "ZZ-NO-SUCH-ORDER" not in set(whole["order_no"])
     assert (whole_rejects["record_key"] == "PAY-ORPHAN").sum() == 1

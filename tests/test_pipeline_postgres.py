@@ -26,7 +26,7 @@ def test_postgres_warehouse_publishes_the_same_snapshot(materialized_demo, demo_
 
     pg_config = config_on_postgres(demo_company, pg_database(), monkeypatch)
     monkeypatch.setattr("order_pipeline.pipeline.unify.SLICE_ORDERS", 700)  # slices split by PostgreSQL's collation
-    run_at(pg_config, monkeypatch)
+    run_at(pg_config)
     pg_engine = Warehouse(warehouse_of(pg_config)).engine
     assert pg_engine.dialect.name == "postgresql"
     pd.testing.assert_frame_equal(snapshot(pg_engine), sqlite_snapshot, check_dtype=False)
@@ -36,7 +36,7 @@ def test_postgres_warehouse_publishes_the_same_snapshot(materialized_demo, demo_
 def test_a_postgres_rebuild_swaps_in_fresh_tables_keeping_grants_and_views(demo_company, pg_database, monkeypatch):
     """A full publish fills new tables and swaps them in; one a view depends on is rebuilt in place."""
     pg_config = config_on_postgres(demo_company, pg_database(), monkeypatch)
-    run_at(pg_config, monkeypatch)
+    run_at(pg_config)
     engine = Warehouse(warehouse_of(pg_config)).engine
     reader = f"tracking_reader_{uuid.uuid4().hex[:8]}"
 
@@ -110,7 +110,7 @@ def test_dagster_instance_storage_on_postgres(materialized_company, pg_database,
     url = pg_database()  # postgresql+psycopg2://…: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3
     monkeypatch.setenv("DAGSTER_PG_URL", url)
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        outcome = run_at(config, monkeypatch, instance=instance)
+        outcome = run_at(config, instance=instance)
         run = instance.get_run_by_id(outcome.run_id)
         assert run is not None and run.is_success
     engine = sa.create_engine(url)

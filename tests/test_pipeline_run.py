@@ -87,7 +87,7 @@ def test_a_run_with_no_source_change_recomputes_nothing(materialized_company, mo
     config = load_config(materialized_company / "order_pipeline.yaml")
     engine = Warehouse(warehouse_of(config)).engine
     before = max_batch(engine)
-    run_at(config, monkeypatch, now=NOW + timedelta(minutes=1))
+    run_at(config, now=NOW + timedelta(minutes=1))
     assert recomputed(engine, before) == set()
 
 
@@ -122,7 +122,7 @@ def test_an_orders_lines_are_rewritten_only_where_they_changed(materialized_comp
             "VALUES (999999, ?, 'SKU-NEW', 2, 9.5)",
             (order,),
         )
-    run_at(config, monkeypatch, now=later)
+    run_at(config, now=later)
 
     after = stored(order)
     assert set(after) == {changed, "SKU-NEW", *kept}

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from helpers import GROUPS, NOW, TZ, H, M, S, ledger_row, make_config, order, outbox, paid_order, publish_rows
 from sqlalchemy import event as sa_event
 
-from order_pipeline.alerts import ledger as alert_ledger
-from order_pipeline.alerts.channels import WeComRobot
+from order_pipeline.alerts import queue as alert_queue_ops
+from order_pipeline.alerts.channels.wecom import WeComRobot
 from order_pipeline.alerts.dispatch import Dispatcher
 from order_pipeline.alerts.evaluation import Alerting
 from order_pipeline.contract.config import Secret, SourceConfig
@@ -24,8 +24,9 @@ from order_pipeline.contract.schema import (
     alert_queue,
     raw_tracking,
 )
-from resources.warehouse import PipelineClock, WarehouseResource
-from sensors import runtime
+from order_pipeline.sources import engines as source_engines
+from resources.alerting import AlertingResource
+from resources.warehouse import PipelineClock, SourceConnection, SourceDatabases, WarehouseResource
 from sensors.alerts import AlertCursor, alert_sensor, run_failure_sensor, run_success_sensor
 from sensors.carrier import carrier_push_sensor, poll_cron
 from sensors.sources import source_change_sensor
@@ -34,7 +35,9 @@ from sensors.sources import source_change_sensor
 @pytest.fixture(autouse=True)
 def fresh_runtime():
     yield
-    runtime.forget()
+    AlertingResource.forget()
+    WarehouseResource.dispose_all()
+    source_engines.dispose_all()
 
 
 @pytest.fixture
@@ -50,7 +53,12 @@ def skip_message(data) -> str:
 
 
 def resources(url: str, now: datetime) -> dict:
-    return {"warehouse": WarehouseResource(url=url), "clock": PipelineClock(now_iso=now.isoformat())}
+    warehouse = WarehouseResource(url=url)
+    return {
+        "warehouse": warehouse,
+        "clock": PipelineClock(now_at=now.isoformat()),
+        "alerting": AlertingResource(warehouse=warehouse),
+    }
 
 
 # --- source-change sensors ----------------------------------------------------------------------------
@@ -81,9 +89,12 @@ def orders_source(path, query: bool = False) -> SourceConfig:
 def test_source_sensor_requests_a_load_only_when_the_watermark_moves(tmp_path, instance, query):
     path = erp(tmp_path)
     sensor = source_change_sensor(orders_source(path, query), followers=["order_lines"])
+    sources = SourceDatabases(sources={"orders": SourceConnection(url=f"sqlite:///{path}")})
 
     def tick(cursor):
-        return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor))
+        return sensor.evaluate_tick(
+            dg.build_sensor_context(instance=instance, cursor=cursor, resources={"sources": sources})
+        )
 
     empty = tick(None)
     assert not empty.run_requests and "no rows yet" in skip_message(empty)
@@ -117,8 +128,10 @@ class Ticks:
         self.sensor, self.instance, self.url, self.cursor = sensor, instance, url, None
 
     def __call__(self, now: datetime):
-        ctx = dg.build_sensor_context(instance=self.instance, cursor=self.cursor, resources=resources(self.url, now))
-        data = self.sensor.evaluate_tick(ctx)
+        with dg.build_sensor_context(
+            instance=self.instance, cursor=self.cursor, resources=resources(self.url, now)
+        ) as ctx:  # the alerting resource holds the warehouse's: a nested resource is opened in a context
+            data = self.sensor.evaluate_tick(ctx)
         self.cursor = data.cursor
         return data
 
@@ -170,7 +183,7 @@ def test_a_crash_between_send_and_record_across_ticks(ticks, engine, monkeypatch
         raise RuntimeError("the code server was killed here")
 
     with monkeypatch.context() as m:
-        m.setattr(alert_ledger, "record_outcome", killed)
+        m.setattr(alert_queue_ops, "record_outcome", killed)
         with pytest.raises(Exception, match="killed"):
             ticks(NOW)
     assert ticks.cursor is None  # the failed tick kept no cursor
@@ -192,7 +205,7 @@ def test_an_idle_tick_reads_one_row_and_neither_evaluates_nor_sends(ticks, engin
     calls, statements = [], []
     monkeypatch.setattr(Alerting, "evaluate", lambda self, now: calls.append(("evaluate", now)))
     monkeypatch.setattr(Dispatcher, "drain", lambda self, now: calls.append(("drain", now)))
-    sensor_engine = runtime.warehouse_engine(ticks.url)  # the engine the ticks share
+    sensor_engine = WarehouseResource(url=ticks.url).engine  # the engine the ticks share
 
     def executed(conn, dbapi_cursor, statement, *args):
         statements.append(statement)
@@ -215,7 +228,7 @@ def test_a_channel_that_times_out_gets_one_attempt_per_tick_and_no_sleep(tmp_pat
     url = str(engine.url)
     alerts = {**GROUPS["alerts"], "groups": {**GROUPS["alerts"]["groups"], "warehouse": {"channels": ["wecom_wh"]}}}
     config = make_config(tmp_path, url, channels={**GROUPS["channels"], "wecom_wh": {"type": "outbox"}}, alerts=alerts)
-    _, dispatcher = runtime.alerting_runtime(config, url)  # the runtime the sensor's ticks use
+    _, dispatcher = AlertingResource(warehouse=WarehouseResource(url=url)).runtime(config)  # what the ticks use
     slept: list[float] = []
     dispatcher.sleep = slept.append
     down, posts = {"on": True}, []
@@ -258,9 +271,10 @@ def test_a_postgresql_source_url_gets_the_installed_driver():
         {"order_no": "FBillNo", "updated_at": "FModifyDate"},
         TZ,
     )
-    engine = runtime.source_engine(sc)  # connects lazily: nothing reaches erp-db here
+    sources = SourceDatabases(sources={"orders": SourceConnection(url=sc.url.resolve() or "")})
+    engine = sources.engine("orders")  # connects lazily: nothing reaches erp-db here
     assert (engine.dialect.name, engine.dialect.driver) == ("postgresql", "psycopg2")
-    assert runtime.source_engine(sc) is engine
+    assert sources.engine("orders") is engine
 
 
 # --- run failures -------------------------------------------------------------------------------------
@@ -287,7 +301,8 @@ def test_a_failed_run_alerts_the_data_team_and_a_success_resolves_it(tmp_path, e
         )
 
     failed = dg.materialize([raw_orders], instance=instance, raise_on_error=False)
-    run_failure_sensor(config)(status_context(failed, dg.DagsterEventType.RUN_FAILURE).for_run_failure())
+    with status_context(failed, dg.DagsterEventType.RUN_FAILURE) as context:
+        run_failure_sensor(config)(context.for_run_failure())
     sent = outbox(engine)
     assert sent["channel"].tolist() == ["data_box"]
     assert "cannot reach the ERP database" in sent["body"].iloc[0]
@@ -296,7 +311,8 @@ def test_a_failed_run_alerts_the_data_team_and_a_success_resolves_it(tmp_path, e
 
     healthy["ok"] = True
     ok = dg.materialize([raw_orders], instance=instance)
-    run_success_sensor(config)(status_context(ok, dg.DagsterEventType.RUN_SUCCESS))
+    with status_context(ok, dg.DagsterEventType.RUN_SUCCESS) as context:
+        run_success_sensor(config)(context)
     assert ledger_row(engine, "run_failure", failed.job_def.name)["resolved_at"] is not None
 
 

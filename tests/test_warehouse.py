@@ -11,14 +11,9 @@ import pytest
 import sqlalchemy as sa
 from helpers import NOW
 
-from order_pipeline.warehouse.engine import (
-    Warehouse,
-    create_engine,
-    insert_frame,
-    next_batch,
-    read_frame,
-    rebuild_changed_indexes,
-)
+from order_pipeline.warehouse.engine import Warehouse, create_engine, rebuild_changed_indexes
+from order_pipeline.warehouse.frames import insert_frame, read_frame
+from order_pipeline.warehouse.state import next_batch
 
 TEXTS = ['a "quoted", comma', "line\nbreak\r\n", "\\N", "back\\slash", "", None, "中文，地址", "  spaced  "]
 

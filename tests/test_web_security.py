@@ -161,7 +161,7 @@ def test_customer_link_uses_base_url_and_ttl(tmp_path, monkeypatch):
     path = write_config(
         tmp_path, f"sqlite:///{tmp_path / 'w.db'}", {"base_url": "https://track.example.com/", "link_ttl": "2d"}
     )
-    settings = WebSettings.from_config(load_config(path, check_sources=False))
+    settings = WebSettings.from_config(load_config(path))
     url = customer_link(settings, "SO 1/2", NOW)
     assert url.startswith("https://track.example.com/order/SO%201%2F2?t=")
     assert url.split("t=")[1].split(".")[0] == str(int((NOW + timedelta(days=2)).timestamp()))

@@ -60,7 +60,7 @@ def test_bad_web_settings_fail_with_entry_and_fix(tmp_path, monkeypatch, web, en
     monkeypatch.delenv("WEB_TEST_UNSET_SECRET", raising=False)
     path = write_config(tmp_path, f"sqlite:///{tmp_path / 'w.db'}", web)
     with pytest.raises(ConfigError) as err:
-        WebSettings.from_config(load_config(path, check_sources=False))
+        WebSettings.from_config(load_config(path))
     assert err.value.entry == entry
     assert words in err.value.problem
     assert err.value.fix
@@ -70,7 +70,7 @@ def test_settings_defaults_and_env_secret(tmp_path, monkeypatch):
     monkeypatch.setenv("ORDER_PIPELINE_LINK_SECRET", "from-the-environment-0123456789")
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"sources": source_sections(tmp_path)}), encoding="utf-8")
-    s = WebSettings.from_config(load_config(path, check_sources=False))
+    s = WebSettings.from_config(load_config(path))
     assert s.base_url == "http://127.0.0.1:8080"
     assert s.link_ttl == timedelta(days=7)
     assert s.link_secret == s.session_secret == b"from-the-environment-0123456789"

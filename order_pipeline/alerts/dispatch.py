@@ -21,8 +21,9 @@ from datetime import datetime, timedelta
 import pandas as pd
 import sqlalchemy as sa
 
-from order_pipeline.alerts import ledger
-from order_pipeline.alerts.channels import AlertMessage, Attempt, Channel, RateBudget, deliver, plan
+from order_pipeline.alerts import queue
+from order_pipeline.alerts.channels.delivery import Attempt, RateBudget, deliver, plan
+from order_pipeline.alerts.channels.message import AlertMessage, Channel
 from order_pipeline.alerts.messages import MessageText
 
 log = logging.getLogger(__name__)
@@ -76,14 +77,15 @@ class Dispatcher:
         started = time.monotonic()
         clock = lambda: now + timedelta(seconds=time.monotonic() - started)  # noqa: E731 - attempts keep their order
         with self.engine.connect() as conn:
-            rows = ledger.ready(conn, now)
-            used = ledger.sends_in_last_minute(conn, now) if len(rows) else {}
-        for name, group in rows.groupby("channel", sort=False):
+            rows = queue.ready(conn, now)
+            used = queue.sends_in_last_minute(conn, now) if len(rows) else {}
+        for key, group in rows.groupby("channel", sort=False):
+            name = str(key)  # the queue's channel column is text
             channel = self.channels.get(name)
             if channel is None:
                 # The config no longer has this channel: the rows wait (and say why) until it is back.
                 attempt = Attempt(False, clock(), f"channel {name!r} is not configured", False)
-                ledger.record_outcome(self.engine, group, name, [attempt], now)
+                queue.record_outcome(self.engine, group, name, [attempt], now)
                 result.sent.append(Sent(name, _targets(group), "-", len(group), False, 1, attempt.error))
                 continue
             self._drain_channel(channel, group, used.get(name, 0), now, clock, result)
@@ -103,7 +105,7 @@ class Dispatcher:
         messages = [_message(r) for r in group.itertuples(index=False)]
         batch = plan(channel, messages, budget)
         planned = {int(k) for m in batch for k in m.keys}
-        won = set(ledger.claim(self.engine, group[group["id"].isin(planned)], now))
+        won = set(queue.claim(self.engine, group[group["id"].isin(planned)], now))
         if won != planned:  # another dispatcher took some: send only ours
             batch = plan(channel, [m for m in messages if int(m.keys[0]) in won], budget)
         result.waiting += len(group) - len(won)
@@ -123,7 +125,7 @@ class Dispatcher:
                 log.exception("channel %s failed unexpectedly", channel.name)
                 attempts = [Attempt(False, clock(), f"{type(e).__name__}: {e}", True)]
             rows = group[group["id"].isin(ids)]
-            ledger.record_outcome(self.engine, rows, channel.name, attempts, now)
+            queue.record_outcome(self.engine, rows, channel.name, attempts, now)
             last = attempts[-1]
             result.sent.append(
                 Sent(channel.name, _targets(rows), piece.title, len(ids), last.ok, len(attempts), last.error)
@@ -140,7 +142,7 @@ class Dispatcher:
                     # The platform is down or throttling: the rest waits for the next round
                     # instead of each message waiting for its own answer (or retries) now.
                     rest = [int(k) for m in batch[n + 1 :] for k in m.keys]
-                    ledger.release(self.engine, rest, now + RETRY_AFTER_OUTAGE)
+                    queue.release(self.engine, rest, now + RETRY_AFTER_OUTAGE)
                     result.waiting += len(rest)
                     break
 
@@ -166,7 +168,8 @@ def _targets(rows: pd.DataFrame) -> str:
 
 def build_channels(settings, engine: sa.Engine) -> dict[str, Channel]:
     """Every configured channel plus the outbox, ready to send (settings: AlertSettings)."""
-    from order_pipeline.alerts.channels import OutboxChannel, build_channel
+    from order_pipeline.alerts.channels.config import build_channel
+    from order_pipeline.alerts.channels.outbox import OutboxChannel
     from order_pipeline.alerts.settings import OUTBOX
 
     built: dict[str, Channel] = {OUTBOX: OutboxChannel(engine, name=OUTBOX)}

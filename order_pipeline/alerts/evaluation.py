@@ -2,9 +2,9 @@
 
 `Alerting.evaluate(now)` is what the alert sensor and `order-pipeline run` call: one SELECT per
 rule over the published snapshot, the freshness of every source, then one transaction that
-updates `order_alerts` and queues the messages that are due (see `alert_ledger` for the order
-of record and send). Sending is the dispatcher's part (`sensors.dispatch`), which holds the
-channels.
+updates `order_alerts` and queues the messages that are due (see `alerts.ledger` for the order
+of record and send), with each new order's tracking link (`notify.links`). Sending is the
+dispatcher's part (`alerts.dispatch`), which holds the channels.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from order_pipeline.alerts import ledger
+from order_pipeline.alerts import ledger, queue
 from order_pipeline.alerts.freshness import SourceAge, source_ages
 from order_pipeline.alerts.messages import (
     MessageText,
@@ -27,12 +27,17 @@ from order_pipeline.alerts.messages import (
     run_failure_message,
     tracking_link_message,
 )
-from order_pipeline.alerts.rules import Rule, aware_utc, fetch_frame, time_param
-from order_pipeline.alerts.rules import evaluate as evaluate_rules
+from order_pipeline.alerts.rules.model import Rule
+from order_pipeline.alerts.rules.sql import evaluate as evaluate_rules
 from order_pipeline.alerts.settings import AlertSettings, load_alert_settings
 from order_pipeline.contract.config import Config
-from order_pipeline.contract.schema import order_tracking_snapshot, pipeline_state, tracking_link_sends
-from order_pipeline.warehouse.engine import insert_frame
+from order_pipeline.contract.schema import pipeline_state, tracking_link_sends
+from order_pipeline.domain.links import customer_link
+from order_pipeline.domain.masking import mask_phone
+from order_pipeline.domain.times import aware_utc
+from order_pipeline.notify.links import LinkSettings, link_settings, orders_without_link
+from order_pipeline.warehouse.frames import insert_frame
+from order_pipeline.warehouse.state import PUBLISHED_BATCH
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +45,14 @@ FRESHNESS_RULE = "source_freshness"
 RUN_FAILURE_RULE = "run_failure"
 TRACKING_LINK = "tracking_link"
 ASSETS_PREFIX = "assets:"
-PUBLISHED_STATE = "published_batch"  # order_pipeline.publish.STATE_KEY
 LINK_HOLD = timedelta(days=1)  # an in-doubt tracking link is sent again after a day at the earliest
 
 _schema_ready: set[str] = set()
+
+
+def _no_message(row: dict, kind: str, at: Any) -> tuple[str, MessageText]:
+    """The render of a sync without breaches, which renders no message."""
+    raise AssertionError("a sync without breaches renders no message")
 
 
 @dataclass
@@ -66,7 +75,7 @@ class Alerting:
     def __init__(self, config: Config, engine: sa.Engine, settings: AlertSettings | None = None):
         self.config, self.engine = config, engine
         self.settings = settings or load_alert_settings(config)
-        self.web = self._web_settings()
+        self.links = self._link_settings()
         key = str(engine.url)
         if key not in _schema_ready:
             ledger.ensure_schema(engine)
@@ -76,13 +85,15 @@ class Alerting:
 
     def rule_spec(self, rule: Rule) -> ledger.AlertSpec:
         s = self.settings
+        cooldown = rule.cooldown
+        assert cooldown is not None  # the settings give every rule the default cool-down
         return ledger.AlertSpec(
             rule.id,
             rule.scope,
             rule.title,
             rule.severity,
             rule.notify,
-            rule.cooldown,
+            cooldown,
             rule.escalate_to or (),
             rule.escalate_after,
             s.max_escalations,
@@ -122,7 +133,7 @@ class Alerting:
     def published_batch(self, conn: sa.Connection | None = None) -> str | None:
         """The batch the published snapshot reflects: it changes whenever a publish ran."""
         q = sa.select(pipeline_state.c.value, pipeline_state.c.updated_at).where(
-            pipeline_state.c.key == PUBLISHED_STATE
+            pipeline_state.c.key == PUBLISHED_BATCH
         )
         if conn is not None:
             row = conn.execute(q).first()
@@ -177,7 +188,7 @@ class Alerting:
     def queue_ready_at(self, now: datetime) -> datetime | None:
         """When a queued message can next go out (now, a retry time or an expiring claim); None: queue empty."""
         with self.engine.connect() as conn:
-            return ledger.next_ready_at(conn, now)
+            return queue.next_ready_at(conn, now)
 
     def _rule_render(self, rule: Rule, now: datetime):
         tz, board = self.config.timezone, self.settings.board_url
@@ -233,7 +244,7 @@ class Alerting:
                 self.run_spec(),
                 empty,
                 aware_utc(now),
-                lambda row, kind, fs: ("", None),
+                _no_message,
                 self.settings.route,
                 self.settings.board_url,
                 scope_keys=covered,
@@ -241,47 +252,38 @@ class Alerting:
 
     # -- customer tracking links ----------------------------------------------------------------
 
-    def _web_settings(self):
+    def _link_settings(self) -> LinkSettings | None:
         if self.settings.tracking_links is None:
             return None
         if not self.settings.web_configured:
             log.info("customer tracking links are not sent: the config has no `web:` section (base_url, link secret)")
             return None
-        from order_pipeline.web.settings import WebSettings
-
-        return WebSettings.from_config(self.config)
+        return link_settings(self.config)
 
     def _queue_links(self, conn: sa.Connection, now: datetime) -> int:
         """Queue one tracking link for each new order that has none yet."""
         tl = self.settings.tracking_links
-        if tl is None or self.web is None:
+        if tl is None or self.links is None:
             return 0
-        from order_pipeline.domain.links import customer_link
-        from order_pipeline.domain.masking import mask_phone
-
-        s, t = order_tracking_snapshot, tracking_link_sends
-        new = fetch_frame(
-            conn,
-            sa.select(s.c.order_no, s.c.customer_phone)
-            .where(s.c.status == "open")
-            .where(s.c.ordered_at >= time_param(now - tl.within))
-            .where(~sa.exists().where(t.c.order_no == s.c.order_no))
-            .order_by(s.c.order_no),
-        )
+        new = orders_without_link(conn, aware_utc(now) - tl.within)
         if new.empty:
             return 0
-        insert_frame(conn, t, pd.DataFrame({"order_no": new["order_no"], "channel": tl.channel, "queued_at": now}))
+        insert_frame(
+            conn,
+            tracking_link_sends,
+            pd.DataFrame({"order_no": new["order_no"], "channel": tl.channel, "queued_at": now}),
+        )
         items = [
             (
                 order_no,
                 tl.channel,
                 tracking_link_message(
-                    order_no, customer_link(self.web, order_no, now), mask_phone(phone), self.web.link_ttl
+                    order_no, customer_link(self.links, order_no, now), mask_phone(phone), self.links.link_ttl
                 ),
             )
-            for order_no, phone in zip(new["order_no"], new["customer_phone"])
+            for order_no, phone in zip(new["order_no"], new["customer_phone"], strict=True)
         ]
-        return ledger.queue_messages(conn, TRACKING_LINK, ledger.LINK, items, now, LINK_HOLD)
+        return queue.queue_messages(conn, TRACKING_LINK, queue.LINK, items, now, LINK_HOLD)
 
     # -- reading ------------------------------------------------------------------------------
 

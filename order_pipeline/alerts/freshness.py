@@ -22,7 +22,8 @@ import sqlalchemy as sa
 from order_pipeline.alerts.settings import CARRIER, SourceSla
 from order_pipeline.carrier.store import due_waybills
 from order_pipeline.contract.schema import pipeline_state, raw_tracking
-from order_pipeline.warehouse.engine import utc
+from order_pipeline.domain.times import utc
+from order_pipeline.warehouse.state import newest_update_key
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class SourceAge:
 
 
 def source_ages(conn: sa.Connection, slas: Sequence[SourceSla], now: datetime) -> list[SourceAge]:
-    keys = [f"watermark:{s.source}" for s in slas if s.source != CARRIER]
+    keys = [newest_update_key(s.source) for s in slas if s.source != CARRIER]
     marks = (
         dict(
             conn.execute(
@@ -53,7 +54,7 @@ def source_ages(conn: sa.Connection, slas: Sequence[SourceSla], now: datetime) -
             newest, waiting = _carrier(conn, now)
             stale = waiting and (newest is None or newest < now - sla.max_age)
         else:
-            value = marks.get(f"watermark:{sla.source}")
+            value = marks.get(newest_update_key(sla.source))
             newest = utc(pd.Timestamp(value).to_pydatetime()) if value else None  # stored as ISO text
             stale = newest is None or newest < now - sla.max_age
         out.append(SourceAge(sla, newest, bool(stale)))

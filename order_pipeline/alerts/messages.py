@@ -8,19 +8,18 @@ burst is folded into a digest and when the message lands in the outbox table.
 from __future__ import annotations
 
 import json
-import math
 import string
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
-from zoneinfo import ZoneInfo
 
 import pandas as pd
 
-from order_pipeline.alerts.rules import Rule
-from order_pipeline.contract.roles import ROLE_LABELS
+from order_pipeline.alerts.rules.model import Rule
+from order_pipeline.contract.roles import role_label
+from order_pipeline.domain.times import as_utc, local_time, waited_text
 
 SEVERITY_LABELS = {"info": "提示", "warning": "警告", "critical": "严重"}
 KIND_LABELS = {"escalate": "升级", "resolve": "已恢复"}
@@ -29,7 +28,7 @@ ORDER_PAGE = "/ops/order/{order_no}"  # the ops board's order page (order_pipeli
 
 @dataclass(frozen=True)
 class MessageText:
-    """What a message says, before a channel shapes it (resources.channels.AlertMessage)."""
+    """What a message says, before a channel shapes it (order_pipeline.alerts.channels.message.AlertMessage)."""
 
     title: str
     body_markdown: str
@@ -65,36 +64,9 @@ def order_link(board_url: str, order_no: str) -> str:
     return board_url.rstrip("/") + ORDER_PAGE.format(order_no=quote(str(order_no), safe=""))
 
 
-def waited_text(delta: timedelta | None) -> str:
-    """2小时15分, 3天4小时, 45分钟: how long, to the minute, in the largest two units."""
-    if delta is None or pd.isna(delta):
-        return "—"
-    minutes = max(0, int(delta.total_seconds() // 60))
-    days, rest = divmod(minutes, 1440)
-    hours, mins = divmod(rest, 60)
-    if days:
-        return f"{days}天{hours}小时" if hours else f"{days}天"
-    if hours:
-        return f"{hours}小时{mins}分" if mins else f"{hours}小时"
-    return f"{mins}分钟" if mins else "不到1分钟"
-
-
-def role_label(role: str | None) -> str:
-    if not role or (isinstance(role, float) and math.isnan(role)):
-        return "—"
-    return ROLE_LABELS.get(role, role)
-
-
-def local_time(value: Any, tz: str) -> str:
-    ts = _timestamp(value)
-    return "—" if ts is None else ts.tz_convert(ZoneInfo(tz)).strftime("%m-%d %H:%M")
-
-
-def _timestamp(value: Any) -> pd.Timestamp | None:
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return None
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts
+def short_time(value: Any, tz: str) -> str:
+    """A time as messages show it, 03-25 14:05 in the business's zone; '—' when there is none."""
+    return local_time(value, tz, "%m-%d %H:%M") or "—"
 
 
 def _plain(value: Any, tz: str) -> Any:
@@ -102,7 +74,7 @@ def _plain(value: Any, tz: str) -> Any:
     if value is None or (not isinstance(value, str | bytes) and pd.isna(value)):
         return "—"
     if isinstance(value, pd.Timestamp | datetime):
-        return local_time(value, tz)
+        return short_time(value, tz)
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, float) and value.is_integer():
@@ -128,7 +100,7 @@ def rule_summary(rule: Rule, row: Mapping[str, Any], now: datetime, tz: str) -> 
     """The one line the ledger keeps for an alert: the rule's message filled in."""
     values = {k: _plain(v, tz) for k, v in row.items()}
     if rule.scope == "order":
-        since = _timestamp(waited_since(rule, row))
+        since = as_utc(waited_since(rule, row))
         values["waited"] = waited_text(None if since is None else pd.Timestamp(now) - since)
         values["owner"] = role_label(row.get("responsible_role"))
     values["title"] = rule.title
@@ -159,7 +131,7 @@ def rule_message(
     title = _title(rule.title, rule.severity, kind, entity)
     md, text = [summary], [summary]
     if rule.scope == "order":
-        since = _timestamp(waited_since(rule, row))
+        since = as_utc(waited_since(rule, row))
         waited = waited_text(None if since is None else pd.Timestamp(now) - since)
         facts = (
             f"阶段：{_plain(row.get('stage_label'), tz)}　已等待：{waited}　"
@@ -167,14 +139,14 @@ def rule_message(
         )
         if rule.risk == "high":
             facts += "　风险：高"
-        link = order_link(board_url, entity)
+        link = order_link(board_url, str(entity))
         md += [f"> {facts}", f"> [在看板查看 {entity}]({link})"]
         text += [facts, f"看板：{link}"]
     else:
         md.append("> 负责人：采购")
         text.append("负责人：采购")
     if kind == "escalate":
-        since = _timestamp(first_seen)
+        since = as_utc(first_seen)
         lead = f"已持续 {waited_text(None if since is None else pd.Timestamp(now) - since)} 未解决，升级处理。"
         md.insert(0, f"**{lead}**")
         text.insert(0, lead)
@@ -184,7 +156,7 @@ def rule_message(
 def resolved_message(
     title: str, entity: str, summary: str, first_seen: Any, now: datetime, order_no: str | None, board_url: str
 ) -> MessageText:
-    since = _timestamp(first_seen)
+    since = as_utc(first_seen)
     lasted = waited_text(None if since is None else pd.Timestamp(now) - since)
     head = f"已恢复（持续 {lasted}）：{summary}"
     md, text = [head], [head]
@@ -205,13 +177,13 @@ def freshness_message(
     kind: str = "notify",
     severity: str = "warning",
 ) -> tuple[str, MessageText]:
-    since = _timestamp(newest)
+    since = as_utc(newest)
     if since is None:
         summary = f"数据源 {source}（{asset_key}）还没有任何数据，要求每 {waited_text(max_age)} 内有更新。"
     else:
         summary = (
             f"数据源 {source}（{asset_key}）已 {waited_text(pd.Timestamp(now) - since)} 没有新数据"
-            f"（最新 {local_time(since, tz)}，要求 {waited_text(max_age)} 内），请检查同步任务。"
+            f"（最新 {short_time(since, tz)}，要求 {waited_text(max_age)} 内），请检查同步任务。"
         )
     title = _title("数据源不新鲜", severity, kind, source)
     return summary, MessageText(title, summary, summary, severity)

@@ -1,6 +1,6 @@
 """Who hears about what: the `alerts:`, `channels:` and `freshness:` sections, checked at load time.
 
-    channels:                          # each built by resources.channels.build_channel
+    channels:                          # each built by alerts.channels.config.build_channel
       wecom_warehouse: {type: wecom, webhook_url_env: WECOM_WAREHOUSE_URL, mentions: ["13800000000"]}
       ops_mail: {type: email, host: smtp.example.com, sender: ops@example.com, recipients: [lead@example.com]}
     alerts:
@@ -35,10 +35,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from order_pipeline.alerts.rules import Rule, parse_rules, with_defaults
+from order_pipeline.alerts.rules.model import Rule, with_defaults
+from order_pipeline.alerts.rules.parser import parse_rules
 from order_pipeline.contract.canonical import SOURCE_ENTITIES
 from order_pipeline.contract.config import Config, SectionParser
 from order_pipeline.contract.roles import ROLE_LABELS
+from order_pipeline.contract.schema import raw_table_name
 
 OUTBOX = "outbox"
 CARRIER = "carrier"
@@ -71,7 +73,7 @@ FRESHNESS_DEFAULTS = {
     "inventory": timedelta(minutes=30),
     CARRIER: timedelta(hours=2),
 }
-FRESHNESS_SOURCES = tuple(n for n, e in SOURCE_ENTITIES.items() if e.watermark) + (CARRIER,)
+FRESHNESS_SOURCES = (*(n for n, e in SOURCE_ENTITIES.items() if e.watermark), CARRIER)
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ class SourceSla:
 
     @property
     def asset_key(self) -> str:
-        return "raw_tracking" if self.source == CARRIER else f"raw_{self.source}"
+        return raw_table_name("tracking" if self.source == CARRIER else self.source)
 
 
 @dataclass(frozen=True)
@@ -160,11 +162,7 @@ class _Parser(SectionParser):
         channel_names = {OUTBOX, *channel_specs}
         a = self.mapping(sections.get("alerts"), "alerts", ALERTS_FIELDS)
         d = AlertSettings(self.path, self.config.timezone, (), {}, {})
-        default_channels = (
-            self.names(a["default_channels"], "alerts.default_channels", channel_names, "channels")
-            if "default_channels" in a
-            else d.default_channels
-        )
+        default_channels = self.listed(a, "default_channels", channel_names, "channels", d.default_channels)
         groups = self.groups(a.get("groups"), channel_names)
         targets = set(BUILTIN_GROUPS) | set(groups) | channel_names
         resolve_note = a.get("resolve_note", d.resolve_note)
@@ -186,31 +184,15 @@ class _Parser(SectionParser):
             groups=groups,
             channel_specs=channel_specs,
             default_channels=default_channels,
-            cooldown=self.duration(a["cooldown"], "alerts.cooldown") if "cooldown" in a else d.cooldown,
-            escalate_after=(
-                self.duration(a["escalate_after"], "alerts.escalate_after")
-                if "escalate_after" in a
-                else d.escalate_after
-            ),
-            escalate_to=(
-                self.names(a["escalate_to"], "alerts.escalate_to", targets, "groups or channels")
-                if "escalate_to" in a
-                else d.escalate_to
-            ),
+            cooldown=self.timed(a, "cooldown", d.cooldown),
+            escalate_after=self.timed(a, "escalate_after", d.escalate_after),
+            escalate_to=self.listed(a, "escalate_to", targets, "groups or channels", d.escalate_to),
             max_escalations=max_esc,
             resolve_note=resolve_note,
-            evaluate_every=(
-                self.duration(a["evaluate_every"], "alerts.evaluate_every")
-                if "evaluate_every" in a
-                else d.evaluate_every
-            ),
+            evaluate_every=self.timed(a, "evaluate_every", d.evaluate_every),
             board_url=board_url,
             freshness=self.freshness(sections.get("freshness"), targets),
-            run_failures_to=(
-                self.names(a["run_failures_to"], "alerts.run_failures_to", targets, "groups or channels")
-                if "run_failures_to" in a
-                else d.run_failures_to
-            ),
+            run_failures_to=self.listed(a, "run_failures_to", targets, "groups or channels", d.run_failures_to),
             tracking_links=self.tracking_links(a.get("tracking_links", ...), channel_names, web is not None),
             web_configured=web is not None,
         )
@@ -226,6 +208,14 @@ class _Parser(SectionParser):
             for r in rules
         )
         return replace(settings, rules=rules)
+
+    def timed(self, a: dict, key: str, default: timedelta) -> timedelta:
+        """The duration `alerts.<key>` sets, else `default`."""
+        return self.duration(a[key], f"alerts.{key}") if key in a else default
+
+    def listed(self, a: dict, key: str, known: set[str], what: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        """The names `alerts.<key>` lists, each one of `known`, else `default`."""
+        return self.names(a[key], f"alerts.{key}", known, what) if key in a else default
 
     def channels(self, value) -> dict[str, Any]:
         """The `channels:` entries by name; each entry is checked where the channels are built."""

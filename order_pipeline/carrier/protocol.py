@@ -1,20 +1,21 @@
 """The Kuaidi100 protocol: signing, the query form, answers, push callbacks.
 
 Pure functions over strings and dicts, no I/O: the HTTP client lives in
-`resources.kuaidi100`, the stand-in service in `order_pipeline.carrier_sandbox`.
+`resources.carrier`, the stand-in service in `order_pipeline.carrier.sandbox`, the meaning of
+each parcel state in `order_pipeline.domain.carrier_states`.
 
 Error answers of POST poll/query.do come as HTTP 200 with
 `{"result": false, "returnCode": ..., "message": ...}`:
 
-| returnCode | message (zh)                          | meaning                                        | retry        |
-|------------|---------------------------------------|------------------------------------------------|--------------|
-| 400        | 找不到对应公司 / 提交的数据不完整       | unknown `com`, bad form, account not enabled   | no: fix it   |
-| 408        | 快递公司参数异常：验证码错误            | `phone` missing or wrong (顺丰, 丰网, ...)      | no: fix it   |
-| 500        | 查询无结果，请隔段时间再查               | the carrier has no record (yet) of the waybill | later        |
-| 501        | 服务器错误                             | intermittent fault at Kuaidi100                 | now, backoff |
-| 502        | 服务器繁忙                             | Kuaidi100 overloaded                            | now, backoff |
-| 503        | 验证签名失败                           | sign is not MD5(param + key + customer)        | no: fix it   |
-| 601        | key已过期                              | no query quota left: the account needs topping | no: fix it   |
+| returnCode | message (zh)                      | meaning                                        | retry        |
+|------------|-----------------------------------|------------------------------------------------|--------------|
+| 400        | 找不到对应公司 / 提交的数据不完整 | unknown `com`, bad form, account not enabled   | no: fix it   |
+| 408        | 快递公司参数异常：验证码错误      | `phone` missing or wrong (顺丰, 丰网, ...)     | no: fix it   |
+| 500        | 查询无结果，请隔段时间再查        | the carrier has no record (yet) of the waybill | later        |
+| 501        | 服务器错误                        | intermittent fault at Kuaidi100                | now, backoff |
+| 502        | 服务器繁忙                        | Kuaidi100 overloaded                           | now, backoff |
+| 503        | 验证签名失败                      | sign is not MD5(param + key + customer)        | no: fix it   |
+| 601        | key已过期                         | no query quota left: the account needs topping | no: fix it   |
 
 "Later" means the next poll: Kuaidi100 asks that one waybill be queried at most
 every 30 minutes, so asking again within seconds only repeats the same answer.
@@ -30,6 +31,8 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from order_pipeline.domain.carrier_states import OUT_FOR_DELIVERY_STATE, base_state, category
+
 DEFAULT_TZ = "Asia/Shanghai"
 
 # Asked with every query: area and status per event, and a finer `state` (see `base_state`).
@@ -41,67 +44,6 @@ PHONE_REQUIRED = frozenset({"shunfeng", "shunfengkuaiyun", "fengwang"})
 
 SERVER_FAULTS = frozenset({"501", "502"})  # worth retrying within the same call
 NOT_YET = frozenset({"500"})  # worth asking again at the next poll
-
-STATE_CATEGORY: dict[int, str] = {
-    0: "in_transit",
-    1: "shipped",  # picked up by the courier
-    2: "exception",
-    3: "signed",
-    4: "exception",
-    5: "in_transit",
-    6: "exception",
-    7: "in_transit",
-    8: "in_transit",
-    10: "in_transit",
-    11: "in_transit",
-    12: "in_transit",
-    13: "in_transit",
-    14: "exception",
-}
-
-STATE_LABEL: dict[int, str] = {
-    0: "在途",
-    1: "揽收",
-    2: "疑难",
-    3: "签收",
-    4: "退签",
-    5: "派件",
-    6: "退回",
-    7: "转投",
-    8: "清关",
-    10: "待清关",
-    11: "清关中",
-    12: "已清关",
-    13: "清关异常",
-    14: "拒签",
-    # With resultv2=4 Kuaidi100 may answer a finer state; `base_state` maps it to one above.
-    101: "已下单",
-    102: "待揽收",
-    103: "已揽收",
-    1001: "到达派件城市",
-    1002: "干线",
-    1003: "转递",
-    201: "超时未签收",
-    202: "超时未更新",
-    203: "拒收",
-    204: "派件异常",
-    205: "柜或驿站超时未取",
-    206: "无法联系",
-    207: "超区",
-    208: "滞留",
-    209: "破损",
-    210: "销单",
-    301: "本人签收",
-    302: "派件异常后签收",
-    303: "代签",
-    304: "投柜或站签收",
-    401: "已销单",
-    501: "投柜或驿站",
-}
-
-OUT_FOR_DELIVERY = frozenset({5})
-
-UNKNOWN_CATEGORY = "in_transit"  # an unknown state never claims delivery or trouble
 
 
 class Kuaidi100Error(Exception):
@@ -140,7 +82,7 @@ class TrackingAnswer:
 
     @property
     def out_for_delivery(self) -> bool:
-        return base_state(self.state) in OUT_FOR_DELIVERY
+        return base_state(self.state) == OUT_FOR_DELIVERY_STATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,30 +104,6 @@ def query_form(com: str, num: str, phone: str | None, customer: str, key: str) -
     fields["resultv2"] = RESULTV2
     param = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
     return {"customer": customer, "param": param, "sign": sign(param, key, customer)}
-
-
-def base_state(state: int) -> int:
-    """The basic state (0-14) behind a finer resultv2 state: 304 -> 3, 1002 -> 0."""
-    if 1000 <= state <= 1099:
-        return 0
-    if 100 <= state <= 999:
-        return state // 100
-    return state
-
-
-def category(state: int) -> str:
-    return STATE_CATEGORY.get(base_state(state), UNKNOWN_CATEGORY)
-
-
-def label(state: int) -> str:
-    return STATE_LABEL.get(state) or STATE_LABEL.get(base_state(state)) or f"状态{state}"
-
-
-def exception_reason(state: int, latest_context: str | None) -> str | None:
-    """Why a parcel is in trouble, e.g. "拒签: 收件人拒收", or None when it is not."""
-    if category(state) != "exception":
-        return None
-    return f"{label(state)}: {latest_context}" if latest_context else label(state)
 
 
 def parse_answer(payload: Any, tz: str = DEFAULT_TZ) -> TrackingAnswer:

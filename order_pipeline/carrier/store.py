@@ -12,9 +12,11 @@ from datetime import datetime, timedelta
 import pandas as pd
 import sqlalchemy as sa
 
-from order_pipeline.carrier.protocol import TrackingAnswer, base_state
+from order_pipeline.carrier.protocol import TrackingAnswer
 from order_pipeline.contract.schema import BATCH, RAW_TABLES, raw_tracking, raw_tracking_events
-from order_pipeline.warehouse.engine import delete_keys, insert_frame, next_batch, read_frame, replace_keys
+from order_pipeline.domain.carrier_states import base_state
+from order_pipeline.warehouse.frames import delete_keys, insert_frame, read_frame, replace_keys
+from order_pipeline.warehouse.state import next_batch
 
 SIGNED = 3
 

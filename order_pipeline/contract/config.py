@@ -23,6 +23,7 @@ from order_pipeline.contract.canonical import SOURCE_ENTITIES
 
 CONFIG_ENV = "ORDER_PIPELINE_CONFIG"
 DEFAULT_CONFIG = "order_pipeline.yaml"
+DEMO_CONFIG = Path("data", "demo", DEFAULT_CONFIG)  # where `make demo` writes its config
 
 
 class ConfigError(ValueError):
@@ -33,6 +34,7 @@ class ConfigError(ValueError):
         super().__init__(f"{file}: {entry}: {problem}. Fix: {fix}")
 
 
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -67,7 +69,10 @@ class SourceConfig:
 
     def selectable(self) -> str:
         """The FROM clause: a table name or the configured SELECT as a subquery."""
-        return f"({self.query}) AS src" if self.query else self.table
+        if self.query:
+            return f"({self.query}) AS src"
+        assert self.table is not None  # a source has exactly one of table and query
+        return self.table
 
 
 @dataclass(frozen=True)
@@ -110,12 +115,26 @@ TOP_LEVEL = {
 }
 
 
+def find_config(explicit: str | Path | None = None) -> tuple[Path, bool]:
+    """The config to use, and whether it is the demo's for want of another.
+
+    An explicit path, else $ORDER_PIPELINE_CONFIG, else ./order_pipeline.yaml; in a project root
+    with none of those but a demo built by `make demo`, the demo's config, so that `dagster dev`
+    and `dagster definitions validate` work there without setting anything.
+    """
+    chosen = explicit or os.environ.get(CONFIG_ENV)
+    if chosen:
+        return Path(chosen).resolve(), False
+    if Path(DEFAULT_CONFIG).exists() or not DEMO_CONFIG.exists():
+        return Path(DEFAULT_CONFIG).resolve(), False
+    return DEMO_CONFIG.resolve(), True
+
+
 def config_path(explicit: str | Path | None = None) -> Path:
-    """The config to use: an explicit path, else $ORDER_PIPELINE_CONFIG, else ./order_pipeline.yaml."""
-    return Path(explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG).resolve()
+    return find_config(explicit)[0]
 
 
-def load_config(path: str | Path | None = None, check_sources: bool = True) -> Config:
+def load_config(path: str | Path | None = None) -> Config:
     path = config_path(path)
     if not path.exists():
         raise ConfigError(
@@ -138,7 +157,7 @@ def load_config(path: str | Path | None = None, check_sources: bool = True) -> C
             "the top level must be a mapping",
             "start the file with keys such as `warehouse:` and `sources:`",
         )
-    return _Parser(path, doc, check_sources).parse()
+    return _Parser(path, doc).parse()
 
 
 class SectionParser:
@@ -173,6 +192,12 @@ class SectionParser:
             )
         return value
 
+    def env_name(self, value, entry: str, example: str) -> str:
+        """The name of an environment variable that holds a secret; its value is not read here."""
+        if not isinstance(value, str) or not ENV_NAME.fullmatch(value):
+            self.fail(entry, f"{value!r} is not an environment variable name", f"write a name such as {example}")
+        return value
+
     def duration(self, value, entry: str) -> timedelta:
         if isinstance(value, timedelta):
             return value
@@ -186,9 +211,9 @@ class SectionParser:
 
 
 class _Parser(SectionParser):
-    def __init__(self, path: Path, doc: dict, check_sources: bool):
+    def __init__(self, path: Path, doc: dict):
         super().__init__(path)
-        self.doc, self.check_sources = doc, check_sources
+        self.doc = doc
         self.base = path.parent
 
     def positive_int(self, value, entry: str) -> int:
@@ -201,17 +226,8 @@ class _Parser(SectionParser):
         if value is not None and env is not None:
             self.fail(f"{entry}.{name}", f"both `{name}` and `{name}_env` are set", "keep one of them")
         if env is not None:
-            if not isinstance(env, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env):
-                self.fail(
-                    f"{entry}.{name}_env",
-                    f"{env!r} is not an environment variable name",
-                    "write a name such as ERP_DATABASE_URL",
-                )
-            if required and env not in os.environ:
-                self.fail(
-                    f"{entry}.{name}_env", f"environment variable {env} is not set", f"export {env}=... before starting"
-                )
-            return Secret(env=env)
+            # Only the name is checked here: the value is read where it is used (and by `check`).
+            return Secret(env=self.env_name(env, f"{entry}.{name}_env", "ERP_DATABASE_URL"))
         if value is None and required:
             self.fail(
                 f"{entry}.{name}", "missing", f"set `{name}:` or `{name}_env:` (the name of an environment variable)"
@@ -226,8 +242,14 @@ class _Parser(SectionParser):
         return str(value)
 
     def db_url(self, secret: Secret, entry: str) -> Secret:
-        """Resolve relative SQLite paths against the config file's folder and check the URL parses."""
-        url = secret.resolve()
+        """Resolve relative SQLite paths against the config file's folder and check the URL parses.
+
+        A URL from the environment is left to `order-pipeline check` and to the run that uses it.
+        """
+        if secret.env is not None:
+            return secret
+        url = secret.value
+        assert url is not None  # a required secret without an environment name has a value
         try:
             parsed = sa.engine.make_url(url)
         except Exception:
@@ -312,47 +334,7 @@ class _Parser(SectionParser):
                     "write the source's column name as text",
                 )
         src_tz = self.timezone(spec.get("timezone", tz), f"{entry}.timezone")
-        sc = SourceConfig(name, url, table and str(table), query and str(query), dict(columns), src_tz)
-        if self.check_sources:
-            self.reachable(sc, entry)
-        return sc
-
-    def reachable(self, sc: SourceConfig, entry: str) -> None:
-        from order_pipeline.warehouse.engine import driver_url
-
-        url = driver_url(sc.url.resolve())
-        parsed = sa.engine.make_url(url)
-        if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
-            if not Path(parsed.database).exists():
-                self.fail(
-                    f"{entry}.url",
-                    f"database file {parsed.database} does not exist",
-                    "correct the path (relative paths are read from the config file's folder)",
-                )
-        engine = sa.create_engine(
-            url, connect_args={"connect_timeout": 5} if parsed.drivername.startswith("postgres") else {}
-        )
-        try:
-            with engine.connect() as conn:
-                cols = conn.execute(sa.text(f"SELECT * FROM {sc.selectable()} WHERE 1 = 0")).keys()
-        except sa.exc.OperationalError as e:
-            self.fail(
-                f"{entry}.url",
-                f"cannot reach the database or read {sc.table or 'the query'} ({_first_line(e)})",
-                "check the URL, that the server is up, and the table name or query",
-            )
-        except sa.exc.SQLAlchemyError as e:
-            self.fail(entry, f"the source cannot be read ({_first_line(e)})", "check the table name or the query")
-        finally:
-            engine.dispose()
-        have = set(cols)
-        for canon, src in sc.columns.items():
-            if src not in have:
-                self.fail(
-                    f"{entry}.columns.{canon}",
-                    f"the source has no column {src!r}",
-                    f"map {canon} to one of: {', '.join(sorted(have))}",
-                )
+        return SourceConfig(name, url, table and str(table), query and str(query), dict(columns), src_tz)
 
     def carrier(self, value) -> CarrierConfig:
         allowed = {
@@ -391,7 +373,3 @@ class _Parser(SectionParser):
             retries=self.positive_int(c.get("retries", d.retries), "carrier.retries"),
             transit_days=self.positive_int(c.get("transit_days", d.transit_days), "carrier.transit_days"),
         )
-
-
-def _first_line(e: Exception) -> str:
-    return str(getattr(e, "orig", e)).strip().splitlines()[0]

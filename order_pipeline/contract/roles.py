@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 ROLE_LABELS = {
     "sales": "销售",
     "finance": "财务",
@@ -15,3 +17,10 @@ ROLE_LABELS = {
     "purchasing": "采购",
     "data": "数据团队",
 }
+
+
+def role_label(role: str | None) -> str:
+    """The role's Chinese label (the code itself for a role without one); '—' when there is none."""
+    if not role or (isinstance(role, float) and math.isnan(role)):
+        return "—"
+    return ROLE_LABELS.get(role, role)

@@ -7,6 +7,8 @@ contract for downstream apps (tracking page, ops board, BI).
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 
 from order_pipeline.contract.canonical import SOURCE_ENTITIES, Entity
@@ -30,12 +32,17 @@ BATCH = "_batch"
 # and the carrier timeline are built by joining them on the waybill, which then walks each
 # in order instead of visiting a random page per parcel: publishing 1M orders' parcels took
 # 2 s instead of 16 s, their carrier events 6 s instead of 18 s.
-WAYBILL_ORDER = {"sqlite_with_rowid": False}
+WAYBILL_ORDER: dict[str, Any] = {"sqlite_with_rowid": False}  # dialect keyword arguments of sa.Table
 
 
 def stored_in_key_order(table: sa.Table) -> bool:
     """SQLite keeps this table's rows in primary-key order: rows inserted in that order append."""
     return table.dialect_options["sqlite"]["with_rowid"] is False
+
+
+def raw_table_name(entity: str) -> str:
+    """Where a source entity (or the carrier's `tracking`) lands: `raw_orders`, `raw_tracking`, ..."""
+    return f"raw_{entity}"
 
 
 def _raw_table(entity: Entity) -> sa.Table:
@@ -46,16 +53,16 @@ def _raw_table(entity: Entity) -> sa.Table:
     cols.append(sa.Column(BATCH, sa.BigInteger, nullable=False, index=True))
     extra = []
     if "order_no" in entity.column_names and entity.key != ("order_no",):
-        extra.append(sa.Index(f"ix_raw_{entity.name}_order_no", "order_no"))
+        extra.append(sa.Index(f"ix_{raw_table_name(entity.name)}_order_no", "order_no"))
     options = WAYBILL_ORDER if entity.key == ("waybill_no",) else {}
-    return sa.Table(f"raw_{entity.name}", metadata, *cols, *extra, **options)
+    return sa.Table(raw_table_name(entity.name), metadata, *cols, *extra, **options)
 
 
 RAW_TABLES: dict[str, sa.Table] = {name: _raw_table(e) for name, e in SOURCE_ENTITIES.items()}
 
 # Carrier state per waybill, as last answered by Kuaidi100 (poll or push).
 raw_tracking = sa.Table(
-    "raw_tracking",
+    raw_table_name("tracking"),
     metadata,
     sa.Column("waybill_no", sa.Text, primary_key=True),
     sa.Column("carrier_code", sa.Text),

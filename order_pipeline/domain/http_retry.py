@@ -9,7 +9,8 @@ import httpx
 
 
 def retry_after(response: httpx.Response, *headers: str) -> float | None:
-    """Seconds the server asked us to wait (Retry-After, or the first of `headers` present), as a number or an HTTP date."""
+    """Seconds the server asked us to wait: Retry-After (or the first of `headers` present),
+    given as a number or as an HTTP date."""
     value = next((response.headers[h] for h in ("Retry-After", *headers) if response.headers.get(h)), None)
     if not value:
         return None

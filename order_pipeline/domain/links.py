@@ -11,19 +11,27 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from datetime import datetime
-from enum import Enum
-from typing import TYPE_CHECKING
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Protocol
 from urllib.parse import quote
-
-if TYPE_CHECKING:
-    from order_pipeline.web.settings import WebSettings
 
 # Domain separation: the same secret may also sign staff sessions.
 _PURPOSE = b"order-link\x00"
 
 
-class TokenCheck(str, Enum):
+class LinkSigning(Protocol):
+    """What signing a customer link needs (the `web:` section's link settings)."""
+
+    @property
+    def link_secret(self) -> bytes: ...
+    @property
+    def base_url(self) -> str: ...
+    @property
+    def link_ttl(self) -> timedelta: ...
+
+
+class TokenCheck(StrEnum):
     VALID = "valid"
     INVALID = "invalid"  # missing, malformed or not signed by us
     EXPIRED = "expired"  # signed by us, but past its expiry
@@ -55,7 +63,7 @@ def verify_token(order_no: str, token: str | None, secret: bytes | str, now: dat
     return TokenCheck.VALID
 
 
-def customer_link(settings: WebSettings, order_no: str, now: datetime) -> str:
+def customer_link(settings: LinkSigning, order_no: str, now: datetime) -> str:
     """The full URL to send a customer, valid for `settings.link_ttl` from `now`."""
     token = make_token(order_no, now + settings.link_ttl, settings.link_secret)
     return f"{settings.base_url.rstrip('/')}/order/{quote(order_no, safe='')}?t={token}"

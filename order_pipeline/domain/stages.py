@@ -14,7 +14,14 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 
-from order_pipeline.carrier.protocol import STATE_CATEGORY, label
+from order_pipeline.domain.carrier_states import (
+    EXCEPTION_STATES,
+    OUT_FOR_DELIVERY_STATE,
+    SIGNED_STATE,
+    TRANSIT_STATES,
+    exception_reason,
+)
+from order_pipeline.domain.times import utc_series
 
 HAPPY_PATH = ("ordered", "paid", "locked", "shipped", "in_transit", "delivered")
 STAGE_LABELS = {
@@ -26,16 +33,6 @@ STAGE_LABELS = {
     "delivered": "签收完成",
     "cancelled": "已取消",
     "exception": "配送异常",
-}
-STAGE_LABELS_EN = {
-    "ordered": "Ordered",
-    "paid": "Paid",
-    "locked": "Stock locked",
-    "shipped": "Shipped",
-    "in_transit": "In transit",
-    "delivered": "Delivered",
-    "cancelled": "Cancelled",
-    "exception": "Delivery problem",
 }
 # Who owns the step that moves an order out of its stage.
 NEXT_OWNER = {
@@ -72,10 +69,6 @@ MISSING_LABELS = {
     "refund": "已付款待退款",
 }
 
-EXCEPTION_STATES = frozenset(s for s, c in STATE_CATEGORY.items() if c == "exception")
-TRANSIT_STATES = frozenset(s for s, c in STATE_CATEGORY.items() if c == "in_transit")
-SIGNED_STATE = 3
-OUT_FOR_DELIVERY_STATE = 5
 AMOUNT_TOLERANCE = 0.005  # money is compared to the cent
 
 
@@ -83,20 +76,20 @@ def _empty(columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
 
 
+# The order's own facts, carried into the unified row as the ERP gave them.
+ORDER_FACTS = (
+    "customer_name",
+    "customer_phone",
+    "ship_address",
+    "amount",
+    "currency",
+    "ordered_at",
+    "promised_date",
+    "status",
+)
 # What derivation reads of each source (and the keys orphan rows are reported by): `unify` selects these.
 INPUT_COLUMNS = {
-    "orders": [
-        "order_no",
-        "customer_name",
-        "customer_phone",
-        "ship_address",
-        "amount",
-        "currency",
-        "ordered_at",
-        "promised_date",
-        "status",
-        "updated_at",
-    ],
+    "orders": ["order_no", *ORDER_FACTS, "updated_at"],
     "lines": ["order_no", "sku", "qty"],
     "payments": ["payment_id", "order_no", "amount", "paid_at", "voucher_no", "status"],
     "reservations": ["reservation_id", "order_no", "sku", "qty", "status", "locked_at"],
@@ -127,7 +120,8 @@ class _PerOrder:
     """
 
     def __init__(self, frame: pd.DataFrame, orders: pd.Index):
-        pos = orders.get_indexer(frame["order_no"])
+        # pandas takes any list-like target; pandas-stubs accept only an Index.
+        pos = orders.get_indexer(frame["order_no"])  # pyright: ignore[reportArgumentType]
         keep = pos >= 0
         self.rows = frame[keep].reset_index(drop=True)
         self.pos = pos[keep]
@@ -168,25 +162,43 @@ class _PerOrder:
 
 
 def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
+    """One row per order: its facts, its stage, what is missing, who owns the next step, since when."""
     o = inp.orders.drop_duplicates("order_no").reset_index(drop=True)
     orders = pd.Index(o["order_no"])
-    out = pd.DataFrame({"order_no": o["order_no"]})
-    for col in (
-        "customer_name",
-        "customer_phone",
-        "ship_address",
-        "amount",
-        "currency",
-        "ordered_at",
-        "promised_date",
-        "status",
-    ):
-        out[col] = o[col] if col in o else None
-    out["phone_tail"] = out["customer_phone"].astype("string").str.replace(r"\D", "", regex=True).str[-4:]
-    out["source_updated_at"] = o["updated_at"] if "updated_at" in o else pd.NaT
+    out = _order_facts(o)
     amount = pd.to_numeric(out["amount"], errors="coerce").fillna(0.0)
+    is_paid = _payment_facts(out, inp, orders, amount)
+    is_locked = _lock_facts(out, inp, orders)
+    parcels = _PerOrder(_parcels(inp), orders)
+    flags = _parcel_facts(out, parcels)
+    _stage(out, parcels, flags, is_paid, is_locked)
+    _missing_and_owner(out, flags, amount, is_paid, is_locked)
+    _waiting_and_eta(out, transit_days)
+    return out
 
-    # Payments: an order is paid when its paid payments cover the amount.
+
+@dataclass(frozen=True)
+class _ParcelFlags:
+    """What an order's parcels say about it, per order."""
+
+    any_exception: np.ndarray
+    any_transit: np.ndarray
+    weight_missing: np.ndarray
+    untracked: np.ndarray
+    in_transit_at: pd.Series  # the first carrier event of any parcel
+
+
+def _order_facts(o: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame({"order_no": o["order_no"]})
+    for col in ORDER_FACTS:
+        out[col] = o.get(col)
+    out["phone_tail"] = out["customer_phone"].astype("string").str.replace(r"\D", "", regex=True).str[-4:]
+    out["source_updated_at"] = o.get("updated_at", pd.NaT)
+    return out
+
+
+def _payment_facts(out: pd.DataFrame, inp: OrderInputs, orders: pd.Index, amount: pd.Series) -> pd.Series:
+    """An order is paid when its paid payments cover the amount."""
     pay = inp.payments
     paid = _PerOrder(pay[pay["status"] == "paid"], orders)
     out["paid_amount"] = paid.sum("amount")
@@ -194,16 +206,21 @@ def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
     is_paid = out["paid_amount"] >= amount - AMOUNT_TOLERANCE
     out["paid_at"] = paid.agg("paid_at", "max").where(is_paid)
     out["voucher_no"] = paid.join("voucher_no")
+    return is_paid
 
-    # Lines and reservations: locked when active reservations cover every line.
+
+def _lock_facts(out: pd.DataFrame, inp: OrderInputs, orders: pd.Index) -> pd.Series:
+    """Locked when active reservations cover every line."""
     lines = _PerOrder(inp.lines, orders)
     out["line_count"] = lines.count()
     out["total_qty"] = lines.sum("qty")
     res = _PerOrder(inp.reservations[inp.reservations["status"] == "locked"], orders)
     is_locked = (out["line_count"] > 0) & ~_short_of_stock(lines, res)
     out["locked_at"] = res.agg("locked_at", "max").where(is_locked)
+    return is_locked
 
-    parcels = _PerOrder(_parcels(inp), orders)
+
+def _parcel_facts(out: pd.DataFrame, parcels: _PerOrder) -> _ParcelFlags:
     p = parcels.rows
     out["parcel_count"] = parcels.count()
     out["parcels_signed"] = parcels.count(p["signed"])
@@ -211,12 +228,7 @@ def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
     out["carrier_codes"] = parcels.join("carrier_code")
     out["total_weight_kg"] = pd.Series(parcels.sum("weight_kg")).where(parcels.any(p["weight_kg"].notna()))
     out["shipped_at"] = parcels.agg("shipped_at", "min")
-    in_transit_at = parcels.agg("first_event_at", "min")
-    any_exception = parcels.any(p["exception"])
-    any_transit = parcels.any(p["moving"])
     out["out_for_delivery"] = parcels.any(p["out_for_delivery"])
-    weight_missing = parcels.any(p["weight_kg"].isna())
-    untracked = parcels.any(~p["tracked"])
 
     # The parcel with the newest carrier event speaks for the order.
     latest = parcels.last_by("last_event_at")
@@ -227,22 +239,33 @@ def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
     exc = p.assign(_pos=parcels.pos)[p["exception"]].drop_duplicates("_pos", keep="last")
     out["exception_reason"] = pd.Series(  # exceptions are few: a Python loop over them is fine
         [
-            f"{label(int(st))}: {ctx if isinstance(ctx, str) else ''}"
-            for st, ctx in zip(exc["state"], exc["last_context"])
+            exception_reason(int(st), ctx if isinstance(ctx, str) else None)
+            for st, ctx in zip(exc["state"], exc["last_context"], strict=True)
         ],
         index=exc["_pos"].to_numpy(),
         dtype=object,
     ).reindex(out.index)
     out["signer"] = parcels.join("signer")
+    return _ParcelFlags(
+        any_exception=parcels.any(p["exception"]),
+        any_transit=parcels.any(p["moving"]),
+        weight_missing=parcels.any(p["weight_kg"].isna()),
+        untracked=parcels.any(~p["tracked"]),
+        in_transit_at=parcels.agg("first_event_at", "min"),
+    )
 
+
+def _stage(
+    out: pd.DataFrame, parcels: _PerOrder, flags: _ParcelFlags, is_paid: pd.Series, is_locked: pd.Series
+) -> None:
     has_parcels = out["parcel_count"] > 0
     all_signed = has_parcels & (out["parcels_signed"] == out["parcel_count"])
     stage = np.select(
         [
             out["status"].eq("cancelled"),
-            any_exception & ~all_signed,
+            flags.any_exception & ~all_signed,
             all_signed,
-            has_parcels & (any_transit | (out["parcels_signed"] > 0)),
+            has_parcels & (flags.any_transit | (out["parcels_signed"] > 0)),
             has_parcels,
             is_locked,
             is_paid,
@@ -253,8 +276,13 @@ def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
     out["stage"] = stage
     out["stage_label"] = out["stage"].map(STAGE_LABELS)
     out["delivered_at"] = parcels.agg("signed_at", "max").where(all_signed)
-    out["in_transit_at"] = in_transit_at.where(out["stage"].isin(["in_transit", "delivered", "exception"]))
+    out["in_transit_at"] = flags.in_transit_at.where(out["stage"].isin(["in_transit", "delivered", "exception"]))
 
+
+def _missing_and_owner(
+    out: pd.DataFrame, flags: _ParcelFlags, amount: pd.Series, is_paid: pd.Series, is_locked: pd.Series
+) -> None:
+    """The facts missing for the stages reached, and who owns the earliest one (else the next step)."""
     rank = out["stage"].map({s: i for i, s in enumerate(HAPPY_PATH)}).fillna(-1)
     rank = rank.where(out["stage"] != "exception", HAPPY_PATH.index("in_transit"))
     reached = {s: rank >= i for i, s in enumerate(HAPPY_PATH)}
@@ -263,8 +291,8 @@ def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
         "payment": reached["paid"] & ~is_paid,
         "voucher_no": reached["paid"] & is_paid & (amount > 0) & out["voucher_no"].isna(),
         "stock_lock": reached["locked"] & ~is_locked,
-        "waybill_weight": reached["shipped"] & weight_missing,
-        "carrier_tracking": reached["shipped"] & untracked,
+        "waybill_weight": reached["shipped"] & flags.weight_missing,
+        "carrier_tracking": reached["shipped"] & flags.untracked,
         "current_location": out["stage"].eq("in_transit") & out["latest_event_area"].isna(),
         "proof_of_delivery": reached["delivered"] & out["signer"].isna(),
         "refund": out["stage"].eq("cancelled") & (out["paid_amount"] > AMOUNT_TOLERANCE),
@@ -276,6 +304,9 @@ def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
     owner = first_missing.fillna(out["stage"].map(NEXT_OWNER))
     out["responsible_role"] = owner.astype(object).where(owner.notna(), None)
 
+
+def _waiting_and_eta(out: pd.DataFrame, transit_days: int) -> None:
+    """Since when the order waits in its stage, and the ETA while a parcel travels."""
     since = {
         "ordered": out["ordered_at"],
         "paid": out["paid_at"],
@@ -288,11 +319,10 @@ def derive_orders(inp: OrderInputs, transit_days: int = 3) -> pd.DataFrame:
     }
     waiting = pd.Series(pd.NaT, index=out.index, dtype="datetime64[us, UTC]")
     for s, ts in since.items():
-        waiting = waiting.mask(out["stage"].eq(s), _utc(ts))
-    out["waiting_since"] = waiting.fillna(_utc(out["ordered_at"]))
-    eta = _utc(out["shipped_at"]) + timedelta(days=transit_days)
+        waiting = waiting.mask(out["stage"].eq(s), utc_series(ts))
+    out["waiting_since"] = waiting.fillna(utc_series(out["ordered_at"]))
+    eta = utc_series(out["shipped_at"]) + timedelta(days=transit_days)
     out["eta"] = eta.where(out["stage"].isin(["shipped", "in_transit", "exception"]))
-    return out
 
 
 def _short_of_stock(lines: _PerOrder, res: _PerOrder) -> np.ndarray:
@@ -313,8 +343,9 @@ def _parcels(inp: OrderInputs) -> pd.DataFrame:
     t = inp.tracking.drop_duplicates("waybill_no").set_index("waybill_no")
     d = inp.deliveries.drop_duplicates("waybill_no").set_index("waybill_no")
     p = inp.shipments[["order_no", "waybill_no", "carrier_code", "weight_kg", "shipped_at"]].reset_index(drop=True)
-    at_t = t.index.get_indexer(p["waybill_no"])  # each waybill number is hashed once per table
-    at_d = d.index.get_indexer(p["waybill_no"])
+    # Each waybill number is hashed once per table (pandas takes any list-like target; pandas-stubs only an Index).
+    at_t = t.index.get_indexer(p["waybill_no"])  # pyright: ignore[reportArgumentType]
+    at_d = d.index.get_indexer(p["waybill_no"])  # pyright: ignore[reportArgumentType]
 
     def take(frame: pd.DataFrame, col: str, at: np.ndarray) -> pd.Series:
         """frame[col] at positions `at`, missing where -1, keeping the column's type even when empty."""
@@ -329,21 +360,14 @@ def _parcels(inp: OrderInputs) -> pd.DataFrame:
     p["exception"] = state.isin(EXCEPTION_STATES) & ~p["signed"]
     p["moving"] = state.isin(TRANSIT_STATES)
     p["out_for_delivery"] = state.eq(OUT_FOR_DELIVERY_STATE)
-    p["first_event_at"] = _utc(take(t, "first_event_at", at_t))
-    p["last_event_at"] = _utc(take(t, "last_event_at", at_t))
+    p["first_event_at"] = utc_series(take(t, "first_event_at", at_t))
+    p["last_event_at"] = utc_series(take(t, "last_event_at", at_t))
     p["last_context"] = take(t, "last_context", at_t)
     p["last_area"] = take(t, "last_area", at_t)
     p["signer"] = take(d, "signer", at_d)
     # A proof of delivery gives the signing time; otherwise the carrier's last event.
-    p["signed_at"] = _utc(take(d, "signed_at", at_d)).fillna(p["last_event_at"].where(p["signed"]))
+    p["signed_at"] = utc_series(take(d, "signed_at", at_d)).fillna(p["last_event_at"].where(p["signed"]))
     return p
-
-
-def _utc(values: pd.Series) -> pd.Series:
-    values = pd.to_datetime(values)
-    if values.dt.tz is None:
-        return values.dt.tz_localize("UTC")
-    return values.dt.tz_convert("UTC")
 
 
 def _join_flags(flags: dict[str, pd.Series], idx: pd.Index) -> pd.Series:

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from order_pipeline.contract.canonical import Entity
+from order_pipeline.contract.canonical import Column, Entity
 
 REJECT_COLUMNS = ["record_key", "reason", "raw_row"]
 
@@ -40,63 +40,87 @@ def _one_timestamp(value, tz: str):
     return ts.tz_localize(tz) if ts.tzinfo is None else ts
 
 
+class _Reasons:
+    """Why each row breaks the contract; a row may collect several reasons, joined by '; '."""
+
+    def __init__(self, index: pd.Index):
+        self.text = pd.Series("", index=index, dtype=object)
+
+    def flag(self, mask: pd.Series, reason: str) -> None:
+        mask = mask.fillna(False).astype(bool)
+        if mask.any():
+            self.text = self.text.where(~mask, self.text + np.where(self.text.eq(""), "", "; ") + reason)
+
+    @property
+    def clean(self) -> pd.Series:
+        return self.text.eq("")
+
+
 def validate(
     entity: Entity, frame: pd.DataFrame, tz: str, source_names: dict[str, str] | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split a mapped source frame (canonical column names) into (good typed rows, rejects)."""
     frame = frame.reset_index(drop=True)
     out = pd.DataFrame(index=frame.index)
-    reasons = pd.Series("", index=frame.index, dtype=object)
-
-    def flag(mask: pd.Series, reason: str) -> None:
-        nonlocal reasons
-        mask = mask.fillna(False).astype(bool)
-        if mask.any():
-            reasons = reasons.where(~mask, reasons + np.where(reasons.eq(""), "", "; ") + reason)
-
+    reasons = _Reasons(frame.index)
     for col in entity.columns:
-        if col.name not in frame.columns:
-            out[col.name] = None
-            continue
-        raw = frame[col.name]
-        typed = pd.api.types.is_numeric_dtype(raw) or pd.api.types.is_datetime64_any_dtype(raw)
-        if col.kind != "str" and typed:  # numbers or times the driver already typed: nothing to strip
-            present = raw.notna()
-        else:
-            text = _stripped(raw)
-            present = text.notna()
-        if col.kind == "str":
-            value = text
-        elif col.kind in ("float", "int"):
-            value = pd.to_numeric(raw.where(present, None), errors="coerce")
-            flag(present & value.isna(), f"{col.name} is not a number")
-            if col.non_negative:
-                flag(value < 0, f"negative {col.name}")
-        else:  # datetime, date
-            value = parse_timestamps(raw.where(present, None), tz)
-            flag(present & value.isna(), f"unparseable {col.name}")
-            if col.kind == "date":
-                value = value.dt.tz_convert(tz).dt.tz_localize(None).dt.normalize()
-        if not col.nullable:
-            flag(~present, f"missing {col.name}")
-        if col.allowed:
-            value = value.str.lower()
-            flag(present & ~value.isin(col.allowed), f"unknown {col.name}")
-        out[col.name] = value
+        out[col.name] = _typed(col, frame[col.name], tz, reasons) if col.name in frame.columns else None
 
     key = list(entity.key)
     # Two versions of a row with different watermarks are an update history: the newest wins.
     # Two different versions at the same watermark contradict each other: neither is trusted.
     version = key + ([entity.watermark] if entity.watermark else [])
-    keyed = reasons.eq("")
+    keyed = reasons.clean
     # Most loads repeat no key: one pass tells, and spares them the conflict search and the dedup.
-    repeated = out[keyed].duplicated(key, keep=False).any()
+    repeated = bool(out[keyed].duplicated(key, keep=False).any())
     if repeated and not entity.summed:
         conflicting = _conflicting_duplicates(out[keyed], version)
-        flag(keyed & out.index.isin(conflicting), f"duplicate {'/'.join(key)} with conflicting values")
+        reasons.flag(keyed & out.index.isin(conflicting), f"duplicate {'/'.join(key)} with conflicting values")
 
-    bad = reasons.ne("")
-    good = out[~bad]
+    bad = ~reasons.clean
+    good = _one_row_per_key(out[~bad], entity, key, repeated)
+    rejects = pd.DataFrame(
+        {
+            "record_key": _record_keys(frame[bad], out[bad], key),
+            "reason": reasons.text[bad],
+            "raw_row": _raw_rows(frame[bad], source_names),
+        },
+        columns=REJECT_COLUMNS,
+    ).reset_index(drop=True)
+    return good, rejects
+
+
+def _typed(col: Column, raw: pd.Series, tz: str, reasons: _Reasons) -> pd.Series:
+    """One source column as its canonical type, flagging the values that break the contract."""
+    typed = pd.api.types.is_numeric_dtype(raw) or pd.api.types.is_datetime64_any_dtype(raw)
+    if col.kind != "str" and typed:  # numbers or times the driver already typed: nothing to strip
+        text, present = None, raw.notna()
+    else:
+        text = _stripped(raw)
+        present = text.notna()
+    if col.kind == "str":
+        assert text is not None  # a text column is always stripped above
+        value = text
+    elif col.kind in ("float", "int"):
+        value = pd.to_numeric(raw.where(present, None), errors="coerce")
+        reasons.flag(present & value.isna(), f"{col.name} is not a number")
+        if col.non_negative:
+            reasons.flag(value < 0, f"negative {col.name}")
+    else:  # datetime, date
+        value = parse_timestamps(raw.where(present, None), tz)
+        reasons.flag(present & value.isna(), f"unparseable {col.name}")
+        if col.kind == "date":
+            value = value.dt.tz_convert(tz).dt.tz_localize(None).dt.normalize()
+    if not col.nullable:
+        reasons.flag(~present, f"missing {col.name}")
+    if col.allowed:
+        value = value.str.lower()
+        reasons.flag(present & ~value.isin(col.allowed), f"unknown {col.name}")
+    return value
+
+
+def _one_row_per_key(good: pd.DataFrame, entity: Entity, key: list[str], repeated: bool) -> pd.DataFrame:
+    """Summed entities add up their repeats (quantities); the others keep the newest version."""
     if entity.summed:
         rest = [c for c in good.columns if c not in key]
         good = good.groupby(key, sort=False, as_index=False, dropna=False).agg(
@@ -106,16 +130,7 @@ def validate(
         if entity.watermark:
             good = good.sort_values(entity.watermark, kind="stable")
         good = good.drop_duplicates(subset=key, keep="last").sort_index()
-    good = good.reset_index(drop=True)
-    rejects = pd.DataFrame(
-        {
-            "record_key": _record_keys(frame[bad], out[bad], key),
-            "reason": reasons[bad],
-            "raw_row": _raw_rows(frame[bad], source_names),
-        },
-        columns=REJECT_COLUMNS,
-    ).reset_index(drop=True)
-    return good, rejects
+    return good.reset_index(drop=True)
 
 
 def _stripped(raw: pd.Series) -> pd.Series:

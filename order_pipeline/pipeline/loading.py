@@ -18,19 +18,10 @@ from order_pipeline.contract.canonical import SOURCE_ENTITIES, Entity
 from order_pipeline.contract.config import SourceConfig
 from order_pipeline.contract.schema import BATCH, RAW_TABLES, stored_in_key_order
 from order_pipeline.domain.validation import parse_timestamps, record_keys, validate
-from order_pipeline.warehouse.engine import (
-    IN_CHUNK,
-    clear_rejects,
-    delete_keys,
-    get_state,
-    insert_frame,
-    next_batch,
-    read_frame,
-    record_rejects,
-    replace_keys,
-    replacing,
-    set_state,
-)
+from order_pipeline.pipeline.rejects import clear_rejects, record_rejects
+from order_pipeline.warehouse.frames import IN_CHUNK, delete_keys, insert_frame, read_frame, read_keyed, replace_keys
+from order_pipeline.warehouse.rebuild import replacing
+from order_pipeline.warehouse.state import get_state, high_water_mark_key, newest_update_key, next_batch, set_state
 
 
 @dataclass(frozen=True)
@@ -85,7 +76,7 @@ def load_source(wh: sa.Engine, src: sa.Engine, sc: SourceConfig, now: datetime, 
     if entity.watermark is None:
         return _load_children(wh, src, sc, entity, now, full)
 
-    hwm_key = f"hwm:{entity.name}"
+    hwm_key = high_water_mark_key(entity.name)
     with wh.connect() as conn:
         since = None if full else get_state(conn, hwm_key)
     full = since is None  # a first load is a full one
@@ -109,7 +100,7 @@ def load_source(wh: sa.Engine, src: sa.Engine, sc: SourceConfig, now: datetime, 
             set_state(conn, hwm_key, mark, now)
         newest = good[entity.watermark].max() if len(good) else None
         if newest is not None:
-            set_state(conn, f"watermark:{entity.name}", newest.isoformat(), now)
+            set_state(conn, newest_update_key(entity.name), newest.isoformat(), now)
     return LoadResult(entity.name, len(frame), len(good), len(rejects), batch, newest)
 
 
@@ -186,13 +177,7 @@ def _touch_orders_left(conn: sa.Connection, table: sa.Table, entity: Entity, goo
         return
     (key,) = entity.key
     keys = good[key].astype(str).tolist()
-    stored = pd.concat(
-        [
-            read_frame(conn, sa.select(table.c[key], table.c.order_no).where(table.c[key].in_(keys[i : i + IN_CHUNK])))
-            for i in range(0, len(keys), IN_CHUNK)
-        ],
-        ignore_index=True,
-    )
+    stored = read_keyed(conn, sa.select(table.c[key], table.c.order_no), table.c[key], keys)
     moved = stored.merge(good[[key, "order_no"]], on=key, suffixes=("", "_now"))
     left = moved.loc[moved["order_no"] != moved["order_no_now"], "order_no"].dropna().unique().tolist()
     orders = RAW_TABLES["orders"]
@@ -210,8 +195,8 @@ def _load_children(
         parent_batch = conn.execute(sa.select(sa.func.max(parent.c[BATCH]))).scalar() or 0
         seen = get_state(conn, state_key)
         full = full or seen is None  # a first load is a full one
-        order_nos = None
-        if not full:
+        order_nos: list[str] | None = None
+        if seen is not None and not full:
             order_nos = [r[0] for r in conn.execute(sa.select(parent.c.order_no).where(parent.c[BATCH] > int(seen)))]
     frame = read_source(src, sc, order_nos=order_nos)
     good, rejects = validate(entity, frame, sc.timezone, sc.columns)
@@ -219,7 +204,7 @@ def _load_children(
     with wh.begin() as conn:
         batch = next_batch(conn, now)
         good[BATCH] = batch
-        if full:
+        if order_nos is None:  # a full load
             _insert_all(conn, table, good, entity)
         else:
             _replace_children(conn, table, entity, good, order_nos)
@@ -238,15 +223,7 @@ def _replace_children(
     """
     key, columns = list(entity.key), entity.column_names
     times = [c.name for c in entity.columns if c.kind in ("datetime", "date")]
-    parts = [
-        read_frame(
-            conn,
-            sa.select(*(table.c[c] for c in columns)).where(table.c.order_no.in_(order_nos[i : i + IN_CHUNK])),
-            times,
-        )
-        for i in range(0, len(order_nos), IN_CHUNK)
-    ]
-    stored = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+    stored = read_keyed(conn, sa.select(*(table.c[c] for c in columns)), table.c.order_no, order_nos, times)
     unchanged = _same_rows(good[columns], stored, key) if len(stored) else np.zeros(len(good), dtype=bool)
     gone = stored[key].merge(good[key].drop_duplicates(), on=key, how="left", indicator=True)
     delete_keys(conn, table, gone.loc[gone["_merge"] == "left_only", key].astype(str), key)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
 
 from order_pipeline.contract.schema import (
     BATCH,
@@ -40,23 +41,17 @@ from order_pipeline.contract.schema import (
     unified_orders,
 )
 from order_pipeline.domain.stages import SIGNED_STATE
-from order_pipeline.warehouse.engine import (
-    get_state,
-    prefer_index_lookups,
-    replacing,
-    set_state,
-    temporary_orders,
-    upsert_select,
-)
+from order_pipeline.warehouse.engine import prefer_index_lookups, temporary_orders
+from order_pipeline.warehouse.frames import upsert_select
+from order_pipeline.warehouse.rebuild import replacing
+from order_pipeline.warehouse.state import PUBLISHED_BATCH, PUBLISHED_STAGE_COUNTS, get_state, set_state
 
 log = logging.getLogger(__name__)
 
-STATE_KEY = "published_batch"
 # Orders per stage, kept up to date by each publish for its metadata and the ops board's funnel:
 # counting the whole snapshot took 0.5-1.0 s on PostgreSQL at 1M orders once incremental runs had
 # left its pages not all-visible (an index-only scan then visits the table too). An incremental
 # run counts only the orders it republishes, through the primary key.
-STAGE_COUNTS_KEY = "published_stage_counts"
 STAGE_TIMES = (
     ("ordered", "ordered_at"),
     ("paid", "paid_at"),
@@ -79,9 +74,10 @@ class PublishResult:
 
 def publish(engine: sa.Engine, now: datetime, full: bool = False) -> PublishResult:
     with engine.begin() as conn:
-        since = 0 if full else int(get_state(conn, STATE_KEY, "0"))
+        since = 0 if full else int(get_state(conn, PUBLISHED_BATCH, "0"))
         upto = conn.execute(sa.select(sa.func.max(unified_orders.c[BATCH]))).scalar() or 0
         full = full or since == 0
+        counted = None  # the stage counts the last publish stored, read by an incremental run
         leaving = None  # an incremental run's republished orders, counted per stage before it
         if full:
             with replacing(conn, order_tracking_snapshot, order_tracking_parcels, order_tracking_events) as target:
@@ -96,7 +92,7 @@ def publish(engine: sa.Engine, now: datetime, full: bool = False) -> PublishResu
             # Both before the snapshot and the parcels change: they compare with what those published.
             written = _update_stage_rows(conn, since)
             carrier = temporary_orders(conn, "tmp_carrier_orders", _parcels_changed(since))
-            counted = get_state(conn, STAGE_COUNTS_KEY)
+            counted = get_state(conn, PUBLISHED_STAGE_COUNTS)
             leaving = _count_stages(conn, touched) if counted is not None else None
             orders = upsert_select(
                 conn,
@@ -106,17 +102,17 @@ def publish(engine: sa.Engine, now: datetime, full: bool = False) -> PublishResu
             )
             _update_parcels(conn, touched)
             written += _update_carrier_rows(conn, sa.select(carrier.c.order_no))
-            carrier_orders = conn.execute(sa.select(sa.func.count()).select_from(carrier)).scalar()
+            carrier_orders = conn.execute(sa.select(sa.func.count()).select_from(carrier)).scalar_one()
             carrier.drop(conn)
-        if leaving is None:
+        if counted is None or leaving is None:
             counts = _count_stages(conn)
         else:  # the published counts, moved by the orders this run republished
             counts = Counter(json.loads(counted))
             counts.subtract(leaving)
             counts.update(_count_stages(conn, touched))
         counts = {stage: n for stage, n in sorted(counts.items()) if n > 0}
-        set_state(conn, STATE_KEY, str(upto), now)
-        set_state(conn, STAGE_COUNTS_KEY, json.dumps(counts), now)
+        set_state(conn, PUBLISHED_BATCH, str(upto), now)
+        set_state(conn, PUBLISHED_STAGE_COUNTS, json.dumps(counts), now)
     if full and engine.dialect.name == "postgresql":
         _vacuum(engine, order_tracking_snapshot, order_tracking_parcels, order_tracking_events)
     return PublishResult(orders, written, carrier_orders, full, counts)
@@ -124,7 +120,7 @@ def publish(engine: sa.Engine, now: datetime, full: bool = False) -> PublishResu
 
 def published_stage_counts(conn: sa.Connection) -> dict[str, int]:
     """Orders per stage in the snapshot, as the last publish left them (stored with it, in one transaction)."""
-    counted = get_state(conn, STAGE_COUNTS_KEY)
+    counted = get_state(conn, PUBLISHED_STAGE_COUNTS)
     return json.loads(counted) if counted is not None else dict(_count_stages(conn))
 
 
@@ -146,11 +142,11 @@ def _vacuum(engine: sa.Engine, *tables: sa.Table) -> None:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             for table in tables:
                 conn.exec_driver_sql(f"VACUUM {table.name}")
-    except sa.exc.DBAPIError as e:
+    except DBAPIError as e:
         log.warning("VACUUM after the rebuild failed: %s", e)
 
 
-def _insert(conn: sa.Connection, table: sa.Table, query: sa.Select) -> int:
+def _insert(conn: sa.Connection, table: sa.Table, query: sa.Select | sa.CompoundSelect) -> int:
     names = [c.name for c in query.selected_columns]
     return conn.execute(table.insert().from_select(names, query)).rowcount
 
@@ -166,7 +162,10 @@ def _update_stage_rows(conn: sa.Connection, since: int) -> int:
     """
     u, p, e = unified_orders, order_tracking_snapshot, order_tracking_events
     stages = sa.union_all(*(sa.select(sa.literal(stage).label("stage")) for stage, _ in _stage_times(u))).subquery()
-    at = lambda table: sa.case(*((stages.c.stage == stage, time) for stage, time in _stage_times(table)))
+
+    def at(table: sa.Table) -> sa.Case:
+        return sa.case(*((stages.c.stage == stage, time) for stage, time in _stage_times(table)))
+
     moves = sa.Table(
         "tmp_stage_moves",
         sa.MetaData(),
@@ -206,7 +205,7 @@ def _update_stage_rows(conn: sa.Connection, since: int) -> int:
     return removed + added
 
 
-def _parcels_changed(since: int) -> sa.Select:
+def _parcels_changed(since: int) -> sa.CompoundSelect:
     """Orders whose carrier rows may differ from the published ones.
 
     An order's carrier rows change when one of its parcels is shipped, moves to another
@@ -320,7 +319,7 @@ def _stage_row(order_no: sa.ColumnElement, at: sa.ColumnElement, stage: str | sa
     )
 
 
-def _stage_rows(u: sa.Table) -> sa.Select:
+def _stage_rows(u: sa.Table) -> sa.CompoundSelect:
     """Every stage row of the timeline."""
     return sa.union_all(*(_stage_row(u.c.order_no, at, stage).where(at.is_not(None)) for stage, at in _stage_times(u)))
 

@@ -21,6 +21,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import pairwise
+from typing import cast
 
 import pandas as pd
 import sqlalchemy as sa
@@ -29,25 +31,19 @@ from order_pipeline.contract.canonical import ORDER_KEYED, SOURCE_ENTITIES
 from order_pipeline.contract.schema import BATCH, RAW_TABLES, pipeline_rejects, raw_tracking, unified_orders
 from order_pipeline.domain.stages import INPUT_COLUMNS, OrderInputs, derive_orders
 from order_pipeline.domain.validation import record_keys
-from order_pipeline.warehouse.engine import (
+from order_pipeline.pipeline.rejects import open_rejects, record_rejects
+from order_pipeline.warehouse.engine import create_engine, prefer_index_lookups, temporary_orders
+from order_pipeline.warehouse.frames import (
     PreparedRows,
-    create_engine,
-    current_batch,
     delete_keys,
-    get_state,
     insert_prepared,
-    open_rejects,
-    prefer_index_lookups,
     prepare_rows,
     read_frame,
-    record_rejects,
     replace_keys,
-    replacing,
-    set_state,
-    temporary_orders,
 )
+from order_pipeline.warehouse.rebuild import replacing
+from order_pipeline.warehouse.state import UNIFIED_BATCH, current_batch, get_state, set_state
 
-STATE_KEY = "unified_batch"
 # Orders derived at a time by a full rebuild. Smaller slices shorten the start, before the first
 # slice is ready, and the end, when only the writer works: 29 s instead of 32 s at 1M orders
 # with 25,000 rather than 100,000. Memory: a slice's raw rows in each worker, and up to
@@ -75,12 +71,15 @@ class UnifyResult:
     orphans: int
 
 
-def touched_orders(since: int) -> sa.Select:
+def touched_orders(since: int) -> sa.CompoundSelect:
     """order_no of every order with a raw row newer than batch `since`."""
     shipments = RAW_TABLES["shipments"]
-    by_waybill = lambda t: (
-        sa.select(shipments.c.order_no).join(t, t.c.waybill_no == shipments.c.waybill_no).where(t.c[BATCH] > since)
-    )
+
+    def by_waybill(t: sa.Table) -> sa.Select:
+        return (
+            sa.select(shipments.c.order_no).join(t, t.c.waybill_no == shipments.c.waybill_no).where(t.c[BATCH] > since)
+        )
+
     parts = [sa.select(RAW_TABLES[e].c.order_no).where(RAW_TABLES[e].c[BATCH] > since) for e in ORDER_KEYED]
     parts += [by_waybill(raw_tracking), by_waybill(RAW_TABLES["deliveries"])]
     return sa.union(*parts)
@@ -105,7 +104,7 @@ def order_slices(conn: sa.Connection, size: int) -> list[Bounds]:
         .all()
     )
     bounds = [None, *starts, None]
-    return list(zip(bounds, bounds[1:]))
+    return list(pairwise(bounds))
 
 
 def between(bounds: Bounds) -> Scope:
@@ -148,7 +147,7 @@ def unify(
 ) -> UnifyResult:
     with engine.begin() as conn:
         batch = current_batch(conn)
-        since = 0 if full else int(get_state(conn, STATE_KEY, "0"))
+        since = 0 if full else int(get_state(conn, UNIFIED_BATCH, "0"))
         full = full or since == 0
         open_keys = open_rejects(conn, list(ORPHAN_REASON))
         if full:
@@ -169,7 +168,8 @@ def unify(
                 orphans += _apply_orphan_changes(conn, part.changes, now)
                 if first is None:
                     first = part.preview
-        set_state(conn, STATE_KEY, str(batch), now)
+        set_state(conn, UNIFIED_BATCH, str(batch), now)
+    assert first is not None  # every run derives at least one part, an empty one when nothing was touched
     return UnifyResult(touched, first, full, orphans)
 
 
@@ -191,7 +191,8 @@ def _derived_touched(
     inside each of the seven reads (10,000 orders at 1M: the reads took 0.5-0.65 s instead of 0.75).
     """
     prefer_index_lookups(conn)
-    touched = temporary_orders(conn, "tmp_touched_orders", touched_orders(since))
+    # temporary_orders inserts from any SELECT, a UNION too; its annotation takes sa.Select only.
+    touched = temporary_orders(conn, "tmp_touched_orders", cast(sa.Select, touched_orders(since)))
     inputs = load_inputs(conn, lambda col: col.in_(sa.select(touched.c.order_no)))
     touched.drop(conn)
     rows = _derive(inputs, transit_days)

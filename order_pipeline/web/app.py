@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from order_pipeline.contract.config import Config
+from order_pipeline.contract.config import Config, ConfigError
 from order_pipeline.web import hooks
 from order_pipeline.web.context import WebContext, web_context
 from order_pipeline.web.customer import page as customer
@@ -33,6 +33,20 @@ from order_pipeline.web.settings import WebSettings
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 2_000_000  # a Kuaidi100 push with a long history is well below this
+
+
+def warehouse_url(config: Config) -> str:
+    """The warehouse URL; an unset `warehouse.url_env` variable stops the app here, named."""
+    url = config.warehouse_url.resolve()
+    if url is None:
+        env = config.warehouse_url.env
+        raise ConfigError(
+            config.path,
+            "warehouse.url_env",
+            f"environment variable {env} is not set",
+            f"export {env}=... before starting",
+        )
+    return url
 
 
 def utc_now() -> datetime:
@@ -89,14 +103,16 @@ def create_app(
     web = WebContext(
         config=config,
         settings=settings,
-        engine=engine if engine is not None else make_engine(config.warehouse_url.resolve()),
+        engine=engine if engine is not None else make_engine(warehouse_url(config)),
         clock=clock or utc_now,
         pages=Pages(),
         push_salt=config.carrier.push_salt.resolve(),
     )
     app = Starlette(
         routes=ROUTES,
-        exception_handlers={HTTPException: http_error, Exception: server_error},
+        # Starlette calls each handler with the class it is registered for, but types every handler as
+        # taking a plain Exception (Kludex/starlette#2403), so the HTTPException handler does not match.
+        exception_handlers={HTTPException: http_error, Exception: server_error},  # pyright: ignore[reportArgumentType]
         max_body_size=MAX_BODY_BYTES,
         lifespan=lifespan,
     )

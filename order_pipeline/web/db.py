@@ -1,6 +1,6 @@
 """The warehouse connection of the web app: a small pool, Core only.
 
-Built on the pipeline's own engine settings (`order_pipeline.warehouse`): the
+Built on the pipeline's own engine settings (`order_pipeline.warehouse.engine`): the
 psycopg2 driver for a bare `postgresql://` URL, sessions in UTC on PostgreSQL,
 WAL on SQLite. Pages read in a read-only transaction of their own and leave
 their audit row to the access-log writer (`audit.AccessLog`), so a long publish
@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from order_pipeline.warehouse import engine as warehouse
@@ -31,7 +32,7 @@ def make_engine(url: str, *, busy_timeout: float = SQLITE_BUSY_TIMEOUT) -> Engin
     if sa.engine.make_url(url).get_backend_name() == "sqlite":
         engine = warehouse.create_engine(url)  # WAL, synchronous=NORMAL
 
-        @sa.event.listens_for(engine, "connect")
+        @event.listens_for(engine, "connect")
         def _busy_timeout(dbapi_conn, _):  # runs after the warehouse's own pragmas
             cur = dbapi_conn.cursor()
             cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")

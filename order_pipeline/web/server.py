@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = load_config(args.config, check_sources=False)
+        config = load_config(args.config)
         WebSettings.from_config(config)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

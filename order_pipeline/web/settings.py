@@ -18,20 +18,15 @@ file (relative to the config file) that holds them.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
-from order_pipeline.contract.config import Config, SectionParser, parse_duration
+from order_pipeline.contract.config import Config, parse_duration
 from order_pipeline.domain.passwords import parse_password_hash
+from order_pipeline.notify.links import DEFAULT_BASE_URL, WebSectionParser
 from order_pipeline.web.security.ratelimit import Rate
-
-DEFAULT_LINK_SECRET_ENV = "ORDER_PIPELINE_LINK_SECRET"
-MIN_SECRET_LEN = 16
-_GENERATE = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 FIELDS = {
     "base_url",
@@ -49,7 +44,6 @@ FIELDS = {
 RATE_FIELDS = {"per_ip", "per_order", "login"}
 STAFF_FIELDS = {"username", "password_hash"}
 _USERNAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -69,7 +63,7 @@ class StaffUser:
 class WebSettings:
     link_secret: bytes = field(repr=False)
     session_secret: bytes = field(repr=False)
-    base_url: str = "http://127.0.0.1:8080"
+    base_url: str = DEFAULT_BASE_URL
     link_ttl: timedelta = timedelta(days=7)
     session_ttl: timedelta = timedelta(hours=12)
     rate_limits: RateLimits = RateLimits()
@@ -104,14 +98,7 @@ def parse_rate(text: Any) -> Rate | None:
     return Rate(int(m.group(1)), period)
 
 
-class _Parser(SectionParser):
-    prefix = "web"
-
-    def __init__(self, config: Config):
-        super().__init__(config.path)
-        self.config = config
-        self.base = config.path.parent
-
+class _Parser(WebSectionParser):
     def mapping(self, value, entry: str, allowed: set[str]) -> dict:
         for key in ("link_secret", "session_secret"):
             if isinstance(value, dict) and key in value:
@@ -121,45 +108,6 @@ class _Parser(SectionParser):
                     f"remove it and set `{key}_env:` (an environment variable) or `{key}_file:` instead",
                 )
         return super().mapping(value, entry, allowed)
-
-    def secret(self, web: dict, name: str, fallback_env: str | None) -> bytes | None:
-        env, file = web.get(f"{name}_env"), web.get(f"{name}_file")
-        if env is not None and file is not None:
-            self.fail(f"{name}_env", f"both `{name}_env` and `{name}_file` are set", "keep one of them")
-        if file is not None:
-            path = Path(str(file))
-            path = path if path.is_absolute() else self.base / path
-            if not path.is_file():
-                self.fail(
-                    f"{name}_file",
-                    f"file {path} does not exist",
-                    f"create it, e.g. `{_GENERATE} > {path}`, or correct the path (read from the config file's folder)",
-                )
-            value, entry, where = path.read_text(encoding="utf-8").strip(), f"{name}_file", f"the file {path}"
-        else:
-            env = env if env is not None else fallback_env
-            if env is None:
-                return None
-            if not isinstance(env, str) or not _ENV_NAME.fullmatch(env):
-                self.fail(
-                    f"{name}_env",
-                    f"{env!r} is not an environment variable name",
-                    "write a name such as ORDER_LINK_SECRET",
-                )
-            if not os.environ.get(env):
-                self.fail(
-                    f"{name}_env",
-                    f"environment variable {env} is not set",
-                    f"export {env}=$({_GENERATE}) before starting, or set web.{name}_file",
-                )
-            value, entry, where = os.environ[env].strip(), f"{name}_env", f"${env}"
-        if len(value) < MIN_SECRET_LEN:
-            self.fail(
-                entry,
-                f"the secret in {where} is shorter than {MIN_SECRET_LEN} characters",
-                f"generate one with {_GENERATE}",
-            )
-        return value.encode("utf-8")
 
     def rate(self, value, entry: str, default: Rate | None) -> Rate | None:
         if value is ...:
@@ -198,7 +146,7 @@ class _Parser(SectionParser):
                 self.fail(f"{entry}.username", f"{name!r} is not a user name", "use 1-64 letters, digits or . _ @ -")
             if any(u.username == name for u in users):
                 self.fail(f"{entry}.username", f"{name!r} is listed twice", "keep one entry per person")
-            stored = item.get("password_hash")
+            stored = str(item.get("password_hash") or "")
             try:
                 parse_password_hash(stored)
             except ValueError as e:
@@ -212,20 +160,17 @@ class _Parser(SectionParser):
 
     def parse(self) -> WebSettings:
         web = self.mapping(self.config.sections.get("web"), "", FIELDS)
-        base_url = str(web.get("base_url", WebSettings.base_url))
-        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", base_url):
-            self.fail("base_url", f"{base_url!r} is not an http(s) URL", "write e.g. https://track.example.com")
-        link_secret = self.secret(web, "link_secret", DEFAULT_LINK_SECRET_ENV)
-        session_secret = self.secret(web, "session_secret", None) or link_secret
+        link = self.link_settings(web)
+        session_secret = self.secret(web, "session_secret", None) or link.link_secret
         proxies = web.get("trusted_proxies", WebSettings.trusted_proxies)
         if isinstance(proxies, list):
             proxies = ",".join(str(p) for p in proxies)
         contact = web.get("support_contact")
         return WebSettings(
-            link_secret=link_secret,
+            link_secret=link.link_secret,
             session_secret=session_secret,
-            base_url=base_url.rstrip("/"),
-            link_ttl=self.duration(web.get("link_ttl", "7d"), "link_ttl"),
+            base_url=link.base_url,
+            link_ttl=link.link_ttl,
             session_ttl=self.duration(web.get("session_ttl", "12h"), "session_ttl"),
             rate_limits=self.rate_limits(web.get("rate_limits")),
             staff=self.staff(web.get("staff")),

@@ -22,7 +22,7 @@ from order_pipeline.web.customer.view import customer_view
 from order_pipeline.web.db import reading
 from order_pipeline.web.ops import queries
 from order_pipeline.web.rendering.i18n import pick_lang
-from order_pipeline.web.security.audit import client_ip, ip_hash, logged_order_no, user_agent
+from order_pipeline.web.security.audit import client_ip, request_access
 from order_pipeline.web.security.ratelimit import client_key
 
 ORDER_NO = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
@@ -49,13 +49,13 @@ class _Visit:
         self.lang = pick_lang(request.query_params.get("lang"))
 
     def access(self, outcome: str) -> queries.Access:
-        return queries.Access(
+        return request_access(
+            self.request,
+            self.web.settings.link_secret,
             self.now,
-            logged_order_no(self.order_no),
-            "customer",
-            outcome,
-            ip_hash(self.ip, self.web.settings.link_secret),
-            user_agent(self.request),
+            order_no=self.order_no,
+            actor="customer",
+            outcome=outcome,
         )
 
     def record(self, outcome: str) -> None:

@@ -5,24 +5,22 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from order_pipeline.domain.masking import mask_address, mask_carrier_text, mask_name, mask_phone
+from order_pipeline.domain.times import local_date, local_time
 from order_pipeline.web.rendering.i18n import STAGE_LABELS, STAGES, TEXT, carrier_name
-from order_pipeline.web.rendering.timefmt import as_utc, local_date, local_time
-
-STAGE_TIME_COLUMNS = {s: f"{s}_at" for s in STAGES}
+from order_pipeline.web.rendering.progress import STAGE_TIME_COLUMNS, newest_first, reached_index, stage_reached
 
 _TZ_NAMES = {"Asia/Shanghai": ("北京", "Beijing")}
 
 
 def timeline(order: Mapping, lang: str, tz: str) -> list[dict]:
     """The six stages with their time and state: done, current or todo."""
-    stage = order["stage"]
-    reached = STAGES.index(stage) if stage in STAGES else -1
+    reached = reached_index(order["stage"])
     steps = []
     for i, code in enumerate(STAGES):
         at = order.get(STAGE_TIME_COLUMNS[code])
         if i == reached and code != "delivered":
             state = "current"
-        elif i <= reached or at is not None:
+        elif stage_reached(order, code):
             state = "done"
         else:
             state = "todo"
@@ -82,9 +80,8 @@ def parcel_rows(parcels: Sequence[Mapping], lang: str, tz: str) -> list[dict]:
     ]
 
 
-def event_rows(events: Sequence[Mapping], carriers: Mapping[str, str], lang: str, tz: str) -> list[dict]:
+def event_rows(events: Sequence[Mapping], carriers: Mapping[str, str | None], lang: str, tz: str) -> list[dict]:
     """Carrier events newest first, phone numbers and signer names masked."""
-    ordered = sorted(events, key=lambda e: as_utc(e["event_at"]), reverse=True)
     return [
         {
             "time": local_time(e["event_at"], tz),
@@ -93,7 +90,7 @@ def event_rows(events: Sequence[Mapping], carriers: Mapping[str, str], lang: str
             "waybill_no": e.get("waybill_no") or "",
             "carrier": carrier_name(carriers.get(e.get("waybill_no") or ""), lang),
         }
-        for e in ordered
+        for e in newest_first(events)
     ]
 
 

@@ -15,7 +15,7 @@ from starlette.responses import RedirectResponse, Response
 from order_pipeline.domain.passwords import dummy_hash, verify_password
 from order_pipeline.web.context import WebContext, web_context
 from order_pipeline.web.ops import queries
-from order_pipeline.web.security.audit import client_ip, ip_hash, logged_actor, logged_order_no, user_agent
+from order_pipeline.web.security.audit import client_ip, logged_actor, request_access
 from order_pipeline.web.security.forms import FormError, read_form
 from order_pipeline.web.security.ratelimit import client_key
 from order_pipeline.web.security.sessions import (
@@ -80,13 +80,8 @@ async def checked_form(request: Request, session: Session) -> dict[str, str] | N
 def staff_access(
     web: WebContext, request: Request, session: Session, order_no: str | None, outcome: str
 ) -> queries.Access:
-    return queries.Access(
-        web.clock(),
-        logged_order_no(order_no),
-        session.username,
-        outcome,
-        ip_hash(client_ip(request), web.settings.link_secret),
-        user_agent(request),
+    return request_access(
+        request, web.settings.link_secret, web.clock(), order_no=order_no, actor=session.username, outcome=outcome
     )
 
 
@@ -124,13 +119,8 @@ async def login_form(request: Request) -> Response:
 
 def _audit_login(web: WebContext, request: Request, username: str | None, outcome: str) -> None:
     """A login or logout in the access log: who it was (or claimed to be), never what password it tried."""
-    access = queries.Access(
-        web.clock(),
-        None,
-        logged_actor(username),
-        outcome,
-        ip_hash(client_ip(request), web.settings.link_secret),
-        user_agent(request),
+    access = request_access(
+        request, web.settings.link_secret, web.clock(), order_no=None, actor=logged_actor(username), outcome=outcome
     )
     web.access_log.add(access)
 

@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
+from order_pipeline.domain.times import local_time
 from order_pipeline.web.context import WebContext, web_context
 from order_pipeline.web.db import reading
 from order_pipeline.web.ops import queries
@@ -25,9 +26,8 @@ from order_pipeline.web.ops.view import (
     stage_bars,
     stage_label,
 )
-from order_pipeline.web.rendering.i18n import OFF_PATH, STAGES
+from order_pipeline.web.rendering.i18n import ALL_STAGES
 from order_pipeline.web.rendering.pages import SECURITY_HEADERS
-from order_pipeline.web.rendering.timefmt import local_time
 from order_pipeline.web.security.sessions import Session
 
 OVERVIEW_TTL_SECONDS = 30  # counting a million snapshot rows is not done on every refresh
@@ -60,7 +60,7 @@ def _filters(request: Request) -> tuple[str | None, str | None]:
     """The stage and role filters; unknown values are ignored rather than passed to SQL."""
     stage = request.query_params.get("stage") or None
     role = request.query_params.get("role") or None
-    if stage not in (*STAGES, *OFF_PATH):
+    if stage not in ALL_STAGES:
         stage = None
     if role is not None and not _ROLE.fullmatch(role):
         role = None
@@ -117,7 +117,7 @@ async def order_list(request: Request, session: Session) -> Response:
         role=role or "",
         stage_label=stage_label(stage) if stage else "全部阶段",
         role_label=role_label(role) if role else "全部负责人",
-        stages=[{"code": s, "label": stage_label(s)} for s in (*STAGES, *OFF_PATH)],
+        stages=[{"code": s, "label": stage_label(s)} for s in ALL_STAGES],
         export_url="/ops/orders.csv" + (f"?{query}" if query else ""),
     )
     return web.pages.html("ops_list.html", context)

@@ -7,7 +7,7 @@ import io
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import date, datetime
 
-from order_pipeline.web.rendering.timefmt import iso_local
+from order_pipeline.domain.times import iso_local
 
 BOM = "\ufeff"  # so that spreadsheet programs read the UTF-8 (Chinese) text correctly
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from order_pipeline.domain.links import customer_link
+from order_pipeline.domain.times import local_time
 from order_pipeline.web.context import WebContext, web_context
 from order_pipeline.web.customer.page import valid_order_no
 from order_pipeline.web.db import reading
@@ -16,7 +17,6 @@ from order_pipeline.web.ops import queries
 from order_pipeline.web.ops.auth import checked_form, staff_access, staff_only
 from order_pipeline.web.ops.page import ops_context
 from order_pipeline.web.ops.view import alert_rows, event_rows, list_rows, order_summary, parcel_rows, stage_blocks
-from order_pipeline.web.rendering.timefmt import local_time
 from order_pipeline.web.security.sessions import Session
 
 MAX_TERM = 64

@@ -24,6 +24,7 @@ from order_pipeline.contract.schema import (
     tracking_access_log,
 )
 from order_pipeline.pipeline.publish import published_stage_counts
+from order_pipeline.warehouse.state import NEWEST_UPDATE_PREFIX
 
 snap = order_tracking_snapshot
 parcels_t = order_tracking_parcels
@@ -285,7 +286,7 @@ def oldest_waiting(conn: Connection, stages: Sequence[str], per_stage: int) -> l
 def watermarks(conn: Connection) -> list[dict]:
     q = (
         sa.select(pipeline_state.c.key, pipeline_state.c.value, pipeline_state.c.updated_at)
-        .where(pipeline_state.c.key.startswith("watermark:"))
+        .where(pipeline_state.c.key.startswith(NEWEST_UPDATE_PREFIX))
         .order_by(pipeline_state.c.key)
     )
     return _rows(conn.execute(q))

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from order_pipeline.carrier import protocol as kuaidi100
-from order_pipeline.contract.roles import ROLE_LABELS
+from order_pipeline.contract import roles
+from order_pipeline.domain import carrier_states
 from order_pipeline.domain.stages import MISSING_FACTS, MISSING_LABELS
-from order_pipeline.web.rendering.i18n import OFF_PATH, STAGE_LABELS, STAGES, carrier_name
-from order_pipeline.web.rendering.timefmt import age, age_text, as_utc, local_time
+from order_pipeline.domain.times import age, as_utc, local_time, waited_text
+from order_pipeline.warehouse.state import NEWEST_UPDATE_PREFIX
+from order_pipeline.web.rendering.i18n import ALL_STAGES, OFF_PATH, STAGE_LABELS, STAGES, carrier_name
+from order_pipeline.web.rendering.progress import newest_first, sort_instant, stage_reached
 
 OPEN_STAGES = ("ordered", "paid", "locked", "shipped", "in_transit", "exception")
 
@@ -56,13 +58,27 @@ STAGE_FACTS: dict[str, list[tuple[str, str, str, bool]]] = {
 
 
 def role_label(role: str | None) -> str:
-    if not role:
-        return "未指定"
-    return f"{ROLE_LABELS[role]} ({role})" if role in ROLE_LABELS else role
+    """The board names a role with its code too, which is what the config's groups are written in."""
+    return f"{roles.role_label(role)} ({role})" if role in roles.ROLE_LABELS else roles.role_label(role)
 
 
 def stage_label(stage: str | None) -> str:
     return STAGE_LABELS["zh"].get(stage or "", stage or "")
+
+
+def yes_no(value) -> str:
+    return "是" if value else "否"
+
+
+def carrier_state_text(state) -> str:
+    """A Kuaidi100 state as its number and its name, e.g. '3 签收'."""
+    return f"{state} {carrier_states.label(int(state))}"
+
+
+def waiting_for(row: Mapping, now: datetime) -> str:
+    """How long the order has waited for its next step, or a dash when it waits for nothing."""
+    since = row.get("waiting_since")
+    return waited_text(age(since, now)) if since else "—"
 
 
 def fact_value(order: Mapping, column: str, kind: str, tz: str) -> str:
@@ -76,11 +92,11 @@ def fact_value(order: Mapping, column: str, kind: str, tz: str) -> str:
     if kind == "money":
         return f"{value:,.2f} {order.get('currency') or ''}".strip()
     if kind == "bool":
-        return "是" if value else "否"
+        return yes_no(value)
     if kind == "carriers":
         return ", ".join(f"{carrier_name(c.strip(), 'zh')} ({c.strip()})" for c in str(value).split(",") if c.strip())
     if kind == "carrier_state":
-        return f"{value} {kuaidi100.label(int(value))}"
+        return carrier_state_text(value)
     if kind == "of_parcels":
         return f"{value} / {order.get('parcel_count') or 0}"
     return str(value)
@@ -88,11 +104,10 @@ def fact_value(order: Mapping, column: str, kind: str, tz: str) -> str:
 
 def stage_blocks(order: Mapping, tz: str) -> list[dict]:
     """Every stage with its facts; a fact of a reached stage that is empty is flagged as missing."""
-    reached = STAGES.index(order["stage"]) if order["stage"] in STAGES else -1
     missing = missing_codes(order.get("missing_info"))
     blocks = []
-    for i, code in enumerate(STAGES):
-        done = i <= reached or order.get(f"{code}_at") is not None
+    for code in STAGES:
+        done = stage_reached(order, code)
         facts = []
         for label, column, kind, key_fact in STAGE_FACTS[code]:
             value = fact_value(order, column, kind, tz)
@@ -103,7 +118,7 @@ def stage_blocks(order: Mapping, tz: str) -> list[dict]:
         blocks.append(
             {
                 "code": code,
-                "label": STAGE_LABELS["zh"][code],
+                "label": stage_label(code),
                 "facts": facts,
                 "css": "current" if current else ("done" if done else ""),
                 "missing": [missing_text(m) for m in missing if MISSING_FACTS.get(m, ("",))[0] == code],
@@ -135,7 +150,7 @@ def order_summary(order: Mapping, now: datetime, tz: str) -> dict:
         "address": order.get("ship_address") or "",
         "role": role_label(order.get("responsible_role")),
         "waiting_since": local_time(order.get("waiting_since"), tz),
-        "waiting_for": age_text(age(order.get("waiting_since"), now)) if order.get("waiting_since") else "—",
+        "waiting_for": waiting_for(order, now),
         "exception_reason": order.get("exception_reason") or "",
         "published_at": local_time(order.get("published_at"), tz),
         "source_updated_at": local_time(order.get("source_updated_at"), tz),
@@ -150,10 +165,8 @@ def parcel_rows(parcels: Sequence[Mapping], tz: str) -> list[dict]:
             "carrier": carrier_name(p.get("carrier_code"), "zh"),
             "weight": "" if p.get("weight_kg") is None else f"{p['weight_kg']:g}",
             "shipped_at": local_time(p.get("shipped_at"), tz),
-            "state": ""
-            if p.get("carrier_state") is None
-            else f"{p['carrier_state']} {kuaidi100.label(int(p['carrier_state']))}",
-            "signed": "是" if p.get("is_signed") else "否",
+            "state": "" if p.get("carrier_state") is None else carrier_state_text(p["carrier_state"]),
+            "signed": yes_no(p.get("is_signed")),
             "signer": p.get("signer") or "",
             "signed_at": local_time(p.get("signed_at"), tz),
             "latest": p.get("latest_event_context") or "",
@@ -164,7 +177,6 @@ def parcel_rows(parcels: Sequence[Mapping], tz: str) -> list[dict]:
 
 
 def event_rows(events: Sequence[Mapping], tz: str) -> list[dict]:
-    ordered = sorted(events, key=lambda e: as_utc(e["event_at"]), reverse=True)
     return [
         {
             "time": local_time(e["event_at"], tz),
@@ -172,7 +184,7 @@ def event_rows(events: Sequence[Mapping], tz: str) -> list[dict]:
             "area": e.get("area") or "",
             "context": e.get("context") or "",
         }
-        for e in ordered
+        for e in newest_first(events)
     ]
 
 
@@ -202,7 +214,7 @@ def list_rows(rows: Sequence[Mapping], now: datetime, tz: str) -> list[dict]:
             "name": r.get("customer_name") or "",
             "phone": r.get("customer_phone") or "",
             "ordered_at": local_time(r.get("ordered_at"), tz),
-            "waiting_for": age_text(age(r.get("waiting_since"), now)) if r.get("waiting_since") else "—",
+            "waiting_for": waiting_for(r, now),
             "role": role_label(r.get("responsible_role")),
             "waybills": r.get("waybill_nos") or "",
         }
@@ -212,7 +224,7 @@ def list_rows(rows: Sequence[Mapping], now: datetime, tz: str) -> list[dict]:
 
 def stage_bars(counts: Mapping[str, int]) -> list[dict]:
     """One bar per stage, widths relative to the largest stage (a CSS bar chart)."""
-    codes = [*STAGES, *OFF_PATH, *sorted(set(counts) - set(STAGES) - set(OFF_PATH))]
+    codes = [*ALL_STAGES, *sorted(set(counts) - set(ALL_STAGES))]
     top = max(counts.values(), default=0) or 1
     return [
         {
@@ -232,7 +244,7 @@ def oldest_by_role(rows: Sequence[Mapping], now: datetime, tz: str, per_role: in
         groups.setdefault(r.get("responsible_role") or "", []).append(r)
     out = []
     for role in sorted(groups):
-        oldest = sorted(groups[role], key=lambda r: as_utc(r["waiting_since"]))[:per_role]
+        oldest = sorted(groups[role], key=lambda r: sort_instant(r["waiting_since"]))[:per_role]
         out.append(
             {
                 "role": role_label(role),
@@ -242,7 +254,7 @@ def oldest_by_role(rows: Sequence[Mapping], now: datetime, tz: str, per_role: in
                         "order_no": r["order_no"],
                         "stage_label": stage_label(r["stage"]),
                         "waiting_since": local_time(r["waiting_since"], tz),
-                        "waiting_for": age_text(age(r["waiting_since"], now)),
+                        "waiting_for": waiting_for(r, now),
                         "missing": "、".join(missing_list(r)),
                     }
                     for r in oldest
@@ -258,9 +270,9 @@ def freshness_rows(rows: Sequence[Mapping], now: datetime, tz: str) -> list[dict
         mark = as_utc(r["value"])
         out.append(
             {
-                "source": r["key"].removeprefix("watermark:"),
+                "source": r["key"].removeprefix(NEWEST_UPDATE_PREFIX),
                 "watermark": local_time(mark, tz) or r["value"],
-                "age": age_text(now - mark) if mark else "—",
+                "age": waited_text(now - mark) if mark else "—",
                 "hours": (now - mark).total_seconds() / 3600 if mark else None,
                 "checked": local_time(r.get("updated_at"), tz),
             }

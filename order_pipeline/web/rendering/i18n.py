@@ -9,6 +9,7 @@ LANGS = ("zh", "en")
 
 STAGES = HAPPY_PATH
 OFF_PATH = ("cancelled", "exception")
+ALL_STAGES = (*STAGES, *OFF_PATH)
 
 STAGE_LABELS = {
     "zh": dict(PIPELINE_STAGE_LABELS),
@@ -102,13 +103,19 @@ TEXT = {
         "exception_banner": "There is a problem with the delivery",
         "next.ordered": "We are waiting for your payment to be confirmed. Then the warehouse reserves your items.",
         "next.paid": "Your payment is confirmed. The warehouse is reserving your items.",
-        "next.locked": "Your items are reserved and being packed. The waybill number appears here once the parcel leaves.",
+        "next.locked": (
+            "Your items are reserved and being packed. The waybill number appears here once the parcel leaves."
+        ),
         "next.shipped": "Your parcel is packed and waiting to be picked up by the carrier.",
         "next.in_transit": "Your parcel is on its way and will be delivered once it reaches your city.",
         "next.in_transit.out": "A courier is delivering your parcel now. Please keep your phone at hand.",
         "next.delivered": "Your parcel has been delivered. If anything is wrong, please contact customer service.",
-        "next.cancelled": "The order is cancelled and will not be shipped. Contact customer service with any questions.",
-        "next.exception": "Customer service is looking into it and will contact you soon; you do not need to do anything.",
+        "next.cancelled": (
+            "The order is cancelled and will not be shipped. Contact customer service with any questions."
+        ),
+        "next.exception": (
+            "Customer service is looking into it and will contact you soon; you do not need to do anything."
+        ),
         "contact": "Customer service: {contact}",
         "colon": ": ",
     },

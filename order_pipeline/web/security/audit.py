@@ -7,6 +7,7 @@ import hmac
 import logging
 import queue
 import threading
+from datetime import datetime
 
 from sqlalchemy.engine import Engine
 from starlette.requests import Request
@@ -49,6 +50,15 @@ def logged_actor(username: str | None) -> str:
     """The actor of a row about someone not (yet) logged in: the name they typed, or "anonymous"."""
     name = (username or "").strip()[:MAX_ACTOR]
     return name or ANONYMOUS
+
+
+def request_access(
+    request: Request, secret: bytes, at: datetime, *, order_no: str | None, actor: str, outcome: str
+) -> queries.Access:
+    """The access-log row of one request, its address hashed under `secret`."""
+    return queries.Access(
+        at, logged_order_no(order_no), actor, outcome, ip_hash(client_ip(request), secret), user_agent(request)
+    )
 
 
 class AccessLog:

@@ -41,8 +41,9 @@ def parse_multipart(content_type: str, body: bytes) -> dict[str, str]:
     for part in list(message.iter_parts())[:MAX_FIELDS]:
         name = part.get_param("name", header="content-disposition")
         if name and part.get_filename() is None:
-            payload = part.get_payload(decode=True) or b""
-            form.setdefault(str(name), payload.decode(part.get_content_charset() or "utf-8", "replace"))
+            payload = part.get_payload(decode=True)  # bytes for a leaf part, None for a nested multipart
+            charset = part.get_content_charset() or "utf-8"
+            form.setdefault(str(name), payload.decode(charset, "replace") if isinstance(payload, bytes) else "")
     return form
 
 

@@ -68,16 +68,17 @@ class RateLimiter:
 
     def hit(self, key: str, now: float) -> int:
         """0 when the request may go on, else the Retry-After in seconds."""
-        if self.rate is None:
+        rate = self.rate
+        if rate is None:
             return 0
-        bucket, wait = take(self.buckets.get(key), now, self.rate)
+        bucket, wait = take(self.buckets.get(key), now, rate)
         self.buckets[key] = bucket
         if len(self.buckets) > self.max_keys:
-            self._forget_full(now)
+            self._forget_full(now, rate)
         return wait
 
-    def _forget_full(self, now: float) -> None:
-        self.buckets = {k: b for k, b in self.buckets.items() if not is_full(b, now, self.rate)}
+    def _forget_full(self, now: float, rate: Rate) -> None:
+        self.buckets = {k: b for k, b in self.buckets.items() if not is_full(b, now, rate)}
         if len(self.buckets) > self.max_keys:  # still too many: keep the most recent half
             recent = sorted(self.buckets.items(), key=lambda kv: kv[1].at)[len(self.buckets) // 2 :]
             self.buckets = dict(recent)

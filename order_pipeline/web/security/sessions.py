@@ -58,7 +58,8 @@ def sign_session(session: Session, secret: bytes) -> str:
 
 def read_session(cookie: str | None, secret: bytes, now: datetime) -> Session | None:
     """The session in a cookie, or None when it is missing, forged, malformed or expired."""
-    payload, dot, sig = (cookie or "").partition(".")
+    cookie = cookie or ""
+    payload, dot, sig = cookie.partition(".")
     if not dot or len(cookie) > 4096:
         return None
     if not hmac.compare_digest(_mac(secret, _SESSION, payload).encode(), sig.encode("ascii", "replace")):

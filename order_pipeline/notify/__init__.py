@@ -1,0 +1,1 @@
+"""Messages to customers: today the tracking link each new order gets."""

@@ -1,0 +1,110 @@
+"""Loading the code location touches no outside system; `order-pipeline check` reports each one."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+
+import dagster as dg
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from order_pipeline import definitions
+from order_pipeline.cli import main
+from order_pipeline.contract.config import CONFIG_ENV, load_config
+from order_pipeline.definitions import build_definitions
+
+
+def write(config_path, doc) -> None:
+    config_path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+
+
+def report(output: str) -> dict[str, str]:
+    """`order-pipeline check` output by part: 'source orders' -> 'FAIL <reason>'."""
+    parts = {}
+    for line in output.splitlines():
+        m = re.match(r"^  (ok|FAIL)\s+(.{28}) (.*)$", line)
+        if m:
+            parts[m.group(2).strip()] = f"{m.group(1)} {m.group(3)}"
+    return parts
+
+
+def unreachable_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def broken(demo_company, monkeypatch):
+    """The demo with an ERP server that is down, a payments URL in an unset variable and a WMS table renamed."""
+    path = demo_company / "order_pipeline.yaml"
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    doc["sources"]["orders"]["url"] = f"postgresql+psycopg2://erp@127.0.0.1:{unreachable_port()}/erp"
+    doc["sources"]["payments"].pop("url")
+    doc["sources"]["payments"]["url_env"] = "FINANCE_DATABASE_URL"
+    doc["sources"]["shipments"]["table"] = "no_such_table"
+    doc.setdefault("channels", {})["wecom_warehouse"] = {"type": "wecom", "webhook_url_env": "WECOM_WAREHOUSE_URL"}
+    write(path, doc)
+    monkeypatch.delenv("FINANCE_DATABASE_URL", raising=False)
+    monkeypatch.delenv("WECOM_WAREHOUSE_URL", raising=False)
+    return path
+
+
+def test_definitions_load_while_sources_are_down_and_secrets_unset(broken, monkeypatch):
+    monkeypatch.setenv(CONFIG_ENV, str(broken))
+    defs = definitions.defs()
+    dg.Definitions.validate_loadable(defs)
+    assert {"orders_source_changed", "alert_dispatch"} <= {s.name for s in defs.get_repository_def().sensor_defs}
+
+
+def test_check_reports_each_part_and_fails_when_one_is_unreachable(broken):
+    result = CliRunner().invoke(main, ["check", "--config", str(broken)])
+    assert result.exit_code == 1, result.output
+    lines = report(result.output)
+    assert lines["source orders"].startswith("FAIL") and "cannot reach the database" in lines["source orders"]
+    assert "FINANCE_DATABASE_URL is not set" in lines["source payments"]
+    assert "no_such_table" in lines["source shipments"] and "sources.shipments" in lines["source shipments"]
+    assert lines["source inventory"].startswith("ok") and "columns readable" in lines["source inventory"]
+    assert lines["warehouse"].startswith("ok")
+    assert lines["carrier"].startswith("ok") and "stand-in" in lines["carrier"]
+    assert lines["channel wecom_warehouse"].startswith("FAIL")
+    assert "WECOM_WAREHOUSE_URL is not set" in lines["channel wecom_warehouse"]
+    assert "4 part(s) cannot be reached" in result.output
+
+
+def test_check_passes_on_the_demo(demo_company):
+    result = CliRunner().invoke(main, ["check", "--config", str(demo_company / "order_pipeline.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "FAIL" not in result.output and result.output.count("  ok  ") >= 8
+
+
+def test_a_failing_source_fails_only_its_own_asset_with_the_config_error(broken):
+    from order_pipeline.runner import run_pipeline
+
+    config = load_config(broken)
+    with dg.instance_for_test() as instance:
+        outcome = run_pipeline(config, instance, full_refresh=True)
+    assert not outcome.success
+    failed = {f.split(":")[0] for f in outcome.failures}
+    assert {"raw_orders", "raw_payments", "raw_shipments"} <= failed
+    assert "raw_inventory" not in failed and "raw_reservations" not in failed
+    shipments = next(f for f in outcome.failures if f.startswith("raw_shipments"))
+    assert "sources.shipments" in shipments and "Fix:" in shipments
+
+
+def test_without_any_config_the_project_root_loads_the_demo(demo_company, tmp_path, monkeypatch, caplog):
+    root = tmp_path / "root"
+    shutil.copytree(demo_company, root / "data" / "demo")
+    config = root / "data" / "demo" / "order_pipeline.yaml"
+    config.write_text(config.read_text(encoding="utf-8").replace(str(demo_company), str(root / "data" / "demo")))
+    monkeypatch.chdir(root)
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    with caplog.at_level("INFO"):
+        defs = definitions.defs()
+    dg.Definitions.validate_loadable(defs)
+    assert "no config given: loading the demo's" in caplog.text and str(config) in caplog.text
+    assert build_definitions(load_config()).get_repository_def().has_job("order_pipeline")
