@@ -1,7 +1,8 @@
 """Plain helpers the test modules share (fixtures are in conftest.py).
 
-The pinned clock; published snapshot rows and alerting set-ups; a source config; copies of the demo
-company and the pipeline run on it; the web app's test world; Kuaidi100 payloads.
+The pinned clock; published snapshot rows and alerting set-ups; an alert message and transports for
+the channels; a source config; copies of the demo company and the pipeline run on it; the web app's
+test world; Kuaidi100 payloads.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import httpx
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -27,6 +29,7 @@ import yaml
 from starlette.applications import Starlette
 from starlette.exceptions import StarletteDeprecationWarning
 
+from order_pipeline.alerts.channels.message import AlertMessage
 from order_pipeline.alerts.dispatch import Dispatcher, build_channels
 from order_pipeline.alerts.evaluation import Alerting
 from order_pipeline.contract.canonical import SOURCE_ENTITIES
@@ -186,6 +189,39 @@ def ledger_row(engine: sa.Engine, rule_id: str = "paid_not_locked", key: str = "
             .mappings()
             .one()
         )
+
+
+# --- alert channels ----------------------------------------------------------------------------------
+
+MSG = AlertMessage(
+    title="支付超 2 小时未锁库",
+    body_markdown="订单 **SO-1001** 已支付 2.5 小时，库存未锁定",
+    body_text="订单 SO-1001 已支付 2.5 小时，库存未锁定",
+    severity="critical",
+    link="https://ops.example.com/order/SO-1001",
+    keys=("paid_not_locked:SO-1001",),
+)
+
+
+def mock(*answers: httpx.Response | Exception) -> tuple[httpx.MockTransport, list[httpx.Request]]:
+    """A transport answering in turn with `answers` (the last one repeats), recording requests."""
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        answer = answers[min(len(seen), len(answers)) - 1]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    return httpx.MockTransport(handle), seen
+
+
+class Sleeps(list):
+    """A sleep that only records how long it was asked to wait."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
 
 
 # --- sources -----------------------------------------------------------------------------------------
