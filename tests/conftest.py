@@ -13,7 +13,6 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 from helpers import (
-    DEMO_KEY_VALUE,
     NOW,
     FakeClock,
     WebClient,
@@ -26,6 +25,7 @@ from helpers import (
 from sqlalchemy.exc import OperationalError
 
 from order_pipeline.contract.config import Config, load_config
+from order_pipeline.demo.company import DEMO_KEY, DEMO_KEY_ENV, build_demo_company
 from order_pipeline.warehouse.engine import Warehouse, create_engine
 from order_pipeline.web.app import create_app
 
@@ -135,8 +135,6 @@ def pg_database(request, pg_session) -> Callable[[], str]:
 @pytest.fixture(scope="session")
 def demo_template(tmp_path_factory) -> Path:
     """A small demo company, built once per session; tests copy it."""
-    from order_pipeline.demo.company import build_demo_company
-
     target = tmp_path_factory.mktemp("demo-template")
     build_demo_company(target, orders=400, days=30, now=NOW, seed=11)
     return target
@@ -146,7 +144,7 @@ def demo_template(tmp_path_factory) -> Path:
 def demo_company(demo_template, tmp_path, monkeypatch) -> Path:
     """A private copy of the demo company (sources and config) in tmp_path."""
     target = copy_company(demo_template, tmp_path / "demo")
-    monkeypatch.setenv("ORDER_PIPELINE_DEMO_KUAIDI100_KEY", DEMO_KEY_VALUE)
+    monkeypatch.setenv(DEMO_KEY_ENV, DEMO_KEY)
     return target
 
 
@@ -169,7 +167,7 @@ def materialized_demo(demo_template, tmp_path_factory) -> Iterator[Materialized]
     home = tmp_path_factory.mktemp("materialized-dagster-home")
     with dg.instance_for_test(temp_dir=str(home), set_dagster_home=False) as instance:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("ORDER_PIPELINE_DEMO_KUAIDI100_KEY", DEMO_KEY_VALUE)
+            mp.setenv(DEMO_KEY_ENV, DEMO_KEY)
             mp.setenv("DAGSTER_HOME", str(home))
             run_at(config, instance=instance)
         warehouse = Warehouse(warehouse_of(config))
@@ -183,7 +181,7 @@ def materialized_demo(demo_template, tmp_path_factory) -> Iterator[Materialized]
 def materialized_company(materialized_demo, tmp_path, monkeypatch) -> Path:
     """A private copy of the materialized demo company (sources, config and warehouse) in tmp_path."""
     target = copy_company(materialized_demo.root, tmp_path / "demo")
-    monkeypatch.setenv("ORDER_PIPELINE_DEMO_KUAIDI100_KEY", DEMO_KEY_VALUE)
+    monkeypatch.setenv(DEMO_KEY_ENV, DEMO_KEY)
     return target
 
 

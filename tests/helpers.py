@@ -241,8 +241,6 @@ def write_sources(folder: Path) -> dict:
 
 # --- the demo company and the pipeline on it ---------------------------------------------------------
 
-DEMO_KEY_VALUE = "demo-key"  # the Kuaidi100 sandbox's key, from ORDER_PIPELINE_DEMO_KUAIDI100_KEY
-
 
 def copy_company(source: Path, target: Path) -> Path:
     """A copy of a demo company folder (sources, config and any warehouse) whose config points at the copy.
