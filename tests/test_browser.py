@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from web_fixtures import LINK_SECRET, ORDER_IN_TRANSIT, PHONE_TAIL, STAFF_PASSWORD, STAFF_USER, build_world
+from helpers import LINK_SECRET, ORDER_IN_TRANSIT, PHONE_TAIL, STAFF_PASSWORD, STAFF_USER, build_world
 
 from order_pipeline.domain.links import make_token
 

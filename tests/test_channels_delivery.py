@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import httpx
-from channel_fixtures import MSG, Sleeps, mock
+from helpers import MSG, Sleeps, mock
 
 from order_pipeline.alerts.channels.delivery import RateBudget, deliver, digest, plan
 from order_pipeline.alerts.channels.message import TRUNCATED, AlertMessage

@@ -11,7 +11,7 @@ import threading
 from typing import cast
 
 import pytest
-from channel_fixtures import MSG, Sleeps
+from helpers import MSG, Sleeps
 
 from order_pipeline.alerts.channels.delivery import deliver
 from order_pipeline.alerts.channels.email import EmailChannel

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import sqlalchemy as sa
-from channel_fixtures import MSG, Sleeps
+from helpers import MSG, Sleeps
 
 from order_pipeline.alerts.channels.delivery import deliver
 from order_pipeline.alerts.channels.outbox import OutboxChannel

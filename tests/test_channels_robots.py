@@ -16,7 +16,7 @@ from typing import cast
 
 import httpx
 import pytest
-from channel_fixtures import MSG, Sleeps, mock
+from helpers import MSG, Sleeps, mock
 
 from order_pipeline.alerts.channels.delivery import Attempt, deliver
 from order_pipeline.alerts.channels.dingtalk import DingTalkRobot

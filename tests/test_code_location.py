@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import shutil
 import socket
 
 import dagster as dg
 import pytest
 import yaml
 from click.testing import CliRunner
+from helpers import NOW, copy_company
 
 from order_pipeline import definitions
 from order_pipeline.cli import main
@@ -87,7 +87,7 @@ def test_a_failing_source_fails_only_its_own_asset_with_the_config_error(broken)
 
     config = load_config(broken)
     with dg.instance_for_test() as instance:
-        outcome = run_pipeline(config, instance, full_refresh=True)
+        outcome = run_pipeline(config, instance, now=NOW.isoformat(), full_refresh=True)
     assert not outcome.success
     failed = {f.split(":")[0] for f in outcome.failures}
     assert {"raw_orders", "raw_payments", "raw_shipments"} <= failed
@@ -98,9 +98,7 @@ def test_a_failing_source_fails_only_its_own_asset_with_the_config_error(broken)
 
 def test_without_any_config_the_project_root_loads_the_demo(demo_company, tmp_path, monkeypatch, caplog):
     root = tmp_path / "root"
-    shutil.copytree(demo_company, root / "data" / "demo")
-    config = root / "data" / "demo" / "order_pipeline.yaml"
-    config.write_text(config.read_text(encoding="utf-8").replace(str(demo_company), str(root / "data" / "demo")))
+    config = copy_company(demo_company, root / "data" / "demo") / "order_pipeline.yaml"
     monkeypatch.chdir(root)
     monkeypatch.delenv(CONFIG_ENV, raising=False)
     with caplog.at_level("INFO"):

@@ -7,28 +7,15 @@ variable with its URL set) is not asked at load time: `check_source` asks it, fo
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import write_sources
 
-from order_pipeline.contract.canonical import SOURCE_ENTITIES
 from order_pipeline.contract.config import ConfigError, load_config, parse_duration
 from order_pipeline.sources.checks import check_source
-
-
-def write_sources(folder: Path) -> dict:
-    """One SQLite source per entity, with the canonical column names, and a config that maps them."""
-    sources = {}
-    for name, entity in SOURCE_ENTITIES.items():
-        if entity.optional:
-            continue
-        with sqlite3.connect(folder / f"{name}.db") as conn:
-            conn.execute(f"CREATE TABLE {name} ({', '.join(entity.column_names)})")
-        sources[name] = {"url": f"sqlite:///{name}.db", "table": name, "columns": {c: c for c in entity.column_names}}
-    return {"timezone": "Asia/Shanghai", "sources": sources}
 
 
 @pytest.fixture

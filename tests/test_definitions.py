@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-from conftest import NOW
+from helpers import NOW, warehouse_of
 
 from order_pipeline import definitions
 from order_pipeline.cli import main
@@ -96,13 +96,18 @@ def test_the_demo_raises_each_rule_as_a_check_and_as_an_alert(config, monkeypatc
         keys = [dg.AssetCheckKey(dg.AssetKey("unified_orders"), f"sla_{rule}") for rule in RULES]
         records = instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
         for key in keys:
-            evaluation = records[key].event.dagster_event.event_specific_data
+            entry = records[key].event
+            assert entry is not None and entry.dagster_event is not None, key.name
+            evaluation = entry.dagster_event.event_specific_data
+            assert isinstance(evaluation, dg.AssetCheckEvaluation), key.name
             assert evaluation.passed is False, key.name  # the demo breaks every rule
-            assert evaluation.metadata["offending"].value >= 1
-            first = evaluation.metadata["first_offending"].value.records[0].data  # a table of the offenders
+            offending, table = evaluation.metadata["offending"].value, evaluation.metadata["first_offending"]
+            assert isinstance(offending, int) and offending >= 1
+            assert isinstance(table, dg.TableMetadataValue)
+            first = table.records[0].data  # a table of the offenders
             assert ("order_no" if key.name != "sla_stock_below_safety" else "sku") in first
 
-    warehouse = WarehouseResource(url=config.warehouse_url.resolve())
+    warehouse = WarehouseResource(url=warehouse_of(config))
     engine = warehouse.engine
     alerting, dispatcher = AlertingResource(warehouse=warehouse, retries=CLI_RETRIES).runtime(config)
     assert dispatcher.retries == CLI_RETRIES > 0  # no later tick retries for `order-pipeline run`

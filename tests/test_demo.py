@@ -6,11 +6,12 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from contextlib import closing
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from helpers import NOW, resolved
 
 from order_pipeline.carrier import protocol as kuaidi100
 from order_pipeline.carrier import sandbox as carrier_sandbox
@@ -21,7 +22,6 @@ from order_pipeline.domain import carrier_states
 from order_pipeline.domain.validation import validate
 from order_pipeline.pipeline.loading import read_source
 
-NOW = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
 LOCAL_NOW = "2026-11-25 10:00:00"  # NOW in Shanghai, as the sources write time
 ORDERS = 300
 
@@ -206,9 +206,7 @@ def _rejects(company: DemoCompany) -> dict[str, list[str]]:
     cfg = load_config(company.config_path)
     found = {}
     for name, sc in cfg.sources.items():
-        url = sc.url.resolve()
-        assert url is not None, f"{name}: the demo config gives every source's URL inline"
-        engine = sa.create_engine(url)
+        engine = sa.create_engine(resolved(sc.url))
         _, rejects = validate(SOURCE_ENTITIES[name], read_source(engine, sc), sc.timezone)
         engine.dispose()
         found[name] = sorted(rejects["reason"])

@@ -8,8 +8,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 import yaml
-from conftest import NOW
-from test_config import write_sources
+from helpers import NOW, resolved, warehouse_of, write_sources
 
 from order_pipeline.contract.config import load_config
 from order_pipeline.contract.schema import RAW_TABLES, pipeline_rejects
@@ -22,10 +21,10 @@ def setup(tmp_path):
     doc = write_sources(tmp_path)
     (tmp_path / "order_pipeline.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
     config = load_config(tmp_path / "order_pipeline.yaml")
-    wh = Warehouse(config.warehouse_url.resolve())
+    wh = Warehouse(warehouse_of(config))
     wh.create_schema()
     sc = config.sources["inventory"]
-    return wh.engine, sa.create_engine(sc.url.resolve()), sc, tmp_path / "inventory.db"
+    return wh.engine, sa.create_engine(resolved(sc.url)), sc, tmp_path / "inventory.db"
 
 
 def stock(db, *rows):
@@ -82,4 +81,5 @@ def test_newer_rows_only_after_the_first_load(setup):
     result = load_source(engine, src, sc, NOW)
     assert (result.read, result.loaded) == (2, 1)  # A at the mark re-read, unchanged; B new
     assert raw(engine) == {"A": 10.0, "B": 2.0}
+    assert result.newest is not None
     assert pd.Timestamp(result.newest) == pd.Timestamp("2026-11-25 02:01:00", tz="UTC")

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from conftest import NOW
+from helpers import NOW
 
 from order_pipeline.alerts.rules.model import FieldRef
 from order_pipeline.alerts.rules.parser import default_rules, parse_rules

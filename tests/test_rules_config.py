@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from test_rules import make_config
+from helpers import make_config
 
 from order_pipeline.alerts.rules.parser import parse_rules
 from order_pipeline.alerts.settings import BUILTIN_GROUPS, load_alert_settings

@@ -8,12 +8,10 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 import httpx
-import pandas as pd
 import pytest
 import sqlalchemy as sa
-from conftest import NOW
-from test_alerting import GROUPS, paid_order
-from test_rules import TZ, H, S, make_config, order, publish_rows, warehouse_url  # noqa: F401
+from helpers import GROUPS, NOW, TZ, H, M, S, ledger_row, make_config, order, outbox, paid_order, publish_rows
+from sqlalchemy import event as sa_event
 
 from order_pipeline.alerts import queue as alert_queue_ops
 from order_pipeline.alerts.channels.wecom import WeComRobot
@@ -23,20 +21,15 @@ from order_pipeline.contract.config import Secret, SourceConfig
 from order_pipeline.contract.schema import (
     BATCH,
     alert_deliveries,
-    alert_outbox,
     alert_queue,
-    order_alerts,
     raw_tracking,
 )
 from order_pipeline.sources import engines as source_engines
-from order_pipeline.warehouse.engine import Warehouse
 from resources.alerting import AlertingResource
 from resources.warehouse import PipelineClock, SourceConnection, SourceDatabases, WarehouseResource
 from sensors.alerts import AlertCursor, alert_sensor, run_failure_sensor, run_success_sensor
 from sensors.carrier import carrier_push_sensor, poll_cron
 from sensors.sources import source_change_sensor
-
-M = timedelta(minutes=1)
 
 
 @pytest.fixture(autouse=True)
@@ -48,17 +41,15 @@ def fresh_runtime():
 
 
 @pytest.fixture
-def engine(warehouse_url):
-    wh = Warehouse(warehouse_url)
-    wh.create_schema()
-    yield wh.engine
-    wh.engine.dispose()
-
-
-@pytest.fixture
 def instance():
     with dg.instance_for_test() as inst:
         yield inst
+
+
+def skip_message(data) -> str:
+    """Why a tick skipped; a tick that did not skip fails the test."""
+    assert data.skip_message is not None, "the tick did not skip"
+    return data.skip_message
 
 
 def resources(url: str, now: datetime) -> dict:
@@ -106,13 +97,13 @@ def test_source_sensor_requests_a_load_only_when_the_watermark_moves(tmp_path, i
         )
 
     empty = tick(None)
-    assert not empty.run_requests and "no rows yet" in empty.skip_message
+    assert not empty.run_requests and "no rows yet" in skip_message(empty)
     with sqlite3.connect(path) as conn:
         conn.executemany(
             "INSERT INTO T_SAL_ORDER VALUES (?, ?)", [("SO1", "2026-11-25 09:58:00"), ("SO2", "2026-11-25 09:59:30")]
         )
     first = tick(None)
-    [request] = first.run_requests
+    [request] = first.run_requests or []
     assert request.run_key == "orders:2026-11-25 09:59:30"
     assert request.asset_selection == [dg.AssetKey("raw_orders"), dg.AssetKey("raw_order_lines")]
     assert first.cursor == "2026-11-25 09:59:30"
@@ -124,7 +115,7 @@ def test_source_sensor_requests_a_load_only_when_the_watermark_moves(tmp_path, i
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE T_SAL_ORDER SET FModifyDate = '2026-11-25 10:00:05' WHERE FBillNo = 'SO1'")
     moved = tick(same.cursor or first.cursor)
-    assert [r.run_key for r in moved.run_requests] == ["orders:2026-11-25 10:00:05"]
+    assert [r.run_key for r in moved.run_requests or []] == ["orders:2026-11-25 10:00:05"]
 
 
 # --- the alert sensor across ticks ---------------------------------------------------------------------
@@ -145,22 +136,6 @@ class Ticks:
         return data
 
 
-def outbox(engine) -> pd.DataFrame:
-    with engine.connect() as conn:
-        return pd.read_sql(sa.select(alert_outbox).order_by(alert_outbox.c.id), conn)
-
-
-def alert(engine, rule_id="paid_not_locked", key="SO-1") -> dict:
-    with engine.connect() as conn:
-        return dict(
-            conn.execute(
-                sa.select(order_alerts).where(order_alerts.c.rule_id == rule_id).where(order_alerts.c.entity_key == key)
-            )
-            .mappings()
-            .one()
-        )
-
-
 @pytest.fixture
 def ticks(tmp_path, engine, instance):
     config = make_config(tmp_path, str(engine.url), **GROUPS)
@@ -177,7 +152,7 @@ def test_alert_sensor_dedups_resends_escalates_and_resolves_across_ticks(ticks, 
     assert "paid_not_locked 1" in first.skip_message and not first.run_requests
     assert outbox(engine)["channel"].tolist() == ["wh_box"]
     cursor = AlertCursor.parse(ticks.cursor)
-    assert cursor.batch.startswith("1@") and cursor.due_at == NOW + timedelta(minutes=5)
+    assert cursor.batch is not None and cursor.batch.startswith("1@") and cursor.due_at == NOW + timedelta(minutes=5)
 
     idle = ticks(NOW + 30 * S)
     assert idle.skip_message.startswith("snapshot unchanged")
@@ -188,12 +163,12 @@ def test_alert_sensor_dedups_resends_escalates_and_resolves_across_ticks(ticks, 
     ticks(NOW + 2 * H)
     assert len(outbox(engine)) == 2
     ticks(NOW + 4 * H)
-    assert outbox(engine)["channel"].tolist()[-1] == "lead_box" and alert(engine)["escalation_level"] == 1
+    assert outbox(engine)["channel"].tolist()[-1] == "lead_box" and ledger_row(engine)["escalation_level"] == 1
 
     publish_rows(engine, [order("SO-1", "locked", paid_at=NOW - 3 * H, locked_at=NOW + 4 * H)], batch=2)
     resolved = ticks(NOW + 4 * H + 30 * S)  # a new batch is evaluated at once, whatever was due
     assert "paid_not_locked 0" in resolved.skip_message
-    assert alert(engine)["resolved_at"] is not None
+    assert ledger_row(engine)["resolved_at"] is not None
     assert outbox(engine)["title"].iloc[-1].startswith("【已恢复】")
     count = len(outbox(engine))
     ticks(NOW + 4 * H + M)
@@ -235,15 +210,15 @@ def test_an_idle_tick_reads_one_row_and_neither_evaluates_nor_sends(ticks, engin
     def executed(conn, dbapi_cursor, statement, *args):
         statements.append(statement)
 
-    sa.event.listen(sensor_engine, "before_cursor_execute", executed)
+    sa_event.listen(sensor_engine, "before_cursor_execute", executed)
     try:
         for i in range(1, 6):
             statements.clear()
             data = ticks(NOW + i * 10 * S)
-            assert data.skip_message.startswith("snapshot unchanged") and not data.run_requests
+            assert skip_message(data).startswith("snapshot unchanged") and not data.run_requests
             assert len(statements) == 1 and "pipeline_state" in statements[0], statements
     finally:
-        sa.event.remove(sensor_engine, "before_cursor_execute", executed)
+        sa_event.remove(sensor_engine, "before_cursor_execute", executed)
     assert calls == []
     assert ticks.cursor == before
 
@@ -331,14 +306,14 @@ def test_a_failed_run_alerts_the_data_team_and_a_success_resolves_it(tmp_path, e
     sent = outbox(engine)
     assert sent["channel"].tolist() == ["data_box"]
     assert "cannot reach the ERP database" in sent["body"].iloc[0]
-    entity = alert(engine, "run_failure", failed.job_def.name)
+    entity = ledger_row(engine, "run_failure", failed.job_def.name)
     assert entity["scope"] == "run" and entity["severity"] == "critical"
 
     healthy["ok"] = True
     ok = dg.materialize([raw_orders], instance=instance)
     with status_context(ok, dg.DagsterEventType.RUN_SUCCESS) as context:
         run_success_sensor(config)(context)
-    assert alert(engine, "run_failure", failed.job_def.name)["resolved_at"] is not None
+    assert ledger_row(engine, "run_failure", failed.job_def.name)["resolved_at"] is not None
 
 
 # --- the carrier -----------------------------------------------------------------------------------------
@@ -348,14 +323,14 @@ def test_a_kuaidi100_push_is_recorded_as_a_raw_tracking_update(engine, instance)
     sensor = carrier_push_sensor()
     res = {"warehouse": WarehouseResource(url=str(engine.url))}
     first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=res))
-    assert "no Kuaidi100 push" in first.skip_message
+    assert "no Kuaidi100 push" in skip_message(first)
     with engine.begin() as conn:
         conn.execute(raw_tracking.insert().values(waybill_no="SF1", is_signed=False, via="push", **{BATCH: 7}))
     pushed = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=res))
     [event] = pushed.asset_events
     assert event.asset_key == dg.AssetKey("raw_tracking") and pushed.cursor == "7"
     again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=pushed.cursor, resources=res))
-    assert not again.asset_events and "since batch 7" in again.skip_message
+    assert not again.asset_events and "since batch 7" in skip_message(again)
 
 
 @pytest.mark.parametrize(

@@ -33,17 +33,17 @@ class Order:
         self.lines = [{"order_no": "SO1", "sku": sku, "qty": qty} for sku, qty in lines]
         self.payments, self.reservations, self.shipments, self.tracking, self.deliveries = [], [], [], [], []
 
-    def pay(self, amount, at=1, status="paid", voucher="V1"):
+    def pay(self, amount, at: float = 1, status="paid", voucher: str | None = "V1"):
         self.payments.append(
             {"order_no": "SO1", "amount": amount, "paid_at": h(at), "voucher_no": voucher, "status": status}
         )
         return self
 
-    def lock(self, sku="SKU-1", qty=2, at=2, status="locked"):
+    def lock(self, sku="SKU-1", qty=2, at: float = 2, status="locked"):
         self.reservations.append({"order_no": "SO1", "sku": sku, "qty": qty, "status": status, "locked_at": h(at)})
         return self
 
-    def ship(self, waybill="SF1", at=3, weight=1.2, carrier="shunfeng"):
+    def ship(self, waybill="SF1", at: float = 3, weight: float | None = 1.2, carrier="shunfeng"):
         self.shipments.append(
             {
                 "order_no": "SO1",
@@ -63,7 +63,7 @@ class Order:
         last=5,
         signed=False,
         context="快件已到达 杭州转运中心",
-        area="浙江省,杭州市",
+        area: str | None = "浙江省,杭州市",
     ):
         self.tracking.append(
             {

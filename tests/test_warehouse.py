@@ -1,14 +1,19 @@
-"""The warehouse's bulk write paths (sqlite3 executemany, PostgreSQL COPY) keep every value as it was."""
+"""The warehouse engine: the bulk write paths (sqlite3 executemany, PostgreSQL COPY) keep every value as it was,
+concurrent loads get their batch numbers in commit order, and an index whose columns changed is rebuilt."""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from helpers import NOW
 
-from order_pipeline.warehouse.engine import create_engine
+from order_pipeline.warehouse.engine import Warehouse, create_engine, rebuild_changed_indexes
 from order_pipeline.warehouse.frames import insert_frame, read_frame
+from order_pipeline.warehouse.state import next_batch
 
 TEXTS = ['a "quoted", comma', "line\nbreak\r\n", "\\N", "back\\slash", "", None, "中文，地址", "  spaced  "]
 
@@ -34,8 +39,9 @@ def _frame() -> pd.DataFrame:
             "amount": [np.nan, 1e20, 0.1, -2.5, 0.0, 3.0, 123456.789, np.nan],
             "count": pd.array([1, None, 3, 0, -7, 2**31 - 1, None, 5], dtype="Int64"),
             "flag": pd.array([True, False, None, True, False, True, None, False], dtype="boolean"),
-            "at": pd.to_datetime(
-                [
+            # pandas-stubs leave None out of the lists to_datetime takes; pandas reads it as NaT
+            "at": pd.to_datetime(  # pyright: ignore[reportCallIssue]
+                [  # pyright: ignore[reportArgumentType]
                     "2026-11-25 02:00:00.123456",
                     None,
                     "1999-12-31 23:59:59",
@@ -48,14 +54,23 @@ def _frame() -> pd.DataFrame:
                 utc=True,
                 format="ISO8601",
             ),
-            "day": pd.to_datetime(
-                ["2026-11-25", None, "2026-12-31", "2026-02-28", None, "2026-01-01", "2027-06-30", "2026-11-26"]
+            "day": pd.to_datetime(  # pyright: ignore[reportCallIssue]
+                [  # pyright: ignore[reportArgumentType]
+                    "2026-11-25",
+                    None,
+                    "2026-12-31",
+                    "2026-02-28",
+                    None,
+                    "2026-01-01",
+                    "2027-06-30",
+                    "2026-11-26",
+                ]
             ),
         }
     )
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def engine(request, tmp_path):
     url = (
         f"sqlite:///{tmp_path / 'warehouse.db'}"
@@ -86,3 +101,52 @@ def test_bulk_insert_keeps_text_numbers_flags_and_times_exactly(engine):
     pd.testing.assert_series_equal(back["at"], frame["at"], check_dtype=False)
     days = [None if pd.isna(v) else pd.Timestamp(v).date() for v in back["day"]]
     assert days == [None if pd.isna(v) else v.date() for v in frame["day"]]
+
+
+@pytest.mark.parametrize("earlier", [0, 1], ids=["first loads ever", "later loads"])
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_concurrent_loads_get_distinct_batches_in_commit_order(backend, earlier, tmp_path, request):
+    """Two loads racing for a batch number: the second waits for the first to commit."""
+    url = f"sqlite:///{tmp_path / 'wh.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")()
+    wh = Warehouse(url)
+    wh.create_schema()
+    for _ in range(earlier):
+        _take_batch(wh.engine)
+    first = wh.engine.connect()
+    first.begin()
+    assert next_batch(first, NOW) == earlier + 1
+    got = []
+    second = threading.Thread(target=lambda: got.append(_take_batch(wh.engine)))
+    second.start()
+    second.join(timeout=0.5)
+    assert second.is_alive()  # blocked behind the first load's open transaction
+    first.commit()
+    first.close()
+    second.join(timeout=30)
+    assert got == [earlier + 2]
+    wh.engine.dispose()
+
+
+def _take_batch(engine) -> int:
+    with engine.begin() as conn:
+        return next_batch(conn, NOW)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_an_index_whose_columns_changed_is_rebuilt_at_start(backend, tmp_path, request):
+    """A warehouse from when the timeline's index covered every column gets the current index."""
+    url = f"sqlite:///{tmp_path / 'wh.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")()
+    wh = Warehouse(url)
+    wh.create_schema()
+    with wh.engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX ix_events_order_time")
+        conn.exec_driver_sql(
+            "CREATE INDEX ix_events_order_time ON order_tracking_events "
+            "(order_no, event_at, kind, stage, waybill_no, context, area)"
+        )
+
+    wh.create_schema()
+    indexes = {ix["name"]: ix["column_names"] for ix in sa.inspect(wh.engine).get_indexes("order_tracking_events")}
+    assert indexes["ix_events_order_time"] == ["order_no", "event_at"]
+    assert rebuild_changed_indexes(wh.engine) == []  # once is enough
+    wh.engine.dispose()

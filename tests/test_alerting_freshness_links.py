@@ -1,0 +1,142 @@
+"""Alerts beyond the order rules: a stale source or carrier feed, and a tracking link for each new order."""
+
+from __future__ import annotations
+
+import logging
+
+from helpers import (
+    GROUPS,
+    NOW,
+    TZ,
+    D,
+    H,
+    M,
+    S,
+    add_rows,
+    alerting_for,
+    ledger_row,
+    make_config,
+    order,
+    outbox,
+    publish_rows,
+    tick,
+)
+
+from order_pipeline.alerts.dispatch import Dispatcher, build_channels
+from order_pipeline.alerts.evaluation import Alerting
+from order_pipeline.alerts.freshness import source_ages
+from order_pipeline.alerts.settings import CARRIER, SourceSla
+from order_pipeline.contract.config import Secret, SourceConfig
+from order_pipeline.contract.schema import BATCH, raw_tracking
+from order_pipeline.warehouse.state import set_state
+
+# --- freshness ----------------------------------------------------------------------------------------------
+
+
+def test_a_stale_source_alerts_the_data_owner_and_resolves_when_fresh(tmp_path, engine):
+    config_sources = {"inventory": SourceConfig("inventory", Secret(value="sqlite://"), "inv", None, {}, TZ)}
+    config = make_config(tmp_path, str(engine.url), **GROUPS)
+    config = type(config)(**{**config.__dict__, "sources": config_sources})
+    alerting = Alerting(config, engine)
+    dispatcher = Dispatcher(engine, build_channels(alerting.settings, engine))
+    publish_rows(engine, [])
+    with engine.begin() as conn:
+        set_state(conn, "watermark:inventory", (NOW - 30 * M).isoformat(), NOW)
+    ev, _ = tick(alerting, dispatcher, NOW)  # exactly 30 minutes: still fresh
+    assert [a.stale for a in ev.sources if a.source == "inventory"] == [False]
+    assert outbox(engine).empty
+    ev, _ = tick(alerting, dispatcher, NOW + S)
+    sent = outbox(engine)
+    assert sent["channel"].tolist() == ["data_box"]
+    assert "inventory" in sent["title"].iloc[0] and "30分钟" in sent["body"].iloc[0]
+    assert ledger_row(engine, "source_freshness", "raw_inventory")["scope"] == "source"
+    with engine.begin() as conn:
+        set_state(conn, "watermark:inventory", (NOW + M).isoformat(), NOW + M)
+    tick(alerting, dispatcher, NOW + 2 * M)
+    assert ledger_row(engine, "source_freshness", "raw_inventory")["resolved_at"] is not None
+    assert outbox(engine)["title"].iloc[-1].startswith("【已恢复】")
+
+
+def test_the_carrier_feed_is_stale_only_while_a_parcel_waits_for_an_answer(engine):
+    sla = SourceSla(CARRIER, 2 * H, ("data",))
+
+    def carrier():
+        with engine.connect() as conn:
+            [age] = source_ages(conn, [sla], NOW)
+        return age.stale, age.newest
+
+    def shipment(order_no, waybill_no):
+        return {
+            "order_no": order_no,
+            "waybill_no": waybill_no,
+            "carrier_code": "shunfeng",
+            "shipped_at": NOW - 5 * H,
+            "updated_at": NOW - 5 * H,
+        }
+
+    assert carrier() == (False, None)  # no parcel: nothing to wait for
+    add_rows(engine, "shipments", [shipment("SO-1", "SF1")])
+    assert carrier() == (True, None)  # shipped, never answered
+    with engine.begin() as conn:
+        conn.execute(
+            raw_tracking.insert().values(waybill_no="SF1", is_signed=False, polled_at=NOW - 2 * H, **{BATCH: 1})
+        )
+    assert carrier() == (False, NOW - 2 * H)  # answered exactly the SLA ago
+    with engine.begin() as conn:
+        conn.execute(raw_tracking.update().values(polled_at=NOW - 2 * H - S))
+    assert carrier() == (True, NOW - 2 * H - S)
+    with engine.begin() as conn:
+        conn.execute(raw_tracking.update().values(state=3))  # Kuaidi100's "signed", before `ischeck` says so
+    assert carrier() == (False, NOW - 2 * H - S)
+    add_rows(engine, "shipments", [shipment("SO-2", "SF2")])
+    add_rows(
+        engine,
+        "orders",
+        [
+            {
+                "order_no": "SO-2",
+                "customer_name": "李四",
+                "customer_phone": "13900000000",
+                "ship_address": "上海",
+                "amount": 10.0,
+                "ordered_at": NOW - D,
+                "status": "cancelled",
+                "updated_at": NOW - H,
+            }
+        ],
+    )
+    assert carrier()[0] is False  # a cancelled order's parcel waits for nothing
+
+
+# --- customer tracking links ---------------------------------------------------------------------------------
+
+
+def test_each_new_order_gets_one_tracking_link(tmp_path, engine, monkeypatch):
+    monkeypatch.setenv("TEST_LINK_SECRET", "s" * 32)
+    publish_rows(
+        engine,
+        [
+            order("NEW-1", "ordered", ordered_at=NOW - H),
+            order("OLD-1", "ordered", ordered_at=NOW - 3 * D),
+            order("GONE-1", "cancelled", ordered_at=NOW - H),
+        ],
+    )
+    web = {"base_url": "https://track.example.com", "link_secret_env": "TEST_LINK_SECRET"}
+    alerting, dispatcher = alerting_for(tmp_path, engine, web=web)
+    ev, _ = tick(alerting, dispatcher, NOW)
+    assert ev.links_queued == 1
+    tick(alerting, dispatcher, NOW + M)
+    links = outbox(engine)
+    links = links[links["title"].str.contains("物流查询链接")]
+    assert len(links) == 1 and "NEW-1" in links["title"].iloc[0]
+    assert "https://track.example.com/order/NEW-1?t=" in links["body"].iloc[0]
+    assert links["recipient"].iloc[0] == "138****5678"  # the log and the outbox see a masked phone
+
+
+def test_without_a_web_section_links_are_skipped_and_logged(tmp_path, engine, caplog):
+    publish_rows(engine, [order("NEW-1", "ordered", ordered_at=NOW - H)])
+    with caplog.at_level(logging.INFO, logger="order_pipeline.alerts.evaluation"):
+        alerting, dispatcher = alerting_for(tmp_path, engine)
+    ev, _ = tick(alerting, dispatcher, NOW)
+    assert ev.links_queued == 0
+    assert "tracking links are not sent" in caplog.text

@@ -1,0 +1,75 @@
+"""The Kuaidi100 push receiver (signed pushes stored, anything else refused) and the health check."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import sqlalchemy as sa
+from helpers import PUSH_SALT, PUSH_SALT_ENV, WAYBILL, push_form
+
+from order_pipeline.contract.schema import raw_tracking, raw_tracking_events
+
+
+def stored_tracking(client) -> list[dict]:
+    with client.world.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(sa.select(raw_tracking)).mappings()]
+
+
+def test_push_with_good_sign_is_stored(client):
+    r = client.post("/hooks/kuaidi100", data=push_form())
+    assert r.status_code == 200
+    assert r.json() == {"result": True, "returnCode": "200", "message": "成功"}
+    rows = stored_tracking(client)
+    assert [(t["waybill_no"], t["via"]) for t in rows] == [(WAYBILL, "push")]
+    with client.world.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(raw_tracking_events)).scalar() == 2
+
+
+def test_push_as_multipart_is_read_too(client):
+    form = push_form()
+    r = client.post("/hooks/kuaidi100", files={k: (None, v) for k, v in form.items()})
+    assert r.status_code == 200 and r.json()["result"] is True
+
+
+@pytest.mark.parametrize(
+    "change, status",
+    [
+        (lambda f: {**f, "sign": "0" * 32}, 403),
+        (lambda f: {**f, "param": f["param"].replace("深圳", "广州")}, 403),  # param changed after signing
+        (lambda f: {"param": f["param"]}, 400),
+        (lambda f: {}, 400),
+        (lambda f: push_form(salt="someone-elses-salt"), 403),
+    ],
+)
+def test_push_with_bad_or_missing_sign_stores_nothing(client, caplog, change, status):
+    r = client.post("/hooks/kuaidi100", data=change(push_form()))
+    assert r.status_code == status
+    body = r.json()
+    assert body["result"] is False and body["returnCode"] == str(status) and body["message"]
+    assert stored_tracking(client) == []
+    assert any("Kuaidi100 push" in rec.getMessage() and "refused" in rec.getMessage() for rec in caplog.records)
+
+
+def test_signed_but_malformed_push_is_refused(client):
+    param = '{"status": "polling"'
+    sign = hashlib.md5((param + PUSH_SALT).encode()).hexdigest().upper()
+    r = client.post("/hooks/kuaidi100", data={"param": param, "sign": sign})
+    assert r.status_code == 400 and r.json()["result"] is False
+    assert stored_tracking(client) == []
+
+
+def test_push_without_configured_salt_is_refused(client, monkeypatch):
+    monkeypatch.setattr(client.web, "push_salt", None)
+    r = client.post("/hooks/kuaidi100", data=push_form())
+    assert r.status_code == 403 and stored_tracking(client) == []
+
+
+def test_push_salt_env_is_read_at_start(make_client, monkeypatch):
+    monkeypatch.delenv(PUSH_SALT_ENV, raising=False)
+    client = make_client()
+    assert client.web.push_salt == PUSH_SALT
+
+
+def test_health(client):
+    assert client.get("/healthz").text == "ok"

@@ -1,0 +1,238 @@
+"""The ops board: staff login and session, overview, search, the order view, customer links and the
+CSV export, each audited."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import re
+
+from helpers import (
+    COURIER_PHONE,
+    COURIER_PHONE_INTL,
+    FULL_NAME,
+    ORDER_EXCEPTION,
+    ORDER_IN_TRANSIT,
+    ORDER_PAID,
+    PHONE_TAIL,
+    RAW_PHONE,
+    STAFF_PASSWORD,
+    STAFF_USER,
+    WAYBILL,
+    TestClient,
+    access_rows,
+    login,
+    page_csrf,
+)
+from sqlalchemy.exc import OperationalError
+
+from order_pipeline.web.ops import queries
+from order_pipeline.web.ops.export import csv_cell
+
+
+def test_ops_requires_login(client):
+    r = client.get("/ops/", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/ops/login?next=%2Fops%2F")
+    r = client.get(f"/ops/order/{ORDER_IN_TRANSIT}", follow_redirects=False)
+    assert r.status_code == 303
+    assert client.get("/ops/orders.csv", follow_redirects=False).status_code == 303
+
+
+def test_login_wrong_password_then_right(client):
+    r = login(client, password="wrong")
+    assert r.status_code == 401 and "用户名或密码错误" in r.text
+    r = login(client)
+    assert r.status_code == 303 and r.headers["location"] == "/ops/"
+    cookie = r.headers["set-cookie"]
+    assert "ops_session=" in cookie and "HttpOnly" in cookie and "SameSite=lax" in cookie.replace("Lax", "lax")
+    assert "Max-Age=43200" in cookie
+    r = client.get("/ops/")
+    assert r.status_code == 200 and "各阶段订单" in r.text
+
+
+def test_login_without_csrf_token_is_refused(client):
+    client.get("/ops/login")
+    r = client.post("/ops/login", data={"username": STAFF_USER, "password": STAFF_PASSWORD}, follow_redirects=False)
+    assert r.status_code == 403
+    fresh = TestClient(client.app)  # no login cookie at all
+    r = fresh.post(
+        "/ops/login", data={"username": STAFF_USER, "password": STAFF_PASSWORD, "csrf": "x"}, follow_redirects=False
+    )
+    assert r.status_code == 403
+
+
+def test_refused_logins_are_audited_without_the_password(make_client):
+    client = make_client({"rate_limits": {"per_ip": "1000/1m", "per_order": "1000/1m", "login": "3/1m"}})
+    login(client, password="wrong-password-1")
+    client.post("/ops/login", data={"username": "mallory", "password": "wrong-password-2", "csrf": "forged"})
+    client.post("/ops/login", data={"password": "wrong-password-3"})
+    client.post("/ops/login", data={"username": " eve ", "password": "wrong-password-4"})
+    assert client.post("/ops/login", data={}).status_code == 429
+    rows = access_rows(client)
+    assert [(r["actor"], r["outcome"], r["order_no"]) for r in rows] == [
+        (STAFF_USER, "login_failed", None),
+        ("mallory", "csrf_refused", None),
+        ("anonymous", "csrf_refused", None),
+        ("eve", "rate_limited", None),
+        ("anonymous", "rate_limited", None),
+    ]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", r["ip_hash"]) for r in rows)
+    assert "wrong-password" not in repr(rows)
+
+
+def test_forged_session_cookie_is_ignored(client):
+    client.cookies.set("ops_session", "eyJ1IjoiYWxpY2UiLCJleHAiOjk5OTk5OTk5OTksIm4iOiJ4In0.forged", path="/ops")
+    assert client.get("/ops/", follow_redirects=False).status_code == 303
+
+
+def test_session_expires(client, clock):
+    login(client)
+    clock.advance(12 * 3600 + 1)
+    assert client.get("/ops/", follow_redirects=False).status_code == 303
+
+
+def test_logout_needs_csrf(client):
+    login(client)
+    overview = client.get("/ops/")
+    assert client.post("/ops/logout", data={"csrf": "wrong"}, follow_redirects=False).status_code == 403
+    assert client.post("/ops/logout", data={}, follow_redirects=False).status_code == 403
+    assert client.get("/ops/", follow_redirects=False).status_code == 200  # still logged in
+    r = client.post("/ops/logout", data={"csrf": page_csrf(overview.text)}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/ops/login"
+    assert client.get("/ops/", follow_redirects=False).status_code == 303
+    # The session's start and end are in the access log, as is what happened in between.
+    assert [(r["actor"], r["outcome"]) for r in access_rows(client)] == [
+        (STAFF_USER, "login"),
+        (STAFF_USER, "overview"),
+        (STAFF_USER, "overview"),
+        (STAFF_USER, "logout"),
+    ]
+
+
+def test_overview(client):
+    login(client)
+    html = client.get("/ops/").text
+    assert "各阶段订单（共 3）" in html
+    assert 'href="/ops/orders?stage=paid"' in html and 'style="width: 100%"' in html
+    assert "paid_not_locked" in html and "tracking_stale" not in html.split("最新告警")[0]  # resolved is not open
+    assert "未处理告警（1）" in html
+    assert "仓库 (warehouse)" in html and ORDER_PAID in html and "9小时" in html
+    assert "orders" in html and "payments" in html and "3小时" in html  # watermark ages
+
+
+def test_search_by_order_no_waybill_and_phone_tail(client):
+    login(client)
+    r = client.get("/ops/search", params={"q": ORDER_PAID}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == f"/ops/order/{ORDER_PAID}"
+    r = client.get("/ops/search", params={"q": WAYBILL}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == f"/ops/order/{ORDER_IN_TRANSIT}"
+    r = client.get("/ops/search", params={"q": PHONE_TAIL})
+    assert r.status_code == 200 and "2 个订单" in r.text
+    assert ORDER_IN_TRANSIT in r.text and ORDER_PAID in r.text and ORDER_EXCEPTION not in r.text
+    assert RAW_PHONE in r.text  # staff see the real number
+    r = client.get("/ops/search", params={"q": "138 1234 5678"})
+    assert "1 个订单" in r.text and ORDER_IN_TRANSIT in r.text
+    r = client.get("/ops/search", params={"q": "nothing-like-this"})
+    assert "没有找到订单" in r.text
+
+
+def test_search_audit_keeps_order_numbers_but_no_phone_numbers(client):
+    login(client)
+    searches = [ORDER_PAID, PHONE_TAIL, RAW_PHONE, "138 1234 5678", "+86 138-1234-5678", FULL_NAME, WAYBILL, "SO9999"]
+    for q in searches:
+        assert client.get("/ops/search", params={"q": q}).status_code == 200
+    rows = [r for r in access_rows(client) if r["outcome"].startswith("search:")]
+    assert [(r["order_no"], r["outcome"]) for r in rows] == [
+        (ORDER_PAID, "search:1"),
+        (None, "search:2"),
+        (None, "search:1"),
+        (None, "search:1"),
+        (None, "search:1"),
+        (None, "search:0"),
+        (None, "search:1"),
+        (None, "search:0"),
+    ]
+    stored = repr(access_rows(client))
+    for personal in (PHONE_TAIL, RAW_PHONE, "1234", FULL_NAME):
+        assert personal not in stored
+
+
+def test_staff_order_view_is_complete_and_audited(client):
+    login(client)
+    r = client.get(f"/ops/order/{ORDER_PAID}")
+    assert r.status_code == 200
+    html = r.text
+    assert "李小龙" in html and "13900005678" in html and "北京市朝阳区建国路88号SOHO现代城" in html
+    assert "paid_not_locked" in html and "付款超过 2 小时仍未锁定库存" in html and "未处理" in html
+    assert "未锁定库存 (stock_lock)" in html
+    assert "仓库 (warehouse)" in html
+    for label in ("下单完成", "支付确认", "库存锁定", "打包出库", "配送中", "签收完成"):
+        assert label in html
+    r = client.get(f"/ops/order/{ORDER_IN_TRANSIT}")
+    assert COURIER_PHONE in r.text and COURIER_PHONE_INTL in r.text and WAYBILL in r.text and "已解决" in r.text
+    assert client.get("/ops/order/SO9999").status_code == 404
+    staff_rows = [r for r in access_rows(client) if r["actor"] == STAFF_USER]
+    assert [(r["order_no"], r["outcome"]) for r in staff_rows] == [
+        (None, "login"),
+        (ORDER_PAID, "ok"),
+        (ORDER_IN_TRANSIT, "ok"),
+        ("SO9999", "not_found"),
+    ]
+
+
+def test_staff_issue_customer_link(client):
+    login(client)
+    page = client.get(f"/ops/order/{ORDER_PAID}")
+    assert client.post(f"/ops/order/{ORDER_PAID}/link", data={}).status_code == 403
+    r = client.post(f"/ops/order/{ORDER_PAID}/link", data={"csrf": page_csrf(page.text)})
+    assert r.status_code == 200
+    link = re.search(r"(http://testserver/order/[^<\s]+)", r.text)
+    assert link, "no customer link on the page"
+    url = link.group(1)
+    assert client.get(url.replace("http://testserver", "").replace("&amp;", "&")).status_code == 200
+    assert access_rows(client)[-2]["outcome"] == "link_issued"
+
+
+def test_order_list_and_csv_export(client):
+    login(client)
+    r = client.get("/ops/orders", params={"stage": "paid"})
+    assert r.status_code == 200 and ORDER_PAID in r.text and ORDER_IN_TRANSIT not in r.text
+    assert 'href="/ops/orders.csv?stage=paid"' in r.text
+    r = client.get("/ops/orders.csv", params={"stage": "in_transit"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert "attachment" in r.headers["content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(r.content.decode("utf-8-sig"))))
+    assert [row["order_no"] for row in rows] == [ORDER_IN_TRANSIT]
+    assert rows[0]["customer_phone"] == RAW_PHONE and rows[0]["ordered_at"] == "2026-11-23T08:00:00+08:00"
+    r = client.get("/ops/orders.csv", params={"role": "warehouse"})
+    assert [row["order_no"] for row in csv.DictReader(io.StringIO(r.content.decode("utf-8-sig")))] == [ORDER_PAID]
+    r = client.get("/ops/orders.csv")
+    assert len(list(csv.DictReader(io.StringIO(r.content.decode("utf-8-sig"))))) == 3
+    assert [r["outcome"] for r in access_rows(client) if r["outcome"].startswith("export")] == [
+        "export:stage=in_transit",
+        "export:role=warehouse",
+        "export:all",
+    ]
+
+
+def test_no_export_without_its_audit_row(make_client, monkeypatch, caplog):
+    client = make_client(raise_server_exceptions=False)
+    login(client)
+    assert client.get("/ops/orders", params={"stage": "paid"}).status_code == 200  # queued, not yet written
+
+    def broken(engine, rows, durable=False):
+        raise OperationalError("INSERT INTO tracking_access_log", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(queries, "write_accesses", broken)
+    with caplog.at_level(logging.ERROR, logger="order_pipeline.web"):
+        r = client.get("/ops/orders.csv")
+    assert r.status_code == 500 and ORDER_PAID not in r.text  # no rows left the server
+    unwritten = [m.getMessage() for m in caplog.records if "access log row not written" in m.getMessage()]
+    assert len(unwritten) == 3  # in order, none lost
+    assert "'login'" in unwritten[0] and "'list'" in unwritten[1] and "'export:all'" in unwritten[2]
+
+
+def test_csv_cells_cannot_become_formulas():
+    assert csv_cell('=HYPERLINK("x")', "UTC") == '\'=HYPERLINK("x")'
+    assert csv_cell(-5.0, "UTC") == -5.0
