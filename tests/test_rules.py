@@ -3,105 +3,22 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pandas as pd
 import pytest
-import sqlalchemy as sa
-from helpers import NOW
+from helpers import NOW, TZ, add_rows, order, publish_rows
 
 from order_pipeline.alerts.rules.model import FieldRef
 from order_pipeline.alerts.rules.parser import default_rules, parse_rules
 from order_pipeline.alerts.rules.sql import count_and_sample, evaluate
-from order_pipeline.contract.config import CarrierConfig, Config, Secret
-from order_pipeline.contract.schema import RAW_TABLES, order_tracking_snapshot, unified_orders
-from order_pipeline.domain.stages import NEXT_OWNER, STAGE_LABELS
-from order_pipeline.warehouse.engine import Warehouse
-from order_pipeline.warehouse.frames import insert_frame
-from order_pipeline.warehouse.state import PUBLISHED_BATCH, set_state
+from order_pipeline.contract.schema import unified_orders
 
-TZ = "Asia/Shanghai"
 H, S, D = timedelta(hours=1), timedelta(seconds=1), timedelta(days=1)
-
-
-# --- building blocks shared with test_alerting and test_sensors -----------------------------------
-
-
-def order(order_no: str, stage: str, **fields) -> dict:
-    """A published snapshot row with sensible defaults for its stage."""
-    row = {
-        "order_no": order_no,
-        "stage": stage,
-        "stage_label": STAGE_LABELS[stage],
-        "status": "cancelled" if stage == "cancelled" else "open",
-        "customer_name": "张三",
-        "customer_phone": "13812345678",
-        "phone_tail": "5678",
-        "amount": 100.0,
-        "paid_amount": 0.0,
-        "parcel_count": 0,
-        "parcels_signed": 0,
-        "out_for_delivery": False,
-        "line_count": 1,
-        "total_qty": 1.0,
-        "ordered_at": NOW - 3 * D,
-        "responsible_role": NEXT_OWNER.get(stage),
-        "published_at": NOW,
-    }
-    row.update(fields)
-    row.setdefault("waiting_since", row.get("paid_at") or row["ordered_at"])
-    return row
-
-
-def publish_rows(
-    engine: sa.Engine, rows: list[dict], batch: int = 1, table: sa.Table = order_tracking_snapshot, now: datetime = NOW
-) -> None:
-    """Replace the snapshot with `rows` and mark it published as `batch`."""
-    frame = pd.DataFrame(rows, columns=[c.name for c in table.c])
-    if table is unified_orders:
-        frame["_batch"] = batch
-    with engine.begin() as conn:
-        conn.execute(table.delete())
-        insert_frame(conn, table, frame)
-        set_state(conn, PUBLISHED_BATCH, str(batch), now)
-
-
-def add_rows(engine: sa.Engine, entity: str, rows: list[dict]) -> None:
-    table = RAW_TABLES[entity]
-    with engine.begin() as conn:
-        insert_frame(conn, table, pd.DataFrame([{**r, "_batch": 1} for r in rows]))
 
 
 def stock(sku: str, on_hand: float, reserved: float, safety: float) -> dict:
     return {"sku": sku, "on_hand": on_hand, "reserved": reserved, "safety_stock": safety, "updated_at": NOW}
-
-
-def make_config(tmp_path: Path, url: str, **sections) -> Config:
-    return Config(
-        path=tmp_path / "order_pipeline.yaml",
-        timezone=TZ,
-        data_dir=tmp_path,
-        warehouse_url=Secret(value=url),
-        sources={},
-        carrier=CarrierConfig(),
-        sections=sections,
-    )
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def warehouse_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'warehouse.db'}"
-    return request.getfixturevalue("pg_database")()
-
-
-@pytest.fixture
-def engine(warehouse_url):
-    wh = Warehouse(warehouse_url)
-    wh.create_schema()
-    yield wh.engine
-    wh.engine.dispose()
 
 
 def breaching(engine, rule_id: str, now: datetime = NOW, rules=None) -> list[str]:
