@@ -106,3 +106,34 @@ def test_without_any_config_the_project_root_loads_the_demo(demo_company, tmp_pa
     dg.Definitions.validate_loadable(defs)
     assert "no config given: loading the demo's" in caplog.text and str(config) in caplog.text
     assert build_definitions(load_config()).get_repository_def().has_job("order_pipeline")
+
+
+def test_check_connects_to_a_channel_without_sending_to_it(demo_company, monkeypatch):
+    """A robot's host that accepts connections is ok, one that refuses is failing; nothing is posted."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    path = demo_company / "order_pipeline.yaml"
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    doc.setdefault("channels", {}).update(
+        {
+            "up": {"type": "wecom", "webhook_url_env": "ROBOT_UP"},
+            "down": {"type": "slack", "webhook_url_env": "ROBOT_DOWN"},
+        }
+    )
+    write(path, doc)
+    monkeypatch.setenv("ROBOT_UP", f"http://127.0.0.1:{listener.getsockname()[1]}/cgi-bin/webhook/send?key=k")
+    monkeypatch.setenv("ROBOT_DOWN", f"http://127.0.0.1:{unreachable_port()}/services/T/B/x")
+    try:
+        result = CliRunner().invoke(main, ["check", "--config", str(path)])
+        listener.settimeout(1)
+        accepted, _ = listener.accept()  # the check's connection, already closed by it
+        with accepted:
+            accepted.settimeout(1)
+            assert accepted.recv(1024) == b""  # it sent nothing
+    finally:
+        listener.close()
+    lines = report(result.output)
+    assert lines["channel up"].startswith("ok") and "accepts connections" in lines["channel up"]
+    assert lines["channel down"].startswith("FAIL") and "refused" in lines["channel down"].lower()
+    assert result.exit_code == 1
