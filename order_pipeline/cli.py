@@ -27,12 +27,20 @@ def _now(value: str | None) -> datetime:
 
 
 def _config(path: str | None) -> Config:
+    from order_pipeline.definitions import alert_settings
+    from order_pipeline.notify.links import link_settings
+
     # The demo config names this variable for the sandbox's key; a real config names its own.
     os.environ.setdefault(DEMO_KEY_ENV, DEMO_KEY)
     try:
-        return load_config(path)
+        config = load_config(path)
+        # The sections other modules read, checked now: a mistake is one message, not a traceback later.
+        alert_settings(config)
+        if config.sections.get("web") is not None:
+            link_settings(config)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
+    return config
 
 
 def _step(name: str, seconds: float) -> None:

@@ -25,7 +25,7 @@ from assets.published import EVENTS, PARCELS, SNAPSHOT, published_checks, publis
 from assets.sources import raw_source_asset
 from assets.unified import UNIFIED_ORDERS, unified_orders_asset
 from order_pipeline.alerts.channels.config import validate_channel
-from order_pipeline.alerts.settings import load_alert_settings
+from order_pipeline.alerts.settings import AlertSettings, load_alert_settings
 from order_pipeline.contract.config import Config, Secret, find_config, load_config
 from order_pipeline.demo.company import DEMO_KEY, DEMO_KEY_ENV
 from resources.alerting import AlertingResource
@@ -83,12 +83,19 @@ def _resources(config: Config, now: str | None) -> dict[str, dg.ConfigurableReso
     }
 
 
+def alert_settings(config: Config) -> AlertSettings:
+    """The `rules:`, `alerts:`, `freshness:` and `channels:` sections, checked as loading checks them:
+    a mistake raises ConfigError naming the file, the entry and the fix."""
+    alerts = load_alert_settings(config)
+    for name, spec in alerts.channel_specs.items():
+        validate_channel(name, spec, config.path)
+    return alerts
+
+
 def build_definitions(config: Config, now: str | None = None) -> dg.Definitions:
     """The definitions of `config`; `now` pins the clock (ISO time) for a reproducible run."""
     carrier = config.carrier
-    alerts = load_alert_settings(config)
-    for name, spec in alerts.channel_specs.items():  # a bad `channels:` entry fails here, at load time
-        validate_channel(name, spec, config.path)
+    alerts = alert_settings(config)
     assets = [raw_source_asset(sc, config.path) for sc in config.sources.values()]
     assets += [
         carrier_tracking_asset(carrier.poll_interval, carrier.max_polls_per_run),

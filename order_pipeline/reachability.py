@@ -19,9 +19,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from order_pipeline.alerts.channels.config import build_channel
 from order_pipeline.alerts.settings import load_alert_settings
-from order_pipeline.contract.config import Config, ConfigError, Secret
+from order_pipeline.contract.config import Config, ConfigError, Secret, driver_url
 from order_pipeline.sources.checks import check_source, first_line
-from order_pipeline.warehouse.engine import driver_url
 from resources.carrier import SANDBOX_SCHEME
 
 TIMEOUT_SECONDS = 5.0

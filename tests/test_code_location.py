@@ -137,3 +137,21 @@ def test_check_connects_to_a_channel_without_sending_to_it(demo_company, monkeyp
     assert lines["channel up"].startswith("ok") and "accepts connections" in lines["channel up"]
     assert lines["channel down"].startswith("FAIL") and "refused" in lines["channel down"].lower()
     assert result.exit_code == 1
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "entry"),
+    [
+        ("rules", {"paid_not_locked": {"when": {"paid_at": {"older_than_ish": "2h"}}}}, "rules.paid_not_locked"),
+        ("alerts", {"cooldwon": "2h"}, "alerts.cooldwon"),
+        ("channels", {"ops": {"type": "wechat"}}, "channels.ops.type"),
+    ],
+)
+def test_a_mistake_in_any_section_is_one_message_from_the_cli(demo_company, section, value, entry):
+    path = demo_company / "order_pipeline.yaml"
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    doc[section] = {**(doc.get(section) or {}), **value}
+    write(path, doc)
+    result = CliRunner().invoke(main, ["run", "--config", str(path)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output and entry in result.output and "Fix:" in result.output

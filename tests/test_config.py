@@ -186,3 +186,16 @@ def test_config_path_from_environment(tmp_path, doc, monkeypatch):
     path.write_text(yaml.safe_dump(doc), encoding="utf-8")
     monkeypatch.setenv("ORDER_PIPELINE_CONFIG", str(path))
     assert load_config().path == path
+
+
+@pytest.mark.parametrize("url", ["mysqlx://erp@db/erp", "oracle+nosuchdriver://erp@db/erp"])
+def test_a_url_no_installed_driver_reads_fails_at_load_naming_the_entry(tmp_path, doc, url):
+    doc["sources"]["orders"]["url"] = url
+    e = error(tmp_path, doc)
+    assert e.entry == "sources.orders.url" and "no installed database driver" in e.problem
+    assert "postgresql+psycopg2://" in e.fix
+
+
+def test_a_bare_postgresql_url_is_read_by_the_installed_driver(tmp_path, doc):
+    doc["warehouse"] = {"url": "postgresql://pipeline@db/orders"}
+    assert load(tmp_path, doc).warehouse_url.value == "postgresql://pipeline@db/orders"

@@ -17,6 +17,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
+from sqlalchemy.exc import NoSuchModuleError
 import yaml
 
 from order_pipeline.contract.canonical import SOURCE_ENTITIES
@@ -37,6 +38,13 @@ class ConfigError(ValueError):
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def driver_url(url: str) -> str:
+    """SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the installed driver is psycopg2."""
+    return (
+        "postgresql+psycopg2://" + url.split("://", 1)[1] if url.startswith(("postgresql://", "postgres://")) else url
+    )
 
 
 def parse_duration(text: Any) -> timedelta:
@@ -256,6 +264,15 @@ class _Parser(SectionParser):
             self.fail(
                 entry,
                 f"{url!r} is not a SQLAlchemy database URL",
+                "write e.g. sqlite:///erp.db or postgresql+psycopg2://user@host/db",
+            )
+        try:
+            # Loads the driver module, connects nowhere: a URL no installed driver reads fails here.
+            sa.engine.make_url(driver_url(url)).get_dialect().import_dbapi()
+        except (NoSuchModuleError, ImportError) as e:
+            self.fail(
+                entry,
+                f"no installed database driver reads {parsed.drivername}:// URLs ({e})",
                 "write e.g. sqlite:///erp.db or postgresql+psycopg2://user@host/db",
             )
         if parsed.password and secret.value is not None:

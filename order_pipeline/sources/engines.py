@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from order_pipeline.warehouse.engine import driver_url
+from order_pipeline.contract.config import driver_url
 
 CONNECT_TIMEOUT_SECONDS = 5
 

@@ -15,15 +15,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy import event
 
+from order_pipeline.contract.config import driver_url
 from order_pipeline.contract.schema import metadata
-
-
-def driver_url(url: str) -> str:
-    """SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the installed driver is psycopg2."""
-    return (
-        "postgresql+psycopg2://" + url.split("://", 1)[1] if url.startswith(("postgresql://", "postgres://")) else url
-    )
-
 
 SORT_THREADS = min(os.cpu_count() or 1, 4)
 
