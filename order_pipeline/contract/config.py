@@ -17,8 +17,8 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
-from sqlalchemy.exc import NoSuchModuleError
 import yaml
+from sqlalchemy.exc import NoSuchModuleError
 
 from order_pipeline.contract.canonical import SOURCE_ENTITIES
 
