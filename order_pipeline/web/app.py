@@ -32,7 +32,9 @@ from order_pipeline.web.settings import WebSettings
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 2_000_000  # a Kuaidi100 push with a long history is well below this
+# A backstop only: each form route refuses (and records) a body over its own, smaller cap. It must stay
+# above them all, since Starlette replaces any answer to a request declaring more than this with its own.
+MAX_BODY_BYTES = 2 * hooks.PUSH_BODY_BYTES
 
 
 def warehouse_url(config: Config) -> str:

@@ -22,6 +22,13 @@ from order_pipeline.web.security.forms import FormError, read_form
 
 log = logging.getLogger(__name__)
 
+# A push carries a waybill's whole history; 2 MB leaves a long one plenty of room.
+PUSH_BODY_BYTES = 2_000_000
+FORM_REFUSALS = {
+    413: "请求过大 (the form is too large or has too many parts)",
+    415: "请求格式错误 (expected a form with param and sign)",
+}
+
 
 def refusal(status: int, message: str) -> JSONResponse:
     return JSONResponse({**push_reply(False, message), "returnCode": str(status)}, status_code=status)
@@ -31,10 +38,10 @@ async def kuaidi100_push(request: Request) -> JSONResponse:
     web = web_context(request)
     sender = client_ip(request)
     try:
-        form = await read_form(request)
+        form = await read_form(request, max_bytes=PUSH_BODY_BYTES, multipart=True)
     except FormError as e:
         log.warning("Kuaidi100 push from %s refused: %s", sender, e)
-        return refusal(400, "请求格式错误: expected a form with param and sign")
+        return refusal(e.status, FORM_REFUSALS.get(e.status, "请求格式错误: expected a form with param and sign"))
     param, sign = form.get("param", ""), form.get("sign", "")
     if not param or not sign:
         log.warning("Kuaidi100 push from %s refused: param or sign missing", sender)

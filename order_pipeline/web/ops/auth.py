@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 COOKIE_PATH = "/ops"
 LOGIN_NONCE_TTL = timedelta(hours=2)
+# The staff forms are a few short urlencoded fields; anything near this is not a browser's form.
+STAFF_FORM_BYTES = 64 * 1024
 
 StaffEndpoint = Callable[[Request, Session], Awaitable[Response]]
 
@@ -71,8 +73,9 @@ async def checked_form(request: Request, session: Session) -> dict[str, str] | N
     """The posted form, or None when its CSRF token does not belong to this session."""
     web = web_context(request)
     try:
-        form = await read_form(request)
-    except FormError:
+        form = await read_form(request, max_bytes=STAFF_FORM_BYTES, multipart=False)
+    except FormError as e:
+        log.warning("staff form from %s refused: %s", session.username, e)
         return None
     return form if tokens_match(csrf_token(session, web.settings.session_secret), form.get("csrf")) else None
 
@@ -129,9 +132,11 @@ async def login(request: Request) -> Response:
     web = web_context(request)
     ip = client_ip(request)
     try:
-        form = await read_form(request)
-    except FormError:
-        form = {}
+        form = await read_form(request, max_bytes=STAFF_FORM_BYTES, multipart=False)
+    except FormError as e:
+        log.warning("login form refused: %s", e)  # the address only goes to the audit row, hashed
+        _audit_login(web, request, None, "form_refused")
+        return web.pages.error(e.status, wording="form" if e.status == 400 else None)
     username, password = form.get("username", "").strip(), form.get("password", "")
     wait = web.login_limiter.hit(client_key(ip), web.clock().timestamp())
     if wait:

@@ -132,10 +132,12 @@ ERRORS = {
             "为保护您的信息，查询链接 {days} 天后失效。请联系客服并提供订单号，我们会为您发送新的查询链接。",
         ),
         413: ("请求过大", "提交的内容太大。"),
+        415: ("不支持的表单", "此页面不接受这种格式的提交。"),
         429: ("访问过于频繁", "请 {seconds} 秒后再试。"),
         500: ("暂时无法显示", "系统出了点问题，请稍后再试。"),
         "order_missing": ("暂时查不到此订单", "订单信息可能仍在处理中，请稍后再试。"),
         "csrf": ("表单已失效", "请返回上一页，刷新后重新提交。"),
+        "form": ("无法读取表单", "请返回上一页，刷新后重新提交。"),
     },
     "en": {
         400: ("Invalid link", "The order number is not valid. Please check that the link is complete."),
@@ -151,10 +153,12 @@ ERRORS = {
             "Contact customer service with your order number and we will send you a new link.",
         ),
         413: ("Request too large", "What was sent is too large."),
+        415: ("Unsupported form", "This page does not accept that kind of form."),
         429: ("Too many requests", "Please try again in {seconds} seconds."),
         500: ("Temporarily unavailable", "Something went wrong on our side. Please try again later."),
         "order_missing": ("Order not found yet", "Your order may still be being processed. Please try again later."),
         "csrf": ("The form has expired", "Go back, reload the page and send it again."),
+        "form": ("The form could not be read", "Go back, reload the page and send it again."),
     },
 }
 
