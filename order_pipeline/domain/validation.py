@@ -16,6 +16,11 @@ from order_pipeline.contract.canonical import Column, Entity
 
 REJECT_COLUMNS = ["record_key", "reason", "raw_row"]
 
+# Set in a frame's attrs by a reader that had to decode text leniently: bytes that were not
+# UTF-8 came through as lone surrogates (U+DC80..U+DCFF), which only such a frame can hold.
+LENIENT_TEXT = "lenient_text"
+_UNDECODED = "[\udc80-\udcff]"
+
 
 def parse_timestamps(values: pd.Series, tz: str) -> pd.Series:
     """Source timestamps -> UTC. Naive values are local times in the source's zone."""
@@ -46,7 +51,7 @@ class _Reasons:
     def __init__(self, index: pd.Index):
         self.text = pd.Series("", index=index, dtype=object)
 
-    def flag(self, mask: pd.Series, reason: str) -> None:
+    def flag(self, mask: pd.Series, reason: str | pd.Series) -> None:
         mask = mask.fillna(False).astype(bool)
         if mask.any():
             self.text = self.text.where(~mask, self.text + np.where(self.text.eq(""), "", "; ") + reason)
@@ -60,9 +65,12 @@ def validate(
     entity: Entity, frame: pd.DataFrame, tz: str, source_names: dict[str, str] | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split a mapped source frame (canonical column names) into (good typed rows, rejects)."""
+    lenient = bool(frame.attrs.get(LENIENT_TEXT))
     frame = frame.reset_index(drop=True)
     out = pd.DataFrame(index=frame.index)
     reasons = _Reasons(frame.index)
+    if lenient:
+        _flag_undecoded(frame, reasons)
     for col in entity.columns:
         out[col.name] = _typed(col, frame[col.name], tz, reasons) if col.name in frame.columns else None
 
@@ -88,6 +96,28 @@ def validate(
         columns=REJECT_COLUMNS,
     ).reset_index(drop=True)
     return good, rejects
+
+
+def _flag_undecoded(frame: pd.DataFrame, reasons: _Reasons) -> None:
+    """Reject each row with a value holding bytes that were not UTF-8, showing them escaped.
+
+    Only frames read leniently are searched, so valid loads pay nothing for it.
+    """
+    for name in frame.columns:
+        values = frame[name]
+        if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_datetime64_any_dtype(values):
+            continue
+        bad = values.str.contains(_UNDECODED, regex=True, na=False)
+        if bad.any():
+            shown = values[bad].map(escaped)
+            reasons.flag(bad, (f"{name} is not valid UTF-8: " + shown).reindex(values.index, fill_value=""))
+
+
+def escaped(text):
+    """Text with the bytes a lenient decode could not read back as `\\xff` escapes; anything else as it is."""
+    if text.__class__ is not str:
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _typed(col: Column, raw: pd.Series, tz: str, reasons: _Reasons) -> pd.Series:
@@ -179,9 +209,11 @@ def _record_keys(raw: pd.DataFrame, typed: pd.DataFrame, key: list[str]) -> pd.S
     # A row without its key is still named: by a stable hash of what it carried.
     missing = parts.isna().all(axis=1) if len(parts) else pd.Series(dtype=bool)
     if missing.any():
-        hashed = pd.util.hash_pandas_object(raw[missing].astype(str), index=False).map(lambda h: f"row:{h:016x}")
+        hashed = pd.util.hash_pandas_object(raw[missing].astype(str).map(escaped), index=False).map(
+            lambda h: f"row:{h:016x}"
+        )
         keys[missing] = hashed
-    return keys
+    return keys.map(escaped) if len(keys) else keys
 
 
 def _raw_rows(raw: pd.DataFrame, source_names: dict[str, str] | None) -> pd.Series:
@@ -189,12 +221,17 @@ def _raw_rows(raw: pd.DataFrame, source_names: dict[str, str] | None) -> pd.Seri
     renamed = raw.rename(columns=names)
     return pd.Series(
         [
-            json.dumps({k: (None if _isna(v) else str(v)) for k, v in row.items()}, ensure_ascii=False, sort_keys=True)
+            json.dumps({k: _raw_text(v) for k, v in row.items()}, ensure_ascii=False, sort_keys=True)
             for row in renamed.to_dict("records")
         ],
         index=raw.index,
         dtype=object,
     )
+
+
+def _raw_text(v) -> str | None:
+    """A raw value as the reject shows it; bytes that were not UTF-8 as `\\xff` escapes."""
+    return None if _isna(v) else escaped(str(v))
 
 
 def _isna(v) -> bool:

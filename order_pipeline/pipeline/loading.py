@@ -7,18 +7,21 @@ high-water mark; order lines follow the orders that changed.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+from sqlalchemy.exc import OperationalError
 
 from order_pipeline.contract.canonical import SOURCE_ENTITIES, Entity
 from order_pipeline.contract.config import SourceConfig
 from order_pipeline.contract.schema import BATCH, RAW_TABLES, stored_in_key_order
-from order_pipeline.domain.validation import parse_timestamps, record_keys, validate
+from order_pipeline.domain.validation import LENIENT_TEXT, parse_timestamps, record_keys, validate
 from order_pipeline.pipeline.rejects import clear_rejects, record_rejects
+from order_pipeline.sources.engines import is_undecodable, lenient_text
 from order_pipeline.warehouse.frames import IN_CHUNK, delete_keys, insert_frame, read_frame, read_keyed, replace_keys
 from order_pipeline.warehouse.rebuild import replacing
 from order_pipeline.warehouse.state import get_state, high_water_mark_key, newest_update_key, next_batch, set_state
@@ -47,25 +50,44 @@ def source_select(src: sa.Engine, sc: SourceConfig, where: str = "") -> str:
 def read_source(
     src: sa.Engine, sc: SourceConfig, since: str | None = None, order_nos: list[str] | None = None
 ) -> pd.DataFrame:
-    """Rows of a source in canonical column names, raw values (validation types them)."""
+    """Rows of a source in canonical column names, raw values (validation types them).
+
+    A source holding text that is not valid UTF-8 is read again leniently, and the frame
+    marked so validation rejects the rows carrying the bad bytes: one bad row must not keep
+    every other row out. Valid sources are read once, with the driver's own decoder.
+    """
+    with src.connect() as conn:
+        try:
+            frame = _read(conn, src, sc, since, order_nos)
+        except (sqlite3.OperationalError, OperationalError) as e:
+            if not is_undecodable(e):
+                raise
+            with lenient_text(conn):
+                frame = _read(conn, src, sc, since, order_nos)
+            frame.attrs[LENIENT_TEXT] = True
+    return frame
+
+
+def _read(
+    conn: sa.Connection, src: sa.Engine, sc: SourceConfig, since: str | None, order_nos: list[str] | None
+) -> pd.DataFrame:
     entity = SOURCE_ENTITIES[sc.entity]
     q = src.dialect.identifier_preparer.quote
-    with src.connect() as conn:
-        if order_nos is not None:
-            col = q(sc.columns["order_no"])
-            parts = []
-            for i in range(0, len(order_nos), IN_CHUNK):
-                chunk = order_nos[i : i + IN_CHUNK]
-                stmt = sa.text(source_select(src, sc, f" WHERE {col} IN :keys")).bindparams(
-                    sa.bindparam("keys", chunk, expanding=True)
-                )
-                parts.append(read_frame(conn, stmt))
-            frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(sc.columns))
-        elif since is not None and entity.watermark:
-            stmt = sa.text(source_select(src, sc, f" WHERE {q(sc.columns[entity.watermark])} >= :since"))
-            frame = read_frame(conn, stmt.bindparams(since=since))
-        else:
-            frame = read_frame(conn, sa.text(source_select(src, sc)))
+    if order_nos is not None:
+        col = q(sc.columns["order_no"])
+        parts = []
+        for i in range(0, len(order_nos), IN_CHUNK):
+            chunk = order_nos[i : i + IN_CHUNK]
+            stmt = sa.text(source_select(src, sc, f" WHERE {col} IN :keys")).bindparams(
+                sa.bindparam("keys", chunk, expanding=True)
+            )
+            parts.append(read_frame(conn, stmt))
+        frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(sc.columns))
+    elif since is not None and entity.watermark:
+        stmt = sa.text(source_select(src, sc, f" WHERE {q(sc.columns[entity.watermark])} >= :since"))
+        frame = read_frame(conn, stmt.bindparams(since=since))
+    else:
+        frame = read_frame(conn, sa.text(source_select(src, sc)))
     if frame.empty:
         frame = pd.DataFrame(columns=list(sc.columns))
     return frame
