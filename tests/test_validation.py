@@ -105,6 +105,14 @@ def test_a_row_without_its_key_is_still_named():
     assert all(k.startswith("row:") for k in keys) and keys[0] != keys[1]
 
 
+def test_a_keyless_rows_name_is_the_hash_of_its_text_as_stored_rejects_have_it():
+    """Stored rejects are matched by this name: it must not change from one version to the next."""
+    rows = [order(order_no=None)]
+    _, rejects = check(ORDERS, rows)
+    stored = pd.util.hash_pandas_object(pd.DataFrame(rows).astype(str), index=False).iloc[0]
+    assert rejects.iloc[0]["record_key"] == f"row:{stored:016x}"
+
+
 def test_identical_duplicates_are_one_row():
     good, rejects = check(PAYMENTS, [payment(), payment()])
     assert len(good) == 1 and rejects.empty

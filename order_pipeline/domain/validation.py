@@ -209,7 +209,8 @@ def _record_keys(raw: pd.DataFrame, typed: pd.DataFrame, key: list[str]) -> pd.S
     # A row without its key is still named: by a stable hash of what it carried.
     missing = parts.isna().all(axis=1) if len(parts) else pd.Series(dtype=bool)
     if missing.any():
-        hashed = pd.util.hash_pandas_object(raw[missing].astype(str).map(escaped), index=False).map(
+        # map() gives object dtype; astype(str) again keeps the hash of valid text what it always was.
+        hashed = pd.util.hash_pandas_object(raw[missing].astype(str).map(escaped).astype(str), index=False).map(
             lambda h: f"row:{h:016x}"
         )
         keys[missing] = hashed
