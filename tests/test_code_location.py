@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import socket
+import sqlite3
 
 import dagster as dg
 import pytest
@@ -155,3 +156,25 @@ def test_a_mistake_in_any_section_is_one_message_from_the_cli(demo_company, sect
     result = CliRunner().invoke(main, ["run", "--config", str(path)])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
     assert "Traceback" not in result.output and entry in result.output and "Fix:" in result.output
+
+
+def test_a_source_locked_past_its_busy_timeout_fails_only_its_own_step(demo_company, monkeypatch):
+    from order_pipeline.runner import run_pipeline
+    from order_pipeline.sources import engines
+
+    monkeypatch.setattr(engines, "SQLITE_BUSY_SECONDS", 0.2)
+    engines.dispose_all()
+    config = load_config(demo_company / "order_pipeline.yaml")
+    finance = sqlite3.connect((config.sources["payments"].url.resolve() or "").removeprefix("sqlite:///"))
+    finance.execute("BEGIN EXCLUSIVE")  # the finance system holds its database
+    try:
+        with dg.instance_for_test() as instance:
+            outcome = run_pipeline(config, instance, now=NOW.isoformat(), full_refresh=True)
+    finally:
+        finance.rollback()
+        finance.close()
+        engines.dispose_all()
+    failed = {f.split(":")[0]: f for f in outcome.failures}
+    assert set(failed) == {"raw_payments"}, outcome.failures
+    assert "sources.payments.url" in failed["raw_payments"] and "locked" in failed["raw_payments"]
+    assert {"raw_orders", "raw_inventory", "raw_shipments"} <= set(outcome.step_seconds)

@@ -12,6 +12,9 @@ import sqlalchemy as sa
 from order_pipeline.contract.config import driver_url
 
 CONNECT_TIMEOUT_SECONDS = 5
+# How long a read waits for a SQLite source another program holds locked (an ERP's own export in
+# progress) before that source's step fails; the other sources are not held up by it.
+SQLITE_BUSY_SECONDS = 30.0
 
 # One engine (and connection pool) per URL for the process: a sensor tick and an asset run build
 # their resources afresh, and a new pool per tick would reconnect every time.
@@ -27,7 +30,10 @@ def source_engine(url: str) -> sa.Engine:
     url = driver_url(url)
     if url not in _engines:
         name = sa.engine.make_url(url).get_backend_name()
-        args = {"connect_timeout": CONNECT_TIMEOUT_SECONDS} if name in ("postgresql", "mysql") else {}
+        if name == "sqlite":
+            args: dict = {"timeout": SQLITE_BUSY_SECONDS}
+        else:
+            args = {"connect_timeout": CONNECT_TIMEOUT_SECONDS} if name in ("postgresql", "mysql") else {}
         _engines[url] = sa.create_engine(url, pool_pre_ping=name != "sqlite", connect_args=args)
     return _engines[url]
 
