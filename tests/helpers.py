@@ -54,7 +54,7 @@ from order_pipeline.domain.links import make_token
 from order_pipeline.domain.passwords import hash_password
 from order_pipeline.domain.stages import NEXT_OWNER, STAGE_LABELS
 from order_pipeline.runner import RunOutcome, run_pipeline
-from order_pipeline.warehouse.engine import create_engine
+from order_pipeline.warehouse.engine import Warehouse, create_engine
 from order_pipeline.warehouse.frames import insert_frame
 from order_pipeline.warehouse.state import PUBLISHED_BATCH, set_state
 from order_pipeline.web.db import SQLITE_BUSY_TIMEOUT, make_engine
@@ -237,6 +237,15 @@ def write_sources(folder: Path) -> dict:
             conn.execute(f"CREATE TABLE {name} ({', '.join(entity.column_names)})")
         sources[name] = {"url": f"sqlite:///{name}.db", "table": name, "columns": {c: c for c in entity.column_names}}
     return {"timezone": "Asia/Shanghai", "sources": sources}
+
+
+def sources_company(folder: Path) -> tuple[Config, sa.Engine]:
+    """`write_sources`' sources with their config loaded, and an empty warehouse for them."""
+    (folder / "order_pipeline.yaml").write_text(yaml.safe_dump(write_sources(folder)), encoding="utf-8")
+    config = load_config(folder / "order_pipeline.yaml")
+    wh = Warehouse(warehouse_of(config))
+    wh.create_schema()
+    return config, wh.engine
 
 
 # --- the demo company and the pipeline on it ---------------------------------------------------------

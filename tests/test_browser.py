@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -41,12 +40,6 @@ def _unavailable(reason: str):
     pytest.skip(f"{reason}; set REQUIRE_BROWSER=1 to make this a failure")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
@@ -68,29 +61,40 @@ def browser():
 def server(tmp_path_factory):
     """The app under uvicorn in its own process, on a free loopback port."""
     world = build_world(tmp_path_factory.mktemp("browser"))
-    port = _free_port()
+    # Listening before the server starts: the first request waits in the backlog until the server
+    # accepts it, so nothing polls for readiness.
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
     env = {**os.environ, **world.env}
     log = (world.root / "server.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "order_pipeline.web.server", "--config", str(world.config_path), "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "order_pipeline.web.server",
+            "--config",
+            str(world.config_path),
+            "--fd",
+            str(sock.fileno()),
+        ],
         cwd=REPO,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
+        pass_fds=[sock.fileno()],
     )
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).text == "ok":
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail(f"the web server did not start:\n{(world.root / 'server.log').read_text()}")
-            time.sleep(0.2)
+        try:
+            ready = httpx.get(f"{base}/healthz", timeout=30).text == "ok"
+        except httpx.HTTPError:
+            ready = False
+        finally:
+            sock.close()  # the server has its own copy
+        if not ready:
+            log.flush()
+            pytest.fail(f"the web server did not start:\n{(world.root / 'server.log').read_text()}")
         yield base
     finally:
         proc.terminate()

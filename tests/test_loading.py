@@ -7,24 +7,17 @@ import sqlite3
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-import yaml
-from helpers import NOW, resolved, warehouse_of, write_sources
+from helpers import NOW, resolved, sources_company
 
-from order_pipeline.contract.config import load_config
 from order_pipeline.contract.schema import RAW_TABLES, pipeline_rejects
 from order_pipeline.pipeline.loading import load_source
-from order_pipeline.warehouse.engine import Warehouse
 
 
 @pytest.fixture
 def setup(tmp_path):
-    doc = write_sources(tmp_path)
-    (tmp_path / "order_pipeline.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
-    config = load_config(tmp_path / "order_pipeline.yaml")
-    wh = Warehouse(warehouse_of(config))
-    wh.create_schema()
+    config, warehouse = sources_company(tmp_path)
     sc = config.sources["inventory"]
-    return wh.engine, sa.create_engine(resolved(sc.url)), sc, tmp_path / "inventory.db"
+    return warehouse, sa.create_engine(resolved(sc.url)), sc, tmp_path / "inventory.db"
 
 
 def stock(db, *rows):

@@ -8,14 +8,12 @@ from datetime import timedelta
 import dagster as dg
 import pytest
 import sqlalchemy as sa
-import yaml
-from helpers import NOW, local, materialization_metadata, published, resolved, run_at, warehouse_of, write_sources
+from helpers import NOW, local, materialization_metadata, published, resolved, run_at, sources_company, warehouse_of
 
 from order_pipeline.contract.config import load_config
 from order_pipeline.contract.schema import RAW_TABLES, pipeline_rejects
 from order_pipeline.pipeline.loading import load_source
 from order_pipeline.sources import engines
-from order_pipeline.warehouse.engine import Warehouse
 
 BAD = "SO-BAD"
 
@@ -23,15 +21,11 @@ BAD = "SO-BAD"
 @pytest.fixture
 def erp(tmp_path):
     """A warehouse, the ERP orders source through the pipeline's own source engine, and the source's file."""
-    doc = write_sources(tmp_path)
-    (tmp_path / "order_pipeline.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
-    config = load_config(tmp_path / "order_pipeline.yaml")
-    wh = Warehouse(warehouse_of(config))
-    wh.create_schema()
+    config, warehouse = sources_company(tmp_path)
     sc = config.sources["orders"]
-    yield wh.engine, engines.source_engine(resolved(sc.url)), sc, tmp_path / "orders.db"
+    yield warehouse, engines.source_engine(resolved(sc.url)), sc, tmp_path / "orders.db"
     engines.dispose_all()
-    wh.engine.dispose()
+    warehouse.dispose()
 
 
 def put_orders(db, version: int, numbers: range) -> None:

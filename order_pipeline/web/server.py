@@ -1,6 +1,7 @@
 """Run the web app with uvicorn (one worker: rate limits and caches live in its memory).
 
 python -m order_pipeline.web.server --config order_pipeline.yaml --port 8080
+python -m order_pipeline.web.server --config order_pipeline.yaml --fd 3   # a socket a service manager opened
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from order_pipeline.web.app import create_app
 from order_pipeline.web.settings import WebSettings
 
 
-def serve(config: Config, host: str = "127.0.0.1", port: int = 8080) -> None:
+def serve(config: Config, host: str = "127.0.0.1", port: int = 8080, fd: int | None = None) -> None:
     settings = WebSettings.from_config(config)
     app = create_app(config)
     uvicorn.run(
         app,
         host=host,
         port=port,
+        fd=fd,  # when given, host and port are the socket's already
         workers=1,
         proxy_headers=True,
         forwarded_allow_ips=settings.trusted_proxies,
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--fd", type=int, help="serve on this already listening socket instead of host:port")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    serve(config, host=args.host, port=args.port)
+    serve(config, host=args.host, port=args.port, fd=args.fd)
     return 0
 
 
