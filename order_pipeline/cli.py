@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
@@ -45,6 +47,18 @@ def _config(path: str | None) -> Config:
 
 def _step(name: str, seconds: float) -> None:
     click.echo(f"  ✓ {name:<28} {seconds:6.1f} s")
+
+
+@contextmanager
+def _holding_warehouse(config: Config, wait: float) -> Iterator[None]:
+    """The warehouse's run lock for a run and the dispatch after it: one at a time per warehouse."""
+    from order_pipeline.warehouse.lock import RunLocked, run_lock
+
+    try:
+        with run_lock(config.warehouse_url.resolve() or "", wait, on_wait=lambda msg: click.echo(f"  … {msg}")):
+            yield
+    except RunLocked as e:
+        raise click.ClickException(str(e)) from None
 
 
 def _run(config: Config, now: datetime | None, full_refresh: bool) -> None:
@@ -139,9 +153,10 @@ def demo(target: str, orders: int, days: int, seed: int, now: str | None) -> Non
     )
     click.echo(f"  ✓ sources written in {time.perf_counter() - started:.1f} s")
     config = _config(str(company.config_path))
-    _run(config, pinned, full_refresh=True)
-    _summary(config)
-    _dispatch(config, pinned)
+    with _holding_warehouse(config, wait=0):
+        _run(config, pinned, full_refresh=True)
+        _summary(config)
+        _dispatch(config, pinned)
     click.echo(f"""
 Tables: {config.warehouse_url.resolve()}
   order_tracking_snapshot, order_tracking_parcels, order_tracking_events, pipeline_rejects,
@@ -156,14 +171,22 @@ Run again (incremental): order-pipeline run --config {company.config_path} --now
 @config_option
 @now_option
 @click.option("--full-refresh", is_flag=True, help="Rebuild everything instead of the orders that changed.")
-def run(config_path: str | None, now: str | None, full_refresh: bool) -> None:
+@click.option(
+    "--wait",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds to wait for a run already writing to the warehouse; without it this run is skipped.",
+)
+def run(config_path: str | None, now: str | None, full_refresh: bool, wait: float) -> None:
     """Run the pipeline once (incremental by default), then evaluate every rule and freshness check and send
     the alerts."""
     config = _config(config_path)
     pinned = _now(now)
-    _run(config, pinned if now else None, full_refresh)
-    _summary(config)
-    _dispatch(config, pinned)
+    with _holding_warehouse(config, wait):
+        _run(config, pinned if now else None, full_refresh)
+        _summary(config)
+        _dispatch(config, pinned)
 
 
 @main.command()

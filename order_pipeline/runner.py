@@ -28,10 +28,15 @@ class RunOutcome:
 
 
 # What a new instance home gets (deploy/dagster.yaml says the same for production): the project's
-# log lines reach each run's event log.
+# log lines reach each run's event log, and the run queue starts one run at a time, since runs
+# write the same warehouse (a run from the CLI takes the warehouse's run lock instead: it does not
+# pass through the queue).
 INSTANCE_YAML = """python_logs:
   managed_python_loggers: [order_pipeline]
   python_log_level: INFO
+concurrency:
+  runs:
+    max_concurrent_runs: 1
 """
 
 
