@@ -6,7 +6,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
@@ -52,13 +52,20 @@ def _step(name: str, seconds: float) -> None:
 @contextmanager
 def _holding_warehouse(config: Config, wait: float) -> Iterator[None]:
     """The warehouse's run lock for a run and the dispatch after it: one at a time per warehouse."""
+    import sqlalchemy as sa
+
+    from order_pipeline.warehouse.engine import WarehouseUnreachable
     from order_pipeline.warehouse.lock import RunLocked, run_lock
 
-    try:
-        with run_lock(config.warehouse_url.resolve() or "", wait, on_wait=lambda msg: click.echo(f"  … {msg}")):
-            yield
-    except RunLocked as e:
-        raise click.ClickException(str(e)) from None
+    url = config.warehouse_url.resolve() or ""
+    with ExitStack() as held:
+        try:
+            held.enter_context(run_lock(url, wait, on_wait=lambda msg: click.echo(f"  … {msg}")))
+        except RunLocked as e:
+            raise click.ClickException(str(e)) from None
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as e:
+            raise click.ClickException(str(WarehouseUnreachable(url, config.warehouse_entry, e))) from None
+        yield
 
 
 def _run(config: Config, now: datetime | None, full_refresh: bool) -> None:

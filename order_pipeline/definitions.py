@@ -62,7 +62,7 @@ def _policies(freshness: dict[dg.AssetKey, dg.FreshnessPolicy]):
 def _resources(config: Config, now: str | None) -> dict[str, dg.ConfigurableResource]:
     """Keyed by the parameter names the assets and sensors take them by."""
     carrier = config.carrier
-    warehouse = WarehouseResource(url=_setting(config.warehouse_url))
+    warehouse = WarehouseResource(url=_setting(config.warehouse_url), entry=config.warehouse_entry)
     return {
         "warehouse": warehouse,
         "clock": PipelineClock(now_at=now),

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from order_pipeline.domain.times import parse_instant
 from order_pipeline.sources.engines import source_engine
-from order_pipeline.warehouse.engine import Warehouse
+from order_pipeline.warehouse.engine import Warehouse, WarehouseUnreachable
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -22,13 +22,18 @@ class WarehouseResource(dg.ConfigurableResource):
     """
 
     url: str
+    entry: str = "warehouse.url"  # where the config sets `url`, named when it cannot be reached
     _engines: ClassVar[dict[str, sa.Engine]] = {}
 
     @property
     def engine(self) -> sa.Engine:
         if self.url not in self._engines:
             warehouse = Warehouse(self.url)
-            warehouse.create_schema()
+            try:
+                warehouse.create_schema()
+            except (sa.exc.OperationalError, sa.exc.InterfaceError) as e:
+                warehouse.engine.dispose()
+                raise WarehouseUnreachable(self.url, self.entry, e) from None
             self._engines[self.url] = warehouse.engine
         return self._engines[self.url]
 

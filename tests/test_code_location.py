@@ -178,3 +178,23 @@ def test_a_source_locked_past_its_busy_timeout_fails_only_its_own_step(demo_comp
     assert set(failed) == {"raw_payments"}, outcome.failures
     assert "sources.payments.url" in failed["raw_payments"] and "locked" in failed["raw_payments"]
     assert {"raw_orders", "raw_inventory", "raw_shipments"} <= set(outcome.step_seconds)
+
+
+def test_an_unreachable_warehouse_is_one_message_naming_its_entry(demo_company, monkeypatch):
+    path = demo_company / "order_pipeline.yaml"
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    doc["warehouse"] = {"url_env": "ORDER_PIPELINE_TEST_WAREHOUSE"}
+    write(path, doc)
+    monkeypatch.setenv("ORDER_PIPELINE_TEST_WAREHOUSE", "postgresql://postgres:secret@127.0.0.1:1/nowhere")
+    result = CliRunner().invoke(main, ["run", "--config", str(path)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output and "secret" not in result.output
+    assert 'cannot be reached: connection to server at "127.0.0.1", port 1 failed' in result.output
+    assert f"correct {path}: warehouse.url_env (ORDER_PIPELINE_TEST_WAREHOUSE)" in result.output
+
+    from order_pipeline.runner import run_pipeline
+
+    with dg.instance_for_test() as instance:  # a run the daemon starts: each step says the same
+        outcome = run_pipeline(load_config(path), instance, now=NOW.isoformat())
+    assert not outcome.success and outcome.failures
+    assert all("warehouse.url_env (ORDER_PIPELINE_TEST_WAREHOUSE)" in f for f in outcome.failures), outcome.failures

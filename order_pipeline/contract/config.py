@@ -107,6 +107,12 @@ class Config:
     reject_threshold: int = 100
     sections: dict[str, Any] = field(default_factory=dict)  # rules, channels, web: parsed by their modules
 
+    @property
+    def warehouse_entry(self) -> str:
+        """Where the warehouse's URL is set, for a message that asks to correct it."""
+        env = self.warehouse_url.env
+        return f"{self.path}: warehouse.url_env ({env})" if env else f"{self.path}: warehouse.url"
+
 
 TOP_LEVEL = {
     "timezone",

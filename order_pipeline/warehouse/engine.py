@@ -21,6 +21,17 @@ from order_pipeline.contract.schema import metadata
 SORT_THREADS = min(os.cpu_count() or 1, 4)
 
 
+class WarehouseUnreachable(RuntimeError):
+    """The warehouse cannot be connected to: one message naming where its URL is set."""
+
+    def __init__(self, url: str, entry: str, error: Exception):
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        shown = sa.make_url(driver_url(url)).render_as_string() if url else "(no URL)"
+        super().__init__(
+            f"the warehouse {shown} cannot be reached: {reason}. Fix: start that database, or correct {entry}"
+        )
+
+
 def create_engine(url: str) -> sa.Engine:
     url = driver_url(url)
     if url.startswith("sqlite"):
