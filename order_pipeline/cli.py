@@ -52,7 +52,7 @@ def _step(name: str, seconds: float) -> None:
 @contextmanager
 def _holding_warehouse(config: Config, wait: float) -> Iterator[None]:
     """The warehouse's run lock for a run and the dispatch after it: one at a time per warehouse."""
-    import sqlalchemy as sa
+    from sqlalchemy.exc import InterfaceError, OperationalError
 
     from order_pipeline.warehouse.engine import WarehouseUnreachable
     from order_pipeline.warehouse.lock import RunLocked, run_lock
@@ -63,7 +63,7 @@ def _holding_warehouse(config: Config, wait: float) -> Iterator[None]:
             held.enter_context(run_lock(url, wait, on_wait=lambda msg: click.echo(f"  … {msg}")))
         except RunLocked as e:
             raise click.ClickException(str(e)) from None
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as e:
+        except (OperationalError, InterfaceError) as e:
             raise click.ClickException(str(WarehouseUnreachable(url, config.warehouse_entry, e))) from None
         yield
 

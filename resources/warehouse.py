@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import dagster as dg
 import sqlalchemy as sa
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from order_pipeline.domain.times import parse_instant
 from order_pipeline.sources.engines import source_engine
@@ -31,7 +32,7 @@ class WarehouseResource(dg.ConfigurableResource):
             warehouse = Warehouse(self.url)
             try:
                 warehouse.create_schema()
-            except (sa.exc.OperationalError, sa.exc.InterfaceError) as e:
+            except (InterfaceError, OperationalError) as e:
                 warehouse.engine.dispose()
                 raise WarehouseUnreachable(self.url, self.entry, e) from None
             self._engines[self.url] = warehouse.engine

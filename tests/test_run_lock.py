@@ -106,4 +106,5 @@ def test_the_run_queue_starts_one_run_at_a_time(instance_yaml, monkeypatch):
     overrides = {k: v for k, v in yaml.safe_load(text).items() if k != "storage"}  # storage: PostgreSQL in production
     with dg.instance_for_test(overrides=overrides) as instance:
         assert isinstance(instance.run_coordinator, dg.QueuedRunCoordinator)
-        assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 1
+        queue = instance.get_concurrency_config().run_queue_config
+        assert queue is not None and queue.max_concurrent_runs == 1
