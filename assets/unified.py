@@ -14,18 +14,20 @@ UNIFIED_ORDERS = dg.AssetKey("unified_orders")
 PREVIEW_COLUMNS = ["order_no", "stage_label", "missing_info", "responsible_role", "waiting_since", "parcel_count"]
 
 
-def unified_orders_asset(entities: list[str], transit_days: int) -> dg.AssetsDefinition:
+def unified_orders_asset(source_columns: dict[str, dict[str, str]], transit_days: int) -> dg.AssetsDefinition:
+    """`source_columns`: per source, its config's column map (an orphan row's reject shows the row by it)."""
+
     @dg.asset(
         key=UNIFIED_ORDERS,
         group_name=ORDERS_GROUP,
-        deps=[raw_asset_key(e) for e in entities] + [RAW_TRACKING],
+        deps=[raw_asset_key(e) for e in source_columns] + [RAW_TRACKING],
         kinds={"pandas", "sql"},
         description="One row per order: lifecycle stage, stage times, missing facts, owner of the next step, "
         "waiting since, parcels, latest carrier event and ETA. Recomputes only the orders a source touched.",
     )
     def _unified(config: LoadConfig, warehouse: WarehouseResource, clock: PipelineClock) -> dg.MaterializeResult:
         engine = warehouse.engine
-        result = unify(engine, clock.now(), transit_days, full=config.full_refresh)
+        result = unify(engine, clock.now(), transit_days, full=config.full_refresh, source_columns=source_columns)
         with engine.connect() as conn:
             per_stage = dict(
                 conn.execute(sa.select(unified_orders.c.stage, sa.func.count()).group_by(unified_orders.c.stage)).all()

@@ -99,7 +99,7 @@ def build_definitions(config: Config, now: str | None = None) -> dg.Definitions:
     assets = [raw_source_asset(sc, config.path) for sc in config.sources.values()]
     assets += [
         carrier_tracking_asset(carrier.poll_interval, carrier.max_polls_per_run),
-        unified_orders_asset(list(config.sources), carrier.transit_days),
+        unified_orders_asset({name: sc.columns for name, sc in config.sources.items()}, carrier.transit_days),
         published_tracking_tables,
     ]
     assets = dg.map_asset_specs(_policies(freshness_policies(alerts.freshness)), assets)

@@ -76,3 +76,58 @@ def test_newer_rows_only_after_the_first_load(setup):
     assert raw(engine) == {"A": 10.0, "B": 2.0}
     assert result.newest is not None
     assert pd.Timestamp(result.newest) == pd.Timestamp("2026-11-25 02:01:00", tz="UTC")
+
+
+def rejects(engine) -> list[tuple[str, str]]:
+    r = pipeline_rejects
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(sa.select(r.c.record_key, r.c.reason).order_by(r.c.record_key))]
+
+
+def keyless(db, on_hand: int, updated_at: str) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO inventory (sku, on_hand, reserved, safety_stock, updated_at) VALUES (NULL, ?, 0, 5, ?)",
+            (on_hand, updated_at),
+        )
+
+
+def edit(db, sql: str) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute(sql)
+
+
+def test_a_keyless_row_touched_again_stays_one_reject(setup):
+    engine, src, sc, db = setup
+    keyless(db, 9, "2026-11-25 10:00:00")
+    load_source(engine, src, sc, NOW)
+    edit(db, "UPDATE inventory SET updated_at = '2026-11-25 11:00:00' WHERE sku IS NULL")
+    load_source(engine, src, sc, NOW)
+    assert [reason for _, reason in rejects(engine)] == ["missing sku"]
+
+
+def test_a_keyless_row_once_its_key_is_filled_in_loses_its_reject(setup):
+    engine, src, sc, db = setup
+    keyless(db, 9, "2026-11-25 10:00:00")
+    stock(db, ("A", 10, "2026-11-25 10:00:00"))
+    load_source(engine, src, sc, NOW)
+    assert len(rejects(engine)) == 1
+    edit(db, "UPDATE inventory SET sku = 'K1', updated_at = '2026-11-25 11:00:00' WHERE sku IS NULL")
+    load_source(engine, src, sc, NOW)  # incremental: reads the fixed row, and A at the mark
+    assert rejects(engine) == []
+    assert raw(engine) == {"A": 10.0, "K1": 9.0}
+
+
+def test_a_full_load_settles_the_rejects_of_keyless_rows_no_longer_there(setup):
+    """Rows edited while still keyless, or deleted: only a full read can tell they are gone."""
+    engine, src, sc, db = setup
+    keyless(db, 9, "2026-11-25 10:00:00")
+    keyless(db, 4, "2026-11-25 10:00:00")
+    load_source(engine, src, sc, NOW)
+    edit(db, "UPDATE inventory SET on_hand = 8, updated_at = '2026-11-25 11:00:00' WHERE on_hand = 9")
+    edit(db, "DELETE FROM inventory WHERE on_hand = 4")
+    load_source(engine, src, sc, NOW)
+    # An incremental read sees neither the deleted row nor the old version of the edited one go.
+    assert len(rejects(engine)) == 3
+    load_source(engine, src, sc, NOW, full=True)
+    assert len(rejects(engine)) == 1  # the edited row, still keyless: one reject

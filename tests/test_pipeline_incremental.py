@@ -305,7 +305,10 @@ def test_a_full_rebuild_in_slices_derives_the_same_orders_and_orphans(backend, w
     assert "ZZ-NO-SUCH-ORDER" not in set(whole["order_no"])
     assert (whole_rejects["record_key"] == "PAY-ORPHAN").sum() == 1
 
-    result = unify(engine, NOW, config.carrier.transit_days, full=True, slice_orders=37, workers=workers)
+    names = {name: sc.columns for name, sc in config.sources.items()}
+    result = unify(
+        engine, NOW, config.carrier.transit_days, full=True, slice_orders=37, workers=workers, source_columns=names
+    )
     assert result.full and result.touched == len(whole)
     assert result.orphans >= 1
     pd.testing.assert_frame_equal(unified(engine), whole)

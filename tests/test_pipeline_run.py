@@ -3,6 +3,7 @@ nothing new, and an order whose lines changed."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import timedelta
 
@@ -80,6 +81,8 @@ def test_bad_rows_are_quarantined_with_reasons_and_the_rest_is_published(materia
     # The raw row is kept as the source sent it, under the source's own column names.
     negative = rejects[rejects["reason"] == "negative amount"].iloc[0]
     assert "金额" in negative["raw_row"]
+    orphan = json.loads(rejects.loc[rejects["reason"] == "shipment for unknown order", "raw_row"].iloc[0])
+    assert {"ref_order", "tracking_no", "express_company"} <= set(orphan) and "order_no" not in orphan
     assert len(published) > 300
 
 

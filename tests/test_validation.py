@@ -105,12 +105,14 @@ def test_a_row_without_its_key_is_still_named():
     assert all(k.startswith("row:") for k in keys) and keys[0] != keys[1]
 
 
-def test_a_keyless_rows_name_is_the_hash_of_its_text_as_stored_rejects_have_it():
-    """Stored rejects are matched by this name: it must not change from one version to the next."""
+def test_a_keyless_rows_name_is_the_hash_of_its_text_but_its_key_and_time():
+    """Stored rejects are matched by this name: the row fixed, or touched again, keeps it."""
     rows = [order(order_no=None)]
     _, rejects = check(ORDERS, rows)
-    stored = pd.util.hash_pandas_object(pd.DataFrame(rows).astype(str), index=False).iloc[0]
-    assert rejects.iloc[0]["record_key"] == f"row:{stored:016x}"
+    text = pd.DataFrame(rows).drop(columns=["order_no", "updated_at"]).astype(str)
+    assert rejects.iloc[0]["record_key"] == f"row:{pd.util.hash_pandas_object(text, index=False).iloc[0]:016x}"
+    _, touched = check(ORDERS, [order(order_no=None, updated_at="2026-11-25 11:00:00")])
+    assert touched.iloc[0]["record_key"] == rejects.iloc[0]["record_key"]
 
 
 def test_identical_duplicates_are_one_row():

@@ -89,7 +89,7 @@ def validate(
     good = _one_row_per_key(out[~bad], entity, key, repeated)
     rejects = pd.DataFrame(
         {
-            "record_key": _record_keys(frame[bad], out[bad], key),
+            "record_key": _record_keys(frame[bad], out[bad], entity),
             "reason": reasons.text[bad],
             "raw_row": _raw_rows(frame[bad], source_names),
         },
@@ -199,21 +199,29 @@ def record_keys(rows: pd.DataFrame, key) -> pd.Series:
     return keys
 
 
-def _record_keys(raw: pd.DataFrame, typed: pd.DataFrame, key: list[str]) -> pd.Series:
+def keyless_names(raw: pd.DataFrame, entity: Entity) -> pd.Series:
+    """The names of rows that came without their key: `row:` and a stable hash of what else they carried.
+
+    Neither the key columns nor the modification time go into the hash, so the row once fixed (its
+    key filled in, its time moved on) or touched again is known as the row that was rejected.
+    """
+    left_out = [c for c in (*entity.key, entity.watermark) if c and c in raw.columns]
+    # map() gives object dtype; astype(str) again hashes valid text as the plain text it is.
+    text = raw.drop(columns=left_out).astype(str).map(escaped).astype(str)
+    return pd.util.hash_pandas_object(text, index=False).map(lambda h: f"row:{h:016x}")
+
+
+def _record_keys(raw: pd.DataFrame, typed: pd.DataFrame, entity: Entity) -> pd.Series:
+    key = list(entity.key)
     parts = typed[key].astype(object).where(typed[key].notna(), None)
     keys = (
         parts.apply(lambda r: "/".join("" if v is None else str(v) for v in r), axis=1)
         if len(parts)
         else pd.Series(dtype=object)
     )
-    # A row without its key is still named: by a stable hash of what it carried.
     missing = parts.isna().all(axis=1) if len(parts) else pd.Series(dtype=bool)
     if missing.any():
-        # map() gives object dtype; astype(str) again keeps the hash of valid text what it always was.
-        hashed = pd.util.hash_pandas_object(raw[missing].astype(str).map(escaped).astype(str), index=False).map(
-            lambda h: f"row:{h:016x}"
-        )
-        keys[missing] = hashed
+        keys[missing] = keyless_names(raw[missing], entity)
     return keys.map(escaped) if len(keys) else keys
 
 

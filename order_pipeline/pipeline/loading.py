@@ -19,8 +19,8 @@ from sqlalchemy.exc import OperationalError
 from order_pipeline.contract.canonical import SOURCE_ENTITIES, Entity
 from order_pipeline.contract.config import SourceConfig
 from order_pipeline.contract.schema import BATCH, RAW_TABLES, stored_in_key_order
-from order_pipeline.domain.validation import LENIENT_TEXT, parse_timestamps, record_keys, validate
-from order_pipeline.pipeline.rejects import clear_rejects, record_rejects
+from order_pipeline.domain.validation import LENIENT_TEXT, keyless_names, parse_timestamps, record_keys, validate
+from order_pipeline.pipeline.rejects import clear_fixed_keyless, clear_rejects, record_rejects
 from order_pipeline.sources.engines import is_undecodable, lenient_text
 from order_pipeline.warehouse.frames import IN_CHUNK, delete_keys, insert_frame, read_frame, read_keyed, replace_keys
 from order_pipeline.warehouse.rebuild import replacing
@@ -117,7 +117,7 @@ def load_source(wh: sa.Engine, src: sa.Engine, sc: SourceConfig, now: datetime, 
         else:
             _touch_orders_left(conn, table, entity, good, batch)
             replace_keys(conn, table, good, entity.key)
-        _record(conn, entity, good, rejects, now)
+        _record(conn, entity, frame, good, rejects, now, full)
         if mark is not None:
             set_state(conn, hwm_key, mark, now)
         newest = good[entity.watermark].max() if len(good) else None
@@ -230,7 +230,7 @@ def _load_children(
             _insert_all(conn, table, good, entity)
         else:
             _replace_children(conn, table, entity, good, order_nos)
-        _record(conn, entity, good, rejects, now)
+        _record(conn, entity, frame, good, rejects, now, full=order_nos is None)
         set_state(conn, state_key, str(parent_batch), now)
     return LoadResult(entity.name, len(frame), len(good), len(rejects), batch, None)
 
@@ -252,7 +252,10 @@ def _replace_children(
     replace_keys(conn, table, good[~unchanged], key)
 
 
-def _record(conn, entity: Entity, good: pd.DataFrame, rejects: pd.DataFrame, now: datetime) -> None:
-    """Rejects of this load in; earlier rejects whose key now arrived in good shape out."""
+def _record(
+    conn, entity: Entity, read: pd.DataFrame, good: pd.DataFrame, rejects: pd.DataFrame, now: datetime, full: bool
+) -> None:
+    """Rejects of this load in; earlier rejects whose row now arrived in good shape (or is gone) out."""
     clear_rejects(conn, entity.name, record_keys(good, entity.key))
+    clear_fixed_keyless(conn, entity.name, lambda: keyless_names(read, entity), rejects["record_key"], full)
     record_rejects(conn, entity.name, rejects, now)

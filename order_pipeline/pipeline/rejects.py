@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import pandas as pd
@@ -49,4 +49,25 @@ def clear_rejects(conn: sa.Connection, source: str, good_keys: pd.Series) -> Non
     settled = good_keys[good_keys.isin(open_keys)] if open_keys else good_keys.iloc[:0]
     if len(settled):
         keys = pd.DataFrame({"source": source, "record_key": settled.astype(str).to_numpy()}).drop_duplicates()
+        delete_keys(conn, pipeline_rejects, keys, ["source", "record_key"])
+
+
+def clear_fixed_keyless(
+    conn: sa.Connection, source: str, read: Callable[[], pd.Series], rejected: pd.Series, full: bool
+) -> None:
+    """Rejects of rows that came without their key, for rows that have since been fixed or are gone.
+
+    `read` gives the keyless names of every row this load read (see validation.keyless_names), asked
+    only when such rejects are open; `rejected` the names this load rejected. A full load read every
+    row, so a keyless reject it did not meet again is settled; an incremental one settles those it
+    read again in good shape.
+    """
+    r = pipeline_rejects
+    query = sa.select(r.c.record_key).where(r.c.source == source, r.c.record_key.like("row:%"))
+    open_keyless = set(conn.execute(query).scalars())
+    if not open_keyless:
+        return
+    settled = open_keyless - set(rejected) if full else (open_keyless & set(read())) - set(rejected)
+    if settled:
+        keys = pd.DataFrame({"source": source, "record_key": sorted(settled)})
         delete_keys(conn, pipeline_rejects, keys, ["source", "record_key"])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import closing, nullcontext
 from dataclasses import dataclass
@@ -144,7 +144,10 @@ def unify(
     full: bool = False,
     slice_orders: int | None = None,
     workers: int = WORKERS,
+    source_columns: Mapping[str, Mapping[str, str]] | None = None,
 ) -> UnifyResult:
+    """`source_columns`: per source, canonical name -> the source's own column name (its config's
+    `columns`), under which an orphan row's reject shows the row."""
     with engine.begin() as conn:
         batch = current_batch(conn)
         since = 0 if full else int(get_state(conn, UNIFIED_BATCH, "0"))
@@ -165,7 +168,7 @@ def unify(
                     touched += insert_prepared(conn, target[unified_orders], part.rows)
                 else:
                     touched += replace_keys(conn, unified_orders, part.rows, ["order_no"])
-                orphans += _apply_orphan_changes(conn, part.changes, now)
+                orphans += _apply_orphan_changes(conn, part.changes, now, source_columns or {})
                 if first is None:
                     first = part.preview
         set_state(conn, UNIFIED_BATCH, str(batch), now)
@@ -310,7 +313,9 @@ def _orphan_changes(inp: OrderInputs, open_keys: dict[str, set[str]]) -> list[Or
     return changes
 
 
-def _apply_orphan_changes(conn: sa.Connection, changes: list[OrphanChanges], now: datetime) -> int:
+def _apply_orphan_changes(
+    conn: sa.Connection, changes: list[OrphanChanges], now: datetime, source_columns: Mapping[str, Mapping[str, str]]
+) -> int:
     for change in changes:
         if change.settled:
             delete_keys(
@@ -319,5 +324,15 @@ def _apply_orphan_changes(conn: sa.Connection, changes: list[OrphanChanges], now
                 pd.DataFrame({"source": change.source, "record_key": change.settled}),
                 ["source", "record_key"],
             )
-        record_rejects(conn, change.source, change.rejects, now)
+        names = source_columns.get(change.source)
+        rejects = change.rejects
+        if names and len(rejects):
+            rejects = rejects.assign(raw_row=[_under_source_names(text, names) for text in rejects["raw_row"]])
+        record_rejects(conn, change.source, rejects, now)
     return sum(len(c.rejects) for c in changes)
+
+
+def _under_source_names(raw_row: str, names: Mapping[str, str]) -> str:
+    """A raw row's JSON under the source's own column names, as the loads' rejects show rows."""
+    row = json.loads(raw_row)
+    return json.dumps({names[k]: v for k, v in row.items() if k in names}, ensure_ascii=False, sort_keys=True)
