@@ -10,6 +10,7 @@ from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
+from zoneinfo import ZoneInfo
 
 import click
 import pandas as pd
@@ -26,6 +27,11 @@ def _now(value: str | None) -> datetime:
         return parse_instant(value, "Asia/Shanghai")
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a time; write e.g. 2026-11-25T10:00:00+08:00") from None
+
+
+def _local(at: datetime, config: Config) -> str:
+    """A time as the business reads it: in the config's zone."""
+    return at.astimezone(ZoneInfo(config.timezone)).isoformat()
 
 
 def _config(path: str | None) -> Config:
@@ -90,10 +96,10 @@ def _dispatch(config: Config, now: datetime, *, show: int = 5) -> None:
     ev = alerting.evaluate(now)
     drained = dispatcher.drain(now)
     click.echo("")
-    click.echo(f"告警 alerts at {now.isoformat()}:")
+    click.echo(f"告警 alerts at {_local(now, config)}:")
     for rule in alerting.settings.rules:
         click.echo(f"  {rule.id:<26}{ev.breaching.get(rule.id, 0):>6} now  {rule.title}")
-    stale = [f"{a.source} (newest {a.newest.isoformat() if a.newest else 'never'})" for a in ev.sources if a.stale]
+    stale = [f"{a.source} (newest {_local(a.newest, config) if a.newest else 'never'})" for a in ev.sources if a.stale]
     click.echo(f"  {'source_freshness':<26}{len(stale):>6} stale{': ' + ', '.join(stale) if stale else ''}")
     click.echo(
         f"  queued {ev.queued} messages, delivered {drained.delivered}, failed {drained.failed}, "
@@ -171,7 +177,7 @@ Tables: {config.warehouse_url.resolve()}
 Open alerts:           order-pipeline alerts --config {company.config_path}
 Config: {company.config_path}
 Open the Dagster UI:   order-pipeline ui --config {company.config_path}
-Run again (incremental): order-pipeline run --config {company.config_path} --now {pinned.isoformat()}""")
+Run again (incremental): order-pipeline run --config {company.config_path} --now {_local(pinned, config)}""")
 
 
 @main.command()

@@ -129,7 +129,8 @@ def test_cli_run_sends_and_prints_the_alerts_then_lists_them(config, monkeypatch
     cli = CliRunner()
     result = cli.invoke(main, ["run", "--config", str(config.path), "--now", NOW.isoformat(), "--full-refresh"])
     assert result.exit_code == 0, result.output
-    assert "告警 alerts at 2026-11-25T02:00:00+00:00" in result.output
+    assert "告警 alerts at 2026-11-25T10:00:00+08:00" in result.output  # in the business's zone
+    assert "+00:00" not in result.output
     assert "→ warehouse via outbox" in result.output and "→ customer_service via outbox" in result.output
     listed = cli.invoke(
         main, ["alerts", "--config", str(config.path), "--now", NOW.isoformat(), "--rule", "stuck_parcel"]
