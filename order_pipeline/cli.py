@@ -284,10 +284,14 @@ def ui(config_path: str | None, port: int) -> None:
 
     home = dagster_home(config)
     workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
-    args = ["dagster", "dev", "-p", str(port)]
+    # This interpreter's own dagster, whether or not its environment's bin is on PATH.
+    args = [sys.executable, "-m", "dagster", "dev", "-p", str(port)]
     args += ["-w", str(workspace)] if workspace.exists() else ["-m", "order_pipeline.definitions"]
     click.echo(f"DAGSTER_HOME={home}  {CONFIG_ENV}={config.path}\n$ {' '.join(args)}")
-    os.execvp(args[0], args)
+    try:
+        os.execv(args[0], args)
+    except OSError as e:
+        raise click.ClickException(f"could not start dagster dev with {sys.executable}: {e.strerror}") from None
 
 
 def _web_settings(config: Config):

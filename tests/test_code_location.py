@@ -198,3 +198,34 @@ def test_an_unreachable_warehouse_is_one_message_naming_its_entry(demo_company, 
         outcome = run_pipeline(load_config(path), instance, now=NOW.isoformat())
     assert not outcome.success and outcome.failures
     assert all("warehouse.url_env (ORDER_PIPELINE_TEST_WAREHOUSE)" in f for f in outcome.failures), outcome.failures
+
+
+def test_ui_starts_this_environments_dagster_without_it_on_path(demo_company, monkeypatch, tmp_path):
+    """`.venv/bin/order-pipeline ui` from a shell whose PATH lacks .venv/bin."""
+    import os
+    import subprocess
+    import sys
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(os, "execv", lambda path, args: started.append([path, *args[1:]]))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(main, ["ui", "--config", str(demo_company / "order_pipeline.yaml"), "--port", "3999"])
+    assert result.exit_code == 0, result.output
+    (command,) = started
+    assert command[:5] == [sys.executable, "-m", "dagster", "dev", "-p"] and "3999" in command
+    bare = {k: v for k, v in os.environ.items() if k != "PATH"} | {"PATH": "/usr/bin:/bin"}
+    version = subprocess.run([*command[:3], "--version"], env=bare, capture_output=True, text=True, timeout=120)
+    assert version.returncode == 0 and "1.13" in version.stdout, version.stderr
+
+
+def test_ui_that_cannot_start_is_one_message(demo_company, monkeypatch, tmp_path):
+    import os
+
+    def missing(path, args):
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(os, "execv", missing)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(main, ["ui", "--config", str(demo_company / "order_pipeline.yaml")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "could not start dagster dev" in result.output and "Traceback" not in result.output
