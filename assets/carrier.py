@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import dagster as dg
 
-from assets.common import SOURCES_GROUP, raw_asset_key
+from assets.common import SOURCES_GROUP, WAREHOUSE_KIND, raw_asset_key
 from order_pipeline.carrier.protocol import Kuaidi100Error
 from order_pipeline.carrier.store import due_waybills, store_poll_errors, store_tracking_answers
 from resources.carrier import Kuaidi100Client
@@ -18,7 +18,8 @@ def carrier_tracking_asset(poll_interval: timedelta, max_polls_per_run: int) -> 
         key=RAW_TRACKING,
         group_name=SOURCES_GROUP,
         deps=[raw_asset_key("shipments"), raw_asset_key("orders")],
-        kinds={"kuaidi100"},
+        kinds={"kuaidi100", WAREHOUSE_KIND},
+        tags={"system": "carrier"},
         description=(
             f"Kuaidi100 state and events per waybill. Polls unsigned waybills not polled for "
             f"{poll_interval}, at most {max_polls_per_run} a run; pushed callbacks land here too."

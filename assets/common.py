@@ -11,13 +11,22 @@ from datetime import date, datetime
 
 import dagster as dg
 import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.exc import ArgumentError
 
+from order_pipeline.contract.config import driver_url
 from order_pipeline.contract.schema import raw_table_name
 
 SOURCES_GROUP = "sources"
 ORDERS_GROUP = "orders"
 PUBLISHED_GROUP = "published"
 ROW_COUNT = "dagster/row_count"
+COLUMN_SCHEMA = "dagster/column_schema"
+TABLE_NAME = "dagster/table_name"
+# The data team runs the pipeline and answers its alerts; each raw asset is tagged with the system it reads.
+OWNERS = ["team:data"]
+# The kind of what lives in the warehouse, until the definitions know its URL (see `described`).
+WAREHOUSE_KIND = "sql"
 
 
 def raw_asset_key(entity: str) -> dg.AssetKey:
@@ -37,6 +46,48 @@ def table_preview(frame: pd.DataFrame, columns: list[str] | None = None, rows: i
     schema = dg.TableSchema(columns=[dg.TableColumn(str(c), _column_type(shown[c])) for c in shown.columns])
     records = [dg.TableRecord({str(k): _cell(v) for k, v in row.items()}) for row in shown.to_dict("records")]
     return dg.MetadataValue.table(records, schema)
+
+
+def described(spec: dg.AssetSpec, storage: str) -> dg.AssetSpec:
+    """An asset spec with its owners, and the warehouse's own kind (sqlite, postgresql) for WAREHOUSE_KIND."""
+    kinds = {storage if kind == WAREHOUSE_KIND else kind for kind in spec.kinds}
+    return spec.replace_attributes(kinds=kinds, owners=OWNERS)
+
+
+def storage_kind(url: str | None) -> str:
+    """The kind the UI shows for tables in the database at `url`: sqlite, postgresql, mysql …"""
+    if not url:
+        return "sql"  # a URL read from the environment at run time
+    try:
+        return sa.make_url(driver_url(url)).get_backend_name()
+    except ArgumentError:
+        return "sql"
+
+
+def table_metadata(table: sa.Table) -> dict[str, object]:
+    """A warehouse table's name and column schema (types, nullability, descriptions), for its asset."""
+    single_key = len(table.primary_key.columns) == 1
+    columns = [
+        dg.TableColumn(
+            c.name,
+            _sql_type(c.type),
+            description=c.comment,
+            constraints=dg.TableColumnConstraints(nullable=bool(c.nullable), unique=bool(c.primary_key) and single_key),
+        )
+        for c in table.columns
+    ]
+    return {COLUMN_SCHEMA: dg.MetadataValue.table_schema(dg.TableSchema(columns=columns)), TABLE_NAME: table.name}
+
+
+def _sql_type(sql_type: sa.types.TypeEngine) -> str:
+    return {
+        sa.DateTime: "timestamp",
+        sa.Date: "date",
+        sa.Boolean: "boolean",
+        sa.Float: "float",
+        sa.BigInteger: "bigint",
+        sa.Integer: "integer",
+    }.get(type(sql_type), "text")
 
 
 def _column_type(col: pd.Series) -> str:

@@ -3,10 +3,16 @@
 import dagster as dg
 import sqlalchemy as sa
 
-from assets.common import PUBLISHED_GROUP, ROW_COUNT, LoadConfig
+from assets.common import PUBLISHED_GROUP, ROW_COUNT, WAREHOUSE_KIND, LoadConfig, table_metadata
 from assets.unified import UNIFIED_ORDERS
 from order_pipeline.contract.canonical import SOURCE_ENTITIES
-from order_pipeline.contract.schema import RAW_TABLES, order_tracking_snapshot, pipeline_rejects
+from order_pipeline.contract.schema import (
+    RAW_TABLES,
+    order_tracking_events,
+    order_tracking_parcels,
+    order_tracking_snapshot,
+    pipeline_rejects,
+)
 from order_pipeline.pipeline.publish import publish
 from resources.warehouse import PipelineClock, WarehouseResource
 
@@ -19,33 +25,35 @@ COVERS_OPEN_ORDERS = "snapshot_covers_open_orders"
 REJECTS_BELOW_THRESHOLD = "rejects_below_threshold"
 
 
+def _spec(key: dg.AssetKey, table: sa.Table, description: str) -> dg.AssetSpec:
+    """A published table describes itself to the apps that read it: its name and its columns."""
+    return dg.AssetSpec(
+        key,
+        deps=[UNIFIED_ORDERS],
+        group_name=PUBLISHED_GROUP,
+        kinds={WAREHOUSE_KIND},
+        description=description,
+        metadata=table_metadata(table),
+    )
+
+
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec(
-            SNAPSHOT,
-            deps=[UNIFIED_ORDERS],
-            group_name=PUBLISHED_GROUP,
-            kinds={"sql"},
-            description="One row per order: the tracking page, the ops board and BI read this.",
+        _spec(
+            SNAPSHOT, order_tracking_snapshot, "One row per order: the tracking page, the ops board and BI read this."
         ),
-        dg.AssetSpec(
-            PARCELS,
-            deps=[UNIFIED_ORDERS],
-            group_name=PUBLISHED_GROUP,
-            kinds={"sql"},
-            description="One row per parcel (waybill), so a waybill number finds its order.",
-        ),
-        dg.AssetSpec(
-            EVENTS,
-            deps=[UNIFIED_ORDERS],
-            group_name=PUBLISHED_GROUP,
-            kinds={"sql"},
-            description="Each order's timeline: stage changes and carrier events.",
-        ),
+        _spec(PARCELS, order_tracking_parcels, "One row per parcel (waybill), so a waybill number finds its order."),
+        _spec(EVENTS, order_tracking_events, "Each order's timeline: stage changes and carrier events."),
     ],
 )
 def published_tracking_tables(config: LoadConfig, warehouse: WarehouseResource, clock: PipelineClock):
-    result = publish(warehouse.engine, clock.now(), full=config.full_refresh)
+    engine = warehouse.engine
+    result = publish(engine, clock.now(), full=config.full_refresh)
+    with engine.connect() as conn:
+        parcels, events = (
+            conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
+            for t in (order_tracking_parcels, order_tracking_events)
+        )
     yield dg.MaterializeResult(
         asset_key=SNAPSHOT,
         metadata={
@@ -56,10 +64,14 @@ def published_tracking_tables(config: LoadConfig, warehouse: WarehouseResource, 
             **{f"orders_{stage}": n for stage, n in sorted(result.stage_counts.items())},
         },
     )
-    yield dg.MaterializeResult(asset_key=PARCELS, metadata={"orders_published": result.orders})
+    yield dg.MaterializeResult(asset_key=PARCELS, metadata={"orders_published": result.orders, ROW_COUNT: parcels})
     yield dg.MaterializeResult(
         asset_key=EVENTS,
-        metadata={"events_written": result.events_written, "orders_carrier_compared": result.carrier_orders},
+        metadata={
+            "events_written": result.events_written,
+            "orders_carrier_compared": result.carrier_orders,
+            ROW_COUNT: events,
+        },
     )
 
 

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.common import SOURCES_GROUP, LoadConfig, raw_asset_key
+from assets.common import SOURCES_GROUP, WAREHOUSE_KIND, LoadConfig, raw_asset_key, table_metadata
 from order_pipeline.contract.canonical import SOURCE_ENTITIES
 from order_pipeline.contract.config import SourceConfig
+from order_pipeline.contract.schema import RAW_TABLES
 from order_pipeline.pipeline.loading import load_source
 from order_pipeline.sources.checks import check_source
 from resources.warehouse import PipelineClock, SourceDatabases, WarehouseResource
@@ -22,9 +23,14 @@ def raw_source_asset(sc: SourceConfig, config_file: Path) -> dg.AssetsDefinition
         key=raw_asset_key(entity.name),
         group_name=SOURCES_GROUP,
         deps=deps,
-        kinds={"sql"},
+        kinds={WAREHOUSE_KIND},
+        tags={"system": entity.system},
         description=f"{entity.name} from the {entity.system.upper()} ({where}), upserted by {'/'.join(entity.key)}.",
-        metadata={"source_columns": dg.MetadataValue.json(sc.columns), "timezone": sc.timezone},
+        metadata={
+            "source_columns": dg.MetadataValue.json(sc.columns),
+            "timezone": sc.timezone,
+            **table_metadata(RAW_TABLES[entity.name]),
+        },
     )
     def _raw(
         context: dg.AssetExecutionContext,

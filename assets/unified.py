@@ -4,7 +4,15 @@ import dagster as dg
 import sqlalchemy as sa
 
 from assets.carrier import RAW_TRACKING
-from assets.common import ORDERS_GROUP, ROW_COUNT, LoadConfig, raw_asset_key, table_preview
+from assets.common import (
+    ORDERS_GROUP,
+    ROW_COUNT,
+    WAREHOUSE_KIND,
+    LoadConfig,
+    raw_asset_key,
+    table_metadata,
+    table_preview,
+)
 from order_pipeline.contract.schema import unified_orders
 from order_pipeline.domain.stages import HAPPY_PATH, STAGE_LABELS
 from order_pipeline.pipeline.unify import unify
@@ -21,7 +29,8 @@ def unified_orders_asset(source_columns: dict[str, dict[str, str]], transit_days
         key=UNIFIED_ORDERS,
         group_name=ORDERS_GROUP,
         deps=[raw_asset_key(e) for e in source_columns] + [RAW_TRACKING],
-        kinds={"pandas", "sql"},
+        metadata=table_metadata(unified_orders),
+        kinds={"pandas", WAREHOUSE_KIND},
         description="One row per order: lifecycle stage, stage times, missing facts, owner of the next step, "
         "waiting since, parcels, latest carrier event and ETA. Recomputes only the orders a source touched.",
     )

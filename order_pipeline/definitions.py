@@ -3,7 +3,7 @@
 `dagster dev` (workspace.yaml) and `dagster definitions validate` load `defs` from here; the
 config file comes from $ORDER_PIPELINE_CONFIG, ./order_pipeline.yaml, or the demo's (see
 `contract.config.find_config`). Loading parses and validates the config and touches nothing
-else: no source, warehouse or channel is contacted and no secret is read, so one unreachable
+else: no source, warehouse or channel is contacted and no secret is kept, so one unreachable
 system fails only the runs and ticks that need it (`order-pipeline check` reports each one).
 
 How data moves: a sensor per source loads its raw asset when the source's newest
@@ -16,11 +16,13 @@ and sends what is due; run failures alert the data team.
 from __future__ import annotations
 
 import os
+import warnings
 
 import dagster as dg
 
 from assets.carrier import RAW_TRACKING, carrier_tracking_asset
 from assets.checks import freshness_policies, rule_checks
+from assets.common import described, storage_kind
 from assets.published import EVENTS, PARCELS, SNAPSHOT, published_checks, published_tracking_tables
 from assets.sources import raw_source_asset
 from assets.unified import UNIFIED_ORDERS, unified_orders_asset
@@ -103,6 +105,12 @@ def build_definitions(config: Config, now: str | None = None) -> dg.Definitions:
         published_tracking_tables,
     ]
     assets = dg.map_asset_specs(_policies(freshness_policies(alerts.freshness)), assets)
+    # Only the URL's scheme is kept, to name the tables' kind.
+    storage = storage_kind(config.warehouse_url.resolve())
+    assets = dg.map_asset_specs(lambda spec: described(spec, storage), assets)
+    with warnings.catch_warnings():  # code references are a beta API: the UI's link to each asset's source
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        assets = dg.with_source_code_references(assets)
     job = dg.define_asset_job(
         PIPELINE_JOB,
         selection=dg.AssetSelection.all(),
