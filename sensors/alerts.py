@@ -99,12 +99,35 @@ def step_failure_text(event: dg.DagsterEvent) -> str | None:
     return None if error is None else f"{event.step_key}: {error.message.strip()}"
 
 
+def _root_message(error) -> str | None:
+    """The innermost cause of a serialized error: the user's exception, not Dagster's wrapper around it."""
+    while error is not None and error.cause is not None:
+        error = error.cause
+    return error.message.strip() if error is not None else None
+
+
 def _failure_text(context: dg.RunFailureSensorContext) -> str:
+    """The first real error of a failed run: a step's, else the run's own, else the first engine event's.
+
+    A run whose code could not load or whose worker died fails outside any step, with a run failure
+    that says only "marked as failed from outside the execution context"; the cause (a ConfigError
+    with its fix, a crash) is in the run's engine events.
+    """
     for event in context.get_step_failure_events():
         text = step_failure_text(event)
         if text:
             return text
-    return context.failure_event.message or "the run failed"
+    failure = context.failure_event
+    # The run's own error, when its failure carries one (JobFailureData.error).
+    own = _root_message(getattr(failure.event_specific_data, "error", None))
+    if own:
+        return own
+    for entry in context.instance.all_logs(context.dagster_run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+        event = entry.dagster_event
+        message = _root_message(event.engine_event_data.error) if event is not None else None
+        if event is not None and message:
+            return f"{event.message}: {message}" if event.message else message
+    return failure.message or "the run failed"
 
 
 def run_failure_sensor(config: Config) -> dg.SensorDefinition:

@@ -4,6 +4,7 @@ cool-down, escalation, resolution, a crash between send and record), run failure
 from __future__ import annotations
 
 import sqlite3
+import sys
 from datetime import datetime, timedelta
 
 import dagster as dg
@@ -17,7 +18,7 @@ from order_pipeline.alerts import queue as alert_queue_ops
 from order_pipeline.alerts.channels.wecom import WeComRobot
 from order_pipeline.alerts.dispatch import Dispatcher
 from order_pipeline.alerts.evaluation import Alerting
-from order_pipeline.contract.config import Secret, SourceConfig
+from order_pipeline.contract.config import ConfigError, Secret, SourceConfig
 from order_pipeline.contract.schema import (
     BATCH,
     alert_deliveries,
@@ -314,6 +315,42 @@ def test_a_failed_run_alerts_the_data_team_and_a_success_resolves_it(tmp_path, e
     with status_context(ok, dg.DagsterEventType.RUN_SUCCESS) as context:
         run_success_sensor(config)(context)
     assert ledger_row(engine, "run_failure", failed.job_def.name)["resolved_at"] is not None
+
+
+def test_a_run_failed_outside_its_steps_alerts_with_the_error_its_engine_event_holds(tmp_path, engine, instance):
+    """The daemon marks a run whose code could not load failed "from outside the execution context"."""
+    from dagster._core.events import EngineEventData
+    from dagster._utils.error import serializable_error_info_from_exc_info
+
+    config = make_config(tmp_path, str(engine.url), **GROUPS)
+
+    @dg.asset(name="raw_orders")
+    def raw_orders():
+        pass
+
+    job = dg.define_asset_job("sources_job", selection=[raw_orders]).resolve(
+        asset_graph=dg.Definitions(assets=[raw_orders]).resolve_asset_graph()
+    )
+    run = instance.create_run_for_job(job_def=job)
+    try:
+        raise ConfigError("order_pipeline.yaml", "sources.payments.url_env", "FINANCE_URL is not set", "export it")
+    except ConfigError:
+        error = serializable_error_info_from_exc_info(sys.exc_info())
+    instance.report_engine_event("Run failed to start", run, EngineEventData(error=error))
+    instance.report_run_failed(run, "This run has been marked as failed from outside the execution context.")
+    (failure,) = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    assert failure.dagster_event is not None
+    with dg.build_run_status_sensor_context(
+        sensor_name="s",
+        dagster_event=failure.dagster_event,
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(run.run_id),
+        resources=resources(str(engine.url), NOW),
+    ) as context:
+        run_failure_sensor(config)(context.for_run_failure())
+    body = outbox(engine)["body"].iloc[0]
+    assert "sources.payments.url_env: FINANCE_URL is not set. Fix: export it" in body
+    assert "outside the execution context" not in body
 
 
 # --- the carrier -----------------------------------------------------------------------------------------
