@@ -54,6 +54,9 @@ _ID_NUMBER = re.compile(
 # repeat before they are cut: enough for a road and a house number ("文三路1"), not a bare road
 # name that outlets are named after ("【文三路营业部】").
 _ADDRESS_SEED = 4
+# A repeated run is cut when it holds a house number or is this long: a road or landmark alone
+# ("科技园路", "腾讯大厦") is shared by thousands and names the outlets there ("【科技园路营业部】").
+_ADDRESS_RUN = 6
 _ADDRESS_CUT = "****"
 
 # A person's name after the carrier's signer/recipient label. Either the label is followed
@@ -295,8 +298,10 @@ def _mask_street(text: str, address: str | None) -> str:
         start = min((_follows(text, m.start(), -1, street, i - 1) for i in at), default=m.start())
         end = max((_follows(text, m.end(), 1, street, i + len(piece)) for i in at), default=m.end())
         start = max(start, pos)  # not back into what an earlier cut took
-        out += [text[pos:start], _ADDRESS_CUT]
-        pos = end
+        run = "".join(text[start:end].split())
+        if len(run) >= _ADDRESS_RUN or any(c.isdigit() for c in run):
+            out += [text[pos:start], _ADDRESS_CUT]
+            pos = end
         m = pieces.search(text, end)
     return "".join(out) + text[pos:]
 
