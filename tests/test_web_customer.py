@@ -32,7 +32,7 @@ from helpers import (
 )
 from sqlalchemy.exc import OperationalError
 
-from order_pipeline.contract.schema import tracking_access_log
+from order_pipeline.contract.schema import order_tracking_events, tracking_access_log
 from order_pipeline.domain.links import make_token
 from order_pipeline.web.app import create_app
 from order_pipeline.web.customer import page as customer_module
@@ -95,6 +95,29 @@ def test_off_path_orders_say_so(client):
     assert r.status_code == 200
     assert "配送异常" in r.text and "拒签: 收件人拒收" in r.text and "客服会跟进处理" in r.text
     assert "收件人 欧* 拒收" in r.text and SIGNER_NAME not in r.text
+
+
+def test_carrier_texts_and_areas_hide_the_street_id_numbers_and_every_way_of_writing_a_mobile(client):
+    with client.world.engine.begin() as conn:
+        conn.execute(
+            sa.insert(order_tracking_events),
+            {
+                "order_no": ORDER_IN_TRANSIT,
+                "event_at": NOW - timedelta(hours=1),
+                "kind": "carrier",
+                "waybill_no": WAYBILL,
+                "context": f"快件已送达{FULL_ADDRESS}，代收人身份证 440305199001011234，"
+                "快递员黄飞鸿电话１３６１２３４５６７８，备用 135.1234.5678",
+                "area": "广东省深圳市南山区科技园南区深南大道10000号",
+            },
+        )
+    html = client.get(link_path(ORDER_IN_TRANSIT)).text
+    assert (
+        "快件已送达广东省深圳市南山区****，代收人身份证 44****************，快递员黄*电话136****5678，备用 135****5678"
+    ) in html
+    assert '<span class="area">广东省深圳市南山区****</span>' in html
+    for secret in (*NEVER_SHOWN, "科技园南区", "440305199001011234", "１２３４５６７８", "1234.5678", "黄飞鸿"):
+        assert secret not in html, secret
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 
 from order_pipeline.domain.masking import mask_address, mask_carrier_text, mask_name, mask_phone
 from order_pipeline.domain.times import local_date, local_time
@@ -10,6 +11,13 @@ from order_pipeline.web.rendering.i18n import STAGE_LABELS, STAGES, TEXT, carrie
 from order_pipeline.web.rendering.progress import STAGE_TIME_COLUMNS, newest_first, reached_index, stage_reached
 
 _TZ_NAMES = {"Asia/Shanghai": ("北京", "Beijing")}
+
+Masker = Callable[[str | None], str]
+
+
+def carrier_text_masker(order: Mapping) -> Masker:
+    """Masks a carrier text of this order: the generic rules, plus the order's own street and recipient."""
+    return partial(mask_carrier_text, address=order.get("ship_address"), name=order.get("customer_name"))
 
 
 def timeline(order: Mapping, lang: str, tz: str) -> list[dict]:
@@ -61,32 +69,38 @@ def off_path_banner(order: Mapping, lang: str) -> str | None:
     if order["stage"] == "cancelled":
         return text["cancelled_banner"]
     if order["stage"] == "exception":
-        reason = mask_carrier_text(order.get("exception_reason"))
+        reason = carrier_text_masker(order)(order.get("exception_reason"))
         return f"{text['exception_banner']}{text['colon']}{reason}" if reason else text["exception_banner"]
     return None
 
 
-def parcel_rows(parcels: Sequence[Mapping], lang: str, tz: str) -> list[dict]:
+def parcel_rows(parcels: Sequence[Mapping], lang: str, tz: str, mask: Masker = mask_carrier_text) -> list[dict]:
     text = TEXT[lang]
     return [
         {
             "waybill_no": p["waybill_no"],
             "carrier": carrier_name(p.get("carrier_code"), lang),
             "status": text["signed"] if p.get("is_signed") else "",
-            "latest": mask_carrier_text(p.get("latest_event_context")),
+            "latest": mask(p.get("latest_event_context")),
             "latest_time": local_time(p.get("latest_event_at"), tz),
         }
         for p in parcels
     ]
 
 
-def event_rows(events: Sequence[Mapping], carriers: Mapping[str, str | None], lang: str, tz: str) -> list[dict]:
-    """Carrier events newest first, phone numbers and signer names masked."""
+def event_rows(
+    events: Sequence[Mapping],
+    carriers: Mapping[str, str | None],
+    lang: str,
+    tz: str,
+    mask: Masker = mask_carrier_text,
+) -> list[dict]:
+    """Carrier events newest first, their text and area masked."""
     return [
         {
             "time": local_time(e["event_at"], tz),
-            "area": e.get("area") or "",
-            "context": mask_carrier_text(e.get("context")),
+            "area": mask(e.get("area")),
+            "context": mask(e.get("context")),
             "waybill_no": e.get("waybill_no") or "",
             "carrier": carrier_name(carriers.get(e.get("waybill_no") or ""), lang),
         }
@@ -107,6 +121,7 @@ def customer_view(
     text = TEXT[lang]
     carriers = {p["waybill_no"]: p.get("carrier_code") for p in parcels}
     zh_name, en_name = _TZ_NAMES.get(tz, (tz, tz))
+    mask = carrier_text_masker(order)
     return {
         "lang": lang,
         "t": text,
@@ -120,8 +135,8 @@ def customer_view(
         "steps": timeline(order, lang, tz),
         "eta": eta_line(order, lang, tz),
         "next_step": next_step(order, lang),
-        "parcels": parcel_rows(parcels, lang, tz),
-        "events": event_rows(events, carriers, lang, tz),
+        "parcels": parcel_rows(parcels, lang, tz, mask),
+        "events": event_rows(events, carriers, lang, tz, mask),
         "updated": local_time(order.get("published_at"), tz),
         "time_note": text["time_note"].format(tz=zh_name if lang == "zh" else en_name),
         "contact": text["contact"].format(contact=support_contact) if support_contact else "",
