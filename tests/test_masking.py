@@ -4,8 +4,6 @@ and ID numbers in the lines are other people's."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from order_pipeline.domain.masking import mask_carrier_text
@@ -106,12 +104,3 @@ def test_without_the_order_only_the_generic_rules_apply():
 )
 def test_the_order_address_is_cut_wherever_it_appears(address, text, masked):
     assert mask_carrier_text(text, address=address) == masked
-
-
-def test_masking_stays_cheap():
-    """A page shows tens of events; a whole table of lines must mask in well under a millisecond each."""
-    lines = [raw for raw, _ in CASES] * 50
-    start = time.perf_counter()
-    for line in lines:
-        mask_carrier_text(line, address=ADDRESS, name=RECIPIENT)
-    assert (time.perf_counter() - start) / len(lines) < 0.001
