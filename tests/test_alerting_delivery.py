@@ -7,9 +7,11 @@ import json
 from datetime import timedelta
 
 import httpx
+import pandas as pd
 import sqlalchemy as sa
 from helpers import GROUPS, NOW, M, S, deliveries, ledger_row, make_config, outbox, paid_order, publish_rows, tick
 
+from order_pipeline.alerts import queue as alert_queue_ops
 from order_pipeline.alerts.channels.outbox import OutboxChannel
 from order_pipeline.alerts.channels.wecom import WeComRobot
 from order_pipeline.alerts.dispatch import Dispatcher
@@ -162,3 +164,29 @@ def test_a_burst_becomes_digests_within_twenty_messages_a_minute(tmp_path, engin
     assert statuses == {"sent": 120}
     text = "".join(p["markdown"]["content"] for p in stub.posts)
     assert all(text.count(f"SO-{i:03d} ") >= 1 for i in range(120))
+
+
+def test_a_message_another_dispatcher_claimed_mid_round_is_left_to_it(tmp_path, engine):
+    publish_rows(engine, [paid_order(f"SO-{i}") for i in range(3)])
+    stub = WeComStub(45009)  # the first message is throttled: the round stops there
+    alerting, dispatcher = wecom_runtime(tmp_path, engine, stub)
+    alerting.evaluate(NOW)
+    with engine.connect() as conn:
+        robot_rows = pd.read_sql(sa.select(alert_queue).where(alert_queue.c.channel == "wecom_wh"), conn)
+    robot = dispatcher.channels["wecom_wh"]
+    send = robot.send
+
+    def racing(msg):  # while the first goes out, another dispatcher claims the third
+        alert_queue_ops.claim(engine, robot_rows.iloc[[2]], NOW)
+        send(msg)
+
+    robot.send = racing
+    drained = dispatcher.drain(NOW)
+    assert len(stub.posts) == 1 and drained.waiting == 2
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(alert_queue).where(alert_queue.c.channel == "wecom_wh").order_by(alert_queue.c.id)
+        )
+        second, third = list(rows.mappings())[1:]
+    assert second["next_attempt_at"] is not None and second["claim_token"] is None  # waits for the next round
+    assert third["claim_token"] is not None and third["next_attempt_at"] is None  # still the other's to send

@@ -3,6 +3,10 @@ crashes between the steps, run failures, and its tables in an empty warehouse. T
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -25,6 +29,7 @@ from helpers import (
 
 from order_pipeline.alerts import ledger as alert_ledger
 from order_pipeline.alerts import queue as alert_queue_ops
+from order_pipeline.alerts.channels.outbox import OutboxChannel
 from order_pipeline.contract.schema import alert_queue
 from order_pipeline.warehouse.engine import Warehouse
 
@@ -183,6 +188,84 @@ def test_a_crash_between_claim_and_send_delays_but_never_loses(tmp_path, engine,
     assert outbox(engine).empty  # in doubt until the claim expires
     dispatcher.drain(NOW + 2 * H)
     assert len(outbox(engine)) == 1
+
+
+def test_a_crash_mid_send_holds_back_only_the_message_in_flight(tmp_path, engine, monkeypatch):
+    publish_rows(engine, [paid_order(f"SO-{i}") for i in range(1, 7)])
+    alerting, dispatcher = alerting_for(tmp_path, engine)
+    alerting.evaluate(NOW)
+
+    def crash(self, msg):
+        raise Crash()
+
+    with monkeypatch.context() as m:
+        m.setattr(OutboxChannel, "send", crash)
+        with pytest.raises(Crash):
+            dispatcher.drain(NOW)
+    assert outbox(engine).empty
+
+    dispatcher.drain(NOW + M)  # restarted: what was never tried goes out now
+    assert _orders(outbox(engine)) == ["SO-2", "SO-3", "SO-4", "SO-5", "SO-6"]
+    dispatcher.drain(NOW + 2 * H - S)  # the one in flight may have gone out: it waits out its claim
+    assert len(outbox(engine)) == 5
+    dispatcher.drain(NOW + 2 * H)
+    assert _orders(outbox(engine))[-1] == "SO-1"
+
+
+# A dispatcher in its own process, killed while its first message is on the wire: the send blocks
+# until the test has killed the process.
+_KILLED_CHILD = """
+import sys
+from pathlib import Path
+
+sys.path.insert(0, sys.argv[3])
+from helpers import NOW, alerting_for
+
+from order_pipeline.alerts.channels.outbox import OutboxChannel
+from order_pipeline.warehouse.engine import Warehouse
+
+
+def on_the_wire(self, msg):
+    print("sending", msg.title, flush=True)
+    sys.stdin.read()
+
+
+OutboxChannel.send = on_the_wire
+engine = Warehouse(sys.argv[1]).engine
+alerting, dispatcher = alerting_for(Path(sys.argv[2]), engine)
+dispatcher.drain(NOW)
+"""
+
+
+def test_a_dispatcher_killed_mid_send_holds_back_only_the_message_in_flight(tmp_path, warehouse_url, engine):
+    publish_rows(engine, [paid_order(f"SO-{i}") for i in range(1, 7)])
+    alerting, dispatcher = alerting_for(tmp_path, engine)
+    alerting.evaluate(NOW)
+    tests = Path(__file__).resolve().parent
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_CHILD, warehouse_url, str(tmp_path), str(tests)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None and child.stderr is not None
+    line = child.stdout.readline()
+    child.kill()  # SIGKILL: nothing after the send runs, not even a finally
+    child.wait()
+    assert line.startswith("sending") and line.rstrip().endswith("SO-1"), child.stderr.read()
+    assert outbox(engine).empty
+
+    tick(alerting, dispatcher, NOW + M)
+    assert _orders(outbox(engine)) == ["SO-2", "SO-3", "SO-4", "SO-5", "SO-6"]
+    tick(alerting, dispatcher, NOW + 2 * H - S)
+    assert len(outbox(engine)) == 5
+    tick(alerting, dispatcher, NOW + 2 * H)  # a cool-down later SO-1 goes out once, with the others' re-sends
+    assert _orders(outbox(engine))[5:].count("SO-1") == 1
+
+
+def _orders(sent: pd.DataFrame) -> list[str]:
+    return sent["title"].str.split().str[-1].tolist()
 
 
 # --- run failures ---------------------------------------------------------------------------------

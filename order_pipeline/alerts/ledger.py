@@ -9,17 +9,19 @@ Crash safety is record-then-send with a claim:
 
 1. `sync` commits the ledger change and the queued rows together (a crash before that commit
    leaves nothing half done; the next evaluation decides again).
-2. `queue.claim` marks the rows about to go out (token, claimed_at, claim_expires_at = now + the
-   rule's cool-down) and commits.
-3. The dispatcher sends.
+2. Just before a message is sent, `queue.claim` marks its rows (token, claimed_at,
+   claim_expires_at = now + the rule's cool-down) and commits; the other messages of the round
+   are claimed each in its turn.
+3. The dispatcher sends that message.
 4. `queue.record_outcome` writes every attempt to `alert_deliveries`, marks the rows sent (or
    failed, with a retry time) and updates the ledger, in one transaction.
 
 A crash between 3 and 4 leaves a claim without its mark: the message may or may not have gone
 out. Such a row is not sent again until its claim expires, one cool-down later, which is the
-promise: never the same alert twice within a cool-down, and never lost. When the cool-down
-passes and the alert is still open, the re-notification supersedes the in-doubt row, so even
-then one message goes out, not two.
+promise: never the same alert twice within a cool-down, and never lost. Only the message on the
+wire is in that state; the ones not yet tried were never claimed and go out on the next round.
+When the cool-down passes and the alert is still open, the re-notification supersedes the
+in-doubt row, so even then one message goes out, not two.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The delivery queue (`alert_queue`): what may be sent now, claims, and the record of every send.
 
 `ledger.sync` fills the queue in the transaction that updates the ledger; a dispatcher drains it
-with `ready`, `claim`, the send itself, then `record_outcome` (or `release` when the channel is
-down). The ledger's docstring explains why that order loses no alert and sends none twice
-within a cool-down.
+with `ready`, then per message `claim`, the send itself and `record_outcome` (or `defer` for the
+rest of the round when the channel is down). The ledger's docstring explains why that order loses
+no alert and sends none twice within a cool-down.
 """
 
 from __future__ import annotations
@@ -163,7 +163,8 @@ def next_ready_at(conn: sa.Connection, now: datetime) -> datetime | None:
 
 
 def claim(engine: sa.Engine, rows: pd.DataFrame, now: datetime) -> list[int]:
-    """Claim queue rows for sending, in its own committed transaction; returns the ids won.
+    """Claim the queue rows of the message about to be sent, in its own committed transaction;
+    returns the ids won. The claim holds for the row's `hold` (its cool-down) from `now`.
 
     Two dispatchers racing for a row both run the conditional UPDATE; only one matches.
     """
@@ -185,16 +186,18 @@ def claim(engine: sa.Engine, rows: pd.DataFrame, now: datetime) -> list[int]:
         return sorted(int(i) for i in won)
 
 
-def release(engine: sa.Engine, ids: Sequence[int], retry_at: datetime) -> None:
-    """Give back claimed rows that were not sent (the channel is down): they wait until `retry_at`."""
-    q = alert_queue
+def defer(engine: sa.Engine, ids: Sequence[int], retry_at: datetime, now: datetime) -> None:
+    """Rows not sent this round (the channel is down) wait until `retry_at`; a row another
+    dispatcher has claimed meanwhile is its to send and is left alone."""
+    q, now = alert_queue, utc(now)
     with engine.begin() as conn:
         for i in range(0, len(ids), IN_CHUNK):
             conn.execute(
                 q.update()
                 .where(q.c.id.in_(list(ids[i : i + IN_CHUNK])))
                 .where(q.c.status == PENDING)
-                .values(claim_token=None, claim_expires_at=None, next_attempt_at=utc(retry_at))
+                .where(sa.or_(q.c.claim_expires_at.is_(None), q.c.claim_expires_at <= now))
+                .values(next_attempt_at=utc(retry_at))
             )
 
 
