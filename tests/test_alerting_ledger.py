@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import pandas as pd
@@ -90,6 +91,36 @@ def test_a_flapping_condition_waits_out_its_cooldown(tmp_path, engine):
     assert row["resolved_at"] is None and len(outbox(engine)) == 1
     tick(alerting, dispatcher, NOW + 2 * H)
     assert len(outbox(engine)) == 2
+
+
+def test_notified_and_escalated_at_once_a_channel_hears_it_once(tmp_path, engine):
+    # promise_due_not_shipped tells the ops lead, and escalates to the ops lead.
+    publish_rows(engine, [order("SO-7", "ordered", promised_date=date(2026, 11, 26))])
+    alerting, dispatcher = alerting_for(tmp_path, engine)
+    for later in (0 * H, 2 * H):
+        tick(alerting, dispatcher, NOW + later)
+    assert outbox(engine)["channel"].tolist() == ["lead_box", "lead_box"]
+
+    tick(alerting, dispatcher, NOW + 4 * H)  # re-notification and escalation fall due together
+    sent = outbox(engine).iloc[2:]
+    assert sent["channel"].tolist() == ["lead_box"]
+    assert sent["title"].iloc[0].startswith("【升级】")
+    row = ledger_row(engine, "promise_due_not_shipped", "SO-7")
+    assert row["escalation_level"] == 1 and row["queued_at"] is not None
+    tick(alerting, dispatcher, NOW + 4 * H + M)
+    assert len(outbox(engine)) == 3
+
+
+def test_a_channel_both_groups_share_gets_one_escalation_with_both_mentions(tmp_path, engine):
+    publish_rows(engine, [paid_order()])
+    groups = {**GROUPS["alerts"]["groups"], "ops_lead": {"channels": ["wh_box"], "mentions": ["13900000000"]}}
+    alerting, dispatcher = alerting_for(tmp_path, engine, alerts={**GROUPS["alerts"], "groups": groups})
+    for later in (0 * H, 2 * H, 4 * H):
+        tick(alerting, dispatcher, NOW + later)
+    last = outbox(engine).iloc[2:]
+    assert len(last) == 1 and last["title"].iloc[0].startswith("【升级】")
+    assert last["recipient"].iloc[0] == "13800000000, 13900000000"
+    assert deliveries(engine)["kind"].tolist()[2:] == ["escalate"]
 
 
 def test_dedup_across_orders_and_ticks(tmp_path, engine):

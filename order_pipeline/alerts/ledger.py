@@ -38,7 +38,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from order_pipeline.alerts.messages import MessageText, resolved_message
-from order_pipeline.alerts.queue import ESCALATE, NOTIFY, RESOLVE, Route, alert_rows, supersede
+from order_pipeline.alerts.queue import ESCALATE, NOTIFY, RESOLVE, Route, alert_rows, one_per_channel, supersede
 from order_pipeline.contract.schema import alert_deliveries, alert_queue, metadata, order_alerts
 from order_pipeline.domain.times import utc
 from order_pipeline.warehouse.frames import insert_frame, read_frame, read_keyed
@@ -114,7 +114,8 @@ def sync(
 
     The phases run in this order, each adding the messages it finds due: resolve what cleared,
     open what is new, notify again what is still open a cool-down later, escalate, mark the rest
-    seen. The queue rows go in last, in the caller's transaction, with the ledger's changes.
+    seen. The queue rows go in last, in the caller's transaction, with the ledger's changes; a
+    channel that would get both an alert's notification and its escalation gets the escalation.
     """
     now = utc(now)
     result = SyncResult(spec.rule_id)
@@ -140,6 +141,7 @@ def sync(
         _escalate(ctx, current, spec.escalate_after)
     _mark_seen(ctx, scope_keys)
 
+    ctx.queue = one_per_channel(ctx.queue)
     if ctx.queue:
         insert_frame(conn, alert_queue, pd.DataFrame(ctx.queue))
     for row in ctx.queue:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Protocol, cast
 
@@ -75,6 +76,28 @@ def alert_rows(
         }
         for channel, (names, mentions) in by_channel.items()
     ]
+
+
+def one_per_channel(rows: list[dict]) -> list[dict]:
+    """Queue rows with an alert's notification folded into its escalation where both reach the same
+    channel at the same instant (the rule tells the group it escalates to): one message, the
+    escalation, carrying the notification's targets and mentions too."""
+    escalations = {(r["entity_key"], r["channel"]): i for i, r in enumerate(rows) if r["kind"] == ESCALATE}
+    out = list(rows)
+    dropped = set()
+    for i, r in enumerate(rows):
+        e = escalations.get((r["entity_key"], r["channel"])) if r["kind"] == NOTIFY else None
+        if e is None:
+            continue
+        esc = out[e]
+        told, text = MessageText.from_json(r["payload"]), MessageText.from_json(esc["payload"])
+        out[e] = {
+            **esc,
+            "target": ",".join(dict.fromkeys([*r["target"].split(","), *esc["target"].split(",")])),
+            "payload": replace(text, mentions=tuple(dict.fromkeys(told.mentions + text.mentions))).to_json(),
+        }
+        dropped.add(i)
+    return [r for i, r in enumerate(out) if i not in dropped]
 
 
 def supersede(conn: sa.Connection, rule_id: str, keys: Sequence[str], kinds: Sequence[str]) -> None:
