@@ -190,3 +190,31 @@ def test_a_message_another_dispatcher_claimed_mid_round_is_left_to_it(tmp_path, 
         second, third = list(rows.mappings())[1:]
     assert second["next_attempt_at"] is not None and second["claim_token"] is None  # waits for the next round
     assert third["claim_token"] is not None and third["next_attempt_at"] is None  # still the other's to send
+
+
+def test_a_digest_part_another_dispatcher_claimed_goes_out_without_it(tmp_path, engine):
+    publish_rows(engine, [paid_order(f"SO-{i:03d}") for i in range(20)])
+    stub = WeComStub()
+    alerting, dispatcher = wecom_runtime(tmp_path, engine, stub)
+    robot = dispatcher.channels["wecom_wh"]
+    robot.max_per_minute = 2  # room for two posts: the twenty become two digests
+    alerting.evaluate(NOW)
+    with engine.connect() as conn:
+        robot_rows = pd.read_sql(sa.select(alert_queue).where(alert_queue.c.channel == "wecom_wh"), conn)
+    send, taken = robot.send, robot_rows.iloc[[-1]]  # the last alert: in the second digest
+
+    def racing(msg):  # while the first digest goes out, another dispatcher claims one of the second's
+        if not stub.posts:
+            alert_queue_ops.claim(engine, taken, NOW)
+        send(msg)
+
+    robot.send = racing
+    drained = dispatcher.drain(NOW)
+    assert len(stub.posts) == 2 and drained.waiting == 1
+    folded = sum(int(p["markdown"]["content"].split(" 条告警汇总")[0].lstrip("*")) for p in stub.posts)
+    assert folded == 19  # every alert but the one the other dispatcher sends
+    with engine.connect() as conn:
+        rows = pd.read_sql(sa.select(alert_queue).where(alert_queue.c.channel == "wecom_wh"), conn)
+    other = rows[rows["id"] == int(taken["id"].iloc[0])].iloc[0]
+    assert other["status"] == "pending" and other["claim_token"] is not None
+    assert (rows[rows["id"] != other["id"]]["status"] == "sent").all()
