@@ -170,14 +170,20 @@ def demo(target: str, orders: int, days: int, seed: int, now: str | None) -> Non
         _run(config, pinned, full_refresh=True)
         _summary(config)
         _dispatch(config, pinned)
-    click.echo(f"""
+    click.echo(_demo_next_steps(config, pinned))
+
+
+def _demo_next_steps(config: Config, pinned: datetime) -> str:
+    """Where the demo's results are and the commands to look at them, all at the demo's time."""
+    path = config.path
+    return f"""
 Tables: {config.warehouse_url.resolve()}
   order_tracking_snapshot, order_tracking_parcels, order_tracking_events, pipeline_rejects,
   order_alerts (ledger), alert_deliveries, alert_outbox
-Open alerts:           order-pipeline alerts --config {company.config_path}
-Config: {company.config_path}
-Open the Dagster UI:   order-pipeline ui --config {company.config_path}
-Run again (incremental): order-pipeline run --config {company.config_path} --now {_local(pinned, config)}""")
+Open alerts:           order-pipeline alerts --config {path} --now {_local(pinned, config)}
+Config: {path}
+Open the Dagster UI:   order-pipeline ui --config {path}
+Run again (incremental): order-pipeline run --config {path} --now {_local(pinned, config)}"""
 
 
 @main.command()

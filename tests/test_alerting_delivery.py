@@ -7,9 +7,11 @@ import json
 from datetime import timedelta
 
 import httpx
+import pandas as pd
 import sqlalchemy as sa
 from helpers import GROUPS, NOW, M, S, deliveries, ledger_row, make_config, outbox, paid_order, publish_rows, tick
 
+from order_pipeline.alerts import queue as alert_queue_ops
 from order_pipeline.alerts.channels.outbox import OutboxChannel
 from order_pipeline.alerts.channels.wecom import WeComRobot
 from order_pipeline.alerts.dispatch import Dispatcher
@@ -162,3 +164,57 @@ def test_a_burst_becomes_digests_within_twenty_messages_a_minute(tmp_path, engin
     assert statuses == {"sent": 120}
     text = "".join(p["markdown"]["content"] for p in stub.posts)
     assert all(text.count(f"SO-{i:03d} ") >= 1 for i in range(120))
+
+
+def test_a_message_another_dispatcher_claimed_mid_round_is_left_to_it(tmp_path, engine):
+    publish_rows(engine, [paid_order(f"SO-{i}") for i in range(3)])
+    stub = WeComStub(45009)  # the first message is throttled: the round stops there
+    alerting, dispatcher = wecom_runtime(tmp_path, engine, stub)
+    alerting.evaluate(NOW)
+    with engine.connect() as conn:
+        robot_rows = pd.read_sql(sa.select(alert_queue).where(alert_queue.c.channel == "wecom_wh"), conn)
+    robot = dispatcher.channels["wecom_wh"]
+    send = robot.send
+
+    def racing(msg):  # while the first goes out, another dispatcher claims the third
+        alert_queue_ops.claim(engine, robot_rows.iloc[[2]], NOW)
+        send(msg)
+
+    robot.send = racing
+    drained = dispatcher.drain(NOW)
+    assert len(stub.posts) == 1 and drained.waiting == 2
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(alert_queue).where(alert_queue.c.channel == "wecom_wh").order_by(alert_queue.c.id)
+        )
+        second, third = list(rows.mappings())[1:]
+    assert second["next_attempt_at"] is not None and second["claim_token"] is None  # waits for the next round
+    assert third["claim_token"] is not None and third["next_attempt_at"] is None  # still the other's to send
+
+
+def test_a_digest_part_another_dispatcher_claimed_goes_out_without_it(tmp_path, engine):
+    publish_rows(engine, [paid_order(f"SO-{i:03d}") for i in range(20)])
+    stub = WeComStub()
+    alerting, dispatcher = wecom_runtime(tmp_path, engine, stub)
+    robot = dispatcher.channels["wecom_wh"]
+    robot.max_per_minute = 2  # room for two posts: the twenty become two digests
+    alerting.evaluate(NOW)
+    with engine.connect() as conn:
+        robot_rows = pd.read_sql(sa.select(alert_queue).where(alert_queue.c.channel == "wecom_wh"), conn)
+    send, taken = robot.send, robot_rows.iloc[[-1]]  # the last alert: in the second digest
+
+    def racing(msg):  # while the first digest goes out, another dispatcher claims one of the second's
+        if not stub.posts:
+            alert_queue_ops.claim(engine, taken, NOW)
+        send(msg)
+
+    robot.send = racing
+    drained = dispatcher.drain(NOW)
+    assert len(stub.posts) == 2 and drained.waiting == 1
+    folded = sum(int(p["markdown"]["content"].split(" 条告警汇总")[0].lstrip("*")) for p in stub.posts)
+    assert folded == 19  # every alert but the one the other dispatcher sends
+    with engine.connect() as conn:
+        rows = pd.read_sql(sa.select(alert_queue).where(alert_queue.c.channel == "wecom_wh"), conn)
+    other = rows[rows["id"] == int(taken["id"].iloc[0])].iloc[0]
+    assert other["status"] == "pending" and other["claim_token"] is not None
+    assert (rows[rows["id"] != other["id"]]["status"] == "sent").all()

@@ -3,6 +3,11 @@ crashes between the steps, run failures, and its tables in an empty warehouse. T
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -25,6 +30,7 @@ from helpers import (
 
 from order_pipeline.alerts import ledger as alert_ledger
 from order_pipeline.alerts import queue as alert_queue_ops
+from order_pipeline.alerts.channels.outbox import OutboxChannel
 from order_pipeline.contract.schema import alert_queue
 from order_pipeline.warehouse.engine import Warehouse
 
@@ -85,6 +91,36 @@ def test_a_flapping_condition_waits_out_its_cooldown(tmp_path, engine):
     assert row["resolved_at"] is None and len(outbox(engine)) == 1
     tick(alerting, dispatcher, NOW + 2 * H)
     assert len(outbox(engine)) == 2
+
+
+def test_notified_and_escalated_at_once_a_channel_hears_it_once(tmp_path, engine):
+    # promise_due_not_shipped tells the ops lead, and escalates to the ops lead.
+    publish_rows(engine, [order("SO-7", "ordered", promised_date=date(2026, 11, 26))])
+    alerting, dispatcher = alerting_for(tmp_path, engine)
+    for later in (0 * H, 2 * H):
+        tick(alerting, dispatcher, NOW + later)
+    assert outbox(engine)["channel"].tolist() == ["lead_box", "lead_box"]
+
+    tick(alerting, dispatcher, NOW + 4 * H)  # re-notification and escalation fall due together
+    sent = outbox(engine).iloc[2:]
+    assert sent["channel"].tolist() == ["lead_box"]
+    assert sent["title"].iloc[0].startswith("【升级】")
+    row = ledger_row(engine, "promise_due_not_shipped", "SO-7")
+    assert row["escalation_level"] == 1 and row["queued_at"] is not None
+    tick(alerting, dispatcher, NOW + 4 * H + M)
+    assert len(outbox(engine)) == 3
+
+
+def test_a_channel_both_groups_share_gets_one_escalation_with_both_mentions(tmp_path, engine):
+    publish_rows(engine, [paid_order()])
+    groups = {**GROUPS["alerts"]["groups"], "ops_lead": {"channels": ["wh_box"], "mentions": ["13900000000"]}}
+    alerting, dispatcher = alerting_for(tmp_path, engine, alerts={**GROUPS["alerts"], "groups": groups})
+    for later in (0 * H, 2 * H, 4 * H):
+        tick(alerting, dispatcher, NOW + later)
+    last = outbox(engine).iloc[2:]
+    assert len(last) == 1 and last["title"].iloc[0].startswith("【升级】")
+    assert last["recipient"].iloc[0] == "13800000000, 13900000000"
+    assert deliveries(engine)["kind"].tolist()[2:] == ["escalate"]
 
 
 def test_dedup_across_orders_and_ticks(tmp_path, engine):
@@ -183,6 +219,84 @@ def test_a_crash_between_claim_and_send_delays_but_never_loses(tmp_path, engine,
     assert outbox(engine).empty  # in doubt until the claim expires
     dispatcher.drain(NOW + 2 * H)
     assert len(outbox(engine)) == 1
+
+
+def test_a_crash_mid_send_holds_back_only_the_message_in_flight(tmp_path, engine, monkeypatch):
+    publish_rows(engine, [paid_order(f"SO-{i}") for i in range(1, 7)])
+    alerting, dispatcher = alerting_for(tmp_path, engine)
+    alerting.evaluate(NOW)
+
+    def crash(self, msg):
+        raise Crash()
+
+    with monkeypatch.context() as m:
+        m.setattr(OutboxChannel, "send", crash)
+        with pytest.raises(Crash):
+            dispatcher.drain(NOW)
+    assert outbox(engine).empty
+
+    dispatcher.drain(NOW + M)  # restarted: what was never tried goes out now
+    assert _orders(outbox(engine)) == ["SO-2", "SO-3", "SO-4", "SO-5", "SO-6"]
+    dispatcher.drain(NOW + 2 * H - S)  # the one in flight may have gone out: it waits out its claim
+    assert len(outbox(engine)) == 5
+    dispatcher.drain(NOW + 2 * H)
+    assert _orders(outbox(engine))[-1] == "SO-1"
+
+
+# A dispatcher in its own process, killed while its first message is on the wire: the send blocks
+# until the test has killed the process.
+_KILLED_CHILD = """
+import sys
+from pathlib import Path
+
+sys.path.insert(0, sys.argv[3])
+from helpers import NOW, alerting_for
+
+from order_pipeline.alerts.channels.outbox import OutboxChannel
+from order_pipeline.warehouse.engine import Warehouse
+
+
+def on_the_wire(self, msg):
+    print("sending", msg.title, flush=True)
+    sys.stdin.read()
+
+
+OutboxChannel.send = on_the_wire
+engine = Warehouse(sys.argv[1]).engine
+alerting, dispatcher = alerting_for(Path(sys.argv[2]), engine)
+dispatcher.drain(NOW)
+"""
+
+
+def test_a_dispatcher_killed_mid_send_holds_back_only_the_message_in_flight(tmp_path, warehouse_url, engine):
+    publish_rows(engine, [paid_order(f"SO-{i}") for i in range(1, 7)])
+    alerting, dispatcher = alerting_for(tmp_path, engine)
+    alerting.evaluate(NOW)
+    tests = Path(__file__).resolve().parent
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_CHILD, warehouse_url, str(tmp_path), str(tests)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None and child.stderr is not None
+    line = child.stdout.readline()
+    child.kill()  # SIGKILL: nothing after the send runs, not even a finally
+    child.wait()
+    assert line.startswith("sending") and line.rstrip().endswith("SO-1"), child.stderr.read()
+    assert outbox(engine).empty
+
+    tick(alerting, dispatcher, NOW + M)
+    assert _orders(outbox(engine)) == ["SO-2", "SO-3", "SO-4", "SO-5", "SO-6"]
+    tick(alerting, dispatcher, NOW + 2 * H - S)
+    assert len(outbox(engine)) == 5
+    tick(alerting, dispatcher, NOW + 2 * H)  # a cool-down later SO-1 goes out once, with the others' re-sends
+    assert _orders(outbox(engine))[5:].count("SO-1") == 1
+
+
+def _orders(sent: pd.DataFrame) -> list[str]:
+    return sent["title"].str.split().str[-1].tolist()
 
 
 # --- run failures ---------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Drain the alert queue through the configured channels.
 
 Per channel: start a rate budget from what the channel took in the last minute (recorded in
-`alert_deliveries`), let `plan` fold what does not fit into digests, claim the rows, send
-(`deliver`), and record every attempt right after each send. A channel that fails keeps its rows
+`alert_deliveries`), let `plan` fold what does not fit into digests, then for each message claim
+its rows, send (`deliver`) and record every attempt. A channel that fails keeps its rows
 pending with a retry time; the other channels are not held up by it.
 
 By default a message gets one attempt per drain and a failure waits for its retry time, a later
@@ -22,7 +22,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from order_pipeline.alerts import queue
-from order_pipeline.alerts.channels.delivery import Attempt, RateBudget, deliver, plan
+from order_pipeline.alerts.channels.delivery import Attempt, RateBudget, deliver, digest, plan
 from order_pipeline.alerts.channels.message import AlertMessage, Channel
 from order_pipeline.alerts.messages import MessageText
 
@@ -102,49 +102,68 @@ class Dispatcher:
     ) -> None:
         budget = RateBudget(channel.max_per_minute or DEFAULT_PER_MINUTE, clock=time.monotonic)
         budget.record(min(used, budget.per_minute))
-        messages = [_message(r) for r in group.itertuples(index=False)]
-        batch = plan(channel, messages, budget)
-        planned = {int(k) for m in batch for k in m.keys}
-        won = set(queue.claim(self.engine, group[group["id"].isin(planned)], now))
-        if won != planned:  # another dispatcher took some: send only ours
-            batch = plan(channel, [m for m in messages if int(m.keys[0]) in won], budget)
-        result.waiting += len(group) - len(won)
-        for n, piece in enumerate(batch):
-            ids = [int(k) for k in piece.keys]
-            try:
-                attempts = deliver(
-                    channel,
-                    piece,
-                    retries=self.retries,
-                    backoff=self.backoff,
-                    sleep=self.sleep,
-                    budget=budget,
-                    now=clock,
-                )
-            except Exception as e:  # a bug in a channel must not stop the others
-                log.exception("channel %s failed unexpectedly", channel.name)
-                attempts = [Attempt(False, clock(), f"{type(e).__name__}: {e}", True)]
-            rows = group[group["id"].isin(ids)]
-            queue.record_outcome(self.engine, rows, channel.name, attempts, now)
-            last = attempts[-1]
-            result.sent.append(
-                Sent(channel.name, _targets(rows), piece.title, len(ids), last.ok, len(attempts), last.error)
+        messages = {m.keys[0]: m for m in (_message(r) for r in group.itertuples(index=False))}
+        batch = plan(channel, list(messages.values()), budget)
+        result.waiting += len(group) - sum(len(m.keys) for m in batch)
+        for n, planned in enumerate(batch):
+            # Each message is claimed just before it goes, not the whole batch up front: a crash
+            # while it is on the wire leaves only it in doubt, and the rest goes out next round.
+            ids = [int(k) for k in planned.keys]
+            won = queue.claim(self.engine, group[group["id"].isin(ids)], now)
+            result.waiting += len(ids) - len(won)  # another dispatcher is sending those
+            if not won:
+                continue
+            piece = planned if len(won) == len(ids) else _refold(channel, [messages[str(i)] for i in won])
+            rows = group[group["id"].isin(won)]
+            last = self._send(channel, piece, rows, budget, now, clock, result)
+            if not last.ok and last.retryable and n + 1 < len(batch):
+                # The platform is down or throttling: the rest waits for the next round
+                # instead of each message waiting for its own answer (or retries) now.
+                rest = [int(k) for m in batch[n + 1 :] for k in m.keys]
+                queue.defer(self.engine, rest, now + RETRY_AFTER_OUTAGE, now)
+                result.waiting += len(rest)
+                break
+
+    def _send(
+        self,
+        channel: Channel,
+        piece: AlertMessage,
+        rows: pd.DataFrame,
+        budget: RateBudget,
+        now: datetime,
+        clock: Callable[[], datetime],
+        result: DrainResult,
+    ) -> Attempt:
+        """Send one claimed message and record every attempt; returns the last."""
+        try:
+            attempts = deliver(
+                channel,
+                piece,
+                retries=self.retries,
+                backoff=self.backoff,
+                sleep=self.sleep,
+                budget=budget,
+                now=clock,
             )
-            if not last.ok:
-                log.warning(
-                    "alert %r via %s failed after %d attempt(s): %s",
-                    piece.title,
-                    channel.name,
-                    len(attempts),
-                    last.error,
-                )
-                if last.retryable and n + 1 < len(batch):
-                    # The platform is down or throttling: the rest waits for the next round
-                    # instead of each message waiting for its own answer (or retries) now.
-                    rest = [int(k) for m in batch[n + 1 :] for k in m.keys]
-                    queue.release(self.engine, rest, now + RETRY_AFTER_OUTAGE)
-                    result.waiting += len(rest)
-                    break
+        except Exception as e:  # a bug in a channel must not stop the others
+            log.exception("channel %s failed unexpectedly", channel.name)
+            attempts = [Attempt(False, clock(), f"{type(e).__name__}: {e}", True)]
+        queue.record_outcome(self.engine, rows, channel.name, attempts, now)
+        last = attempts[-1]
+        result.sent.append(
+            Sent(channel.name, _targets(rows), piece.title, len(rows), last.ok, len(attempts), last.error)
+        )
+        if not last.ok:
+            log.warning(
+                "alert %r via %s failed after %d attempt(s): %s", piece.title, channel.name, len(attempts), last.error
+            )
+        return last
+
+
+def _refold(channel: Channel, messages: list[AlertMessage]) -> AlertMessage:
+    """The digest of the part of a planned digest this dispatcher won. The part's sections are
+    the whole's, fewer of them, so they fit in one digest where the whole did."""
+    return digest(messages, channel.max_bytes)[0]
 
 
 def _message(row) -> AlertMessage:

@@ -9,17 +9,19 @@ Crash safety is record-then-send with a claim:
 
 1. `sync` commits the ledger change and the queued rows together (a crash before that commit
    leaves nothing half done; the next evaluation decides again).
-2. `queue.claim` marks the rows about to go out (token, claimed_at, claim_expires_at = now + the
-   rule's cool-down) and commits.
-3. The dispatcher sends.
+2. Just before a message is sent, `queue.claim` marks its rows (token, claimed_at,
+   claim_expires_at = now + the rule's cool-down) and commits; the other messages of the round
+   are claimed each in its turn.
+3. The dispatcher sends that message.
 4. `queue.record_outcome` writes every attempt to `alert_deliveries`, marks the rows sent (or
    failed, with a retry time) and updates the ledger, in one transaction.
 
 A crash between 3 and 4 leaves a claim without its mark: the message may or may not have gone
 out. Such a row is not sent again until its claim expires, one cool-down later, which is the
-promise: never the same alert twice within a cool-down, and never lost. When the cool-down
-passes and the alert is still open, the re-notification supersedes the in-doubt row, so even
-then one message goes out, not two.
+promise: never the same alert twice within a cool-down, and never lost. Only the message on the
+wire is in that state; the ones not yet tried were never claimed and go out on the next round.
+When the cool-down passes and the alert is still open, the re-notification supersedes the
+in-doubt row, so even then one message goes out, not two.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from order_pipeline.alerts.messages import MessageText, resolved_message
-from order_pipeline.alerts.queue import ESCALATE, NOTIFY, RESOLVE, Route, alert_rows, supersede
+from order_pipeline.alerts.queue import ESCALATE, NOTIFY, RESOLVE, Route, alert_rows, one_per_channel, supersede
 from order_pipeline.contract.schema import alert_deliveries, alert_queue, metadata, order_alerts
 from order_pipeline.domain.times import utc
 from order_pipeline.warehouse.frames import insert_frame, read_frame, read_keyed
@@ -112,7 +114,8 @@ def sync(
 
     The phases run in this order, each adding the messages it finds due: resolve what cleared,
     open what is new, notify again what is still open a cool-down later, escalate, mark the rest
-    seen. The queue rows go in last, in the caller's transaction, with the ledger's changes.
+    seen. The queue rows go in last, in the caller's transaction, with the ledger's changes; a
+    channel that would get both an alert's notification and its escalation gets the escalation.
     """
     now = utc(now)
     result = SyncResult(spec.rule_id)
@@ -138,6 +141,7 @@ def sync(
         _escalate(ctx, current, spec.escalate_after)
     _mark_seen(ctx, scope_keys)
 
+    ctx.queue = one_per_channel(ctx.queue)
     if ctx.queue:
         insert_frame(conn, alert_queue, pd.DataFrame(ctx.queue))
     for row in ctx.queue:

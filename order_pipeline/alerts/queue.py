@@ -1,15 +1,16 @@
 """The delivery queue (`alert_queue`): what may be sent now, claims, and the record of every send.
 
 `ledger.sync` fills the queue in the transaction that updates the ledger; a dispatcher drains it
-with `ready`, `claim`, the send itself, then `record_outcome` (or `release` when the channel is
-down). The ledger's docstring explains why that order loses no alert and sends none twice
-within a cool-down.
+with `ready`, then per message `claim`, the send itself and `record_outcome` (or `defer` for the
+rest of the round when the channel is down). The ledger's docstring explains why that order loses
+no alert and sends none twice within a cool-down.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Protocol, cast
 
@@ -75,6 +76,28 @@ def alert_rows(
         }
         for channel, (names, mentions) in by_channel.items()
     ]
+
+
+def one_per_channel(rows: list[dict]) -> list[dict]:
+    """Queue rows with an alert's notification folded into its escalation where both reach the same
+    channel at the same instant (the rule tells the group it escalates to): one message, the
+    escalation, carrying the notification's targets and mentions too."""
+    escalations = {(r["entity_key"], r["channel"]): i for i, r in enumerate(rows) if r["kind"] == ESCALATE}
+    out = list(rows)
+    dropped = set()
+    for i, r in enumerate(rows):
+        e = escalations.get((r["entity_key"], r["channel"])) if r["kind"] == NOTIFY else None
+        if e is None:
+            continue
+        esc = out[e]
+        told, text = MessageText.from_json(r["payload"]), MessageText.from_json(esc["payload"])
+        out[e] = {
+            **esc,
+            "target": ",".join(dict.fromkeys([*r["target"].split(","), *esc["target"].split(",")])),
+            "payload": replace(text, mentions=tuple(dict.fromkeys(told.mentions + text.mentions))).to_json(),
+        }
+        dropped.add(i)
+    return [r for i, r in enumerate(out) if i not in dropped]
 
 
 def supersede(conn: sa.Connection, rule_id: str, keys: Sequence[str], kinds: Sequence[str]) -> None:
@@ -163,7 +186,8 @@ def next_ready_at(conn: sa.Connection, now: datetime) -> datetime | None:
 
 
 def claim(engine: sa.Engine, rows: pd.DataFrame, now: datetime) -> list[int]:
-    """Claim queue rows for sending, in its own committed transaction; returns the ids won.
+    """Claim the queue rows of the message about to be sent, in its own committed transaction;
+    returns the ids won. The claim holds for the row's `hold` (its cool-down) from `now`.
 
     Two dispatchers racing for a row both run the conditional UPDATE; only one matches.
     """
@@ -185,16 +209,18 @@ def claim(engine: sa.Engine, rows: pd.DataFrame, now: datetime) -> list[int]:
         return sorted(int(i) for i in won)
 
 
-def release(engine: sa.Engine, ids: Sequence[int], retry_at: datetime) -> None:
-    """Give back claimed rows that were not sent (the channel is down): they wait until `retry_at`."""
-    q = alert_queue
+def defer(engine: sa.Engine, ids: Sequence[int], retry_at: datetime, now: datetime) -> None:
+    """Rows not sent this round (the channel is down) wait until `retry_at`; a row another
+    dispatcher has claimed meanwhile is its to send and is left alone."""
+    q, now = alert_queue, utc(now)
     with engine.begin() as conn:
         for i in range(0, len(ids), IN_CHUNK):
             conn.execute(
                 q.update()
                 .where(q.c.id.in_(list(ids[i : i + IN_CHUNK])))
                 .where(q.c.status == PENDING)
-                .values(claim_token=None, claim_expires_at=None, next_attempt_at=utc(retry_at))
+                .where(sa.or_(q.c.claim_expires_at.is_(None), q.c.claim_expires_at <= now))
+                .values(next_attempt_at=utc(retry_at))
             )
 
 
