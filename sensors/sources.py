@@ -1,9 +1,12 @@
 """Source-change sensors: one per source, asking it only for its newest `updated_at`.
 
 A tick runs one `SELECT MAX(<updated-at column>)` against the source (an index lookup when the
-column is indexed, as the config asks). When the value moved past the cursor, the sensor asks
-for a run of that raw asset, keyed by the new value, so a restarted daemon never launches the
-same load twice. `unified_orders` and the published tables follow by declarative automation.
+column is indexed, as the config asks) and reads the high-water mark the last load stored in the
+warehouse. When they differ, the sensor asks for a run of that raw asset, unless one is in flight
+(`order_pipeline.sources.watch` decides). A failed load stored no mark, so the next tick asks
+again; Dagster's run retries (`dagster/max_retries`) re-run it first. Run keys name the value
+and the failed run they follow, so a restarted daemon never launches the same load twice.
+`unified_orders` and the published tables follow by declarative automation.
 """
 
 from __future__ import annotations
@@ -16,9 +19,19 @@ import sqlalchemy as sa
 from assets.common import raw_asset_key
 from order_pipeline.contract.canonical import SOURCE_ENTITIES
 from order_pipeline.contract.config import SourceConfig
-from resources.warehouse import SourceDatabases
+from order_pipeline.sources.watch import LastRun, Load, RunState, next_load
+from order_pipeline.warehouse.state import get_state, high_water_mark_key
+from resources.warehouse import SourceDatabases, WarehouseResource
 
 INTERVAL_SECONDS = 30
+SOURCE_TAG = "order_pipeline/source"
+WATERMARK_TAG = "order_pipeline/watermark"
+# Dagster re-runs a failed source run this often before the sensor asks for a new one
+# (the instance's `run_retries` must be enabled: deploy/dagster.yaml, runner.INSTANCE_YAML).
+MAX_RETRIES = 3
+MAX_RETRIES_TAG = "dagster/max_retries"
+WILL_RETRY_TAG = "dagster/will_retry"  # set by Dagster on a failed run it is going to retry
+_FAILED = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 
 def sensor_name(entity: str) -> str:
@@ -33,6 +46,21 @@ def newest_update(engine: sa.Engine, sc: SourceConfig) -> str | None:
     with engine.connect() as conn:
         value = conn.execute(sa.text(f"SELECT MAX({column}) FROM {sc.selectable()}")).scalar()
     return None if value is None else str(value)
+
+
+def last_run(instance: dg.DagsterInstance, entity: str) -> LastRun | None:
+    """The newest run of the source's loads: the sensor's, or Dagster's retry of one (it keeps the tags)."""
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={SOURCE_TAG: entity}), limit=1)
+    if not runs:
+        return None
+    run = runs[0]
+    if run.status == dg.DagsterRunStatus.SUCCESS:
+        state = RunState.SUCCEEDED
+    elif run.status in _FAILED:
+        state = RunState.FAILED
+    else:
+        state = RunState.RUNNING
+    return LastRun(run.run_id, run.tags.get(WATERMARK_TAG), state, run.tags.get(WILL_RETRY_TAG) == "true")
 
 
 def source_change_sensor(
@@ -55,22 +83,19 @@ def source_change_sensor(
             f"{', '.join(k.to_user_string() for k in keys)} when it moved."
         ),
     )
-    def _sensor(context: dg.SensorEvaluationContext, sources: SourceDatabases):
+    def _sensor(context: dg.SensorEvaluationContext, sources: SourceDatabases, warehouse: WarehouseResource):
         newest = newest_update(sources.engine(sc.entity), sc)
-        if newest is None:
-            return dg.SkipReason(f"the {sc.entity} source has no rows yet")
-        if newest == context.cursor:
-            return dg.SkipReason(f"no new rows in {sc.entity} since {newest}")
-        return dg.SensorResult(
-            run_requests=[
-                dg.RunRequest(
-                    run_key=f"{sc.entity}:{newest}",
-                    asset_selection=keys,
-                    tags={"order_pipeline/source": sc.entity, "order_pipeline/watermark": newest},
-                )
-            ],
-            cursor=newest,
-        )
+        with warehouse.engine.connect() as conn:
+            loaded = get_state(conn, high_water_mark_key(sc.entity))
+        decision = next_load(sc.entity, newest, loaded, last_run(context.instance, sc.entity))
+        if not isinstance(decision, Load):
+            return dg.SkipReason(decision)
+        assert newest is not None  # a load is only asked for a source with rows
+        if decision.run_key == context.cursor:  # asked for on the last tick, its run not seen yet
+            return dg.SkipReason(f"waiting for the run of {decision.run_key}")
+        tags = {SOURCE_TAG: sc.entity, WATERMARK_TAG: newest, MAX_RETRIES_TAG: str(MAX_RETRIES)}
+        request = dg.RunRequest(run_key=decision.run_key, asset_selection=keys, tags=tags)
+        return dg.SensorResult(run_requests=[request], cursor=decision.run_key)
 
     return _sensor
 
