@@ -6,12 +6,15 @@ warehouse. When they differ, the sensor asks for a run of that raw asset, unless
 (`order_pipeline.sources.watch` decides). A failed load stored no mark, so the next tick asks
 again; Dagster's run retries (`dagster/max_retries`) re-run it first. Run keys name the value
 and the failed run they follow, so a restarted daemon never launches the same load twice.
+Every `reconcile_every` the sensor also asks for a run that compares the whole source with its
+raw table (a load alone finds no row whose `updated_at` went backwards), unless a load did so.
 `unified_orders` and the published tables follow by declarative automation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 import dagster as dg
 import sqlalchemy as sa
@@ -19,11 +22,13 @@ import sqlalchemy as sa
 from assets.common import raw_asset_key
 from order_pipeline.contract.canonical import SOURCE_ENTITIES
 from order_pipeline.contract.config import SourceConfig
-from order_pipeline.sources.watch import LastRun, Load, RunState, next_load
-from order_pipeline.warehouse.state import get_state, high_water_mark_key
-from resources.warehouse import SourceDatabases, WarehouseResource
+from order_pipeline.contract.schema import raw_table_name
+from order_pipeline.sources.watch import LastRun, Load, RunState, next_load, reconcile_due
+from order_pipeline.warehouse.state import get_state, high_water_mark_key, reconciled_key
+from resources.warehouse import PipelineClock, SourceDatabases, WarehouseResource
 
 INTERVAL_SECONDS = 30
+RECONCILE_EVERY = timedelta(hours=1)  # the config's default, `pipeline.reconcile_every`
 SOURCE_TAG = "order_pipeline/source"
 WATERMARK_TAG = "order_pipeline/watermark"
 # Dagster re-runs a failed source run this often before the sensor asks for a new one
@@ -64,7 +69,10 @@ def last_run(instance: dg.DagsterInstance, entity: str) -> LastRun | None:
 
 
 def source_change_sensor(
-    sc: SourceConfig, followers: Sequence[str] = (), interval: int = INTERVAL_SECONDS
+    sc: SourceConfig,
+    followers: Sequence[str] = (),
+    interval: int = INTERVAL_SECONDS,
+    reconcile_every: timedelta = RECONCILE_EVERY,
 ) -> dg.SensorDefinition:
     """The sensor for one source with a watermark; `followers` are sources re-read with it (order lines)."""
     entity = SOURCE_ENTITIES[sc.entity]
@@ -83,29 +91,43 @@ def source_change_sensor(
             f"{', '.join(k.to_user_string() for k in keys)} when it moved."
         ),
     )
-    def _sensor(context: dg.SensorEvaluationContext, sources: SourceDatabases, warehouse: WarehouseResource):
+    def _sensor(
+        context: dg.SensorEvaluationContext,
+        sources: SourceDatabases,
+        warehouse: WarehouseResource,
+        clock: PipelineClock,
+    ):
         newest = newest_update(sources.engine(sc.entity), sc)
         with warehouse.engine.connect() as conn:
             loaded = get_state(conn, high_water_mark_key(sc.entity))
-        decision = next_load(sc.entity, newest, loaded, last_run(context.instance, sc.entity))
+            reconciled = get_state(conn, reconciled_key(sc.entity))
+        # Due only once loaded: the first load reads everything anyway.
+        due = loaded is not None and reconcile_due(reconciled, clock.now(), reconcile_every)
+        last = last_run(context.instance, sc.entity)
+        decision = next_load(sc.entity, newest, loaded, last, (reconciled or "never") if due else None)
         if not isinstance(decision, Load):
             return dg.SkipReason(decision)
         assert newest is not None  # a load is only asked for a source with rows
         if decision.run_key == context.cursor:  # asked for on the last tick, its run not seen yet
             return dg.SkipReason(f"waiting for the run of {decision.run_key}")
         tags = {SOURCE_TAG: sc.entity, WATERMARK_TAG: newest, MAX_RETRIES_TAG: str(MAX_RETRIES)}
-        request = dg.RunRequest(run_key=decision.run_key, asset_selection=keys, tags=tags)
+        run_config = {}
+        if decision.reconcile:
+            run_config = {"ops": {raw_table_name(k): {"config": {"reconcile": True}} for k in [sc.entity, *followers]}}
+        request = dg.RunRequest(run_key=decision.run_key, asset_selection=keys, tags=tags, run_config=run_config)
         return dg.SensorResult(run_requests=[request], cursor=decision.run_key)
 
     return _sensor
 
 
-def source_sensors(sources: dict[str, SourceConfig], interval: int = INTERVAL_SECONDS) -> list[dg.SensorDefinition]:
+def source_sensors(
+    sources: dict[str, SourceConfig], interval: int = INTERVAL_SECONDS, reconcile_every: timedelta = RECONCILE_EVERY
+) -> list[dg.SensorDefinition]:
     """One sensor per source with a watermark; sources without one ride along with their parent."""
     out = []
     for name, sc in sources.items():
         if SOURCE_ENTITIES[name].watermark is None:
             continue
         followers = [f for f, e in SOURCE_ENTITIES.items() if e.watermark is None and f in sources and name == "orders"]
-        out.append(source_change_sensor(sc, followers, interval))
+        out.append(source_change_sensor(sc, followers, interval, reconcile_every))
     return out

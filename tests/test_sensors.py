@@ -49,7 +49,7 @@ from order_pipeline.contract.schema import (
 )
 from order_pipeline.sources import engines as source_engines
 from order_pipeline.warehouse.engine import Warehouse
-from order_pipeline.warehouse.state import high_water_mark_key, set_state
+from order_pipeline.warehouse.state import high_water_mark_key, reconciled_key, set_state
 from resources.alerting import AlertingResource
 from resources.warehouse import PipelineClock, SourceConnection, SourceDatabases, WarehouseResource
 from sensors.alerts import AlertCursor, alert_sensor, run_failure_sensor, run_success_sensor
@@ -119,14 +119,16 @@ def test_source_sensor_requests_a_load_only_when_the_watermark_moves(tmp_path, i
     res = {
         "sources": SourceDatabases(sources={"orders": SourceConnection(url=f"sqlite:///{path}")}),
         "warehouse": WarehouseResource(url=str(warehouse.engine.url)),
+        "clock": PipelineClock(now_at=NOW.isoformat()),
     }
 
     def tick(cursor):
         return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor, resources=res))
 
-    def loaded(mark: str) -> None:  # what a successful load of raw_orders leaves behind
+    def loaded(mark: str) -> None:  # what a successful first load of raw_orders leaves behind
         with warehouse.engine.begin() as conn:
             set_state(conn, high_water_mark_key("orders"), mark, NOW)
+            set_state(conn, reconciled_key("orders"), NOW.isoformat(), NOW)
 
     empty = tick(None)
     assert not empty.run_requests and "no rows yet" in skip_message(empty)
@@ -182,9 +184,17 @@ class InventoryWatch:
         self.cursor = data.cursor or self.cursor
         return data
 
+    def at(self, now: datetime) -> None:
+        self.resources["clock"] = PipelineClock(now_at=now.isoformat())
+
     def run(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
         return dg.materialize(
-            [self.asset], instance=self.instance, resources=self.resources, tags=request.tags, raise_on_error=False
+            [self.asset],
+            instance=self.instance,
+            resources=self.resources,
+            tags=request.tags,
+            run_config=request.run_config,
+            raise_on_error=False,
         )
 
     def on_hand(self) -> dict:
@@ -236,6 +246,27 @@ def test_no_second_load_while_one_is_in_flight_or_about_to_be_retried(tmp_path, 
         run = instance.get_run_by_id(failed.run_id)
         assert run is not None and run.tags["dagster/will_retry"] == "true"
         assert f"Dagster retries run {failed.run_id}" in skip_message(watch.tick())
+
+
+def test_a_source_is_reconciled_every_hour_even_when_it_does_not_move(tmp_path, instance):
+    watch = InventoryWatch(tmp_path, instance)
+    watch.stock("A", 10, "2026-11-25 10:00:00")
+    watch.stock("B", 3, "2026-11-25 08:00:00")
+    [first] = watch.tick().run_requests or []
+    assert watch.run(first).success  # the first, full load: the raw table equals the source
+    with sqlite3.connect(watch.db) as conn:  # before the mark: MAX(updated_at) does not move
+        conn.execute("UPDATE inventory SET on_hand = 12, updated_at = '2026-11-25 09:00:00' WHERE sku = 'B'")
+    watch.at(NOW + 59 * M)
+    assert skip_message(watch.tick()) == "no new rows in inventory since 2026-11-25 10:00:00"
+
+    watch.at(NOW + H)
+    [due] = watch.tick().run_requests or []
+    assert due.run_key == f"inventory:2026-11-25 10:00:00:reconcile:{NOW.isoformat()}"
+    result = watch.run(due)
+    assert result.success and watch.on_hand() == {"A": 10.0, "B": 12.0}
+    [materialized] = result.asset_materializations_for_node("raw_inventory")
+    assert materialized.metadata["reconciled_rows"].value == 1
+    assert skip_message(watch.tick()) == "no new rows in inventory since 2026-11-25 10:00:00"
 
 
 def test_the_instances_the_project_sets_up_retry_failed_runs(tmp_path, monkeypatch):

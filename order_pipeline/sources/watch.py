@@ -9,7 +9,10 @@ for is kept only to tell a run in flight (or being retried by Dagster) from one 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import Enum
+
+from order_pipeline.domain.times import parse_instant
 
 
 class RunState(Enum):
@@ -35,6 +38,11 @@ class Load:
 
     run_key: str
     reconcile: bool = False
+
+
+def reconcile_due(last: str | None, now: datetime, every: timedelta) -> bool:
+    """Is a source's reconciliation due, its last one (or full load) having been at `last` (ISO time)?"""
+    return last is None or now - parse_instant(last, "UTC") >= every
 
 
 def next_load(
