@@ -98,7 +98,7 @@ def build_definitions(config: Config, now: str | None = None) -> dg.Definitions:
     """The definitions of `config`; `now` pins the clock (ISO time) for a reproducible run."""
     carrier = config.carrier
     alerts = alert_settings(config)
-    assets = [raw_source_asset(sc, config.path) for sc in config.sources.values()]
+    assets = [raw_source_asset(sc, config.path, config.reconcile_every) for sc in config.sources.values()]
     assets += [
         carrier_tracking_asset(carrier.poll_interval, carrier.max_polls_per_run),
         unified_orders_asset({name: sc.columns for name, sc in config.sources.items()}, carrier.transit_days),
@@ -122,7 +122,7 @@ def build_definitions(config: Config, now: str | None = None) -> dg.Definitions:
         jobs=[job],
         schedules=[carrier_poll_schedule(carrier.poll_interval, config.timezone)],
         sensors=[
-            *source_sensors(config.sources),
+            *source_sensors(config.sources, reconcile_every=config.reconcile_every),
             carrier_push_sensor(),
             automation_sensor(),
             alert_sensor(config),

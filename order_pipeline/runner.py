@@ -13,6 +13,7 @@ from order_pipeline.contract.config import Config
 from order_pipeline.contract.schema import raw_table_name
 from order_pipeline.definitions import PIPELINE_JOB, build_definitions
 from sensors.alerts import step_failure_text
+from sensors.sources import MAX_RETRIES, MAX_RETRIES_TAG
 
 DAGSTER_HOME = "DAGSTER_HOME"
 # Assets that take `full_refresh` from run config (see assets.common.LoadConfig).
@@ -28,15 +29,19 @@ class RunOutcome:
 
 
 # What a new instance home gets (deploy/dagster.yaml says the same for production): the project's
-# log lines reach each run's event log, and the run queue starts one run at a time, since runs
-# write the same warehouse (a run from the CLI takes the warehouse's run lock instead: it does not
-# pass through the queue).
-INSTANCE_YAML = """python_logs:
+# log lines reach each run's event log; the run queue starts one run at a time, since runs write the
+# same warehouse (a run from the CLI takes the warehouse's run lock instead: it does not pass through
+# the queue); and a failed source run is run again by Dagster's daemon (`order-pipeline ui`) before
+# the source's sensor asks for a new one.
+INSTANCE_YAML = f"""python_logs:
   managed_python_loggers: [order_pipeline]
   python_log_level: INFO
 concurrency:
   runs:
     max_concurrent_runs: 1
+run_retries:
+  enabled: true
+  max_retries: {MAX_RETRIES}
 """
 
 
@@ -71,8 +76,12 @@ def run_pipeline(
     on_step: Callable[[str, float], None] | None = None,
 ) -> RunOutcome:
     job = build_definitions(config, now=now).resolve_job_def(PIPELINE_JOB)
+    # The caller reports a failure of this run; Dagster's daemon must not re-run it later.
     result = job.execute_in_process(
-        instance=instance, run_config=run_config(config, full_refresh), raise_on_error=False
+        instance=instance,
+        run_config=run_config(config, full_refresh),
+        raise_on_error=False,
+        tags={MAX_RETRIES_TAG: "0"},
     )
     steps: dict[str, float] = {}
     failures: list[str] = []

@@ -50,6 +50,7 @@ def test_a_valid_config_loads_with_relative_paths_resolved(tmp_path, doc):
     assert config.sources["orders"].url.resolve() == f"sqlite:///{tmp_path / 'orders.db'}"
     assert config.warehouse_url.resolve() == f"sqlite:///{tmp_path / 'data' / 'warehouse.db'}"
     assert config.carrier.poll_interval == timedelta(hours=2)
+    assert config.reconcile_every == timedelta(hours=1)
 
 
 def test_unknown_canonical_column(tmp_path, doc):
@@ -96,6 +97,14 @@ def test_bad_duration(tmp_path, doc, value):
     doc["carrier"] = {"poll_interval": value}
     e = error(tmp_path, doc)
     assert e.entry == "carrier.poll_interval" and "90s, 30m, 2h, 1d" in e.fix
+
+
+def test_the_reconciliation_cadence_is_a_duration(tmp_path, doc):
+    doc["pipeline"] = {"reconcile_every": "6h"}
+    assert load(tmp_path, doc).reconcile_every == timedelta(hours=6)
+    doc["pipeline"] = {"reconcile_every": 6}
+    e = error(tmp_path, doc)
+    assert e.entry == "pipeline.reconcile_every" and "2h" in e.fix
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 
 import pandas as pd
@@ -9,8 +10,9 @@ import pytest
 import sqlalchemy as sa
 from helpers import NOW, resolved, sources_company
 
-from order_pipeline.contract.schema import RAW_TABLES, pipeline_rejects
+from order_pipeline.contract.schema import BATCH, RAW_TABLES, pipeline_rejects
 from order_pipeline.pipeline.loading import load_source
+from order_pipeline.pipeline.reconcile import reconcile_source
 
 
 @pytest.fixture
@@ -131,3 +133,87 @@ def test_a_full_load_settles_the_rejects_of_keyless_rows_no_longer_there(setup):
     assert len(rejects(engine)) == 3
     load_source(engine, src, sc, NOW, full=True)
     assert len(rejects(engine)) == 1  # the edited row, still keyless: one reject
+
+
+def test_a_row_changed_with_an_older_updated_at_is_found_and_reloaded_by_reconciliation(setup, caplog):
+    engine, src, sc, db = setup
+    stock(db, ("A", 10, "2026-11-25 10:00:00"), ("B", 4, "2026-11-25 09:00:00"), ("C", 1, "2026-11-25 09:10:00"))
+    load_source(engine, src, sc, NOW)
+    with sqlite3.connect(db) as conn:  # B's count corrected by a job that kept a time before the last mark
+        conn.execute("UPDATE inventory SET on_hand = 7, updated_at = '2026-11-25 09:30:00' WHERE sku = 'B'")
+    load_source(engine, src, sc, NOW)
+    assert raw(engine)["B"] == 4.0  # the incremental read cannot see it
+
+    with caplog.at_level(logging.INFO, logger="order_pipeline"):
+        result = reconcile_source(engine, src, sc, NOW)
+    assert raw(engine) == {"A": 10.0, "B": 7.0, "C": 1.0}
+    assert (result.compared, result.reloaded, result.only_in_warehouse) == (3, 1, 0)
+    assert result.metadata["reconciled_rows"] == 1
+    assert "reconciled inventory: 1 of 3 rows differed" in caplog.text
+    t = RAW_TABLES["inventory"]
+    with engine.connect() as conn:
+        batches = dict(conn.execute(sa.select(t.c.sku, t.c[BATCH])).all())
+    assert batches["B"] == result.batch and batches["A"] < batches["B"]  # only B is written again
+
+    again = reconcile_source(engine, src, sc, NOW)
+    assert (again.reloaded, again.buckets, again.batch) == (0, 0, None)
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM inventory WHERE sku = 'C'")
+    gone = reconcile_source(engine, src, sc, NOW)
+    assert (gone.reloaded, gone.only_in_warehouse) == (0, 1) and "C" in raw(engine)
+
+
+def test_stored_values_of_every_kind_fingerprint_like_the_validated_source_rows(tmp_path, engine):
+    """Times, dates, missing values and numbers as either warehouse gives them back hash as the source's do."""
+    config, _ = sources_company(tmp_path)
+    sc = config.sources["orders"]
+    with sqlite3.connect(tmp_path / "orders.db") as conn:
+        conn.executemany(
+            "INSERT INTO orders VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    "SO1",
+                    "张三",
+                    "138",
+                    None,
+                    "上海",
+                    "12.50",
+                    "CNY",
+                    "2026-11-24 09:00:00.123456",
+                    "2026-11-30",
+                    "open",
+                    "2026-11-25 09:00:00",
+                ),
+                (
+                    "SO2",
+                    "李四",
+                    "139",
+                    "ID",
+                    "北京",
+                    0,
+                    None,
+                    "2026-11-24T10:00:00+08:00",
+                    None,
+                    "Cancelled",
+                    "2026-11-25 09:05:00",
+                ),
+            ],
+        )
+    src = sa.create_engine(resolved(sc.url))
+    load_source(engine, src, sc, NOW)
+    assert reconcile_source(engine, src, sc, NOW).reloaded == 0
+
+
+def test_an_order_line_changed_without_its_order_is_reloaded_by_reconciliation(tmp_path):
+    config, engine = sources_company(tmp_path)
+    sc = config.sources["order_lines"]
+    with sqlite3.connect(tmp_path / "order_lines.db") as conn:
+        conn.executemany("INSERT INTO order_lines VALUES (?, ?, ?, ?)", [("SO1", "K1", 1, 9.5), ("SO1", "K2", 2, 3)])
+    src = sa.create_engine(resolved(sc.url))
+    load_source(engine, src, sc, NOW)
+    with sqlite3.connect(tmp_path / "order_lines.db") as conn:
+        conn.execute("UPDATE order_lines SET qty = 5 WHERE sku = 'K2'")
+    assert reconcile_source(engine, src, sc, NOW).reloaded == 1
+    t = RAW_TABLES["order_lines"]
+    with engine.connect() as conn:
+        assert dict(conn.execute(sa.select(t.c.sku, t.c.qty)).all()) == {"K1": 1.0, "K2": 5.0}

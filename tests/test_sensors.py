@@ -6,14 +6,36 @@ from __future__ import annotations
 import sqlite3
 import sys
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import httpx
 import pytest
 import sqlalchemy as sa
-from helpers import GROUPS, NOW, TZ, H, M, S, ledger_row, make_config, order, outbox, paid_order, publish_rows
+import yaml
+from dagster._core.test_utils import create_run_for_test
+from helpers import (
+    GROUPS,
+    NOW,
+    TZ,
+    H,
+    M,
+    S,
+    ledger_row,
+    make_config,
+    order,
+    outbox,
+    paid_order,
+    publish_rows,
+    resolved,
+    sources_company,
+    warehouse_of,
+)
 from sqlalchemy import event as sa_event
 
+from assets import sources as source_assets
+from assets.sources import raw_source_asset
+from order_pipeline import runner
 from order_pipeline.alerts import queue as alert_queue_ops
 from order_pipeline.alerts.channels.wecom import WeComRobot
 from order_pipeline.alerts.dispatch import Dispatcher
@@ -21,16 +43,19 @@ from order_pipeline.alerts.evaluation import Alerting
 from order_pipeline.contract.config import ConfigError, Secret, SourceConfig
 from order_pipeline.contract.schema import (
     BATCH,
+    RAW_TABLES,
     alert_deliveries,
     alert_queue,
     raw_tracking,
 )
 from order_pipeline.sources import engines as source_engines
+from order_pipeline.warehouse.engine import Warehouse
+from order_pipeline.warehouse.state import high_water_mark_key, reconciled_key, set_state
 from resources.alerting import AlertingResource
 from resources.warehouse import PipelineClock, SourceConnection, SourceDatabases, WarehouseResource
 from sensors.alerts import AlertCursor, alert_sensor, run_failure_sensor, run_success_sensor
 from sensors.carrier import carrier_push_sensor, poll_cron
-from sensors.sources import source_change_sensor
+from sensors.sources import MAX_RETRIES, source_change_sensor
 
 
 @pytest.fixture(autouse=True)
@@ -90,12 +115,21 @@ def orders_source(path, query: bool = False) -> SourceConfig:
 def test_source_sensor_requests_a_load_only_when_the_watermark_moves(tmp_path, instance, query):
     path = erp(tmp_path)
     sensor = source_change_sensor(orders_source(path, query), followers=["order_lines"])
-    sources = SourceDatabases(sources={"orders": SourceConnection(url=f"sqlite:///{path}")})
+    warehouse = Warehouse(f"sqlite:///{tmp_path / 'warehouse.db'}")
+    warehouse.create_schema()
+    res = {
+        "sources": SourceDatabases(sources={"orders": SourceConnection(url=f"sqlite:///{path}")}),
+        "warehouse": WarehouseResource(url=str(warehouse.engine.url)),
+        "clock": PipelineClock(now_at=NOW.isoformat()),
+    }
 
     def tick(cursor):
-        return sensor.evaluate_tick(
-            dg.build_sensor_context(instance=instance, cursor=cursor, resources={"sources": sources})
-        )
+        return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor, resources=res))
+
+    def loaded(mark: str) -> None:  # what a successful first load of raw_orders leaves behind
+        with warehouse.engine.begin() as conn:
+            set_state(conn, high_water_mark_key("orders"), mark, NOW)
+            set_state(conn, reconciled_key("orders"), NOW.isoformat(), NOW)
 
     empty = tick(None)
     assert not empty.run_requests and "no rows yet" in skip_message(empty)
@@ -107,8 +141,10 @@ def test_source_sensor_requests_a_load_only_when_the_watermark_moves(tmp_path, i
     [request] = first.run_requests or []
     assert request.run_key == "orders:2026-11-25 09:59:30"
     assert request.asset_selection == [dg.AssetKey("raw_orders"), dg.AssetKey("raw_order_lines")]
-    assert first.cursor == "2026-11-25 09:59:30"
+    assert first.cursor == "orders:2026-11-25 09:59:30"
+    assert skip_message(tick(first.cursor)) == "waiting for the run of orders:2026-11-25 09:59:30"
 
+    loaded("2026-11-25 09:59:30")
     same = tick(first.cursor)
     assert not same.run_requests
     assert same.skip_message == "no new rows in orders since 2026-11-25 09:59:30"
@@ -117,6 +153,130 @@ def test_source_sensor_requests_a_load_only_when_the_watermark_moves(tmp_path, i
         conn.execute("UPDATE T_SAL_ORDER SET FModifyDate = '2026-11-25 10:00:05' WHERE FBillNo = 'SO1'")
     moved = tick(same.cursor or first.cursor)
     assert [r.run_key for r in moved.run_requests or []] == ["orders:2026-11-25 10:00:05"]
+
+
+class InventoryWatch:
+    """The inventory source's sensor and raw asset, on a warehouse of their own, run as the daemon would:
+    each tick keeps the cursor the last one returned, each requested run goes to the instance."""
+
+    def __init__(self, folder, instance):
+        config, self.engine = sources_company(folder)
+        self.sc, self.db, self.instance, self.cursor = (
+            config.sources["inventory"],
+            folder / "inventory.db",
+            instance,
+            None,
+        )
+        self.sensor = source_change_sensor(self.sc)
+        self.asset = raw_source_asset(self.sc, config.path)
+        self.resources = {
+            "sources": SourceDatabases(sources={"inventory": SourceConnection(url=resolved(self.sc.url))}),
+            "warehouse": WarehouseResource(url=warehouse_of(config)),
+            "clock": PipelineClock(now_at=NOW.isoformat()),
+        }
+
+    def stock(self, sku: str, on_hand: float, updated_at: str) -> None:
+        with sqlite3.connect(self.db) as conn:
+            conn.execute("INSERT OR REPLACE INTO inventory VALUES (?, ?, 0, 5, ?)", (sku, on_hand, updated_at))
+
+    def tick(self):
+        context = dg.build_sensor_context(instance=self.instance, cursor=self.cursor, resources=self.resources)
+        data = self.sensor.evaluate_tick(context)
+        self.cursor = data.cursor or self.cursor
+        return data
+
+    def at(self, now: datetime) -> None:
+        self.resources["clock"] = PipelineClock(now_at=now.isoformat())
+
+    def run(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+        return dg.materialize(
+            [self.asset],
+            instance=self.instance,
+            resources=self.resources,
+            tags=request.tags,
+            run_config=request.run_config,
+            raise_on_error=False,
+        )
+
+    def on_hand(self) -> dict:
+        t = RAW_TABLES["inventory"]
+        with self.engine.connect() as conn:
+            return dict(conn.execute(sa.select(t.c.sku, t.c.on_hand)).all())
+
+
+def broken_warehouse(*args, **kwargs):
+    raise RuntimeError("the warehouse went away")
+
+
+def test_a_change_whose_load_failed_is_requested_again(tmp_path, instance, monkeypatch):
+    watch = InventoryWatch(tmp_path, instance)
+    watch.stock("A", 10, "2026-11-25 10:00:00")
+    [first] = watch.tick().run_requests or []
+    assert first.run_key == "inventory:2026-11-25 10:00:00"
+    assert first.tags["dagster/max_retries"] == str(MAX_RETRIES)
+    with monkeypatch.context() as m:
+        m.setattr(source_assets, "load_source", broken_warehouse)
+        failed = watch.run(first)
+    assert not failed.success and watch.on_hand() == {}
+
+    [again] = watch.tick().run_requests or []  # the change is still unloaded
+    assert again.run_key == f"inventory:2026-11-25 10:00:00:after:{failed.run_id}"
+    assert watch.run(again).success and watch.on_hand() == {"A": 10.0}
+    idle = watch.tick()
+    assert not idle.run_requests
+    assert skip_message(idle) == "no new rows in inventory since 2026-11-25 10:00:00"
+
+
+def test_no_second_load_while_one_is_in_flight_or_about_to_be_retried(tmp_path, monkeypatch):
+    with dg.instance_for_test(overrides={"run_retries": {"enabled": True}}) as instance:
+        watch = InventoryWatch(tmp_path, instance)
+        watch.stock("A", 10, "2026-11-25 10:00:00")
+        [first] = watch.tick().run_requests or []
+        assert "waiting for the run of inventory:2026-11-25 10:00:00" in skip_message(watch.tick())
+        in_flight = create_run_for_test(
+            instance, job_name="__ASSET_JOB", status=dg.DagsterRunStatus.STARTED, tags=first.tags
+        )
+        assert f"in flight (run {in_flight.run_id})" in skip_message(watch.tick())
+        instance.report_run_canceled(in_flight)
+
+        watch.stock("B", 1, "2026-11-25 10:01:00")
+        [second] = watch.tick().run_requests or []
+        with monkeypatch.context() as m:
+            m.setattr(source_assets, "load_source", broken_warehouse)
+            failed = watch.run(second)
+        run = instance.get_run_by_id(failed.run_id)
+        assert run is not None and run.tags["dagster/will_retry"] == "true"
+        assert f"Dagster retries run {failed.run_id}" in skip_message(watch.tick())
+
+
+def test_a_source_is_reconciled_every_hour_even_when_it_does_not_move(tmp_path, instance):
+    watch = InventoryWatch(tmp_path, instance)
+    watch.stock("A", 10, "2026-11-25 10:00:00")
+    watch.stock("B", 3, "2026-11-25 08:00:00")
+    [first] = watch.tick().run_requests or []
+    assert watch.run(first).success  # the first, full load: the raw table equals the source
+    with sqlite3.connect(watch.db) as conn:  # before the mark: MAX(updated_at) does not move
+        conn.execute("UPDATE inventory SET on_hand = 12, updated_at = '2026-11-25 09:00:00' WHERE sku = 'B'")
+    watch.at(NOW + 59 * M)
+    assert skip_message(watch.tick()) == "no new rows in inventory since 2026-11-25 10:00:00"
+
+    watch.at(NOW + H)
+    [due] = watch.tick().run_requests or []
+    assert due.run_key == f"inventory:2026-11-25 10:00:00:reconcile:{NOW.isoformat()}"
+    result = watch.run(due)
+    assert result.success and watch.on_hand() == {"A": 10.0, "B": 12.0}
+    [materialized] = result.asset_materializations_for_node("raw_inventory")
+    assert materialized.metadata["reconciled_rows"].value == 1
+    assert skip_message(watch.tick()) == "no new rows in inventory since 2026-11-25 10:00:00"
+
+
+def test_the_instances_the_project_sets_up_retry_failed_runs(tmp_path, monkeypatch):
+    config, _ = sources_company(tmp_path)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    with runner.dagster_instance(config) as cli_instance:
+        assert cli_instance.run_retries_enabled and cli_instance.run_retries_max_retries == MAX_RETRIES
+    shipped = yaml.safe_load((Path(__file__).resolve().parent.parent / "deploy" / "dagster.yaml").read_text())
+    assert shipped["run_retries"] == yaml.safe_load(runner.INSTANCE_YAML)["run_retries"]
 
 
 # --- the alert sensor across ticks ---------------------------------------------------------------------

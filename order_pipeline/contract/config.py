@@ -106,6 +106,8 @@ class Config:
     carrier: CarrierConfig
     reject_threshold: int = 100
     sections: dict[str, Any] = field(default_factory=dict)  # rules, channels, web: parsed by their modules
+    # How often each source is compared whole with its raw table (pipeline/reconcile.py).
+    reconcile_every: timedelta = timedelta(hours=1)
 
     @property
     def warehouse_entry(self) -> str:
@@ -307,10 +309,21 @@ class _Parser(SectionParser):
 
         sources = self.sources(doc.get("sources"), tz)
         carrier = self.carrier(doc.get("carrier"))
-        pipe = self.mapping(doc.get("pipeline"), "pipeline", {"reject_threshold"})
+        pipe = self.mapping(doc.get("pipeline"), "pipeline", {"reject_threshold", "reconcile_every"})
         threshold = self.positive_int(pipe.get("reject_threshold", 100), "pipeline.reject_threshold")
+        reconcile_every = self.duration(pipe.get("reconcile_every", "1h"), "pipeline.reconcile_every")
         sections = {k: doc[k] for k in ("freshness", "rules", "channels", "alerts", "web") if k in doc}
-        return Config(self.path, tz, data_dir, warehouse_url, sources, carrier, threshold, sections)
+        return Config(
+            self.path,
+            tz,
+            data_dir,
+            warehouse_url,
+            sources,
+            carrier,
+            threshold,
+            sections,
+            reconcile_every=reconcile_every,
+        )
 
     def sources(self, value, tz: str) -> dict[str, SourceConfig]:
         value = self.mapping(value, "sources", set(SOURCE_ENTITIES))

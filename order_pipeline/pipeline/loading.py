@@ -24,7 +24,14 @@ from order_pipeline.pipeline.rejects import clear_fixed_keyless, clear_rejects, 
 from order_pipeline.sources.engines import is_undecodable, lenient_text
 from order_pipeline.warehouse.frames import IN_CHUNK, delete_keys, insert_frame, read_frame, read_keyed, replace_keys
 from order_pipeline.warehouse.rebuild import replacing
-from order_pipeline.warehouse.state import get_state, high_water_mark_key, newest_update_key, next_batch, set_state
+from order_pipeline.warehouse.state import (
+    get_state,
+    high_water_mark_key,
+    newest_update_key,
+    next_batch,
+    reconciled_key,
+    set_state,
+)
 
 
 @dataclass(frozen=True)
@@ -114,8 +121,9 @@ def load_source(wh: sa.Engine, src: sa.Engine, sc: SourceConfig, now: datetime, 
         good[BATCH] = batch
         if full:
             _insert_all(conn, table, good, entity)
+            set_state(conn, reconciled_key(entity.name), now.isoformat(), now)  # equal to the source now
         else:
-            _touch_orders_left(conn, table, entity, good, batch)
+            touch_orders_left(conn, table, entity, good, batch)
             replace_keys(conn, table, good, entity.key)
         _record(conn, entity, frame, good, rejects, now, full)
         if mark is not None:
@@ -189,13 +197,13 @@ def _same_rows(rows: pd.DataFrame, stored: pd.DataFrame, key: list[str]) -> np.n
     return same
 
 
-def _touch_orders_left(conn: sa.Connection, table: sa.Table, entity: Entity, good: pd.DataFrame, batch: int) -> None:
+def touch_orders_left(conn: sa.Connection, table: sa.Table, entity: Entity, good: pd.DataFrame, batch: int) -> None:
     """A row that now names another order (the WMS re-assigns a parcel) changes the order it left as well.
 
     That order's raw row takes this batch, so `unified_orders` recomputes it too: it has
     one parcel (payment, reservation) fewer, which a full rebuild would also show.
     """
-    if "order_no" not in entity.column_names or entity.key == ("order_no",) or good.empty:
+    if "order_no" not in entity.column_names or "order_no" in entity.key or good.empty:  # lines stay put
         return
     (key,) = entity.key
     keys = good[key].astype(str).tolist()
@@ -228,6 +236,7 @@ def _load_children(
         good[BATCH] = batch
         if order_nos is None:  # a full load
             _insert_all(conn, table, good, entity)
+            set_state(conn, reconciled_key(entity.name), now.isoformat(), now)
         else:
             _replace_children(conn, table, entity, good, order_nos)
         _record(conn, entity, frame, good, rejects, now, full=order_nos is None)

@@ -23,6 +23,11 @@ def high_water_mark_key(entity: str) -> str:
     return f"hwm:{entity}"
 
 
+def reconciled_key(entity: str) -> str:
+    """When a source was last known equal to its raw table: reconciled, or fully loaded (ISO time)."""
+    return f"reconciled:{entity}"
+
+
 def newest_update_key(entity: str) -> str:
     return NEWEST_UPDATE_PREFIX + entity
 
