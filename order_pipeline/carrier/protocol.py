@@ -148,7 +148,12 @@ def verify_push(param: str, sign: str, salt: str) -> bool:
     """
     if not salt:
         return False
-    return hmac.compare_digest(_md5_upper(param + salt).encode(), sign.strip().upper().encode())
+    return hmac.compare_digest(push_sign(param, salt).encode(), sign.strip().upper().encode())
+
+
+def push_sign(param: str, salt: str) -> str:
+    """The sign Kuaidi100 puts on a push: MD5(param + salt), upper-case."""
+    return _md5_upper(param + salt)
 
 
 def parse_push(param: str, tz: str = DEFAULT_TZ) -> PushUpdate:
