@@ -39,6 +39,7 @@ from order_pipeline.carrier import protocol
 from order_pipeline.carrier.protocol import DEFAULT_TZ, Kuaidi100Error, PushUpdate
 
 SUBSCRIBE_URL = "https://poll.kuaidi100.com/poll"
+QUERY_SUFFIX = "/query.do"
 
 MONTHLY_CAP = 4  # subscriptions of one number with one carrier a month; Kuaidi100 answers 501 beyond
 RESUBSCRIBE_AFTER = timedelta(minutes=30)  # after an abort, Kuaidi100 asks for this pause
@@ -99,6 +100,11 @@ class SubscribeAnswer:
         """What the code means, then Kuaidi100's message: for the waybill's record and the ops board."""
         meaning = REASONS.get(self.return_code)
         return f"{meaning}: {self.message}" if meaning and self.message else meaning or self.message
+
+
+def subscribe_url(query_url: str) -> str:
+    """Subscriptions go to the query endpoint's `poll`: the real service's, or a stand-in's on loopback."""
+    return query_url.removesuffix(QUERY_SUFFIX) if query_url.endswith("/poll" + QUERY_SUFFIX) else SUBSCRIBE_URL
 
 
 def subscribe_form(
