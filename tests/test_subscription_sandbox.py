@@ -224,3 +224,18 @@ def test_pushes_are_delivered_over_http_as_form_posts():
 
     with httpx.Client(transport=httpx.MockTransport(down)) as client:
         assert sandbox.http_deliver(client)(CALLBACK, {"param": "{}", "sign": "X"}) is False
+
+
+def test_a_wrong_carrier_code_is_corrected_as_kuaidi100_does(carrier_db: Path):
+    assert sub(carrier_db, "yunda", "YT1000001")["returnCode"] == "200"  # the stand-in knows it as yuantong
+    callback = Callback()
+    assert sandbox.push_updates(carrier_db, NOW + 3 * D - M, callback) == []
+    (aborted,) = sandbox.push_updates(carrier_db, NOW + 3 * D, callback)
+    assert aborted.status == "abort" and aborted.company == "yunda"
+    abort = callback.updates()[-1]
+    assert abort.com_new == "yuantong" and not abort.auto_check and abort.com_old is None
+    (corrected,) = sandbox.push_updates(carrier_db, NOW + 3 * D + M, callback)
+    assert (corrected.company, corrected.status) == ("yuantong", "shutdown")
+    news = callback.updates()[-1]
+    assert news.auto_check and news.com_old == "yunda" and news.com_new == "yuantong"
+    assert news.answer is not None and len(news.answer.events) == 2

@@ -12,7 +12,9 @@ tables that the demo generator fills:
 Subscriptions are kept beside them (`sandbox_subscriptions`, `sandbox_subscribe_counts`), and
 `push_updates` delivers what a subscribed waybill's tables say now as signed pushes, the way
 Kuaidi100 calls a callback URL: news as `polling`, the signature as `shutdown`, three days
-without a record (or sixty without news) as `abort`.
+without a record (or sixty without news) as `abort`. A number subscribed under the wrong carrier
+code that the stand-in knows under another is corrected as Kuaidi100 does: an `abort` with
+`comNew`, then the pushes of the corrected subscription with `autoCheck` 1.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ CREATE TABLE IF NOT EXISTS sandbox_subscriptions (
     status TEXT NOT NULL,
     subscribed_at TEXT NOT NULL,
     pushed_events INTEGER NOT NULL DEFAULT 0,
+    com_old TEXT,
     PRIMARY KEY (company, number)
 );
 CREATE TABLE IF NOT EXISTS sandbox_subscribe_counts (
@@ -239,7 +242,9 @@ def subscribe(
             return _answer(DUPLICATE)
         with conn:
             conn.execute(
-                "INSERT OR REPLACE INTO sandbox_subscriptions VALUES (?, ?, ?, ?, ?, 'polling', ?, 0)",
+                "INSERT OR REPLACE INTO sandbox_subscriptions "
+                "(company, number, callback_url, salt, resultv2, status, subscribed_at, pushed_events) "
+                "VALUES (?, ?, ?, ?, ?, 'polling', ?, 0)",
                 (
                     company,
                     number,
@@ -277,35 +282,35 @@ def push_updates(db_path: str | Path, now: datetime, deliver: Deliver) -> list[P
     pushed = []
     with closing(_connect_for_subscriptions(db_path)) as conn:
         subscriptions = conn.execute(
-            "SELECT company, number, callback_url, salt, resultv2, subscribed_at, pushed_events "
+            "SELECT company, number, callback_url, salt, resultv2, subscribed_at, pushed_events, com_old "
             "FROM sandbox_subscriptions WHERE status = 'polling' ORDER BY subscribed_at, number"
         ).fetchall()
-        for company, number, url, salt, resultv2, subscribed_at, pushed_events in subscriptions:
-            update = _update(conn, company, number, resultv2, datetime.fromisoformat(subscribed_at), pushed_events, now)
-            if update is None:
+        for company, number, url, salt, resultv2, subscribed_at, pushed_events, com_old in subscriptions:
+            due = _update(conn, company, number, resultv2, datetime.fromisoformat(subscribed_at), pushed_events, now)
+            if due is None:
                 continue
-            status, message, last = update
-            param = json.dumps(
-                {
-                    "status": status,
-                    "billstatus": "got",
-                    "message": message,
-                    "autoCheck": "0",
-                    "comOld": "",
-                    "comNew": "",
-                    "lastResult": last,
-                },
-                ensure_ascii=False,
-            )
+            if com_old:  # tracked under the code the stand-in corrected
+                checked = {"autoCheck": "1", "comOld": com_old, "comNew": company}
+            else:
+                checked = {"autoCheck": "0", "comOld": "", "comNew": due.com_new or ""}
+            body = {"status": due.status, "billstatus": "got", "message": due.message, **checked}
+            param = json.dumps(body | {"lastResult": due.last}, ensure_ascii=False)
             delivered = deliver(url, {"param": param, "sign": kuaidi100.push_sign(param, salt)})
             if delivered:
                 with conn:
                     conn.execute(
                         "UPDATE sandbox_subscriptions SET status = ?, pushed_events = ? "
                         "WHERE company = ? AND number = ?",
-                        (status, len(last.get("data", [])), company, number),
+                        (due.status, len(due.last.get("data", [])), company, number),
                     )
-            pushed.append(Pushed(company, number, status, delivered))
+                    if due.com_new:
+                        conn.execute(
+                            "INSERT OR REPLACE INTO sandbox_subscriptions "
+                            "(company, number, callback_url, salt, resultv2, status, subscribed_at, pushed_events, "
+                            "com_old) VALUES (?, ?, ?, ?, ?, 'polling', ?, 0, ?)",
+                            (due.com_new, number, url, salt, resultv2, now.astimezone(UTC).isoformat(), company),
+                        )
+            pushed.append(Pushed(company, number, due.status, delivered))
     return pushed
 
 
@@ -323,6 +328,14 @@ def http_deliver(client: httpx.Client) -> Deliver:
     return deliver
 
 
+@dataclass(frozen=True, slots=True)
+class _Due:
+    status: str
+    message: str
+    last: dict[str, Any]  # lastResult
+    com_new: str | None = None  # the carrier code the number is known under, when it is not the one subscribed
+
+
 def _update(
     conn: sqlite3.Connection,
     company: str,
@@ -331,8 +344,8 @@ def _update(
     subscribed_at: datetime,
     pushed_events: int,
     now: datetime,
-) -> tuple[str, str, dict[str, Any]] | None:
-    """(status, message, lastResult) of the push a subscription is due now, or None."""
+) -> _Due | None:
+    """The push a subscription is due now, or None."""
     waybill = conn.execute(
         "SELECT state, ischeck FROM carrier_waybills WHERE waybill_no = ? AND com = ?", (number, company)
     ).fetchone()
@@ -340,16 +353,21 @@ def _update(
     events = last.get("data")
     if not events:
         after, message = NO_RECORD_ABORT
+        if now - subscribed_at < after:
+            return None
         # Nothing to track: the push names its waybill and carries no events.
         nothing = {"message": message, "nu": number, "com": company, "ischeck": "0"}
-        return ("abort", message, nothing) if now - subscribed_at >= after else None
+        other = conn.execute(
+            "SELECT com FROM carrier_waybills WHERE waybill_no = ? AND com != ?", (number, company)
+        ).fetchone()
+        return _Due("abort", message, nothing, other[0] if other else None)
     if waybill is not None and waybill[1]:
-        return "shutdown", "", last
+        return _Due("shutdown", "", last)
     if len(events) > pushed_events:
-        return "polling", "", last
+        return _Due("polling", "", last)
     newest = datetime.fromisoformat(events[0]["time"]).replace(tzinfo=CHINA)
     after, message = NO_NEWS_ABORT
-    return ("abort", message, last) if now - newest >= after else None
+    return _Due("abort", message, last) if now - newest >= after else None
 
 
 def _connect_for_subscriptions(db_path: str | Path) -> sqlite3.Connection:
