@@ -78,6 +78,9 @@ def _resources(config: Config, now: str | None) -> dict[str, dg.ConfigurableReso
             endpoint=carrier.endpoint,
             customer=_setting(carrier.customer),
             key=_setting(carrier.key),
+            callback_url=carrier.callback_url or "",
+            # Only a config that subscribes makes its runs need the salt's variable.
+            salt=_setting(carrier.push_salt) if carrier.callback_url else "",
             timeout_seconds=carrier.timeout.total_seconds(),
             retries=carrier.retries,
         ),

@@ -135,6 +135,20 @@ def test_secret_in_the_file_is_refused(tmp_path, doc, name):
     assert e.entry == f"carrier.{name}" and f"{name}_env" in e.fix
 
 
+def test_the_callback_url_is_read(tmp_path, doc):
+    doc["carrier"] = {"callback_url": "http://track.example.com/hooks/kuaidi100", "push_salt_env": "KUAIDI100_SALT"}
+    carrier = load(tmp_path, doc).carrier
+    assert carrier.callback_url == "http://track.example.com/hooks/kuaidi100"
+    assert carrier.push_salt.env == "KUAIDI100_SALT"
+
+
+@pytest.mark.parametrize("value", ["track.example.com/hooks/kuaidi100", "ftp://example.com/x", "http:///hooks", ""])
+def test_a_callback_url_that_is_no_http_url_is_refused(tmp_path, doc, value):
+    doc["carrier"] = {"callback_url": value}
+    e = error(tmp_path, doc)
+    assert e.entry == "carrier.callback_url" and "http(s) URL" in e.problem and "hooks/kuaidi100" in e.fix
+
+
 def test_a_database_password_in_the_file_is_refused(tmp_path, doc):
     doc["warehouse"] = {"url": "postgresql+psycopg2://pipeline:hunter2@db/orders"}
     e = error(tmp_path, doc)

@@ -75,6 +75,9 @@ class TrackingAnswer:
     state: int  # as Kuaidi100 sent it, possibly a finer resultv2 state such as 304
     is_signed: bool
     events: tuple[TrackingEvent, ...]  # oldest first
+    # `arrivalTime`: the carrier's predicted arrival (UTC), sent with resultv2=8 for the carriers
+    # Kuaidi100 estimates; None when absent or not a time.
+    predicted_arrival: datetime | None = None
 
     @property
     def category(self) -> str:
@@ -90,6 +93,11 @@ class PushUpdate:
     status: str  # polling | shutdown | abort | updateall
     message: str
     answer: TrackingAnswer | None  # None when the push carries no tracking (e.g. abort)
+    waybill_no: str | None = None  # lastResult.nu: an abort without events still names its waybill
+    carrier_code: str | None = None  # lastResult.com
+    auto_check: bool = False  # autoCheck == "1": the tracking is under Kuaidi100's corrected code
+    com_old: str | None = None  # the code subscribed, when Kuaidi100 corrected it
+    com_new: str | None = None  # the code Kuaidi100 tracks the waybill under since
 
 
 def sign(param: str, key: str, customer: str) -> str:
@@ -129,6 +137,7 @@ def parse_answer(payload: Any, tz: str = DEFAULT_TZ) -> TrackingAnswer:
         state=state,
         is_signed=str(payload.get("ischeck", "0")) == "1",
         events=_normalize([_event(item, zone) for item in payload["data"]]),
+        predicted_arrival=_predicted_arrival(payload.get("arrivalTime"), zone),
     )
 
 
@@ -139,7 +148,12 @@ def verify_push(param: str, sign: str, salt: str) -> bool:
     """
     if not salt:
         return False
-    return hmac.compare_digest(_md5_upper(param + salt).encode(), sign.strip().upper().encode())
+    return hmac.compare_digest(push_sign(param, salt).encode(), sign.strip().upper().encode())
+
+
+def push_sign(param: str, salt: str) -> str:
+    """The sign Kuaidi100 puts on a push: MD5(param + salt), upper-case."""
+    return _md5_upper(param + salt)
 
 
 def parse_push(param: str, tz: str = DEFAULT_TZ) -> PushUpdate:
@@ -156,7 +170,17 @@ def parse_push(param: str, tz: str = DEFAULT_TZ) -> PushUpdate:
     last = body.get("lastResult")
     # abort/shutdown pushes may carry an empty lastResult: that is news, not tracking.
     answer = parse_answer(last, tz) if isinstance(last, dict) and "data" in last else None
-    return PushUpdate(status=body["status"], message=body["message"], answer=answer)
+    last = last if isinstance(last, dict) else {}
+    return PushUpdate(
+        status=body["status"],
+        message=body["message"],
+        answer=answer,
+        waybill_no=_text(last.get("nu")),
+        carrier_code=_text(last.get("com")),
+        auto_check=str(body.get("autoCheck", "0")) == "1",
+        com_old=_text(body.get("comOld")),
+        com_new=_text(body.get("comNew")),
+    )
 
 
 PUSH_OK: dict[str, Any] = {"result": True, "returnCode": "200", "message": "成功"}
@@ -169,6 +193,32 @@ def push_reply(ok: bool, message: str) -> dict[str, Any]:
 
 def _md5_upper(text: str) -> str:
     return hashlib.md5(text.encode("utf-8")).hexdigest().upper()
+
+
+def _text(value: Any) -> str | None:
+    """A field's text, None when missing or blank."""
+    if value is None:
+        return None
+    return str(value).strip() or None
+
+
+def _predicted_arrival(value: Any, zone: ZoneInfo) -> datetime | None:
+    """`arrivalTime` in China wall-clock time -> UTC; a bare date means by the end of that day.
+
+    An estimate that is not a time is no reason to refuse the tracking that came with it.
+    """
+    text = _text(value)
+    if text is None:
+        return None
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if len(text) <= len("2026-12-05"):
+        at = at.replace(hour=23, minute=59, second=59)
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=zone)
+    return at.astimezone(UTC)
 
 
 def _event(item: Any, zone: ZoneInfo) -> TrackingEvent:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
@@ -88,7 +89,8 @@ class CarrierConfig:
     endpoint: str = "https://poll.kuaidi100.com/poll/query.do"
     customer: Secret = Secret()
     key: Secret = Secret()
-    push_salt: Secret = Secret()
+    push_salt: Secret = Secret()  # signs subscription pushes: sent with each subscription, checked on each push
+    callback_url: str | None = None  # where Kuaidi100 pushes a subscribed waybill's news: .../hooks/kuaidi100
     poll_interval: timedelta = timedelta(hours=2)
     max_polls_per_run: int = 500
     timeout: timedelta = timedelta(seconds=10)
@@ -231,6 +233,19 @@ class _Parser(SectionParser):
         super().__init__(path)
         self.doc = doc
         self.base = path.parent
+
+    def callback_url(self, value) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(str(value))
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.fail(
+                "carrier.callback_url",
+                f"{value!r} is not an http(s) URL",
+                "write the address Kuaidi100 can reach the push receiver at, "
+                "e.g. http://track.example.com/hooks/kuaidi100",
+            )
+        return str(value)
 
     def positive_int(self, value, entry: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -381,6 +396,7 @@ class _Parser(SectionParser):
             "key_env",
             "push_salt",
             "push_salt_env",
+            "callback_url",
             "poll_interval",
             "max_polls_per_run",
             "timeout",
@@ -401,6 +417,7 @@ class _Parser(SectionParser):
             customer=self.secret(c, "customer", "carrier", required=False),
             key=self.secret(c, "key", "carrier", required=False),
             push_salt=self.secret(c, "push_salt", "carrier", required=False),
+            callback_url=self.callback_url(c.get("callback_url")),
             poll_interval=self.duration(c.get("poll_interval", "2h"), "carrier.poll_interval"),
             max_polls_per_run=self.positive_int(
                 c.get("max_polls_per_run", d.max_polls_per_run), "carrier.max_polls_per_run"

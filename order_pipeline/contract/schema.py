@@ -91,6 +91,28 @@ raw_tracking_events = sa.Table(
     **WAYBILL_ORDER,
 )
 
+# Kuaidi100 subscription per waybill: whether pushes are to be expected, and when to ask again.
+# A warehouse from before this table gets it at the next start (create_all adds missing tables).
+carrier_subscriptions = sa.Table(
+    "carrier_subscriptions",
+    metadata,
+    sa.Column("waybill_no", sa.Text, primary_key=True),
+    sa.Column("carrier_code", sa.Text, nullable=False),  # the code subscribed, or Kuaidi100's correction
+    # pending (500 or no answer: ask again) | subscribed | duplicate (501) | rejected (700-702)
+    # | aborted (abort push: subscribe again later) | finished (shutdown push)
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("return_code", sa.Text),  # of the last subscribe answer
+    sa.Column("message", sa.Text),  # of the last answer or push
+    sa.Column("subscribed_at", sa.DateTime(timezone=True)),  # last accepted (200 or 501)
+    sa.Column("attempts_this_month", sa.Integer, nullable=False, default=0),
+    sa.Column("month", sa.Text),  # "2026-12" in China time: the month Kuaidi100 counts attempts in
+    sa.Column("last_push_at", sa.DateTime(timezone=True)),
+    sa.Column("last_event_at", sa.DateTime(timezone=True)),  # newest event pushed: an older push is a replay
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True)),  # pending or aborted: not before this
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    **WAYBILL_ORDER,
+)
+
 pipeline_state = sa.Table(
     "pipeline_state",
     metadata,
