@@ -74,8 +74,22 @@ def test_the_carrier_feed_is_stale_only_while_a_parcel_waits_for_an_answer(engin
             "updated_at": NOW - 5 * H,
         }
 
+    def an_order(order_no, status):
+        return {
+            "order_no": order_no,
+            "customer_name": "李四",
+            "customer_phone": "13900000000",
+            "ship_address": "上海",
+            "amount": 10.0,
+            "ordered_at": NOW - D,
+            "status": status,
+            "updated_at": NOW - H,
+        }
+
     assert carrier() == (False, None)  # no parcel: nothing to wait for
     add_rows(engine, "shipments", [shipment("SO-1", "SF1")])
+    assert carrier() == (False, None)  # a parcel of an order the ERP does not have waits for nothing
+    add_rows(engine, "orders", [an_order("SO-1", "open")])
     assert carrier() == (True, None)  # shipped, never answered
     with engine.begin() as conn:
         conn.execute(
@@ -89,22 +103,7 @@ def test_the_carrier_feed_is_stale_only_while_a_parcel_waits_for_an_answer(engin
         conn.execute(raw_tracking.update().values(state=3))  # Kuaidi100's "signed", before `ischeck` says so
     assert carrier() == (False, NOW - 2 * H - S)
     add_rows(engine, "shipments", [shipment("SO-2", "SF2")])
-    add_rows(
-        engine,
-        "orders",
-        [
-            {
-                "order_no": "SO-2",
-                "customer_name": "李四",
-                "customer_phone": "13900000000",
-                "ship_address": "上海",
-                "amount": 10.0,
-                "ordered_at": NOW - D,
-                "status": "cancelled",
-                "updated_at": NOW - H,
-            }
-        ],
-    )
+    add_rows(engine, "orders", [an_order("SO-2", "cancelled")])
     assert carrier()[0] is False  # a cancelled order's parcel waits for nothing
 
 
