@@ -12,7 +12,7 @@ from pydantic import PrivateAttr
 
 from order_pipeline.carrier import protocol as kuaidi100
 from order_pipeline.carrier import sandbox as carrier_sandbox
-from order_pipeline.carrier.protocol import Kuaidi100Error, TrackingAnswer
+from order_pipeline.carrier.protocol import Kuaidi100Error, Kuaidi100Unavailable, TrackingAnswer
 from order_pipeline.domain.http_retry import retry_after
 
 SANDBOX_SCHEME = "sandbox://"
@@ -51,7 +51,8 @@ class Kuaidi100Client(dg.ConfigurableResource):
         return copy
 
     def query(self, com: str, num: str, phone: str | None = None) -> TrackingAnswer:
-        """The current tracking of one waybill; raises Kuaidi100Error when it cannot be had."""
+        """The current tracking of one waybill; raises Kuaidi100Error when it cannot be had, and
+        Kuaidi100Unavailable when the service gave no usable answer at all."""
         form = kuaidi100.query_form(com, num, phone, self.customer, self.key)
         attempts = max(self.retries, 0) + 1
         for attempt in range(1, attempts + 1):
@@ -63,7 +64,7 @@ class Kuaidi100Client(dg.ConfigurableResource):
             if attempt == attempts or wait > MAX_WAIT_SECONDS:
                 break
             self._sleep(wait)
-        raise Kuaidi100Error(
+        raise Kuaidi100Unavailable(
             f"query of {com} {num} gave up after {attempt} attempt(s): {failure.message}",
             failure.return_code,
             retryable=True,
