@@ -14,7 +14,7 @@ from pydantic import PrivateAttr
 from order_pipeline.carrier import protocol as kuaidi100
 from order_pipeline.carrier import sandbox as carrier_sandbox
 from order_pipeline.carrier import subscription
-from order_pipeline.carrier.protocol import Kuaidi100Error, TrackingAnswer
+from order_pipeline.carrier.protocol import Kuaidi100Error, Kuaidi100Unavailable, TrackingAnswer
 from order_pipeline.carrier.subscription import Outcome, SubscribeAnswer
 from order_pipeline.domain.http_retry import retry_after
 
@@ -61,7 +61,8 @@ class Kuaidi100Client(dg.ConfigurableResource):
         return copy
 
     def query(self, com: str, num: str, phone: str | None = None) -> TrackingAnswer:
-        """The current tracking of one waybill; raises Kuaidi100Error when it cannot be had."""
+        """The current tracking of one waybill; raises Kuaidi100Error when it cannot be had, and
+        Kuaidi100Unavailable when the service gave no usable answer at all."""
         form = kuaidi100.query_form(com, num, phone, self.customer, self.key)
         return self._retrying(f"query of {com} {num}", lambda: self._attempt(self._url(), form, self._tracking))
 
@@ -106,7 +107,7 @@ class Kuaidi100Client(dg.ConfigurableResource):
             self._sleep(wait)
         if failure.answer is not None:
             return failure.answer
-        raise Kuaidi100Error(
+        raise Kuaidi100Unavailable(
             f"{what} gave up after {attempt} attempt(s): {failure.error.message}",
             failure.error.return_code,
             retryable=True,

@@ -10,11 +10,13 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import yaml
 from helpers import write_sources
 
 from order_pipeline.contract.config import ConfigError, load_config, parse_duration
+from order_pipeline.definitions import build_definitions
 from order_pipeline.sources.checks import check_source
 
 
@@ -51,6 +53,18 @@ def test_a_valid_config_loads_with_relative_paths_resolved(tmp_path, doc):
     assert config.warehouse_url.resolve() == f"sqlite:///{tmp_path / 'data' / 'warehouse.db'}"
     assert config.carrier.poll_interval == timedelta(hours=2)
     assert config.reconcile_every == timedelta(hours=1)
+
+
+def test_polling_stops_after_the_configured_failures_in_a_row(tmp_path, doc):
+    assert load(tmp_path, doc).carrier.max_consecutive_failures == 5
+    doc["carrier"] = {"max_consecutive_failures": 2}
+    config = load(tmp_path, doc)
+    assert config.carrier.max_consecutive_failures == 2
+    tracking = build_definitions(config).get_repository_def().asset_graph.get(dg.AssetKey("raw_tracking"))
+    assert "stops after 2 failures in a row" in (tracking.description or "")
+    doc["carrier"] = {"max_consecutive_failures": "five"}
+    e = error(tmp_path, doc)
+    assert e.entry == "carrier.max_consecutive_failures" and "number" in e.fix
 
 
 def test_unknown_canonical_column(tmp_path, doc):

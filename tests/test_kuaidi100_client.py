@@ -9,7 +9,7 @@ import httpx
 import pytest
 from helpers import CUSTOMER, KEY, answer_payload, md5_upper
 
-from order_pipeline.carrier.protocol import Kuaidi100Error
+from order_pipeline.carrier.protocol import Kuaidi100Error, Kuaidi100Unavailable
 from resources.carrier import Kuaidi100Client
 
 REAL_URL = "https://poll.kuaidi100.com/poll/query.do"
@@ -166,3 +166,23 @@ def test_one_http_client_per_resource():
     assert client._http is first
     client.close()
     assert client._http is None
+
+
+def test_only_failures_of_the_service_itself_say_it_is_unavailable():
+    no_record = httpx.Response(
+        200, json={"result": False, "returnCode": "500", "message": "查询无结果，请隔段时间再查"}
+    )
+    bad_sign = httpx.Response(200, json={"result": False, "returnCode": "503", "message": "验证签名失败"})
+    busy = httpx.Response(200, json={"result": False, "returnCode": "502", "message": "服务器繁忙"})
+    for steps, unavailable in [
+        ([httpx.ReadTimeout("slow")] * 2, True),
+        ([httpx.ConnectError("refused")] * 2, True),
+        ([httpx.Response(503)] * 2, True),
+        ([busy] * 2, True),
+        ([no_record], False),
+        ([bad_sign], False),
+        ([httpx.Response(404)], False),
+    ]:
+        with pytest.raises(Kuaidi100Error) as caught:
+            make_client(Recorder(*steps), [], retries=1).query("yuantong", "YT100", None)
+        assert isinstance(caught.value, Kuaidi100Unavailable) is unavailable, steps

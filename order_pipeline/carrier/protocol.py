@@ -60,6 +60,12 @@ class Kuaidi100Error(Exception):
         super().__init__(f"Kuaidi100 {return_code}: {message}" if return_code else f"Kuaidi100: {message}")
 
 
+class Kuaidi100Unavailable(Kuaidi100Error):
+    """No usable answer even after the client's retries: a timeout, a failed connection, HTTP 429 or
+    5xx, or a server-busy answer (501/502). It says nothing about the waybill; many in a row say
+    that Kuaidi100 is down or unreachable."""
+
+
 @dataclass(frozen=True, slots=True)
 class TrackingEvent:
     at: datetime  # UTC

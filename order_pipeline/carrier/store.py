@@ -22,14 +22,15 @@ SIGNED = 3
 
 
 def due_waybills(conn: sa.Connection, now: datetime, interval: timedelta, cap: int) -> pd.DataFrame:
-    """Unsigned waybills not polled within `interval`, never-polled first, at most `cap`.
+    """Unsigned waybills of live orders not polled within `interval`, never-polled first, at most `cap`.
 
-    The phone comes from the ERP order: 顺丰 and 丰网 answer only with it.
+    The phone comes from the ERP order: 顺丰 and 丰网 answer only with it. A parcel of an order the
+    ERP does not have is rejected by `unify` and asked about only once its order arrives.
     """
     s, o, t = RAW_TABLES["shipments"], RAW_TABLES["orders"], raw_tracking
     q = (
         sa.select(s.c.waybill_no, s.c.carrier_code, o.c.customer_phone.label("phone"))
-        .select_from(s.outerjoin(t, t.c.waybill_no == s.c.waybill_no).outerjoin(o, o.c.order_no == s.c.order_no))
+        .select_from(s.join(o, o.c.order_no == s.c.order_no).outerjoin(t, t.c.waybill_no == s.c.waybill_no))
         .where(
             sa.or_(
                 t.c.waybill_no.is_(None), sa.and_(t.c.is_signed.is_(False), sa.func.coalesce(t.c.state, -1) != SIGNED)

@@ -95,6 +95,7 @@ class CarrierConfig:
     max_polls_per_run: int = 500
     timeout: timedelta = timedelta(seconds=10)
     retries: int = 3
+    max_consecutive_failures: int = 5  # a run stops polling after these; 0: never
     transit_days: int = 3  # ETA when the carrier gives none: shipped_at + this
 
 
@@ -401,6 +402,7 @@ class _Parser(SectionParser):
             "max_polls_per_run",
             "timeout",
             "retries",
+            "max_consecutive_failures",
             "transit_days",
         }
         c = self.mapping(value, "carrier", allowed)
@@ -424,5 +426,8 @@ class _Parser(SectionParser):
             ),
             timeout=self.duration(c.get("timeout", "10s"), "carrier.timeout"),
             retries=self.positive_int(c.get("retries", d.retries), "carrier.retries"),
+            max_consecutive_failures=self.positive_int(
+                c.get("max_consecutive_failures", d.max_consecutive_failures), "carrier.max_consecutive_failures"
+            ),
             transit_days=self.positive_int(c.get("transit_days", d.transit_days), "carrier.transit_days"),
         )

@@ -59,6 +59,11 @@ ORPHAN_REASON = {
 }
 
 
+def orphan_reason(source: str) -> str:
+    """The reject reason of a child row whose order the ERP does not have."""
+    return f"{ORPHAN_REASON[source]} for unknown order"
+
+
 Scope = Callable[[sa.ColumnElement], sa.ColumnElement]  # order_no column -> which orders to read
 Bounds = tuple[str | None, str | None]  # [lo, hi) of order_no; None is open
 
@@ -302,7 +307,7 @@ def _orphan_changes(inp: OrderInputs, open_keys: dict[str, set[str]]) -> list[Or
         rejects = pd.DataFrame(
             {
                 "record_key": record_keys(rows[orphan], key),
-                "reason": f"{ORPHAN_REASON[name]} for unknown order",
+                "reason": orphan_reason(name),
                 "raw_row": [
                     json.dumps(r, ensure_ascii=False, sort_keys=True, default=str)
                     for r in rows[orphan].to_dict("records")
