@@ -294,3 +294,11 @@ def test_access_rows_are_written_in_batches_and_on_close(client):
 def test_unknown_path_is_a_404_page(client):
     r = client.get("/wp-login.php")
     assert r.status_code == 404 and "未找到" in r.text
+
+
+def test_a_signed_link_with_an_expiry_beyond_the_link_ttl_is_refused(client):
+    ten_years = link_path(ORDER_IN_TRANSIT, expires=NOW + timedelta(days=3650))
+    assert client.get(ten_years).status_code == 403
+    assert client.get(link_path(ORDER_IN_TRANSIT, expires=NOW + timedelta(days=7, minutes=4))).status_code == 200
+    assert client.get(link_path(ORDER_IN_TRANSIT, expires=NOW + timedelta(days=8))).status_code == 403
+    assert [r["outcome"] for r in access_rows(client)] == ["forbidden", "ok", "forbidden"]

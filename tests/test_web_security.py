@@ -218,3 +218,14 @@ def test_id_numbers_are_not_published():
     for table in PUBLISHED_TABLES:
         names = table.c.keys()
         assert not [c for c in names if "id_no" in c or "id_card" in c], table.name
+
+
+def test_a_token_may_not_live_longer_than_the_link_ttl():
+    ttl = timedelta(days=7)
+    for expires, check in [
+        (NOW + ttl, TokenCheck.VALID),
+        (NOW + ttl + timedelta(minutes=4), TokenCheck.VALID),  # the issuer's clock a little ahead
+        (NOW + ttl + timedelta(hours=1), TokenCheck.INVALID),
+        (NOW + timedelta(days=3650), TokenCheck.INVALID),
+    ]:
+        assert verify_token("SO1", make_token("SO1", expires, SECRET), SECRET, NOW, max_ttl=ttl) is check, expires

@@ -1,8 +1,9 @@
 """GET /order/{order_no}?t=TOKEN: the customer's tracking page.
 
 Order of checks, so that a refusal never tells whether an order exists:
-per-IP rate limit (429) -> order number format (400) -> link signature (403)
--> link expiry (410) -> per-order rate limit (429) -> lookup (404) -> page.
+per-IP rate limit (429) -> order number format (400) -> link signature, and an
+expiry no further away than the link TTL (403) -> link expiry (410) -> per-order
+rate limit (429) -> lookup (404) -> page.
 The per-order limit counts only genuine links, so nobody can lock a customer
 out of their own page by hammering it with bad tokens.
 """
@@ -82,7 +83,9 @@ async def order_page(request: Request) -> Response:
             return visit.refuse(429, "rate_limited", {"Retry-After": str(wait)}, seconds=wait)
         if not valid_order_no(visit.order_no):
             return visit.refuse(400, "bad_request")
-        check = verify_token(visit.order_no, visit.token, web.settings.link_secret, visit.now)
+        check = verify_token(
+            visit.order_no, visit.token, web.settings.link_secret, visit.now, max_ttl=web.settings.link_ttl
+        )
         if check is TokenCheck.INVALID:
             return visit.refuse(403, "forbidden")
         if check is TokenCheck.EXPIRED:
