@@ -81,6 +81,7 @@ def test_check_passes_on_the_demo(demo_company):
     result = CliRunner().invoke(main, ["check", "--config", str(demo_company / "order_pipeline.yaml")])
     assert result.exit_code == 0, result.output
     assert "FAIL" not in result.output and result.output.count("  ok  ") >= 8
+    assert "WARN" not in result.output  # the demo's password on this machine only is what it is for
 
 
 def test_a_failing_source_fails_only_its_own_asset_with_the_config_error(broken):
@@ -178,3 +179,15 @@ def test_a_source_locked_past_its_busy_timeout_fails_only_its_own_step(demo_comp
     assert set(failed) == {"raw_payments"}, outcome.failures
     assert "sources.payments.url" in failed["raw_payments"] and "locked" in failed["raw_payments"]
     assert {"raw_orders", "raw_inventory", "raw_shipments"} <= set(outcome.step_seconds)
+
+
+def test_check_warns_of_the_demo_password_served_beyond_this_machine(demo_company):
+    path = demo_company / "order_pipeline.yaml"
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    doc["web"]["base_url"] = "https://track.example.com"
+    write(path, doc)
+    result = CliRunner().invoke(main, ["check", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if line.startswith("  WARN")]
+    assert any("web.staff" in line and "'ops'" in line and "demo" in line for line in warned), result.output
+    assert any("session_secret" in line for line in warned), result.output
