@@ -4,10 +4,13 @@ CSV export, each audited."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import re
+from collections.abc import Iterator
 
+import pytest
 from helpers import (
     COURIER_PHONE,
     COURIER_PHONE_INTL,
@@ -21,14 +24,19 @@ from helpers import (
     STAFF_USER,
     WAYBILL,
     TestClient,
+    WebClient,
     access_rows,
+    build_world,
     login,
     page_csrf,
 )
 from sqlalchemy.exc import OperationalError
 
+from order_pipeline.domain.passwords import hash_password
+from order_pipeline.web.app import create_app
 from order_pipeline.web.ops import queries
 from order_pipeline.web.ops.export import csv_cell
+from order_pipeline.web.settings import StaffUser
 
 
 def test_ops_requires_login(client):
@@ -236,3 +244,52 @@ def test_no_export_without_its_audit_row(make_client, monkeypatch, caplog):
 def test_csv_cells_cannot_become_formulas():
     assert csv_cell('=HYPERLINK("x")', "UTC") == '\'=HYPERLINK("x")'
     assert csv_cell(-5.0, "UTC") == -5.0
+
+
+# --- sessions end, and guessing one account's password is slowed --------------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend_client(request, tmp_path, clock, monkeypatch) -> Iterator[WebClient]:
+    """A WebClient whose warehouse is SQLite or PostgreSQL."""
+    url = request.getfixturevalue("pg_database")() if request.param == "postgres" else None
+    world = build_world(tmp_path / "w", url=url)
+    for k, v in world.env.items():
+        monkeypatch.setenv(k, v)
+    client = WebClient(create_app(world.config(), engine=world.engine, clock=clock), world)
+    yield client
+    client.close()
+    world.engine.dispose()
+
+
+def session_cookie(client: TestClient) -> str:
+    value = client.cookies.get("ops_session")
+    assert value, "not logged in"
+    return value
+
+
+def with_cookie(client: WebClient, cookie: str) -> TestClient:
+    """Another browser presenting `cookie` (a copy of a session cookie)."""
+    other = TestClient(client.app)
+    other.cookies.set("ops_session", cookie, path="/ops")
+    return other
+
+
+def test_a_logged_out_session_cookie_no_longer_works(backend_client):
+    client = backend_client
+    login(client)
+    cookie = session_cookie(client)
+    r = client.post("/ops/logout", data={"csrf": page_csrf(client.get("/ops/").text)}, follow_redirects=False)
+    assert r.status_code == 303
+    assert with_cookie(client, cookie).get("/ops/", follow_redirects=False).status_code == 303
+    login(client)  # a new login of the same user works
+    assert client.get("/ops/", follow_redirects=False).status_code == 200
+
+
+def test_a_password_change_ends_the_sessions_made_with_the_old_one(client):
+    login(client)
+    cookie = session_cookie(client)
+    assert with_cookie(client, cookie).get("/ops/", follow_redirects=False).status_code == 200
+    new_user = StaffUser(STAFF_USER, hash_password("a new password for alice"))
+    client.web.settings = dataclasses.replace(client.web.settings, staff=(new_user,))
+    assert with_cookie(client, cookie).get("/ops/", follow_redirects=False).status_code == 303

@@ -29,6 +29,7 @@ from order_pipeline.web.ops import board as ops_board
 from order_pipeline.web.ops import orders as ops_orders
 from order_pipeline.web.rendering.i18n import pick_lang
 from order_pipeline.web.rendering.pages import Pages
+from order_pipeline.web.security import revocations
 from order_pipeline.web.security.headers import StrictTransportSecurity
 from order_pipeline.web.settings import WebSettings
 
@@ -121,5 +122,6 @@ def create_app(
         lifespan=lifespan,
         middleware=[Middleware(StrictTransportSecurity)] if settings.secure_cookies else [],
     )
+    revocations.ensure_table(web.engine)
     app.state.web = web
     return app

@@ -15,6 +15,7 @@ from starlette.responses import RedirectResponse, Response
 from order_pipeline.domain.passwords import dummy_hash, verify_password
 from order_pipeline.web.context import WebContext, web_context
 from order_pipeline.web.ops import queries
+from order_pipeline.web.security import revocations
 from order_pipeline.web.security.audit import client_ip, logged_actor, request_access
 from order_pipeline.web.security.forms import FormError, read_form
 from order_pipeline.web.security.ratelimit import client_key
@@ -25,6 +26,7 @@ from order_pipeline.web.security.sessions import (
     csrf_token,
     login_csrf_token,
     new_nonce,
+    password_mark,
     read_session,
     sign_session,
     tokens_match,
@@ -40,11 +42,19 @@ STAFF_FORM_BYTES = 64 * 1024
 StaffEndpoint = Callable[[Request, Session], Awaitable[Response]]
 
 
-def staff_session(request: Request) -> Session | None:
+async def staff_session(request: Request) -> Session | None:
+    """The request's staff session; None when there is none, or it has expired, been logged out,
+    or belongs to a user since removed from the config or given a new password."""
     web = web_context(request)
-    session = read_session(request.cookies.get(SESSION_COOKIE), web.settings.session_secret, web.clock())
-    if session is None or web.settings.staff_user(session.username) is None:
-        return None  # no session, or a user since removed from the config
+    secret = web.settings.session_secret
+    session = read_session(request.cookies.get(SESSION_COOKIE), secret, web.clock())
+    if session is None:
+        return None
+    user = web.settings.staff_user(session.username)
+    if user is None or not tokens_match(password_mark(user.password_hash, secret), session.password):
+        return None
+    if await run_in_threadpool(revocations.is_revoked, web.engine, session):
+        return None
     return session
 
 
@@ -60,7 +70,7 @@ def staff_only(endpoint: StaffEndpoint) -> Callable[[Request], Awaitable[Respons
 
     @functools.wraps(endpoint)
     async def guarded(request: Request) -> Response:
-        session = staff_session(request)
+        session = await staff_session(request)
         if session is None:
             back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse(f"/ops/login?{urlencode({'next': back})}", status_code=303)
@@ -115,7 +125,7 @@ def _login_page(web: WebContext, nonce: str, next_url: str, error: str = "", sta
 async def login_form(request: Request) -> Response:
     web = web_context(request)
     next_url = safe_next(request.query_params.get("next"))
-    if staff_session(request) is not None:
+    if await staff_session(request) is not None:
         return RedirectResponse(next_url, status_code=303)
     return _login_page(web, request.cookies.get(LOGIN_COOKIE) or new_nonce(), next_url)
 
@@ -156,7 +166,10 @@ async def login(request: Request) -> Response:
         log.warning("failed staff login for %r", username[:64])
         _audit_login(web, request, username, "login_failed")
         return _login_page(web, nonce, next_url, error="用户名或密码错误。", status=401)
-    session = Session(user.username, int((web.clock() + web.settings.session_ttl).timestamp()), new_nonce())
+    expires = int((web.clock() + web.settings.session_ttl).timestamp())
+    session = Session(
+        user.username, expires, new_nonce(), password_mark(user.password_hash, web.settings.session_secret)
+    )
     response = RedirectResponse(next_url, status_code=303)
     _set_cookie(
         web, response, SESSION_COOKIE, sign_session(session, web.settings.session_secret), web.settings.session_ttl
@@ -172,6 +185,7 @@ async def logout(request: Request, session: Session) -> Response:
     web = web_context(request)
     if await checked_form(request, session) is None:
         return web.pages.error(403, wording="csrf")
+    await run_in_threadpool(revocations.revoke, web.engine, session, web.clock())  # a copy of the cookie ends too
     response = RedirectResponse("/ops/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH)
     _audit_login(web, request, session.username, "logout")
