@@ -82,8 +82,7 @@ def test_refused_logins_are_audited_without_the_password(make_client):
         (STAFF_USER, "login_failed", None),
         ("mallory", "csrf_refused", None),
         ("anonymous", "csrf_refused", None),
-        ("eve", "rate_limited", None),
-        ("anonymous", "rate_limited", None),
+        ("eve", "rate_limited:2", None),  # one address over the limit: one row, the first name it typed
     ]
     assert all(re.fullmatch(r"[0-9a-f]{32}", r["ip_hash"]) for r in rows)
     assert "wrong-password" not in repr(rows)
@@ -293,3 +292,11 @@ def test_a_password_change_ends_the_sessions_made_with_the_old_one(client):
     new_user = StaffUser(STAFF_USER, hash_password("a new password for alice"))
     client.web.settings = dataclasses.replace(client.web.settings, staff=(new_user,))
     assert with_cookie(client, cookie).get("/ops/", follow_redirects=False).status_code == 303
+
+
+def test_control_characters_in_a_typed_user_name_are_escaped_in_the_audit(client):
+    csrf = page_csrf(client.get("/ops/login").text)
+    client.post("/ops/login", data={"username": "eve\r\nalice login ok\x1b[2J", "password": "x", "csrf": csrf})
+    (row,) = access_rows(client)
+    assert row["actor"] == "eve\\r\\nalice login ok\\x1b[2J"
+    assert not any(ch in row["actor"] for ch in "\r\n\x1b")

@@ -21,6 +21,7 @@ from order_pipeline.domain.masking import (
     mask_phones_in_text,
 )
 from order_pipeline.domain.passwords import hash_password, verify_password
+from order_pipeline.web.security.audit import audit_text
 from order_pipeline.web.security.ratelimit import Rate, RateLimiter, client_key, take
 from order_pipeline.web.settings import WebSettings, parse_rate
 
@@ -229,3 +230,21 @@ def test_a_token_may_not_live_longer_than_the_link_ttl():
         (NOW + timedelta(days=3650), TokenCheck.INVALID),
     ]:
         assert verify_token("SO1", make_token("SO1", expires, SECRET), SECRET, NOW, max_ttl=ttl) is check, expires
+
+
+@pytest.mark.parametrize(
+    "raw, logged",
+    [
+        ("alice", "alice"),
+        ("eve\r\nforged", "eve\\r\\nforged"),
+        ("tab\there", "tab\\there"),
+        ("bell\x07\x1b[31m", "bell\\x07\\x1b[31m"),
+        ("back\\slash", "back\\\\slash"),
+        ("line\u2028sep\x85", "line\\u2028sep\\x85"),
+        ("张三", "张三"),
+        (None, None),
+    ],
+)
+def test_audit_text_escapes_control_characters(raw, logged):
+    assert audit_text(raw, 64) == logged
+    assert audit_text("\n" * 100, 10) == "\\n" * 5

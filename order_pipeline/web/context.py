@@ -36,7 +36,7 @@ class WebContext:
         self.ip_limiter = RateLimiter(limits.per_ip)
         self.order_limiter = RateLimiter(limits.per_order)
         self.login_limiter = RateLimiter(limits.login)
-        self.access_log = AccessLog(self.engine)
+        self.access_log = AccessLog(self.engine, clock=self.clock)
 
     @property
     def tz(self) -> str:

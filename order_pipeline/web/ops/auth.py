@@ -16,7 +16,7 @@ from order_pipeline.domain.passwords import dummy_hash, verify_password
 from order_pipeline.web.context import WebContext, web_context
 from order_pipeline.web.ops import queries
 from order_pipeline.web.security import revocations
-from order_pipeline.web.security.audit import client_ip, logged_actor, request_access
+from order_pipeline.web.security.audit import client_ip, request_access
 from order_pipeline.web.security.forms import FormError, read_form
 from order_pipeline.web.security.ratelimit import client_key
 from order_pipeline.web.security.sessions import (
@@ -130,12 +130,15 @@ async def login_form(request: Request) -> Response:
     return _login_page(web, request.cookies.get(LOGIN_COOKIE) or new_nonce(), next_url)
 
 
-def _audit_login(web: WebContext, request: Request, username: str | None, outcome: str) -> None:
+def _login_access(web: WebContext, request: Request, username: str | None, outcome: str) -> queries.Access:
     """A login or logout in the access log: who it was (or claimed to be), never what password it tried."""
-    access = request_access(
-        request, web.settings.link_secret, web.clock(), order_no=None, actor=logged_actor(username), outcome=outcome
+    return request_access(
+        request, web.settings.link_secret, web.clock(), order_no=None, actor=username or "", outcome=outcome
     )
-    web.access_log.add(access)
+
+
+def _audit_login(web: WebContext, request: Request, username: str | None, outcome: str) -> None:
+    web.access_log.add(_login_access(web, request, username, outcome))
 
 
 async def login(request: Request) -> Response:
@@ -151,7 +154,8 @@ async def login(request: Request) -> Response:
     wait = web.login_limiter.hit(client_key(ip), web.clock().timestamp())
     if wait:
         log.warning("login attempts from one address over the limit; retry in %ss", wait)
-        _audit_login(web, request, username, "rate_limited")
+        access = _login_access(web, request, username, "rate_limited")
+        web.access_log.count(access, key=("rate_limited", "login", access.ip_hash))  # whatever names it typed
         return web.pages.error(429, headers={"Retry-After": str(wait)}, seconds=wait)
     nonce = request.cookies.get(LOGIN_COOKIE)
     if not nonce or not tokens_match(login_csrf_token(nonce, web.settings.session_secret), form.get("csrf")):
