@@ -22,6 +22,7 @@ from order_pipeline.domain.masking import (
 )
 from order_pipeline.domain.passwords import hash_password, verify_password
 from order_pipeline.web.security.audit import audit_text
+from order_pipeline.web.security.lockout import Lockouts, LockPolicy
 from order_pipeline.web.security.ratelimit import Rate, RateLimiter, client_key, take
 from order_pipeline.web.settings import WebSettings, parse_rate
 
@@ -248,3 +249,15 @@ def test_a_token_may_not_live_longer_than_the_link_ttl():
 def test_audit_text_escapes_control_characters(raw, logged):
     assert audit_text(raw, 64) == logged
     assert audit_text("\n" * 100, 10) == "\\n" * 5
+
+
+def test_login_lockouts_grow_and_stay_few_in_memory():
+    lockouts = Lockouts(LockPolicy(), max_names=10)
+    assert [lockouts.failed("alice", 0.0) for _ in range(5)] == [False] * 4 + [True]
+    assert lockouts.locked("alice", 0.0) == 60 and lockouts.locked("alice", 60.0) == 0
+    assert lockouts.failed("alice", 60.0) and lockouts.locked("alice", 60.0) == 120
+    for i in range(100):  # names sprayed by a guesser do not pile up
+        lockouts.failed(f"name{i}", 100.0 + i)
+    assert len(lockouts.accounts) <= 10
+    lockouts.succeeded("alice")
+    assert lockouts.locked("alice", 61.0) == 0

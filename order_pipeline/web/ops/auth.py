@@ -1,11 +1,17 @@
-"""Staff login, logout, the session check and CSRF-checked forms."""
+"""Staff login, logout, the session check and CSRF-checked forms.
+
+A login is refused (429) when its address is over the login rate limit, or when its user name
+is locked after repeated wrong passwords (`security.lockout`); a lock is one `login_burst` row
+in the access log and one message to the data team (`login_alerts`), and the refusals during it
+are one counted `login_locked:N` row.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
 from starlette.concurrency import run_in_threadpool
@@ -15,6 +21,7 @@ from starlette.responses import RedirectResponse, Response
 from order_pipeline.domain.passwords import dummy_hash, verify_password
 from order_pipeline.web.context import WebContext, web_context
 from order_pipeline.web.ops import queries
+from order_pipeline.web.ops.login_alerts import queue_login_burst
 from order_pipeline.web.security import revocations
 from order_pipeline.web.security.audit import client_ip, request_access
 from order_pipeline.web.security.forms import FormError, read_form
@@ -141,6 +148,28 @@ def _audit_login(web: WebContext, request: Request, username: str | None, outcom
     web.access_log.add(_login_access(web, request, username, outcome))
 
 
+def _refuse_locked(web: WebContext, request: Request, username: str, wait: int) -> Response:
+    """A login of a locked name: counted into the lock's one row, answered with the time left."""
+    until = datetime.fromtimestamp(web.lockouts.lock_end(username), UTC)
+    access = _login_access(web, request, username, "login_locked")
+    web.access_log.count(access, until=until, key=("login_locked", access.actor))
+    return web.pages.error(429, headers={"Retry-After": str(wait)}, seconds=wait)
+
+
+async def _failed(web: WebContext, request: Request, username: str, known: bool) -> None:
+    """A wrong password: audited; when it locks the name, the lock is audited and (for staff) alerted once."""
+    now = web.clock()
+    _audit_login(web, request, username, "login_failed")
+    if not web.lockouts.failed(username, now.timestamp()):
+        return
+    until = datetime.fromtimestamp(web.lockouts.lock_end(username), UTC)
+    failures = web.lockouts.policy.failures
+    log.warning("staff login %r locked until %s after %d wrong passwords", username[:64], until.isoformat(), failures)
+    _audit_login(web, request, username, "login_burst")
+    if known:  # an invented name has no owner to tell; its burst is in the access log
+        await run_in_threadpool(queue_login_burst, web.engine, web.config, username, failures, until, now)
+
+
 async def login(request: Request) -> Response:
     web = web_context(request)
     ip = client_ip(request)
@@ -162,14 +191,19 @@ async def login(request: Request) -> Response:
         log.warning("login form without a valid CSRF token refused")
         _audit_login(web, request, username, "csrf_refused")
         return web.pages.error(403, wording="csrf")
+    wait = web.lockouts.locked(username, web.clock().timestamp())
+    if wait:
+        log.warning("login for locked name %r refused; retry in %ss", username[:64], wait)
+        return _refuse_locked(web, request, username, wait)
     next_url = safe_next(form.get("next"))
     user = web.settings.staff_user(username)
     stored = user.password_hash if user else dummy_hash()
     ok = await run_in_threadpool(verify_password, password, stored)
     if not (ok and user):
         log.warning("failed staff login for %r", username[:64])
-        _audit_login(web, request, username, "login_failed")
+        await _failed(web, request, username, known=user is not None)
         return _login_page(web, nonce, next_url, error="用户名或密码错误。", status=401)
+    web.lockouts.succeeded(username)
     expires = int((web.clock() + web.settings.session_ttl).timestamp())
     session = Session(
         user.username, expires, new_nonce(), password_mark(user.password_hash, web.settings.session_secret)
