@@ -275,6 +275,11 @@ def check(config_path: str | None) -> None:
     for reach in check_all(config):
         failing += not reach.ok
         click.echo(f"  {'ok  ' if reach.ok else 'FAIL'}  {reach.part:<28} {reach.detail}")
+    if config.sections.get("web") is not None:
+        from order_pipeline.web.security.startup import startup_warnings
+
+        for warning in startup_warnings(_web_settings(config)):
+            click.echo(f"  WARN  {warning}")
     if failing:
         raise click.ClickException(f"{failing} part(s) cannot be reached")
 

@@ -716,7 +716,8 @@ def link_path(order_no: str, expires: datetime | None = None, lang: str | None =
 
 
 def access_rows(client: WebClient) -> list[dict]:
-    client.web.access_log.flush()  # what the writer thread would write within a quarter second
+    # What the writer thread would write within a quarter second, and the refusals counted so far.
+    client.web.access_log.flush(counted=True)
     with client.world.engine.connect() as conn:
         return [
             dict(r) for r in conn.execute(sa.select(tracking_access_log).order_by(tracking_access_log.c.id)).mappings()

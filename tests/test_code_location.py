@@ -81,6 +81,7 @@ def test_check_passes_on_the_demo(demo_company):
     result = CliRunner().invoke(main, ["check", "--config", str(demo_company / "order_pipeline.yaml")])
     assert result.exit_code == 0, result.output
     assert "FAIL" not in result.output and result.output.count("  ok  ") >= 8
+    assert "WARN" not in result.output  # the demo's password on this machine only is what it is for
 
 
 def test_a_failing_source_fails_only_its_own_asset_with_the_config_error(broken):
@@ -229,3 +230,15 @@ def test_ui_that_cannot_start_is_one_message(demo_company, monkeypatch, tmp_path
     result = CliRunner().invoke(main, ["ui", "--config", str(demo_company / "order_pipeline.yaml")])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert "could not start dagster dev" in result.output and "Traceback" not in result.output
+
+
+def test_check_warns_of_the_demo_password_served_beyond_this_machine(demo_company):
+    path = demo_company / "order_pipeline.yaml"
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    doc["web"]["base_url"] = "https://track.example.com"
+    write(path, doc)
+    result = CliRunner().invoke(main, ["check", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if line.startswith("  WARN")]
+    assert any("web.staff" in line and "'ops'" in line and "demo" in line for line in warned), result.output
+    assert any("session_secret" in line for line in warned), result.output

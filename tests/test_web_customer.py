@@ -220,7 +220,7 @@ def test_rate_limited_access_is_audited(make_client):
     client = make_client({"rate_limits": {"per_ip": "1/1m"}})
     client.get(link_path(ORDER_IN_TRANSIT))
     client.get(link_path(ORDER_IN_TRANSIT))
-    assert [r["outcome"] for r in access_rows(client)] == ["ok", "rate_limited"]
+    assert [r["outcome"] for r in access_rows(client)] == ["ok", "rate_limited:1"]
 
 
 def test_unhandled_error_is_a_plain_500_page(make_client, monkeypatch):
@@ -317,3 +317,31 @@ def test_access_rows_are_written_in_batches_and_on_close(client):
 def test_unknown_path_is_a_404_page(client):
     r = client.get("/wp-login.php")
     assert r.status_code == 404 and "未找到" in r.text
+
+
+def test_a_signed_link_with_an_expiry_beyond_the_link_ttl_is_refused(client):
+    ten_years = link_path(ORDER_IN_TRANSIT, expires=NOW + timedelta(days=3650))
+    assert client.get(ten_years).status_code == 403
+    assert client.get(link_path(ORDER_IN_TRANSIT, expires=NOW + timedelta(days=7, minutes=4))).status_code == 200
+    assert client.get(link_path(ORDER_IN_TRANSIT, expires=NOW + timedelta(days=8))).status_code == 403
+    assert [r["outcome"] for r in access_rows(client)] == ["forbidden", "ok", "forbidden"]
+
+
+def test_a_flood_of_refused_requests_is_counted_in_a_few_audit_rows(make_client, clock):
+    client = make_client({"rate_limits": {"per_ip": "5/1m", "per_order": "1000/1m"}})
+    statuses = [client.get(link_path(ORDER_IN_TRANSIT)).status_code for _ in range(255)]
+    clock.advance(61)  # a new window: the refill lets 5 through, then the count starts again
+    statuses += [client.get(link_path(f"SO{i}")).status_code for i in range(255)]  # one address, many orders
+    assert statuses.count(429) == 500
+    client.web.access_log.close()
+    rows = access_rows(client)
+    limited = [r for r in rows if r["outcome"].startswith("rate_limited")]
+    assert [r["outcome"] for r in limited] == ["rate_limited:250", "rate_limited:250"]
+    assert len(rows) == 12  # 10 pages answered, and the two counts
+
+
+def test_a_flood_of_refused_requests_keeps_few_counts_in_memory(clock):
+    log = AccessLog(sa.create_engine("sqlite://"), clock=clock, max_counts=3)
+    for i in range(10):
+        log.count(queries.Access(NOW, None, "customer", "rate_limited", f"ip{i}", None), until=NOW)
+    assert len(log.counts) <= 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import pytest
 import sqlalchemy as sa
@@ -73,3 +74,24 @@ def test_push_salt_env_is_read_at_start(make_client, monkeypatch):
 
 def test_health(client):
     assert client.get("/healthz").text == "ok"
+
+
+def test_signed_push_nested_too_deeply_is_refused_with_a_clear_message(client, caplog):
+    param = "[" * 100_000 + "]" * 100_000
+    sign = hashlib.md5((param + PUSH_SALT).encode()).hexdigest().upper()
+    with caplog.at_level(logging.INFO):
+        r = client.post("/hooks/kuaidi100", data={"param": param, "sign": sign})
+    assert r.status_code == 400
+    assert r.json()["result"] is False and "nested" in r.json()["message"]
+    assert stored_tracking(client) == []
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR or rec.exc_info]
+
+
+@pytest.mark.parametrize(
+    "base_url, hsts", [("https://track.example.com", "max-age=31536000"), ("http://track.example.com", None)]
+)
+def test_strict_transport_security_only_when_served_over_https(make_client, base_url, hsts):
+    client = make_client({"base_url": base_url})
+    for path in ("/healthz", "/ops/login", "/order/SO1?t=bad"):
+        assert client.get(path).headers.get("strict-transport-security") == hsts, path
+    assert client.post("/hooks/kuaidi100", data={}).headers.get("strict-transport-security") == hsts

@@ -21,6 +21,8 @@ from order_pipeline.domain.masking import (
     mask_phones_in_text,
 )
 from order_pipeline.domain.passwords import hash_password, verify_password
+from order_pipeline.web.security.audit import audit_text
+from order_pipeline.web.security.lockout import Lockouts, LockPolicy
 from order_pipeline.web.security.ratelimit import Rate, RateLimiter, client_key, take
 from order_pipeline.web.settings import WebSettings, parse_rate
 
@@ -218,3 +220,44 @@ def test_id_numbers_are_not_published():
     for table in PUBLISHED_TABLES:
         names = table.c.keys()
         assert not [c for c in names if "id_no" in c or "id_card" in c], table.name
+
+
+def test_a_token_may_not_live_longer_than_the_link_ttl():
+    ttl = timedelta(days=7)
+    for expires, check in [
+        (NOW + ttl, TokenCheck.VALID),
+        (NOW + ttl + timedelta(minutes=4), TokenCheck.VALID),  # the issuer's clock a little ahead
+        (NOW + ttl + timedelta(hours=1), TokenCheck.INVALID),
+        (NOW + timedelta(days=3650), TokenCheck.INVALID),
+    ]:
+        assert verify_token("SO1", make_token("SO1", expires, SECRET), SECRET, NOW, max_ttl=ttl) is check, expires
+
+
+@pytest.mark.parametrize(
+    "raw, logged",
+    [
+        ("alice", "alice"),
+        ("eve\r\nforged", "eve\\r\\nforged"),
+        ("tab\there", "tab\\there"),
+        ("bell\x07\x1b[31m", "bell\\x07\\x1b[31m"),
+        ("back\\slash", "back\\\\slash"),
+        ("line\u2028sep\x85", "line\\u2028sep\\x85"),
+        ("张三", "张三"),
+        (None, None),
+    ],
+)
+def test_audit_text_escapes_control_characters(raw, logged):
+    assert audit_text(raw, 64) == logged
+    assert audit_text("\n" * 100, 10) == "\\n" * 5
+
+
+def test_login_lockouts_grow_and_stay_few_in_memory():
+    lockouts = Lockouts(LockPolicy(), max_names=10)
+    assert [lockouts.failed("alice", 0.0) for _ in range(5)] == [False] * 4 + [True]
+    assert lockouts.locked("alice", 0.0) == 60 and lockouts.locked("alice", 60.0) == 0
+    assert lockouts.failed("alice", 60.0) and lockouts.locked("alice", 60.0) == 120
+    for i in range(100):  # names sprayed by a guesser do not pile up
+        lockouts.failed(f"name{i}", 100.0 + i)
+    assert len(lockouts.accounts) <= 10
+    lockouts.succeeded("alice")
+    assert lockouts.locked("alice", 61.0) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from datetime import timedelta
 from pathlib import Path
 
@@ -32,8 +33,12 @@ from sqlalchemy.exc import InternalError
 
 from order_pipeline.contract.config import ConfigError, load_config
 from order_pipeline.contract.schema import tracking_access_log
+from order_pipeline.demo.company import DEMO_STAFF
+from order_pipeline.domain.passwords import hash_password
 from order_pipeline.web import db as web_db
 from order_pipeline.web.app import create_app
+from order_pipeline.web.security.startup import startup_warnings
+from order_pipeline.web.server import log_startup_warnings
 from order_pipeline.web.settings import WebSettings
 
 
@@ -68,12 +73,13 @@ def test_bad_web_settings_fail_with_entry_and_fix(tmp_path, monkeypatch, web, en
 
 def test_settings_defaults_and_env_secret(tmp_path, monkeypatch):
     monkeypatch.setenv("ORDER_PIPELINE_LINK_SECRET", "from-the-environment-0123456789")
+    monkeypatch.delenv("ORDER_PIPELINE_SESSION_SECRET", raising=False)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"sources": source_sections(tmp_path)}), encoding="utf-8")
     s = WebSettings.from_config(load_config(path))
     assert s.base_url == "http://127.0.0.1:8080"
     assert s.link_ttl == timedelta(days=7)
-    assert s.link_secret == s.session_secret == b"from-the-environment-0123456789"
+    assert s.link_secret == b"from-the-environment-0123456789" and s.session_secret_derived
     per_ip, per_order = s.rate_limits.per_ip, s.rate_limits.per_order
     assert per_ip is not None and per_order is not None
     assert per_ip.count == 120 and per_order.count == 30
@@ -178,3 +184,58 @@ def test_app_works_on_the_published_tables_alone(tmp_path, clock, monkeypatch, b
             ]
     finally:
         app.state.web.engine.dispose()
+
+
+def test_sessions_have_their_own_secret_so_a_new_link_secret_keeps_staff_logged_in(tmp_path, clock, monkeypatch):
+    monkeypatch.setenv("ORDER_PIPELINE_SESSION_SECRET", "the-session-secret-0123456789abcdef")
+    world = build_world(tmp_path)
+    for k, v in world.env.items():
+        monkeypatch.setenv(k, v)
+    settings = WebSettings.from_config(world.config())
+    assert settings.session_secret == b"the-session-secret-0123456789abcdef" != settings.link_secret
+    with TestClient(create_app(world.config(), engine=world.engine, clock=clock)) as client:
+        assert login(client).status_code == 303
+        cookie = client.cookies.get("ops_session")
+    (world.root / "link.key").write_text("a-rotated-link-secret-9876543210fedcba", encoding="utf-8")
+    app = create_app(world.config(), engine=world.engine, clock=clock)
+    assert app.state.web.settings.link_secret == b"a-rotated-link-secret-9876543210fedcba"
+    with TestClient(app) as client:
+        client.cookies.set("ops_session", cookie or "", path="/ops")
+        assert client.get("/ops/", follow_redirects=False).status_code == 200
+    world.engine.dispose()
+
+
+def test_without_a_session_secret_sessions_use_a_key_derived_from_the_link_secret(tmp_path, monkeypatch):
+    monkeypatch.delenv("ORDER_PIPELINE_SESSION_SECRET", raising=False)
+    settings = WebSettings.from_config(load_config(write_config(tmp_path, f"sqlite:///{tmp_path / 'w.db'}")))
+    assert settings.session_secret_derived
+    assert settings.session_secret not in (b"", settings.link_secret)
+    again = WebSettings.from_config(load_config(write_config(tmp_path, f"sqlite:///{tmp_path / 'w.db'}")))
+    assert again.session_secret == settings.session_secret  # the same on every start and every worker
+
+
+def weak_world_settings(tmp_path: Path, base_url: str, link_secret: str) -> WebSettings:
+    demo_hash = hash_password(DEMO_STAFF[1])
+    path = write_config(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'w.db'}",
+        {"base_url": base_url, "staff": [{"username": "ops", "password_hash": demo_hash}]},
+    )
+    (tmp_path / "link.key").write_text(link_secret, encoding="utf-8")
+    return WebSettings.from_config(load_config(path))
+
+
+def test_demo_password_and_weak_secrets_are_warned_about_at_start_outside_the_demo(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("ORDER_PIPELINE_SESSION_SECRET", raising=False)
+    settings = weak_world_settings(tmp_path, "https://track.example.com", "abcabcabcabcabcabcabc")
+    with caplog.at_level(logging.WARNING, logger="order_pipeline.web"):
+        log_startup_warnings(settings)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("web.staff" in w and "'ops'" in w and "demo" in w for w in warned), warned
+    assert any("web.link_secret" in w and "guess" in w for w in warned), warned
+    assert any("web.session_secret" in w for w in warned), warned
+    assert not any("abcabc" in w for w in warned)
+    strong = weak_world_settings(tmp_path, "https://track.example.com", "q7Vx-2LmZp9RtYw_4KcN8bHjE3sUfGd6")
+    assert [w for w in startup_warnings(strong) if "link_secret" in w] == []
+    local = weak_world_settings(tmp_path, "http://127.0.0.1:8080", "abcabcabcabcabcabcabc")
+    assert startup_warnings(local) == []  # the demo, on this machine only

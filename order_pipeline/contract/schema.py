@@ -355,3 +355,15 @@ tracking_access_log = sa.Table(
     sa.Column("ip_hash", sa.Text),
     sa.Column("user_agent", sa.Text),
 )
+
+# Staff sessions ended before their expiry (a logout), by the nonce the signed cookie carries. The web
+# app writes it and checks every staff request against it; a row is useless once its session would have
+# expired anyway, and the next logout deletes it.
+staff_session_revocations = sa.Table(
+    "staff_session_revocations",
+    metadata,
+    sa.Column("nonce", sa.Text, primary_key=True),
+    sa.Column("username", sa.Text, nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False, index=True),
+)

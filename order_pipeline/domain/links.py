@@ -3,7 +3,9 @@
 TOKEN is `<expiry as Unix seconds>.<signature>`, the signature being the
 URL-safe base64 HMAC-SHA256 of the order number and the expiry under the link
 secret. Changing either the order number or the expiry breaks the signature, so
-a tampered link is refused before its expiry is even looked at.
+a tampered link is refused before its expiry is even looked at. A genuine token
+whose expiry lies further ahead than the link TTL allows (it was never issued by
+this configuration, or the TTL has since been shortened) is refused as invalid.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from urllib.parse import quote
 
 # Domain separation: the same secret may also sign staff sessions.
 _PURPOSE = b"order-link\x00"
+# How far the clock of whoever signed a link (the pipeline's host) may run ahead of the verifier's.
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 class LinkSigning(Protocol):
@@ -50,13 +54,17 @@ def make_token(order_no: str, expires_at: datetime, secret: bytes | str) -> str:
     return f"{expires}.{_signature(order_no, expires, secret)}"
 
 
-def verify_token(order_no: str, token: str | None, secret: bytes | str, now: datetime) -> TokenCheck:
-    """VALID, INVALID (bad or tampered) or EXPIRED (genuine but too old), in that order of checks."""
+def verify_token(
+    order_no: str, token: str | None, secret: bytes | str, now: datetime, *, max_ttl: timedelta | None = None
+) -> TokenCheck:
+    """VALID, INVALID (bad, tampered, or expiring later than `max_ttl` from now) or EXPIRED (genuine but too old)."""
     head, dot, sig = (token or "").partition(".")
     if not dot or not head.isdigit() or len(head) > 12 or len(sig) > 64:
         return TokenCheck.INVALID
     expected = _signature(order_no, int(head), secret)
     if not hmac.compare_digest(expected.encode("ascii"), sig.encode("ascii", "replace")):
+        return TokenCheck.INVALID
+    if max_ttl is not None and int(head) > (now + max_ttl + CLOCK_SKEW).timestamp():
         return TokenCheck.INVALID
     if now.timestamp() >= int(head):
         return TokenCheck.EXPIRED

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -28,6 +29,8 @@ from order_pipeline.web.ops import board as ops_board
 from order_pipeline.web.ops import orders as ops_orders
 from order_pipeline.web.rendering.i18n import pick_lang
 from order_pipeline.web.rendering.pages import Pages
+from order_pipeline.web.security import revocations
+from order_pipeline.web.security.headers import StrictTransportSecurity
 from order_pipeline.web.settings import WebSettings
 
 log = logging.getLogger(__name__)
@@ -117,6 +120,8 @@ def create_app(
         exception_handlers={HTTPException: http_error, Exception: server_error},  # pyright: ignore[reportArgumentType]
         max_body_size=MAX_BODY_BYTES,
         lifespan=lifespan,
+        middleware=[Middleware(StrictTransportSecurity)] if settings.secure_cookies else [],
     )
+    revocations.ensure_table(web.engine)
     app.state.web = web
     return app

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from order_pipeline.contract.config import Config
 from order_pipeline.web.rendering.pages import Pages
 from order_pipeline.web.security.audit import AccessLog
+from order_pipeline.web.security.lockout import Lockouts
 from order_pipeline.web.security.ratelimit import RateLimiter
 from order_pipeline.web.settings import WebSettings
 
@@ -28,6 +29,7 @@ class WebContext:
     ip_limiter: RateLimiter = field(init=False)
     order_limiter: RateLimiter = field(init=False)
     login_limiter: RateLimiter = field(init=False)
+    lockouts: Lockouts = field(init=False)
     access_log: AccessLog = field(init=False)
     cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
 
@@ -36,7 +38,8 @@ class WebContext:
         self.ip_limiter = RateLimiter(limits.per_ip)
         self.order_limiter = RateLimiter(limits.per_order)
         self.login_limiter = RateLimiter(limits.login)
-        self.access_log = AccessLog(self.engine)
+        self.lockouts = Lockouts()
+        self.access_log = AccessLog(self.engine, clock=self.clock)
 
     @property
     def tz(self) -> str:

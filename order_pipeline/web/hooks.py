@@ -57,6 +57,9 @@ async def kuaidi100_push(request: Request) -> JSONResponse:
     except Kuaidi100Error as e:
         log.warning("Kuaidi100 push from %s refused: %s", sender, e)
         return refusal(400, f"数据格式错误 ({e.message})")
+    except RecursionError:  # the JSON decoder's own depth limit: no push of Kuaidi100's is nested like that
+        log.warning("Kuaidi100 push from %s refused: param is JSON nested too deeply", sender)
+        return refusal(400, "数据格式错误 (param is JSON nested too deeply; a push is a few levels deep)")
     if update.status == "abort":
         log.warning(
             "Kuaidi100 stopped tracking a waybill (abort: %s); it needs a new subscription later", update.message

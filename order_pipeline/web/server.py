@@ -14,11 +14,20 @@ import uvicorn
 
 from order_pipeline.contract.config import Config, ConfigError, load_config
 from order_pipeline.web.app import create_app
+from order_pipeline.web.security.startup import startup_warnings
 from order_pipeline.web.settings import WebSettings
+
+log = logging.getLogger(__name__)
+
+
+def log_startup_warnings(settings: WebSettings) -> None:
+    for warning in startup_warnings(settings):
+        log.warning("%s", warning)
 
 
 def serve(config: Config, host: str = "127.0.0.1", port: int = 8080, fd: int | None = None) -> None:
     settings = WebSettings.from_config(config)
+    log_startup_warnings(settings)
     app = create_app(config)
     uvicorn.run(
         app,

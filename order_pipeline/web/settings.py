@@ -4,7 +4,7 @@
       base_url: https://track.example.com      # what customer links start with
       link_secret_env: ORDER_LINK_SECRET        # or link_secret_file: secrets/link.key
       link_ttl: 7d
-      session_secret_env: OPS_SESSION_SECRET    # optional; defaults to the link secret
+      session_secret_env: OPS_SESSION_SECRET    # optional, see below
       session_ttl: 12h
       rate_limits: {per_ip: 120/1m, per_order: 30/1m, login: 10/1m}
       support_contact: 客服热线 400-800-1234
@@ -14,10 +14,18 @@
 
 Secrets never sit in the file: an entry names the environment variable or the
 file (relative to the config file) that holds them.
+
+Staff sessions are signed with their own secret, so that a new link secret does not
+log staff out: `session_secret_env`/`_file`, else $ORDER_PIPELINE_SESSION_SECRET when
+set, else a key derived from the link secret (the same on every start and worker, but
+rotating the link secret then ends every session; the start-up warns of it).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -44,6 +52,13 @@ FIELDS = {
 RATE_FIELDS = {"per_ip", "per_order", "login"}
 STAFF_FIELDS = {"username", "password_hash"}
 _USERNAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+DEFAULT_SESSION_SECRET_ENV = "ORDER_PIPELINE_SESSION_SECRET"
+_DERIVED_SESSION_KEY = b"ops-session-key\x00"
+
+
+def derived_session_secret(link_secret: bytes) -> bytes:
+    """The session key of a config that names no session secret: one-way from the link secret."""
+    return hmac.new(link_secret, _DERIVED_SESSION_KEY, hashlib.sha256).hexdigest().encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,7 @@ class WebSettings:
     timezone: str = "Asia/Shanghai"
     support_contact: str | None = None
     trusted_proxies: str = "127.0.0.1"
+    session_secret_derived: bool = False  # no session secret configured: derived from the link secret
 
     @property
     def secure_cookies(self) -> bool:
@@ -161,14 +177,16 @@ class _Parser(WebSectionParser):
     def parse(self) -> WebSettings:
         web = self.mapping(self.config.sections.get("web"), "", FIELDS)
         link = self.link_settings(web)
-        session_secret = self.secret(web, "session_secret", None) or link.link_secret
+        named = any(f"session_secret_{k}" in web for k in ("env", "file")) or os.environ.get(DEFAULT_SESSION_SECRET_ENV)
+        session_secret = self.secret(web, "session_secret", DEFAULT_SESSION_SECRET_ENV) if named else None
         proxies = web.get("trusted_proxies", WebSettings.trusted_proxies)
         if isinstance(proxies, list):
             proxies = ",".join(str(p) for p in proxies)
         contact = web.get("support_contact")
         return WebSettings(
             link_secret=link.link_secret,
-            session_secret=session_secret,
+            session_secret=session_secret or derived_session_secret(link.link_secret),
+            session_secret_derived=session_secret is None,
             base_url=link.base_url,
             link_ttl=link.link_ttl,
             session_ttl=self.duration(web.get("session_ttl", "12h"), "session_ttl"),

@@ -1,8 +1,9 @@
 """GET /order/{order_no}?t=TOKEN: the customer's tracking page.
 
 Order of checks, so that a refusal never tells whether an order exists:
-per-IP rate limit (429) -> order number format (400) -> link signature (403)
--> link expiry (410) -> per-order rate limit (429) -> lookup (404) -> page.
+per-IP rate limit (429) -> order number format (400) -> link signature, and an
+expiry no further away than the link TTL (403) -> link expiry (410) -> per-order
+rate limit (429) -> lookup (404) -> page.
 The per-order limit counts only genuine links, so nobody can lock a customer
 out of their own page by hammering it with bad tokens.
 """
@@ -63,6 +64,15 @@ class _Visit:
 
     def refuse(self, status: int, outcome: str, headers: dict | None = None, **values) -> Response:
         self.record(outcome)
+        return self._error(status, headers, **values)
+
+    def limited(self, by: str, wait: int) -> Response:
+        """Over the per-IP or per-order limit: a flood is one row a minute for its address or order, with a count."""
+        access = self.access("rate_limited")
+        self.web.access_log.count(access, key=("rate_limited", by, access.ip_hash if by == "ip" else access.order_no))
+        return self._error(429, {"Retry-After": str(wait)}, seconds=wait)
+
+    def _error(self, status: int, headers: dict | None = None, **values) -> Response:
         return self.web.pages.error(
             status, self.lang, headers=headers, contact=self.web.settings.support_contact, **values
         )
@@ -79,17 +89,19 @@ async def order_page(request: Request) -> Response:
     try:
         wait = web.ip_limiter.hit(client_key(visit.ip), visit.now.timestamp())
         if wait:
-            return visit.refuse(429, "rate_limited", {"Retry-After": str(wait)}, seconds=wait)
+            return visit.limited("ip", wait)
         if not valid_order_no(visit.order_no):
             return visit.refuse(400, "bad_request")
-        check = verify_token(visit.order_no, visit.token, web.settings.link_secret, visit.now)
+        check = verify_token(
+            visit.order_no, visit.token, web.settings.link_secret, visit.now, max_ttl=web.settings.link_ttl
+        )
         if check is TokenCheck.INVALID:
             return visit.refuse(403, "forbidden")
         if check is TokenCheck.EXPIRED:
             return visit.refuse(410, "expired", days=web.settings.link_ttl.days or 1)
         wait = web.order_limiter.hit(visit.order_no, visit.now.timestamp())
         if wait:
-            return visit.refuse(429, "rate_limited", {"Retry-After": str(wait)}, seconds=wait)
+            return visit.limited("order", wait)
         order, parcels, events = await run_in_threadpool(visit.load)
     except Exception:
         visit.record("error")
