@@ -39,6 +39,7 @@ from order_pipeline.contract.schema import (
     RAW_TABLES,
     alert_deliveries,
     alert_outbox,
+    carrier_subscriptions,
     metadata,
     order_alerts,
     order_tracking_events,
@@ -365,7 +366,7 @@ SIGNER_NAME = "欧阳修"  # named by the carrier in a SO1003 event
 # What the pipeline publishes for the web app (and the app's own access log), and what
 # the Kuaidi100 push receiver writes besides.
 PUBLISHED_TABLES = (*PUBLISHED_ORDER_TABLES, order_alerts, pipeline_state, tracking_access_log)
-WEB_TABLES = (*PUBLISHED_TABLES, raw_tracking, raw_tracking_events)
+WEB_TABLES = (*PUBLISHED_TABLES, raw_tracking, raw_tracking_events, carrier_subscriptions)
 
 ORDER_IN_TRANSIT = "SO1001"
 ORDER_PAID = "SO1002"

@@ -18,7 +18,7 @@ from helpers import CUSTOMER, KEY, NOW, D, H, Sleeps, add_rows, answer_payload, 
 from assets.carrier import carrier_tracking_asset
 from order_pipeline.carrier.polling import poll_due
 from order_pipeline.carrier.store import due_waybills
-from order_pipeline.contract.schema import raw_tracking
+from order_pipeline.contract.schema import carrier_subscriptions, raw_tracking
 from resources.carrier import Kuaidi100Client
 from resources.warehouse import PipelineClock, WarehouseResource
 
@@ -209,3 +209,30 @@ def test_the_asset_reports_an_open_circuit_and_what_it_left(engine, unavailable_
     assert (meta["circuit_open"], meta["skipped"], meta["waybills_polled"]) == (True, 27, 3)
     logs = [e.user_message for e in instance.all_logs(result.run_id)]
     assert any("3 times in a row" in m and "27 due waybills wait for the next run" in m for m in logs)
+
+
+def subscribed(engine, waybill_no: str, state: str, heard_hours_ago: float) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            carrier_subscriptions.insert().values(
+                waybill_no=waybill_no,
+                carrier_code="yuantong",
+                state=state,
+                subscribed_at=NOW - heard_hours_ago * H,
+                attempts_this_month=1,
+                month="2026-11",
+                updated_at=NOW - heard_hours_ago * H,
+            )
+        )
+
+
+def test_a_waybill_kuaidi100_pushes_is_polled_only_once_its_pushes_went_quiet(engine):
+    add_rows(engine, "orders", [an_order(f"SO-{i}") for i in range(5)])
+    add_rows(engine, "shipments", [a_shipment(f"SO-{i}", f"YT{i}") for i in range(5)])
+    subscribed(engine, "YT1", "subscribed", heard_hours_ago=3)  # pushes cover it
+    subscribed(engine, "YT2", "duplicate", heard_hours_ago=3)  # tracked under an earlier subscription
+    subscribed(engine, "YT3", "subscribed", heard_hours_ago=30)  # quiet past PUSH_SILENCE: polled again
+    subscribed(engine, "YT4", "aborted", heard_hours_ago=3)  # Kuaidi100 stopped: polling covers it
+    with engine.connect() as conn:
+        due = set(due_waybills(conn, NOW, 2 * H, 10)["waybill_no"])
+    assert due == {"YT0", "YT3", "YT4"}

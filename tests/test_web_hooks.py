@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+from datetime import timedelta
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 from helpers import PUSH_SALT, PUSH_SALT_ENV, WAYBILL, push_form
 
-from order_pipeline.contract.schema import raw_tracking, raw_tracking_events
+from order_pipeline.contract.schema import carrier_subscriptions, raw_tracking, raw_tracking_events
 
 
 def stored_tracking(client) -> list[dict]:
@@ -95,3 +98,48 @@ def test_strict_transport_security_only_when_served_over_https(make_client, base
     for path in ("/healthz", "/ops/login", "/order/SO1?t=bad"):
         assert client.get(path).headers.get("strict-transport-security") == hsts, path
     assert client.post("/hooks/kuaidi100", data={}).headers.get("strict-transport-security") == hsts
+
+
+def signed(change: dict, salt: str = PUSH_SALT) -> dict[str, str]:
+    """A push_form() with some of its param's fields changed, signed again."""
+    param = {**json.loads(push_form()["param"]), **change}
+    text = json.dumps(param, ensure_ascii=False)
+    return {"param": text, "sign": hashlib.md5((text + salt).encode("utf-8")).hexdigest().upper()}
+
+
+def subscription(client) -> dict:
+    with client.world.engine.connect() as conn:
+        return dict(conn.execute(sa.select(carrier_subscriptions)).mappings().one())
+
+
+def test_a_push_records_the_waybill_as_subscribed(client):
+    assert client.post("/hooks/kuaidi100", data=push_form()).status_code == 200
+    row = subscription(client)
+    assert (row["waybill_no"], row["state"], row["carrier_code"]) == (WAYBILL, "subscribed", "shunfeng")
+    assert row["last_push_at"] is not None
+
+
+def test_an_abort_push_leaves_the_waybill_to_be_subscribed_again_after_30_minutes(client, clock):
+    r = client.post("/hooks/kuaidi100", data=signed({"status": "abort", "message": "3天查询无记录"}))
+    assert r.status_code == 200
+    row = subscription(client)
+    assert row["state"] == "aborted" and row["message"] == "3天查询无记录"
+    assert pd.Timestamp(row["next_attempt_at"]).tz_localize(None) == pd.Timestamp(
+        clock.now + timedelta(minutes=30)
+    ).tz_localize(None)
+    assert stored_tracking(client)  # what it carried is stored all the same: polling takes over
+
+
+def test_a_shutdown_push_finishes_the_waybill_and_a_later_push_does_not_reopen_it(client):
+    client.post("/hooks/kuaidi100", data=signed({"status": "shutdown"}))
+    assert subscription(client)["state"] == "finished"
+    client.post("/hooks/kuaidi100", data=push_form())
+    assert subscription(client)["state"] == "finished"
+
+
+def test_a_push_that_corrected_the_carrier_code_is_adopted(client):
+    last = {**json.loads(push_form()["param"])["lastResult"], "com": "zhongtong"}
+    change = {"autoCheck": "1", "comOld": "shunfeng", "comNew": "zhongtong", "lastResult": last}
+    assert client.post("/hooks/kuaidi100", data=signed(change)).status_code == 200
+    assert subscription(client)["carrier_code"] == "zhongtong"
+    assert stored_tracking(client)[0]["carrier_code"] == "zhongtong"

@@ -12,25 +12,37 @@ from datetime import datetime, timedelta
 import pandas as pd
 import sqlalchemy as sa
 
-from order_pipeline.carrier.protocol import TrackingAnswer
-from order_pipeline.contract.schema import BATCH, RAW_TABLES, raw_tracking, raw_tracking_events
+from order_pipeline.carrier.protocol import PushUpdate, TrackingAnswer
+from order_pipeline.carrier.subscriptions import DUPLICATE, SUBSCRIBED, record_push
+from order_pipeline.contract.schema import BATCH, RAW_TABLES, carrier_subscriptions, raw_tracking, raw_tracking_events
 from order_pipeline.domain.carrier_states import base_state
 from order_pipeline.warehouse.frames import delete_keys, insert_frame, read_frame, replace_keys
 from order_pipeline.warehouse.state import next_batch
 
 SIGNED = 3
+TRACKED = (SUBSCRIBED, DUPLICATE)  # Kuaidi100 pushes these waybills' news
+# A tracked waybill none of whose news came for this long is polled after all: a parcel may lie
+# still for a day at a depot, but a subscription that went quiet longer must not hide it.
+PUSH_SILENCE = timedelta(hours=24)
 
 
 def due_waybills(conn: sa.Connection, now: datetime, interval: timedelta, cap: int) -> pd.DataFrame:
     """Unsigned waybills of live orders not polled within `interval`, never-polled first, at most `cap`.
 
     The phone comes from the ERP order: 顺丰 and 丰网 answer only with it. A parcel of an order the
-    ERP does not have is rejected by `unify` and asked about only once its order arrives.
+    ERP does not have is rejected by `unify` and asked about only once its order arrives. A waybill
+    Kuaidi100 tracks by subscription is left to its pushes, until none came for PUSH_SILENCE.
     """
-    s, o, t = RAW_TABLES["shipments"], RAW_TABLES["orders"], raw_tracking
+    s, o, t, sub = RAW_TABLES["shipments"], RAW_TABLES["orders"], raw_tracking, carrier_subscriptions
+    heard = sa.func.coalesce(sub.c.last_push_at, sub.c.subscribed_at)
+    pushed = sa.and_(sub.c.state.in_(TRACKED), heard > now - PUSH_SILENCE)
     q = (
         sa.select(s.c.waybill_no, s.c.carrier_code, o.c.customer_phone.label("phone"))
-        .select_from(s.join(o, o.c.order_no == s.c.order_no).outerjoin(t, t.c.waybill_no == s.c.waybill_no))
+        .select_from(
+            s.join(o, o.c.order_no == s.c.order_no)
+            .outerjoin(t, t.c.waybill_no == s.c.waybill_no)
+            .outerjoin(sub, sub.c.waybill_no == s.c.waybill_no)
+        )
         .where(
             sa.or_(
                 t.c.waybill_no.is_(None), sa.and_(t.c.is_signed.is_(False), sa.func.coalesce(t.c.state, -1) != SIGNED)
@@ -38,6 +50,7 @@ def due_waybills(conn: sa.Connection, now: datetime, interval: timedelta, cap: i
         )
         .where(sa.or_(t.c.polled_at.is_(None), t.c.polled_at <= now - interval))
         .where(sa.or_(o.c.status.is_(None), o.c.status != "cancelled"))
+        .where(sa.or_(sub.c.waybill_no.is_(None), ~pushed))
         .order_by(t.c.polled_at.is_not(None), t.c.polled_at, s.c.shipped_at)
         .limit(cap)
     )
@@ -83,6 +96,19 @@ def store_tracking_answers(engine: sa.Engine, answers: Sequence[TrackingAnswer],
         delete_keys(conn, raw_tracking_events, state_frame[["waybill_no"]], ["waybill_no"])
         insert_frame(conn, raw_tracking_events, event_frame)
     return len(state_frame)
+
+
+def store_push(engine: sa.Engine, update: PushUpdate, now: datetime) -> str:
+    """A verified push: its tracking, then what it says of the waybill's subscription (the state it
+    leaves: subscribed, aborted, finished).
+
+    Both writes are idempotent: if the second fails, the receiver answers an error and
+    Kuaidi100's push again stores the same tracking and records the subscription then.
+    """
+    if update.answer is not None:
+        store_tracking_answers(engine, [update.answer], via="push", now=now)
+    with engine.begin() as conn:
+        return record_push(conn, update, now)
 
 
 def _newer_than_stored(engine: sa.Engine, states: pd.DataFrame) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from order_pipeline.carrier.protocol import Kuaidi100Error, parse_push, push_reply, verify_push
-from order_pipeline.carrier.store import store_tracking_answers
+from order_pipeline.carrier.store import store_push
 from order_pipeline.web.context import web_context
 from order_pipeline.web.security.audit import client_ip
 from order_pipeline.web.security.forms import FormError, read_form
@@ -60,15 +60,17 @@ async def kuaidi100_push(request: Request) -> JSONResponse:
     except RecursionError:  # the JSON decoder's own depth limit: no push of Kuaidi100's is nested like that
         log.warning("Kuaidi100 push from %s refused: param is JSON nested too deeply", sender)
         return refusal(400, "数据格式错误 (param is JSON nested too deeply; a push is a few levels deep)")
+    if update.waybill_no is None:
+        log.warning("Kuaidi100 push from %s refused: it names no waybill", sender)
+        return refusal(400, "数据格式错误 (lastResult names no waybill)")
+    try:
+        state = await run_in_threadpool(store_push, web.engine, update, web.clock())
+    except Exception:  # Kuaidi100 pushes again when the answer is not a success
+        log.exception("Kuaidi100 push for waybill %s could not be stored", update.waybill_no)
+        return refusal(500, "暂时无法保存，请稍后重推 (could not store, push again later)")
     if update.status == "abort":
         log.warning(
-            "Kuaidi100 stopped tracking a waybill (abort: %s); it needs a new subscription later", update.message
+            "Kuaidi100 stopped tracking waybill %s (%s): subscribed again later", update.waybill_no, update.message
         )
-    if update.answer is not None:
-        try:
-            await run_in_threadpool(store_tracking_answers, web.engine, [update.answer], via="push", now=web.clock())
-        except Exception:  # Kuaidi100 pushes again when the answer is not a success
-            log.exception("Kuaidi100 push for waybill %s could not be stored", update.answer.waybill_no)
-            return refusal(500, "暂时无法保存，请稍后重推 (could not store, push again later)")
-        log.info("Kuaidi100 push stored for waybill %s (state %s)", update.answer.waybill_no, update.answer.state)
+    log.info("Kuaidi100 push stored for waybill %s (%s, subscription %s)", update.waybill_no, update.status, state)
     return JSONResponse(push_reply(True, "成功"))
