@@ -25,6 +25,7 @@ from assets.checks import freshness_policies, rule_checks
 from assets.common import described, storage_kind
 from assets.published import EVENTS, PARCELS, SNAPSHOT, published_checks, published_tracking_tables
 from assets.sources import raw_source_asset
+from assets.subscriptions import CARRIER_SUBSCRIPTIONS, carrier_subscriptions_asset
 from assets.unified import UNIFIED_ORDERS, unified_orders_asset
 from order_pipeline.alerts.channels.config import validate_channel
 from order_pipeline.alerts.settings import AlertSettings, load_alert_settings
@@ -40,7 +41,7 @@ from sensors.sources import source_sensors
 
 PIPELINE_JOB = "order_pipeline"
 # Assets that follow their inputs as soon as those change.
-FOLLOWERS = {RAW_TRACKING, UNIFIED_ORDERS, SNAPSHOT, PARCELS, EVENTS}
+FOLLOWERS = {RAW_TRACKING, CARRIER_SUBSCRIPTIONS, UNIFIED_ORDERS, SNAPSHOT, PARCELS, EVENTS}
 
 
 def _setting(secret: Secret) -> str | dg.EnvVar:
@@ -107,6 +108,8 @@ def build_definitions(config: Config, now: str | None = None) -> dg.Definitions:
         unified_orders_asset({name: sc.columns for name, sc in config.sources.items()}, carrier.transit_days),
         published_tracking_tables,
     ]
+    if carrier.callback_url:  # pushes need somewhere to go: without it, polling is the only path
+        assets.append(carrier_subscriptions_asset(carrier.max_polls_per_run, carrier.max_consecutive_failures))
     assets = dg.map_asset_specs(_policies(freshness_policies(alerts.freshness)), assets)
     # Only the URL's scheme is kept, to name the tables' kind.
     storage = storage_kind(config.warehouse_url.resolve())
