@@ -14,7 +14,10 @@ RAW_TRACKING = dg.AssetKey("raw_tracking")
 
 
 def carrier_tracking_asset(
-    poll_interval: timedelta, max_polls_per_run: int, max_consecutive_failures: int = 5
+    poll_interval: timedelta,
+    max_polls_per_run: int,
+    max_consecutive_failures: int = 5,
+    push_silence: timedelta = timedelta(hours=2),
 ) -> dg.AssetsDefinition:
     stop = (
         f"; stops after {max_consecutive_failures} failures in a row (Kuaidi100 down) and leaves the rest "
@@ -42,7 +45,7 @@ def carrier_tracking_asset(
     ) -> dg.MaterializeResult:
         engine, now = warehouse.engine, clock.now()
         with engine.connect() as conn:
-            due = due_waybills(conn, now, poll_interval, max_polls_per_run + 1)
+            due = due_waybills(conn, now, poll_interval, max_polls_per_run + 1, push_silence)
         backlog = len(due) > max_polls_per_run
         due = due.head(max_polls_per_run)
         result = poll_due(engine, due, kuaidi100.query, now, max_consecutive_failures)

@@ -104,7 +104,9 @@ def build_definitions(config: Config, now: str | None = None) -> dg.Definitions:
     alerts = alert_settings(config)
     assets = [raw_source_asset(sc, config.path, config.reconcile_every) for sc in config.sources.values()]
     assets += [
-        carrier_tracking_asset(carrier.poll_interval, carrier.max_polls_per_run, carrier.max_consecutive_failures),
+        carrier_tracking_asset(
+            carrier.poll_interval, carrier.max_polls_per_run, carrier.max_consecutive_failures, carrier.push_silence
+        ),
         unified_orders_asset({name: sc.columns for name, sc in config.sources.items()}, carrier.transit_days),
         published_tracking_tables,
     ]

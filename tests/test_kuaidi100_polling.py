@@ -231,8 +231,10 @@ def test_a_waybill_kuaidi100_pushes_is_polled_only_once_its_pushes_went_quiet(en
     add_rows(engine, "shipments", [a_shipment(f"SO-{i}", f"YT{i}") for i in range(5)])
     subscribed(engine, "YT1", "subscribed", heard_hours_ago=3)  # pushes cover it
     subscribed(engine, "YT2", "duplicate", heard_hours_ago=3)  # tracked under an earlier subscription
-    subscribed(engine, "YT3", "subscribed", heard_hours_ago=30)  # quiet past PUSH_SILENCE: polled again
+    subscribed(engine, "YT3", "subscribed", heard_hours_ago=30)  # quiet past the silence: polled again
     subscribed(engine, "YT4", "aborted", heard_hours_ago=3)  # Kuaidi100 stopped: polling covers it
     with engine.connect() as conn:
-        due = set(due_waybills(conn, NOW, 2 * H, 10)["waybill_no"])
+        due = set(due_waybills(conn, NOW, 2 * H, 10, silence=24 * H)["waybill_no"])
+        quiet = set(due_waybills(conn, NOW, 2 * H, 10, silence=2 * H)["waybill_no"])
     assert due == {"YT0", "YT3", "YT4"}
+    assert quiet == {"YT0", "YT1", "YT2", "YT3", "YT4"}  # 3 h without a push is past a 2 h silence

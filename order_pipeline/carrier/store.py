@@ -21,21 +21,21 @@ from order_pipeline.warehouse.state import next_batch
 
 SIGNED = 3
 TRACKED = (SUBSCRIBED, DUPLICATE)  # Kuaidi100 pushes these waybills' news
-# A tracked waybill none of whose news came for this long is polled after all: a parcel may lie
-# still for a day at a depot, but a subscription that went quiet longer must not hide it.
-PUSH_SILENCE = timedelta(hours=24)
 
 
-def due_waybills(conn: sa.Connection, now: datetime, interval: timedelta, cap: int) -> pd.DataFrame:
+def due_waybills(
+    conn: sa.Connection, now: datetime, interval: timedelta, cap: int, silence: timedelta = timedelta(hours=2)
+) -> pd.DataFrame:
     """Unsigned waybills of live orders not polled within `interval`, never-polled first, at most `cap`.
 
     The phone comes from the ERP order: 顺丰 and 丰网 answer only with it. A parcel of an order the
     ERP does not have is rejected by `unify` and asked about only once its order arrives. A waybill
-    Kuaidi100 tracks by subscription is left to its pushes, until none came for PUSH_SILENCE.
+    Kuaidi100 tracks by subscription is left to its pushes, until none came for `silence`
+    (`carrier.push_silence`): a subscription that went quiet must not hide a parcel.
     """
     s, o, t, sub = RAW_TABLES["shipments"], RAW_TABLES["orders"], raw_tracking, carrier_subscriptions
     heard = sa.func.coalesce(sub.c.last_push_at, sub.c.subscribed_at)
-    pushed = sa.and_(sub.c.state.in_(TRACKED), heard > now - PUSH_SILENCE)
+    pushed = sa.and_(sub.c.state.in_(TRACKED), heard > now - silence)
     q = (
         sa.select(s.c.waybill_no, s.c.carrier_code, o.c.customer_phone.label("phone"))
         .select_from(

@@ -92,6 +92,8 @@ class CarrierConfig:
     push_salt: Secret = Secret()  # signs subscription pushes: sent with each subscription, checked on each push
     callback_url: str | None = None  # where Kuaidi100 pushes a subscribed waybill's news: .../hooks/kuaidi100
     poll_interval: timedelta = timedelta(hours=2)
+    # A subscribed waybill no push came for this long is polled after all (the SLA table's 2 h).
+    push_silence: timedelta = timedelta(hours=2)
     max_polls_per_run: int = 500
     timeout: timedelta = timedelta(seconds=10)
     retries: int = 3
@@ -399,6 +401,7 @@ class _Parser(SectionParser):
             "push_salt_env",
             "callback_url",
             "poll_interval",
+            "push_silence",
             "max_polls_per_run",
             "timeout",
             "retries",
@@ -421,6 +424,7 @@ class _Parser(SectionParser):
             push_salt=self.secret(c, "push_salt", "carrier", required=False),
             callback_url=self.callback_url(c.get("callback_url")),
             poll_interval=self.duration(c.get("poll_interval", "2h"), "carrier.poll_interval"),
+            push_silence=self.duration(c.get("push_silence", "2h"), "carrier.push_silence"),
             max_polls_per_run=self.positive_int(
                 c.get("max_polls_per_run", d.max_polls_per_run), "carrier.max_polls_per_run"
             ),
