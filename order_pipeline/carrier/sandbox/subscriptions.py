@@ -1,21 +1,4 @@
-"""A deterministic stand-in for Kuaidi100's POST poll/query.do and POST poll, backed by a SQLite file.
-
-It checks the forms the way the real service does (customer, sign, key, the phone rule of
-顺丰/丰网/中通) and answers in the real shapes, so the demo and the tests exercise the
-real client and protocol without network access or an account. The data comes from
-tables that the demo generator fills:
-
-- `carrier_waybills`: one row per waybill with its Kuaidi100 `state` and `ischeck`;
-- `carrier_events`: its tracking events, `time` in China local wall-clock time;
-- `carrier_estimates` (optional): the carrier's predicted arrival, answered with resultv2=8.
-
-Subscriptions are kept beside them (`sandbox_subscriptions`, `sandbox_subscribe_counts`), and
-`push_updates` delivers what a subscribed waybill's tables say now as signed pushes, the way
-Kuaidi100 calls a callback URL: news as `polling`, the signature as `shutdown`, three days
-without a record (or sixty without news) as `abort`. A number subscribed under the wrong carrier
-code that the stand-in knows under another is corrected as Kuaidi100 does: an `abort` with
-`comNew`, then the pushes of the corrected subscription with `autoCheck` 1.
-"""
+"""The stand-in's POST poll (subscribe) and the signed pushes it delivers to a subscription's callback URL."""
 
 from __future__ import annotations
 
@@ -27,39 +10,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
-from zoneinfo import ZoneInfo
+from urllib.parse import urlsplit
 
 import httpx
-from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from order_pipeline.carrier import protocol as kuaidi100
 from order_pipeline.carrier import subscription
-
-QUERY_PATH = "/poll/query.do"
-SUBSCRIBE_PATH = "/poll"
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS carrier_waybills (
-    waybill_no TEXT PRIMARY KEY,
-    com TEXT NOT NULL,
-    phone_tail TEXT,
-    state INTEGER NOT NULL,
-    ischeck INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS carrier_events (
-    waybill_no TEXT NOT NULL,
-    time TEXT NOT NULL,
-    context TEXT NOT NULL,
-    area_name TEXT,
-    status TEXT
-);
-CREATE INDEX IF NOT EXISTS carrier_events_waybill ON carrier_events (waybill_no);
-"""
+from order_pipeline.carrier.sandbox.query import CHINA, tracking_payload
 
 # Added to a database the demo generated before subscriptions existed, on its first subscription.
 SUBSCRIPTION_SCHEMA = """
@@ -88,6 +45,7 @@ CREATE TABLE IF NOT EXISTS sandbox_subscribe_counts (
 );
 """
 
+
 # Carrier codes the stand-in knows beside those of its waybills; another is "not recognised".
 KNOWN_COMPANIES = frozenset(
     {
@@ -106,83 +64,31 @@ KNOWN_COMPANIES = frozenset(
         "jituan",
     }
 )
+
+
 NO_RECORD_ABORT = (timedelta(days=3), "3天查询无记录")
+
+
 NO_NEWS_ABORT = (timedelta(days=60), "60天无变化")
 
-# The real service's messages for the answers the sandbox gives.
-BAD_FORM = ("400", "提交的数据不完整，或者贵公司没授权")
-UNKNOWN_COMPANY = ("400", "找不到对应公司")
-PHONE_MISMATCH = ("408", "快递公司参数异常：验证码错误")
-NO_RECORD = ("500", "查询无结果，请隔段时间再查")
-BAD_SIGN = ("503", "验证签名失败")
 
 # The subscribe answers it gives.
 ACCEPTED = ("200", "提交成功")
+
+
 SERVER_ERROR = ("500", "服务器错误")
+
+
 DUPLICATE = ("501", "重复订阅")
+
+
 BAD_KEY = ("600", "您不是合法的订阅者")
+
+
 KEY_EXPIRED = ("601", "POLL:KEY已过期")
+
+
 NOT_RECOGNISED = ("702", "POLL:识别不到该单号对应的快递公司")
-CHINA = ZoneInfo(kuaidi100.DEFAULT_TZ)
-
-
-def create_schema(conn: sqlite3.Connection) -> None:
-    """The tables the demo generator fills; the subscription tables come with the first subscription."""
-    conn.executescript(SCHEMA)
-
-
-def answer(db_path: str | Path, form: dict[str, str], customer: str, key: str) -> dict[str, Any]:
-    """Kuaidi100's answer to one query form."""
-    param = form.get("param")
-    if form.get("customer") != customer or not param or not form.get("sign"):
-        return _error(BAD_FORM)
-    if form["sign"] != kuaidi100.sign(param, key, customer):
-        return _error(BAD_SIGN)
-    try:
-        query = json.loads(param)
-    except ValueError:
-        return _error(BAD_FORM)
-    if not isinstance(query, dict) or not query.get("com") or not query.get("num"):
-        return _error(BAD_FORM)
-    com, num = str(query["com"]), str(query["num"])
-
-    with closing(_connect_read_only(db_path)) as conn:
-        waybill = conn.execute(
-            "SELECT com, phone_tail, state, ischeck FROM carrier_waybills WHERE waybill_no = ?", (num,)
-        ).fetchone()
-        # Asked under another carrier's code, a real waybill is as unknown as a wrong number.
-        if waybill is None or waybill[0] != com:
-            return _error(NO_RECORD)
-        _, phone_tail, state, ischeck = waybill
-        if com in kuaidi100.PHONE_REQUIRED and not _phone_matches(query.get("phone"), phone_tail):
-            return _error(PHONE_MISMATCH)
-        return _tracking(conn, num, com, state, ischeck, str(query.get("resultv2", "0")))
-
-
-def _tracking(conn: sqlite3.Connection, num: str, com: str, state: int, ischeck: int, resultv2: str) -> dict[str, Any]:
-    """A waybill's tracking in the shape of a query answer (and of a push's lastResult)."""
-    events = conn.execute(
-        "SELECT time, context, area_name, status FROM carrier_events WHERE waybill_no = ? "
-        "ORDER BY time DESC, rowid DESC",
-        (num,),
-    ).fetchall()
-    # Area and status per event come only when resultv2 asks for them, as with Kuaidi100.
-    detailed = resultv2 not in ("", "0")
-    answer: dict[str, Any] = {
-        "message": "ok",
-        "nu": num,
-        "ischeck": "1" if ischeck else "0",
-        "condition": "00",
-        "com": com,
-        "status": "200",
-        "state": str(state),
-        "data": [_event(row, detailed) for row in events],
-    }
-    if resultv2 == subscription.RESULTV2_WITH_ETA and _has_table(conn, "carrier_estimates"):
-        estimate = conn.execute("SELECT arrival_time FROM carrier_estimates WHERE waybill_no = ?", (num,)).fetchone()
-        if estimate:
-            answer["arrivalTime"] = estimate[0]
-    return answer
 
 
 def subscribe(
@@ -349,7 +255,7 @@ def _update(
     waybill = conn.execute(
         "SELECT state, ischeck FROM carrier_waybills WHERE waybill_no = ? AND com = ?", (number, company)
     ).fetchone()
-    last = _tracking(conn, number, company, waybill[0], waybill[1], resultv2) if waybill else {}
+    last = tracking_payload(conn, number, company, waybill[0], waybill[1], resultv2) if waybill else {}
     events = last.get("data")
     if not events:
         after, message = NO_RECORD_ABORT
@@ -381,10 +287,6 @@ def _is_http_url(url: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
-def _has_table(conn: sqlite3.Connection, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
-
-
 def _bad_data(detail: str) -> dict[str, Any]:
     return _answer(("700", f"订阅方的订阅数据存在错误: {detail}"))
 
@@ -392,75 +294,3 @@ def _bad_data(detail: str) -> dict[str, Any]:
 def _answer(code_message: tuple[str, str]) -> dict[str, Any]:
     code, message = code_message
     return {"result": code == "200", "returnCode": code, "message": message}
-
-
-Clock = Callable[[], datetime]
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def handler(
-    db_path: str | Path, customer: str, key: str, clock: Clock = _utc_now
-) -> Callable[[httpx.Request], httpx.Response]:
-    """A handler for `httpx.MockTransport` that speaks the query and subscribe protocols in-process."""
-
-    def handle(request: httpx.Request) -> httpx.Response:
-        if request.method != "POST":
-            return httpx.Response(404)
-        form = _parse_form(request.content)
-        if request.url.path == QUERY_PATH:
-            return httpx.Response(200, json=answer(db_path, form, customer, key))
-        if request.url.path == SUBSCRIBE_PATH:
-            return httpx.Response(200, json=subscribe(db_path, form, key, clock()))
-        return httpx.Response(404)
-
-    return handle
-
-
-def app(db_path: str | Path, customer: str, key: str, clock: Clock = _utc_now) -> Starlette:
-    """The sandbox as a web app, for serving on loopback."""
-
-    async def query(request: Request) -> JSONResponse:
-        form = _parse_form(await request.body())
-        # sqlite3 blocks: keep it off the event loop.
-        return JSONResponse(await run_in_threadpool(answer, db_path, form, customer, key))
-
-    async def subscribe_route(request: Request) -> JSONResponse:
-        form = _parse_form(await request.body())
-        return JSONResponse(await run_in_threadpool(subscribe, db_path, form, key, clock()))
-
-    return Starlette(
-        routes=[
-            Route(QUERY_PATH, query, methods=["POST"]),
-            Route(SUBSCRIBE_PATH, subscribe_route, methods=["POST"]),
-        ]
-    )
-
-
-def _connect_read_only(db_path: str | Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"{Path(db_path).resolve().as_uri()}?mode=ro", uri=True)
-
-
-def _parse_form(body: bytes) -> dict[str, str]:
-    return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
-
-
-def _phone_matches(phone: Any, phone_tail: str | None) -> bool:
-    """Kuaidi100 accepts the full number or its last 4 digits."""
-    digits = "".join(ch for ch in str(phone or "") if ch.isdigit())
-    return len(digits) >= 4 and bool(phone_tail) and digits[-4:] == phone_tail[-4:]
-
-
-def _event(row: tuple[str, str, str | None, str | None], detailed: bool) -> dict[str, Any]:
-    time, context, area_name, status = row
-    event: dict[str, Any] = {"time": time, "ftime": time, "context": context}
-    if detailed:
-        event |= {"areaName": area_name, "status": status}
-    return event
-
-
-def _error(code_message: tuple[str, str]) -> dict[str, Any]:
-    code, message = code_message
-    return {"result": False, "returnCode": code, "message": message}
