@@ -15,7 +15,8 @@ import pytest
 import yaml
 from helpers import write_sources
 
-from order_pipeline.contract.config import ConfigError, load_config, parse_duration
+from order_pipeline.contract.config import ConfigError, load_config
+from order_pipeline.contract.parsing import parse_duration
 from order_pipeline.definitions import build_definitions
 from order_pipeline.sources.checks import check_source
 

@@ -38,7 +38,8 @@ from typing import Any
 from order_pipeline.alerts.rules.model import Rule, with_defaults
 from order_pipeline.alerts.rules.parser import parse_rules
 from order_pipeline.contract.canonical import SOURCE_ENTITIES
-from order_pipeline.contract.config import Config, SectionParser
+from order_pipeline.contract.config import Config
+from order_pipeline.contract.parsing import SectionParser
 from order_pipeline.contract.roles import ROLE_LABELS
 from order_pipeline.contract.schema import raw_table_name
 

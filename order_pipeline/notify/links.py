@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
-from order_pipeline.contract.config import Config, SectionParser
+from order_pipeline.contract.config import Config
+from order_pipeline.contract.parsing import SectionParser
 from order_pipeline.contract.schema import order_tracking_snapshot, tracking_link_sends
 from order_pipeline.warehouse.frames import read_frame
 

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from order_pipeline.contract.config import Config, parse_duration
+from order_pipeline.contract.config import Config
+from order_pipeline.contract.parsing import parse_duration
 from order_pipeline.domain.passwords import parse_password_hash
 from order_pipeline.notify.links import DEFAULT_BASE_URL, WebSectionParser
 from order_pipeline.web.security.ratelimit import Rate

@@ -16,7 +16,7 @@ from order_pipeline.alerts.channels.outbox import OutboxChannel
 from order_pipeline.alerts.channels.slack import SlackWebhook
 from order_pipeline.alerts.channels.webhook import JsonWebhook
 from order_pipeline.alerts.channels.wecom import WeComRobot
-from order_pipeline.contract.config import ENV_NAME, ConfigError, parse_duration
+from order_pipeline.contract.parsing import ENV_NAME, ConfigError, parse_duration
 
 _ROBOT = {"webhook_url_env", "mentions", "timeout"}
 FIELDS: dict[str, set[str]] = {

@@ -30,7 +30,7 @@ from order_pipeline.alerts.rules.model import (
     FieldRef,
     Rule,
 )
-from order_pipeline.contract.config import ConfigError, SectionParser
+from order_pipeline.contract.parsing import ConfigError, SectionParser
 
 
 def default_rules() -> tuple[Rule, ...]:
