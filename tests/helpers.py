@@ -12,19 +12,23 @@ import hashlib
 import json
 import re
 import shutil
+import socket
 import sqlite3
+import threading
 import warnings
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 import httpx
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+import uvicorn
 import yaml
 from starlette.applications import Starlette
 from starlette.exceptions import StarletteDeprecationWarning
@@ -72,6 +76,23 @@ S, M, H, D = timedelta(seconds=1), timedelta(minutes=1), timedelta(hours=1), tim
 
 
 # --- published snapshot rows and the alerting ----------------------------------------------------------
+
+
+@contextmanager
+def serve_app(app, lifespan: Literal["auto", "on", "off"] = "auto") -> Iterator[int]:
+    """`app` served by uvicorn in a thread on a free loopback port; yields the port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()  # connections wait in the backlog until the server accepts them: no waiting for it to start
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
 
 
 def order(order_no: str, stage: str, **fields) -> dict:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import sqlite3
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import uvicorn
-from helpers import CUSTOMER, KEY
+from helpers import CUSTOMER, KEY, serve_app
 
 from order_pipeline.carrier import protocol as kuaidi100
 from order_pipeline.carrier import sandbox as carrier_sandbox
@@ -88,16 +85,8 @@ def test_sandbox_endpoint_uses_the_in_process_transport(carrier_db: Path):
 @pytest.fixture
 def sandbox_url(carrier_db: Path) -> Iterator[str]:
     """The sandbox served by uvicorn on a free loopback port."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()  # connections wait in the backlog until the server accepts them: no waiting for it to start
-    server = uvicorn.Server(uvicorn.Config(carrier_sandbox.app(carrier_db, CUSTOMER, KEY), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}{carrier_sandbox.QUERY_PATH}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    with serve_app(carrier_sandbox.app(carrier_db, CUSTOMER, KEY)) as port:
+        yield f"http://127.0.0.1:{port}{carrier_sandbox.QUERY_PATH}"
 
 
 def test_sandbox_over_loopback_http(sandbox_url: str):

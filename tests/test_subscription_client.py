@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import socket
 import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -13,8 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-import uvicorn
-from helpers import CUSTOMER, KEY, NOW, SALT, H
+from helpers import CUSTOMER, KEY, NOW, SALT, H, serve_app
 from test_kuaidi100_client import REAL_URL, Recorder
 
 from order_pipeline.carrier import sandbox
@@ -141,18 +138,8 @@ def test_a_sandbox_endpoint_subscribes_in_process(carrier_db: Path):
 @pytest.fixture
 def sandbox_endpoint(carrier_db: Path) -> Iterator[str]:
     """The stand-in served by uvicorn on a free loopback port; its query endpoint's URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    server = uvicorn.Server(
-        uvicorn.Config(sandbox.app(carrier_db, CUSTOMER, KEY, clock=lambda: NOW), log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}{sandbox.QUERY_PATH}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    with serve_app(sandbox.app(carrier_db, CUSTOMER, KEY, clock=lambda: NOW)) as port:
+        yield f"http://127.0.0.1:{port}{sandbox.QUERY_PATH}"
 
 
 def test_subscribe_push_and_record_over_loopback(sandbox_endpoint: str, carrier_db: Path, engine: sa.Engine):

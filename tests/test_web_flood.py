@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import http.client
-import socket
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
+from helpers import serve_app
 
 from order_pipeline.web.hooks import PUSH_BODY_BYTES
 
@@ -25,16 +24,8 @@ def flood_body(parts: int, boundary: str = "b") -> bytes:
 @pytest.fixture
 def served(client) -> Iterator[int]:
     """The test client's app served by uvicorn on a free loopback port; yields the port."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()  # connections wait in the backlog until the server accepts them: no waiting for it to start
-    server = uvicorn.Server(uvicorn.Config(client.app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    yield sock.getsockname()[1]
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    with serve_app(client.app, lifespan="off") as port:
+        yield port
 
 
 def send_flood(port: int, body: bytes, sent: threading.Event, answer: list[int]) -> None:
