@@ -7,6 +7,7 @@ endpoint and each alert channel, as ok or failing with the reason and the fix.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -39,6 +40,8 @@ def check_all(config: Config) -> Iterator[Reach]:
         yield _attempt(f"source {name}", lambda sc=sc: f"{len(check_source(config.path, sc))} columns readable")
     yield _attempt("warehouse", lambda: _warehouse(config))
     yield _attempt("carrier", lambda: _carrier(config))
+    if config.carrier.callback_url is not None:
+        yield _attempt("carrier callback", lambda: _callback(config))
     yield from _channels(config)
 
 
@@ -95,6 +98,65 @@ def _carrier(config: Config) -> str:
             )
     parts = urlsplit(carrier.endpoint)
     return _connect(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+
+
+def _callback(config: Config) -> str:
+    """Whether Kuaidi100 can push to `carrier.callback_url`: a public http(s) address of the receiver."""
+    carrier, url = config.carrier, config.carrier.callback_url or ""
+    sandboxed = carrier.endpoint.startswith(SANDBOX_SCHEME)
+    if not sandboxed and not _secret(config, carrier.push_salt, "carrier.push_salt_env"):
+        raise ConfigError(
+            config.path,
+            "carrier.push_salt_env",
+            "missing: without a salt pushes are unsigned and the receiver refuses them",
+            "set `push_salt_env:` to a variable holding a random string",
+        )
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    problem = None if sandboxed else callback_host_problem(host, _addresses(host))
+    if problem:
+        raise ConfigError(
+            config.path,
+            "carrier.callback_url",
+            f"{url} {problem}: Kuaidi100 cannot push to it",
+            "give the public address a proxy forwards to `order-pipeline serve` (README: Receiving pushes)",
+        )
+    notes = []
+    if parts.scheme == "https":
+        notes.append("https: Kuaidi100 pushes plain http unless it enabled https for the account")
+    if not parts.path.rstrip("/").endswith("/hooks/kuaidi100"):
+        notes.append("the receiver is served at /hooks/kuaidi100: make sure the proxy maps this path to it")
+    where = "the loopback stand-in pushes here" if sandboxed else "public"
+    return "; ".join([f"{url} ({where})", *notes])
+
+
+def callback_host_problem(host: str, addresses: list[str]) -> str | None:
+    """Why Kuaidi100's servers could not reach `host` (resolving to `addresses`), or None when it looks public."""
+    name = host.lower().rstrip(".")
+    if name == "localhost" or name.endswith((".localhost", ".local", ".internal", ".lan", ".home.arpa")):
+        return "names a local host"
+    try:
+        literal = ipaddress.ip_address(name)
+    except ValueError:
+        literal = None
+    if literal is None and "." not in name:
+        return "is a single-label name, which only resolves inside this network"
+    if literal is not None:
+        addresses = [name]
+    if not addresses:
+        return "does not resolve"
+    private = [a for a in addresses if not ipaddress.ip_address(a).is_global]
+    if len(private) == len(addresses):
+        return f"resolves only to private address {private[0]}" if literal is None else "is a private address"
+    return None
+
+
+def _addresses(host: str) -> list[str]:
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return []
+    return sorted({str(info[4][0]) for info in infos})
 
 
 def _channels(config: Config) -> Iterator[Reach]:

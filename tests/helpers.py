@@ -693,8 +693,12 @@ def build_world(
     return WebWorld(root, write_config(root, url, web), url, engine, env={PUSH_SALT_ENV: PUSH_SALT})
 
 
-def push_form(waybill: str = WAYBILL, salt: str = PUSH_SALT, status: str = "polling") -> dict[str, str]:
-    """A Kuaidi100 push as its servers send it: param JSON and sign = upper MD5(param + salt)."""
+def push_form(
+    waybill: str = WAYBILL, salt: str = PUSH_SALT, status: str = "polling", arrival: str | None = None
+) -> dict[str, str]:
+    """A Kuaidi100 push as its servers send it: param JSON and sign = upper MD5(param + salt).
+
+    `arrival` is the carrier's predicted arrival (`arrivalTime`, China time) a resultv2=8 push carries."""
     param = json.dumps(
         {
             "status": status,
@@ -724,7 +728,8 @@ def push_form(waybill: str = WAYBILL, salt: str = PUSH_SALT, status: str = "poll
                         "status": "揽收",
                     },
                 ],
-            },
+            }
+            | ({"arrivalTime": arrival} if arrival else {}),
         },
         ensure_ascii=False,
     )

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from helpers import NOW, SALT, D, H, M, add_rows, answer_payload, md5_upper
 
 from order_pipeline.carrier.protocol import PushUpdate
+from order_pipeline.carrier.store import due_waybills
 from order_pipeline.carrier.subscription import SubscribeAnswer, parse_subscribe_answer, verified_push
 from order_pipeline.carrier.subscriptions import (
     SubscribeResult,
@@ -102,7 +103,7 @@ def test_every_shipped_waybill_is_due_once_oldest_first_with_phone_and_destinati
     assert row(shipped, "ZT1")["state"] == "subscribed" and row(shipped, "ZT2")["state"] == "duplicate"
 
 
-def test_orphan_cancelled_and_signed_waybills_are_not_subscribed(shipped):
+def test_orphan_rejected_cancelled_and_signed_waybills_are_neither_subscribed_nor_polled(shipped):
     add_rows(shipped, "shipments", [shipment("SO-404", "ZT404")])  # its order is not in the ERP
     add_rows(shipped, "orders", [erp_order("SO-9", status="cancelled")])
     add_rows(shipped, "shipments", [shipment("SO-9", "ZT9")])
@@ -119,6 +120,8 @@ def test_orphan_cancelled_and_signed_waybills_are_not_subscribed(shipped):
         )
         conn.execute(raw_tracking.insert().values(waybill_no="ZT2", state=3, is_signed=False, **{BATCH: 1}))
     assert due(shipped) == ["ZT1"]
+    with shipped.connect() as conn:
+        assert due_waybills(conn, NOW, 2 * H, 10)["waybill_no"].tolist() == ["ZT1"]
 
 
 def test_a_rejection_is_recorded_and_not_asked_again_until_the_carrier_code_changes(shipped):

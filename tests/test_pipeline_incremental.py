@@ -107,7 +107,12 @@ def _carrier_news(engine, now) -> set[str]:
     (grown, grown_code, grown_order), (reworded, reworded_code, reworded_order) = waybills
     answers = [
         TrackingAnswer(
-            grown, grown_code, 5, False, (*history[grown], TrackingEvent(now, LONG_CONTEXT, "上海", "派件"))
+            grown,
+            grown_code,
+            5,
+            False,
+            (*history[grown], TrackingEvent(now, LONG_CONTEXT, "上海", "派件")),
+            predicted_arrival=now + PREDICTED_IN,
         ),
         TrackingAnswer(
             reworded,
@@ -122,6 +127,7 @@ def _carrier_news(engine, now) -> set[str]:
 
 
 SECOND_PARCEL = "YT0000000000001"
+PREDICTED_IN = timedelta(days=2)  # the carrier's predicted arrival the carrier news brings
 
 
 def _ship_a_second_parcel(company) -> str:
@@ -252,6 +258,12 @@ def test_incremental_run_touches_only_changed_orders_and_matches_a_full_rebuild(
     assert {LONG_CONTEXT, "已到达转运中心（更正）"} <= contexts
     assert LONG_CONTEXT not in set(events_before["context"])
     assert row["amount"][edited] == snapshot_before["amount"][edited] + 1
+    # The carrier's predicted arrival reached the order and its parcel, and became the order's ETA.
+    predicted = row[row["eta_source"] == "carrier"]
+    assert len(predicted) == 1 and (predicted["eta"] == predicted["carrier_eta"]).all()
+    assert pd.to_datetime(predicted["carrier_eta"], utc=True).iloc[0] == pd.Timestamp(later + PREDICTED_IN)
+    parcels = full["order_tracking_parcels"]
+    assert parcels.loc[parcels["carrier_eta"].notna(), "order_no"].tolist() == predicted.index.tolist()
     # An order that gave a parcel away keeps its stage times, yet its timeline lost that parcel's events.
     times = ["ordered_at", "paid_at", "locked_at", "shipped_at", "in_transit_at", "delivered_at"]
     kept, before = row.loc[split], snapshot_before.loc[split]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pandas as pd
 import pytest
 
@@ -64,6 +66,7 @@ class Order:
         signed=False,
         context="快件已到达 杭州转运中心",
         area: str | None = "浙江省,杭州市",
+        arrival: float | None = None,  # the carrier's predicted arrival, hours after the base time
     ):
         self.tracking.append(
             {
@@ -74,6 +77,7 @@ class Order:
                 "last_event_at": h(last),
                 "last_context": context,
                 "last_area": area,
+                "predicted_arrival": None if arrival is None else h(arrival),
             }
         )
         return self
@@ -197,6 +201,31 @@ def test_every_exception_state_keeps_its_reason(state, label):
     assert r["waiting_since"] == h(5)
 
 
+def test_the_eta_is_the_carriers_prediction_when_it_sent_one_else_shipped_plus_transit_days():
+    own = paid_locked().ship().track(state=0).derive()
+    assert own["eta"] == own["shipped_at"] + timedelta(days=3) and own["eta_source"] == "transit_days"
+    assert pd.isna(own["carrier_eta"])
+    carrier = paid_locked().ship().track(state=0, arrival=40).derive()
+    assert carrier["eta"] == carrier["carrier_eta"] == h(40) and carrier["eta_source"] == "carrier"
+
+
+def test_the_parcel_with_the_newest_event_gives_the_carriers_prediction():
+    r = (
+        paid_locked()
+        .ship("SF1")
+        .ship("SF2")
+        .track("SF1", state=0, last=5, arrival=30)
+        .track("SF2", state=0, last=6, arrival=50)
+        .derive()
+    )
+    assert r["carrier_eta"] == h(50) and r["eta"] == h(50)
+
+
+def test_a_delivered_order_has_no_eta_even_with_a_carrier_prediction():
+    r = paid_locked().ship().track(state=3, signed=True, last=30, arrival=40).derive()
+    assert pd.isna(r["eta"]) and r["eta_source"] is None
+
+
 def test_delivered_when_signed():
     r = paid_locked().ship().track(state=3, signed=True, last=30).pod(at=30).derive()
     assert r["stage"] == "delivered" and r["delivered_at"] == h(30) and r["signer"] == "张三"
@@ -299,6 +328,7 @@ def test_typed_but_empty_carrier_frames_are_no_carrier_facts():
             "last_event_at": ts,
             "last_context": pd.Series([], dtype=object),
             "last_area": pd.Series([], dtype=object),
+            "predicted_arrival": ts,
         }
     )
     deliveries = pd.DataFrame(

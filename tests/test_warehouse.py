@@ -11,7 +11,8 @@ import pytest
 import sqlalchemy as sa
 from helpers import NOW
 
-from order_pipeline.warehouse.engine import Warehouse, create_engine, rebuild_changed_indexes
+from order_pipeline.contract.schema import BATCH, raw_tracking
+from order_pipeline.warehouse.engine import Warehouse, add_missing_columns, create_engine, rebuild_changed_indexes
 from order_pipeline.warehouse.frames import insert_frame, read_frame
 from order_pipeline.warehouse.state import next_batch
 
@@ -149,4 +150,22 @@ def test_an_index_whose_columns_changed_is_rebuilt_at_start(backend, tmp_path, r
     indexes = {ix["name"]: ix["column_names"] for ix in sa.inspect(wh.engine).get_indexes("order_tracking_events")}
     assert indexes["ix_events_order_time"] == ["order_no", "event_at"]
     assert rebuild_changed_indexes(wh.engine) == []  # once is enough
+    wh.engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_column_added_since_the_warehouse_was_created_is_added_at_start(backend, tmp_path, request):
+    """A warehouse from before the carrier's predicted arrival was stored keeps its rows and gains the column."""
+    url = f"sqlite:///{tmp_path / 'wh.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")()
+    wh = Warehouse(url)
+    wh.create_schema()
+    with wh.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE raw_tracking DROP COLUMN predicted_arrival")
+        conn.exec_driver_sql(f"INSERT INTO raw_tracking (waybill_no, is_signed, {BATCH}) VALUES ('SF1', false, 1)")
+
+    wh.create_schema()
+    with wh.engine.connect() as conn:
+        row = conn.execute(sa.select(raw_tracking.c.waybill_no, raw_tracking.c.predicted_arrival)).one()
+    assert tuple(row) == ("SF1", None)
+    assert add_missing_columns(wh.engine) == []  # once is enough
     wh.engine.dispose()

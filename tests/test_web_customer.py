@@ -32,7 +32,7 @@ from helpers import (
 )
 from sqlalchemy.exc import OperationalError
 
-from order_pipeline.contract.schema import order_tracking_events, tracking_access_log
+from order_pipeline.contract.schema import order_tracking_events, order_tracking_snapshot, tracking_access_log
 from order_pipeline.domain.links import make_token
 from order_pipeline.web.app import create_app
 from order_pipeline.web.customer import page as customer_module
@@ -345,3 +345,13 @@ def test_a_flood_of_refused_requests_keeps_few_counts_in_memory(clock):
     for i in range(10):
         log.count(queries.Access(NOW, None, "customer", "rate_limited", f"ip{i}", None), until=NOW)
     assert len(log.counts) <= 3
+
+
+def test_the_carriers_estimate_is_named_as_such(client):
+    """An ETA from Kuaidi100's prediction says whose it is; the pipeline's own says nothing more."""
+    assert "快递公司预估" not in client.get(link_path(ORDER_IN_TRANSIT)).text
+    s = order_tracking_snapshot
+    with client.world.engine.begin() as conn:
+        conn.execute(s.update().where(s.c.order_no == ORDER_IN_TRANSIT).values(eta_source="carrier"))
+    html = client.get(link_path(ORDER_IN_TRANSIT)).text
+    assert re.search(r"预计送达：<b>2026-11-26</b> <small[^>]*>\(快递公司预估\)</small>", html)

@@ -30,6 +30,15 @@ def test_push_with_good_sign_is_stored(client):
         assert conn.execute(sa.select(sa.func.count()).select_from(raw_tracking_events)).scalar() == 2
 
 
+def test_the_carriers_predicted_arrival_in_a_push_is_stored_with_the_waybill(client):
+    assert client.post("/hooks/kuaidi100", data=push_form(arrival="2026-11-27 18:00:00")).status_code == 200
+    (row,) = stored_tracking(client)
+    assert pd.Timestamp(row["predicted_arrival"]).tz_localize(None) == pd.Timestamp("2026-11-27 10:00")  # UTC
+    assert client.post("/hooks/kuaidi100", data=push_form()).status_code == 200  # the next push has none
+    (row,) = stored_tracking(client)
+    assert row["predicted_arrival"] is None
+
+
 def test_push_as_multipart_is_read_too(client):
     form = push_form()
     r = client.post("/hooks/kuaidi100", files={k: (None, v) for k, v in form.items()})

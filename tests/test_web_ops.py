@@ -9,6 +9,7 @@ import io
 import logging
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
@@ -33,7 +34,7 @@ from helpers import (
 )
 from sqlalchemy.exc import OperationalError
 
-from order_pipeline.contract.schema import alert_queue, metadata
+from order_pipeline.contract.schema import alert_queue, metadata, order_tracking_parcels, order_tracking_snapshot
 from order_pipeline.domain.passwords import hash_password
 from order_pipeline.web.app import create_app
 from order_pipeline.web.ops import queries
@@ -364,3 +365,15 @@ def test_control_characters_in_a_typed_user_name_are_escaped_in_the_audit(client
     (row,) = access_rows(client)
     assert row["actor"] == "eve\\r\\nalice login ok\\x1b[2J"
     assert not any(ch in row["actor"] for ch in "\r\n\x1b")
+
+
+def test_the_board_shows_the_carriers_predicted_arrival_per_parcel_and_order(client):
+    p, s = order_tracking_parcels, order_tracking_snapshot
+    predicted = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)  # 18:00 in Shanghai
+    with client.world.engine.begin() as conn:
+        conn.execute(p.update().where(p.c.waybill_no == WAYBILL).values(carrier_eta=predicted))
+        conn.execute(s.update().where(s.c.order_no == ORDER_IN_TRANSIT).values(carrier_eta=predicted))
+    login(client)
+    html = client.get(f"/ops/order/{ORDER_IN_TRANSIT}").text
+    assert "快递公司预估送达" in html and "快递公司预估" in html
+    assert html.count("2026-11-26 18:00") == 2  # the parcel's column and the order's field

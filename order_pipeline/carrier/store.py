@@ -13,7 +13,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from order_pipeline.carrier.protocol import PushUpdate, TrackingAnswer
-from order_pipeline.carrier.subscriptions import DUPLICATE, SUBSCRIBED, record_push
+from order_pipeline.carrier.subscriptions import DUPLICATE, SUBSCRIBED, record_push, rejected_shipment
 from order_pipeline.contract.schema import BATCH, RAW_TABLES, carrier_subscriptions, raw_tracking, raw_tracking_events
 from order_pipeline.domain.carrier_states import base_state
 from order_pipeline.warehouse.frames import delete_keys, insert_frame, read_frame, replace_keys
@@ -29,7 +29,8 @@ def due_waybills(
     """Unsigned waybills of live orders not polled within `interval`, never-polled first, at most `cap`.
 
     The phone comes from the ERP order: 顺丰 and 丰网 answer only with it. A parcel of an order the
-    ERP does not have is rejected by `unify` and asked about only once its order arrives. A waybill
+    ERP does not have is rejected by `unify` and asked about only once its order arrives (as is any
+    rejected shipment row, until it is fixed). A waybill
     Kuaidi100 tracks by subscription is left to its pushes, until none came for `silence`
     (`carrier.push_silence`): a subscription that went quiet must not hide a parcel.
     """
@@ -49,7 +50,7 @@ def due_waybills(
             )
         )
         .where(sa.or_(t.c.polled_at.is_(None), t.c.polled_at <= now - interval))
-        .where(sa.or_(o.c.status.is_(None), o.c.status != "cancelled"))
+        .where(sa.or_(o.c.status.is_(None), o.c.status != "cancelled"), ~rejected_shipment(s.c.waybill_no))
         .where(sa.or_(sub.c.waybill_no.is_(None), ~pushed))
         .order_by(t.c.polled_at.is_not(None), t.c.polled_at, s.c.shipped_at)
         .limit(cap)
@@ -75,6 +76,7 @@ def store_tracking_answers(engine: sa.Engine, answers: Sequence[TrackingAnswer],
                 "last_event_at": last and last.at,
                 "last_context": last and last.context,
                 "last_area": last and last.area,
+                "predicted_arrival": a.predicted_arrival,
                 "polled_at": now,
                 "poll_error": None,
                 "via": via,

@@ -63,6 +63,13 @@ def month_of(now: datetime) -> str:
     return now.astimezone(ZoneInfo(DEFAULT_TZ)).strftime("%Y-%m")
 
 
+def rejected_shipment(waybill_no: sa.ColumnElement) -> sa.Exists:
+    """The shipment row of `waybill_no` stands rejected (an orphan waybill, a row breaking the contract):
+    neither subscribed nor polled until its row is fixed."""
+    r = pipeline_rejects
+    return sa.exists().where(r.c.source == "shipments", r.c.record_key == waybill_no)
+
+
 def due_subscriptions(conn: sa.Connection, now: datetime, cap: int) -> pd.DataFrame:
     """Waybills to subscribe now, at most `cap`: never-asked first, then by shipping time.
 
@@ -71,14 +78,7 @@ def due_subscriptions(conn: sa.Connection, now: datetime, cap: int) -> pd.DataFr
     rejected under a carrier code the shipment no longer has. Columns: waybill_no, carrier_code,
     phone (the order's, which 顺丰 and 中通 need) and to (the ship address, for the predicted arrival).
     """
-    s, o, t, sub, r = (
-        RAW_TABLES["shipments"],
-        RAW_TABLES["orders"],
-        raw_tracking,
-        carrier_subscriptions,
-        pipeline_rejects,
-    )
-    orphan = sa.exists().where(r.c.source == "shipments", r.c.record_key == s.c.waybill_no)
+    s, o, t, sub = RAW_TABLES["shipments"], RAW_TABLES["orders"], raw_tracking, carrier_subscriptions
     q = (
         sa.select(
             s.c.waybill_no,
@@ -91,7 +91,7 @@ def due_subscriptions(conn: sa.Connection, now: datetime, cap: int) -> pd.DataFr
             .outerjoin(t, t.c.waybill_no == s.c.waybill_no)
             .outerjoin(sub, sub.c.waybill_no == s.c.waybill_no)
         )
-        .where(o.c.status != "cancelled", ~orphan)
+        .where(o.c.status != "cancelled", ~rejected_shipment(s.c.waybill_no))
         .where(
             sa.or_(
                 t.c.waybill_no.is_(None), sa.and_(t.c.is_signed.is_(False), sa.func.coalesce(t.c.state, -1) != SIGNED)

@@ -72,6 +72,8 @@ raw_tracking = sa.Table(
     sa.Column("last_event_at", sa.DateTime(timezone=True)),
     sa.Column("last_context", sa.Text),
     sa.Column("last_area", sa.Text),
+    # `arrivalTime`: the carrier's predicted arrival, sent with resultv2=8 by the carriers Kuaidi100 estimates
+    sa.Column("predicted_arrival", sa.DateTime(timezone=True)),
     sa.Column("polled_at", sa.DateTime(timezone=True)),
     sa.Column("poll_error", sa.Text),  # last error answer, kept until a good answer
     sa.Column("via", sa.Text),  # "poll" | "push"
@@ -169,7 +171,15 @@ def _order_columns() -> list[sa.Column]:
         sa.Column("in_transit_at", ts, comment="Carrier's first event (UTC)"),
         sa.Column("delivered_at", ts, comment="Last parcel signed for (UTC)"),
         sa.Column("promised_date", sa.Date, comment="Delivery date promised to the customer"),
-        sa.Column("eta", ts, comment="Expected delivery (UTC)"),
+        sa.Column(
+            "eta", ts, comment="Expected delivery (UTC): the carrier's prediction, else shipped_at + transit_days"
+        ),
+        sa.Column(
+            "eta_source", sa.Text, comment="Where `eta` comes from: carrier (Kuaidi100's prediction) or transit_days"
+        ),
+        sa.Column(
+            "carrier_eta", ts, comment="The carrier's predicted arrival for the parcel with the newest event (UTC)"
+        ),
         sa.Column("parcel_count", sa.Integer, nullable=False, comment="Parcels (waybills) of the order"),
         sa.Column("parcels_signed", sa.Integer, nullable=False, comment="Parcels signed for"),
         sa.Column("waybill_nos", sa.Text, comment="The parcels' waybill numbers, comma-separated"),
@@ -236,6 +246,9 @@ order_tracking_parcels = sa.Table(
     sa.Column("signed_at", sa.DateTime(timezone=True), comment="When it was signed for (UTC)"),
     sa.Column("latest_event_at", sa.DateTime(timezone=True), comment="Time of its latest carrier event (UTC)"),
     sa.Column("latest_event_context", sa.Text, comment="Text of its latest carrier event"),
+    sa.Column(
+        "carrier_eta", sa.DateTime(timezone=True), comment="The carrier's predicted arrival, when it sent one (UTC)"
+    ),
 )
 
 order_tracking_events = sa.Table(

@@ -94,7 +94,16 @@ INPUT_COLUMNS = {
     "payments": ["payment_id", "order_no", "amount", "paid_at", "voucher_no", "status"],
     "reservations": ["reservation_id", "order_no", "sku", "qty", "status", "locked_at"],
     "shipments": ["order_no", "waybill_no", "carrier_code", "weight_kg", "shipped_at"],
-    "tracking": ["waybill_no", "state", "is_signed", "first_event_at", "last_event_at", "last_context", "last_area"],
+    "tracking": [
+        "waybill_no",
+        "state",
+        "is_signed",
+        "first_event_at",
+        "last_event_at",
+        "last_context",
+        "last_area",
+        "predicted_arrival",
+    ],
     "deliveries": ["waybill_no", "signer", "signed_at"],
 }
 
@@ -236,6 +245,7 @@ def _parcel_facts(out: pd.DataFrame, parcels: _PerOrder) -> _ParcelFlags:
     out["latest_event_at"] = latest["last_event_at"]
     out["latest_event_context"] = latest["last_context"]
     out["latest_event_area"] = latest["last_area"]
+    out["carrier_eta"] = latest["predicted_arrival"]
     exc = p.assign(_pos=parcels.pos)[p["exception"]].drop_duplicates("_pos", keep="last")
     out["exception_reason"] = pd.Series(  # exceptions are few: a Python loop over them is fine
         [
@@ -321,8 +331,12 @@ def _waiting_and_eta(out: pd.DataFrame, transit_days: int) -> None:
     for s, ts in since.items():
         waiting = waiting.mask(out["stage"].eq(s), utc_series(ts))
     out["waiting_since"] = waiting.fillna(utc_series(out["ordered_at"]))
-    eta = utc_series(out["shipped_at"]) + timedelta(days=transit_days)
-    out["eta"] = eta.where(out["stage"].isin(["shipped", "in_transit", "exception"]))
+    travelling = out["stage"].isin(["shipped", "in_transit", "exception"])
+    carrier = utc_series(out["carrier_eta"])
+    default = utc_series(out["shipped_at"]) + timedelta(days=transit_days)
+    out["eta"] = carrier.fillna(default).where(travelling)
+    source = pd.Series(np.where(carrier.notna(), "carrier", "transit_days"), index=out.index, dtype=object)
+    out["eta_source"] = source.where(out["eta"].notna(), None)
 
 
 def _short_of_stock(lines: _PerOrder, res: _PerOrder) -> np.ndarray:
@@ -364,6 +378,7 @@ def _parcels(inp: OrderInputs) -> pd.DataFrame:
     p["last_event_at"] = utc_series(take(t, "last_event_at", at_t))
     p["last_context"] = take(t, "last_context", at_t)
     p["last_area"] = take(t, "last_area", at_t)
+    p["predicted_arrival"] = utc_series(take(t, "predicted_arrival", at_t))
     p["signer"] = take(d, "signer", at_d)
     # A proof of delivery gives the signing time; otherwise the carrier's last event.
     p["signed_at"] = utc_series(take(d, "signed_at", at_d)).fillna(p["last_event_at"].where(p["signed"]))

@@ -296,6 +296,7 @@ def _parcel_rows() -> sa.Select:
         d.c.signed_at,
         t.c.last_event_at.label("latest_event_at"),
         t.c.last_context.label("latest_event_context"),
+        t.c.predicted_arrival.label("carrier_eta"),
     ).select_from(s.outerjoin(t, t.c.waybill_no == s.c.waybill_no).outerjoin(d, d.c.waybill_no == s.c.waybill_no))
 
 

@@ -72,7 +72,28 @@ class Warehouse:
 
     def create_schema(self) -> None:
         metadata.create_all(self.engine)
+        add_missing_columns(self.engine)
         rebuild_changed_indexes(self.engine)
+
+
+def add_missing_columns(engine: sa.Engine) -> list[str]:
+    """Add the nullable columns a table of an earlier version lacks: create_all leaves existing tables alone.
+
+    New columns are nullable by design, so the rows already there stay valid and the next run fills them.
+    """
+    inspector = sa.inspect(engine)
+    added = []
+    with engine.begin() as conn:
+        for table in metadata.sorted_tables:
+            if not inspector.has_table(table.name):
+                continue
+            existing = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in existing and column.nullable:
+                    kind = column.type.compile(dialect=conn.dialect)
+                    conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+                    added.append(f"{table.name}.{column.name}")
+    return added
 
 
 def rebuild_changed_indexes(engine: sa.Engine) -> list[str]:

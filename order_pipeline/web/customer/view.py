@@ -50,7 +50,9 @@ def eta_line(order: Mapping, lang: str, tz: str) -> dict | None:
         return None
     text = TEXT[lang]
     if order.get("eta") is not None:
-        return {"label": text["eta"], "value": local_date(order["eta"], tz)}
+        # Whose estimate it is: the carrier's own prediction is worth saying so.
+        source = text["eta_by_carrier"] if order.get("eta_source") == "carrier" else None
+        return {"label": text["eta"], "value": local_date(order["eta"], tz), "source": source}
     if order.get("promised_date") is not None:
         return {"label": text["promised"], "value": local_date(order["promised_date"], tz)}
     return None

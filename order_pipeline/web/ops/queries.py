@@ -51,6 +51,7 @@ CUSTOMER_COLUMNS = [
         "delivered_at",
         "promised_date",
         "eta",
+        "eta_source",
         "out_for_delivery",
         "exception_reason",
         "published_at",
@@ -69,6 +70,7 @@ PARCEL_COLUMNS = [
         "signed_at",
         "latest_event_at",
         "latest_event_context",
+        "carrier_eta",
     )
 ]
 LIST_COLUMNS = [

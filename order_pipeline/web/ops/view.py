@@ -44,6 +44,7 @@ STAGE_FACTS: dict[str, list[tuple[str, str, str, bool]]] = {
         ("开始运输", "in_transit_at", "time", True),
         ("当前位置", "latest_event_area", "plain", True),
         ("预计送达", "eta", "time", True),
+        ("快递公司预估", "carrier_eta", "time", False),
         ("最新动态", "latest_event_context", "plain", False),
         ("动态时间", "latest_event_at", "time", False),
         ("派送中", "out_for_delivery", "bool", False),
@@ -171,6 +172,7 @@ def parcel_rows(parcels: Sequence[Mapping], tz: str) -> list[dict]:
             "signed_at": local_time(p.get("signed_at"), tz),
             "latest": p.get("latest_event_context") or "",
             "latest_at": local_time(p.get("latest_event_at"), tz),
+            "carrier_eta": local_time(p.get("carrier_eta"), tz),
         }
         for p in parcels
     ]
