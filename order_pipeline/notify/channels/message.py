@@ -6,6 +6,7 @@ A channel sends one message per call and says how it failed in terms the ledger 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -19,6 +20,22 @@ class CustomerMessage:
     phone: str | None = None  # mainland mobile, 11 digits, no +86
     openid: str | None = None  # the customer's openid under the company's Official Account
     url: str | None = None  # the tracking link (a WeChat message opens it; an SMS carries it in a parameter)
+
+
+# A mainland mobile number: 1, then 3-9, then nine digits. The country code and the spaces or dashes people
+# type between the groups are dropped before the check.
+_MAINLAND_MOBILE = re.compile(r"1[3-9]\d{9}")
+_SEPARATORS = re.compile(r"[\s\-]")
+
+
+def mainland_mobile(phone: str | None) -> str | None:
+    """`phone` as 11 digits when it is a mainland mobile number ("+86 138-1234-5678" -> "13812345678"), else None."""
+    digits = _SEPARATORS.sub("", phone or "")
+    for prefix in ("+86", "0086", "86"):
+        if digits.startswith(prefix) and len(digits) == len(prefix) + 11:
+            digits = digits[len(prefix) :]
+            break
+    return digits if _MAINLAND_MOBILE.fullmatch(digits) else None
 
 
 class Failure(StrEnum):
@@ -53,3 +70,21 @@ class CustomerChannel(Protocol):
     def send(self, msg: CustomerMessage) -> Sent:
         """Send `msg` once; raises SendError saying which `Failure` it was."""
         ...
+
+
+def sms_problem(msg: CustomerMessage, vendor: str, variable_max: int | None) -> str | None:
+    """What stops `msg` going as an SMS: no mainland mobile, no template, a parameter longer than the vendor allows.
+
+    Lengths are counted in characters, as both vendors count them (a Chinese character, a letter, a digit, a
+    punctuation mark or a space is one)."""
+    if not msg.phone:
+        return "no mobile number"
+    if mainland_mobile(msg.phone) is None:
+        return "not a mainland mobile number"
+    if not msg.template.strip():
+        return "no template"
+    if variable_max is not None:
+        for name, value in msg.params:
+            if len(value) > variable_max:
+                return f"parameter {name} has {len(value)} characters, {vendor} allows {variable_max}"
+    return None
