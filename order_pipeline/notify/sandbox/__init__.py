@@ -1,0 +1,1 @@
+"""Stand-ins for the services that reach customers, for the demo and the tests."""
