@@ -345,6 +345,19 @@ tracking_link_sends = sa.Table(
     sa.Column("queued_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# The WeChat Official Account's access token, one row per account, shared by every process that sends
+# template messages: a token is fetched (stable_token) only when none here stays valid five more minutes.
+# A warehouse from before this table gets it at the next start (create_all adds missing tables).
+wechat_access_tokens = sa.Table(
+    "wechat_access_tokens",
+    metadata,
+    sa.Column("app_id", sa.Text, primary_key=True),  # the account's AppID
+    sa.Column("access_token", sa.Text, nullable=False),  # a credential: never logged or shown
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),  # fetched at + expires_in
+    # The last fetch, or a process's claim to force a refresh: none is forced within 30 s of it.
+    sa.Column("refreshed_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 # Local outbox channel: what would have been sent, for the demo and for audits.
 alert_outbox = sa.Table(
     "alert_outbox",
