@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import socket
 import sqlite3
@@ -14,8 +15,9 @@ from helpers import NOW, copy_company
 
 from order_pipeline import definitions
 from order_pipeline.cli import main
-from order_pipeline.contract.config import CONFIG_ENV, load_config
+from order_pipeline.contract.config import CONFIG_ENV, Secret, load_config
 from order_pipeline.definitions import build_definitions
+from order_pipeline.reachability import callback_host_problem, check_all
 
 
 def write(config_path, doc) -> None:
@@ -242,3 +244,44 @@ def test_check_warns_of_the_demo_password_served_beyond_this_machine(demo_compan
     warned = [line for line in result.output.splitlines() if line.startswith("  WARN")]
     assert any("web.staff" in line and "'ops'" in line and "demo" in line for line in warned), result.output
     assert any("session_secret" in line for line in warned), result.output
+
+
+@pytest.mark.parametrize(
+    "host, addresses, problem",
+    [
+        ("track.example.com", ["93.184.216.34"], None),
+        ("track.example.com", ["10.0.0.5", "93.184.216.34"], None),  # one public address is enough
+        ("track.example.com", ["10.0.0.5"], "resolves only to private address 10.0.0.5"),
+        ("track.example.com", [], "does not resolve"),
+        ("localhost", ["127.0.0.1"], "names a local host"),
+        ("pipeline.internal", ["10.1.2.3"], "names a local host"),
+        ("pipeline", ["10.1.2.3"], "is a single-label name, which only resolves inside this network"),
+        ("192.168.1.20", [], "is a private address"),
+        ("127.0.0.1", [], "is a private address"),
+        ("93.184.216.34", [], None),
+    ],
+)
+def test_a_callback_host_kuaidi100_cannot_reach_is_named(host, addresses, problem):
+    assert callback_host_problem(host, addresses) == problem
+
+
+def test_check_says_whether_kuaidi100_can_push_to_the_callback_url(demo_company, monkeypatch):
+    path = demo_company / "order_pipeline.yaml"
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    doc["carrier"]["callback_url"] = "https://127.0.0.1:8080/push"
+    write(path, doc)
+    result = CliRunner().invoke(main, ["check", "--config", str(path)])
+    (line,) = [line for line in result.output.splitlines() if "carrier callback" in line]
+    # The loopback stand-in pushes to a loopback address; the notes still say what a real account needs.
+    assert line.startswith("  ok") and "the loopback stand-in pushes here" in line, result.output
+    assert "Kuaidi100 pushes plain http" in line and "/hooks/kuaidi100" in line
+
+    config = dataclasses.replace(
+        load_config(path),
+        carrier=dataclasses.replace(
+            load_config(path).carrier, endpoint="https://poll.kuaidi100.com/poll/query.do", push_salt=Secret(value="s")
+        ),
+    )
+    (reach,) = [r for r in check_all(config) if r.part == "carrier callback"]
+    assert not reach.ok and "is a private address: Kuaidi100 cannot push to it" in reach.detail
+    assert "carrier.callback_url" in reach.detail and "Receiving pushes" in reach.detail
