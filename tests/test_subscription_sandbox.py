@@ -10,10 +10,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from helpers import KEY, NOW, SALT, D, M
 
 from order_pipeline.carrier import protocol, sandbox
+from order_pipeline.carrier.receiver import in_process_deliver
 from order_pipeline.carrier.subscription import subscribe_form, verified_push
+from order_pipeline.contract.schema import carrier_subscriptions, raw_tracking
+from order_pipeline.warehouse.engine import Warehouse
 
 CALLBACK = "http://127.0.0.1:8080/hooks/kuaidi100"
 PHONE = "13912345678"
@@ -239,3 +243,25 @@ def test_a_wrong_carrier_code_is_corrected_as_kuaidi100_does(carrier_db: Path):
     news = callback.updates()[-1]
     assert news.auto_check and news.com_old == "yunda" and news.com_new == "yuantong"
     assert news.answer is not None and len(news.answer.events) == 2
+
+
+def test_pushes_handed_over_in_process_are_stored_as_the_receiver_stores_them(carrier_db: Path, tmp_path: Path):
+    """Without a server, the stand-in's pushes go through the receiver's own checks and store."""
+    warehouse = Warehouse(f"sqlite:///{tmp_path / 'wh.db'}")
+    warehouse.create_schema()
+    sub(carrier_db, "shunfeng", "SF2000002", to="上海市浦东新区")
+    sub(carrier_db, "yuantong", "YT1000001")
+    pushed = sandbox.push_updates(carrier_db, NOW, in_process_deliver(warehouse.engine, SALT, lambda: NOW))
+    assert [(p.number, p.delivered) for p in pushed] == [("SF2000002", True), ("YT1000001", True)]
+    with warehouse.engine.connect() as conn:
+        stored = {r.waybill_no: r for r in conn.execute(sa.select(raw_tracking))}
+        states = dict(conn.execute(sa.select(carrier_subscriptions.c.waybill_no, carrier_subscriptions.c.state)).all())
+    assert {w: r.via for w, r in stored.items()} == {"SF2000002": "push", "YT1000001": "push"}
+    assert stored["SF2000002"].predicted_arrival is not None and stored["YT1000001"].is_signed
+    assert states == {"SF2000002": "subscribed", "YT1000001": "finished"}
+    # A receiver with another salt refuses them, and the stand-in keeps them for the next round.
+    sub(carrier_db, "zhongtong", "ZT3000003", phone="13912345678")
+    with closing(sqlite3.connect(carrier_db)) as conn, conn:
+        conn.execute("INSERT INTO carrier_events VALUES ('ZT3000003', '2026-11-25 08:00:00', '已揽收', NULL, NULL)")
+    wrong = in_process_deliver(warehouse.engine, "another-salt", lambda: NOW)
+    assert [p.delivered for p in sandbox.push_updates(carrier_db, NOW + M, wrong)] == [False]
