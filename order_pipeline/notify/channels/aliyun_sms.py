@@ -27,6 +27,7 @@ from order_pipeline.notify.channels.message import (
     Failure,
     SendError,
     Sent,
+    exchange,
     mainland_mobile,
     sms_problem,
 )
@@ -194,19 +195,7 @@ class AliyunSms:
         if reason:
             raise SendError(f"Aliyun SMS not sent: {reason}", failure=Failure.PERMANENT, code="invalid")
         to = mask_phone(msg.phone)
-        try:
-            with httpx.Client(timeout=self._timeout, transport=self._transport) as client:
-                resp = client.send(self.request(msg))
-        except httpx.TimeoutException:
-            raise SendError(
-                f"Aliyun SMS to {to}: no answer within {self._timeout:g} s", failure=Failure.RETRY_LATER, code="timeout"
-            ) from None
-        except httpx.TransportError as e:
-            raise SendError(
-                f"Aliyun SMS to {to}: cannot reach {urlsplit(self._endpoint).hostname} ({type(e).__name__})",
-                failure=Failure.RETRY_LATER,
-                code="transport",
-            ) from None
+        resp = exchange(f"Aliyun SMS to {to}", self.request(msg), self._timeout, self._transport)
         return _answer(resp, to)
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+import httpx
+
 
 @dataclass(frozen=True)
 class CustomerMessage:
@@ -88,3 +90,22 @@ def sms_problem(msg: CustomerMessage, vendor: str, variable_max: int | None) -> 
             if len(value) > variable_max:
                 return f"parameter {name} has {len(value)} characters, {vendor} allows {variable_max}"
     return None
+
+
+def exchange(
+    what: str, request: httpx.Request, timeout: float, transport: httpx.BaseTransport | None
+) -> httpx.Response:
+    """Send `request` once. No answer in time, or no connection, is a SendError worth another round;
+    `what` names the call in its text ("Aliyun SMS to 138****1234"), since the URL may carry a token."""
+    try:
+        with httpx.Client(timeout=timeout, transport=transport) as client:
+            return client.send(request)
+    except httpx.TimeoutException:
+        raise SendError(
+            f"{what}: no answer within {timeout:g} s", failure=Failure.RETRY_LATER, code="timeout"
+        ) from None
+    except httpx.TransportError as e:
+        host = request.url.host
+        raise SendError(
+            f"{what}: cannot reach {host} ({type(e).__name__})", failure=Failure.RETRY_LATER, code="transport"
+        ) from None

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from order_pipeline.domain.http_retry import retry_after
-from order_pipeline.notify.channels.message import CustomerMessage, Failure, SendError, Sent
+from order_pipeline.notify.channels.message import CustomerMessage, Failure, SendError, Sent, exchange
 from order_pipeline.notify.channels.wechat_tokens import TokenStore
 
 DEFAULT_API = "https://api.weixin.qq.com"
@@ -229,19 +229,8 @@ class WeChatTemplate:
         """WeChat's JSON answer to one POST. Failures worth another round become RETRY_LATER; texts
         name the path, never the URL, which carries the token."""
         params = {"access_token": token} if token else None
-        try:
-            with httpx.Client(timeout=self._timeout, transport=self._transport) as client:
-                resp = client.post(self._api + path, params=params, json=body)
-        except httpx.TimeoutException:
-            raise SendError(
-                f"WeChat {path}: no answer within {self._timeout:g} s", failure=Failure.RETRY_LATER, code="timeout"
-            ) from None
-        except httpx.TransportError as e:
-            raise SendError(
-                f"WeChat {path}: cannot reach the server ({type(e).__name__})",
-                failure=Failure.RETRY_LATER,
-                code="transport",
-            ) from None
+        request = httpx.Request("POST", self._api + path, params=params, json=body)
+        resp = exchange(f"WeChat {path}", request, self._timeout, self._transport)
         if resp.status_code in (408, 429) or resp.status_code >= 500:
             raise SendError(
                 f"WeChat {path}: HTTP {resp.status_code}",
