@@ -28,8 +28,10 @@ from order_pipeline.notify.channels.message import (
     SendError,
     Sent,
     exchange,
+    json_object,
     mainland_mobile,
     sms_problem,
+    unreadable,
 )
 
 DEFAULT_ENDPOINT = "https://dysmsapi.aliyuncs.com"
@@ -200,18 +202,9 @@ class AliyunSms:
 
 
 def _answer(resp: httpx.Response, to: str) -> Sent:
-    try:
-        doc = resp.json()
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict):
-        failure = Failure.RETRY_LATER if resp.status_code >= 500 or resp.status_code == 429 else Failure.PERMANENT
-        raise SendError(
-            f"Aliyun SMS to {to}: HTTP {resp.status_code} without a JSON answer",
-            failure=failure,
-            code=str(resp.status_code),
-            retry_after=retry_after(resp),
-        )
+    doc = json_object(resp)
+    if doc is None:
+        raise unreadable(f"Aliyun SMS to {to}", resp, "a JSON answer")
     code = str(doc.get("Code") or "")
     if code == "OK" and resp.status_code < 400:
         return Sent(str(doc.get("BizId")) if doc.get("BizId") else None)

@@ -13,6 +13,8 @@ from typing import Protocol
 
 import httpx
 
+from order_pipeline.domain.http_retry import retry_after
+
 
 @dataclass(frozen=True)
 class CustomerMessage:
@@ -109,3 +111,23 @@ def exchange(
         raise SendError(
             f"{what}: cannot reach {host} ({type(e).__name__})", failure=Failure.RETRY_LATER, code="transport"
         ) from None
+
+
+def json_object(resp: httpx.Response) -> dict | None:
+    """The answer's JSON object, or None when it is not one (a proxy's error page, an empty body)."""
+    try:
+        doc = resp.json()
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def unreadable(what: str, resp: httpx.Response, missing: str) -> SendError:
+    """An answer without the vendor's own shape: worth another round when the server faulted or throttled."""
+    again = resp.status_code >= 500 or resp.status_code == 429
+    return SendError(
+        f"{what}: HTTP {resp.status_code} without {missing}",
+        failure=Failure.RETRY_LATER if again else Failure.PERMANENT,
+        code=str(resp.status_code),
+        retry_after=retry_after(resp),
+    )

@@ -26,8 +26,10 @@ from order_pipeline.notify.channels.message import (
     SendError,
     Sent,
     exchange,
+    json_object,
     mainland_mobile,
     sms_problem,
+    unreadable,
 )
 
 DEFAULT_ENDPOINT = "https://sms.tencentcloudapi.com"
@@ -167,19 +169,10 @@ class TencentSms:
 
 
 def _answer(resp: httpx.Response, to: str) -> Sent:
-    try:
-        doc = resp.json()
-    except ValueError:
-        doc = None
-    answer: Any = doc.get("Response") if isinstance(doc, dict) else None
+    doc = json_object(resp)
+    answer: Any = doc.get("Response") if doc is not None else None
     if not isinstance(answer, dict):
-        failure = Failure.RETRY_LATER if resp.status_code >= 500 or resp.status_code == 429 else Failure.PERMANENT
-        raise SendError(
-            f"Tencent SMS to {to}: HTTP {resp.status_code} without a Response",
-            failure=failure,
-            code=str(resp.status_code),
-            retry_after=retry_after(resp),
-        )
+        raise unreadable(f"Tencent SMS to {to}", resp, "a Response")
     error = answer.get("Error")
     if isinstance(error, dict):
         _raise(str(error.get("Code") or "Error"), error.get("Message"), to, resp)
