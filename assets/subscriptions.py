@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from assets.carrier import RAW_TRACKING
 from assets.common import SOURCES_GROUP, WAREHOUSE_KIND, raw_asset_key
 from order_pipeline.carrier.protocol import Kuaidi100Error, Kuaidi100Unavailable
 from order_pipeline.carrier.subscription import Outcome
@@ -17,7 +18,9 @@ def carrier_subscriptions_asset(max_per_run: int, max_consecutive_failures: int)
     @dg.asset(
         key=CARRIER_SUBSCRIPTIONS,
         group_name=SOURCES_GROUP,
-        deps=[raw_asset_key("shipments"), raw_asset_key("orders")],
+        # After the carrier's poll: a new waybill is looked up once, so its page has its history at once,
+        # then left to its pushes (the first of which may take a few minutes to come).
+        deps=[raw_asset_key("shipments"), raw_asset_key("orders"), RAW_TRACKING],
         kinds={"kuaidi100", WAREHOUSE_KIND},
         tags={"system": "carrier"},
         description=(

@@ -16,7 +16,7 @@ import click
 import pandas as pd
 
 from order_pipeline.contract.config import CONFIG_ENV, Config, ConfigError, load_config
-from order_pipeline.demo.company import DEMO_KEY, DEMO_KEY_ENV, MIN_DAYS, MIN_ORDERS
+from order_pipeline.demo.company import DEMO_KEY, DEMO_KEY_ENV, MIN_DAYS, MIN_ORDERS, use_demo_secrets
 from order_pipeline.domain.times import parse_instant
 
 
@@ -39,7 +39,7 @@ def _config(path: str | None) -> Config:
     from order_pipeline.notify.links import link_settings
 
     # The demo config names this variable for the sandbox's key; a real config names its own.
-    os.environ.setdefault(DEMO_KEY_ENV, DEMO_KEY)
+    use_demo_secrets()
     try:
         config = load_config(path)
         # The sections other modules read, checked now: a mistake is one message, not a traceback later.
@@ -168,9 +168,27 @@ def demo(target: str, orders: int, days: int, seed: int, now: str | None) -> Non
     config = _config(str(company.config_path))
     with _holding_warehouse(config, wait=0):
         _run(config, pinned, full_refresh=True)
+        _sandbox_pushes(config, pinned)
         _summary(config)
         _dispatch(config, pinned)
     click.echo(_demo_next_steps(config, pinned))
+
+
+def _sandbox_pushes(config: Config, now: datetime) -> None:
+    """The stand-in pushes its subscribed waybills' news, handed to the push receiver in-process (no server runs)."""
+    from order_pipeline.carrier.receiver import in_process_deliver
+    from order_pipeline.carrier.sandbox import push_updates
+    from order_pipeline.warehouse.engine import Warehouse
+    from resources.carrier import SANDBOX_SCHEME
+
+    carrier = config.carrier
+    if not carrier.endpoint.startswith(SANDBOX_SCHEME) or not carrier.callback_url:
+        return
+    engine = Warehouse(config.warehouse_url.resolve() or "").engine
+    deliver = in_process_deliver(engine, carrier.push_salt.resolve() or "", lambda: now)
+    pushed = push_updates(Path(carrier.endpoint.removeprefix(SANDBOX_SCHEME)), now, deliver)
+    stored = sum(p.delivered for p in pushed)
+    click.echo(f"Kuaidi100 stand-in: {len(pushed)} pushes to {carrier.callback_url}, {stored} stored by the receiver")
 
 
 def _demo_next_steps(config: Config, pinned: datetime) -> str:

@@ -15,7 +15,6 @@ and sends what is due; run failures alert the data team.
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import dagster as dg
@@ -30,7 +29,7 @@ from assets.unified import UNIFIED_ORDERS, unified_orders_asset
 from order_pipeline.alerts.channels.config import validate_channel
 from order_pipeline.alerts.settings import AlertSettings, load_alert_settings
 from order_pipeline.contract.config import Config, Secret, find_config, load_config
-from order_pipeline.demo.company import DEMO_KEY, DEMO_KEY_ENV
+from order_pipeline.demo.company import use_demo_secrets
 from resources.alerting import AlertingResource
 from resources.carrier import Kuaidi100Client
 from resources.warehouse import PipelineClock, SourceConnection, SourceDatabases, WarehouseResource
@@ -148,5 +147,5 @@ def defs() -> dg.Definitions:
     if is_demo:
         dg.get_dagster_logger().info(f"no config given: loading the demo's, {path}")
         # The demo's carrier is the loopback stand-in, whose key is no secret.
-        os.environ.setdefault(DEMO_KEY_ENV, DEMO_KEY)
+        use_demo_secrets()
     return build_definitions(load_config(path))

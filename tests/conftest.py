@@ -25,7 +25,7 @@ from helpers import (
 from sqlalchemy.exc import OperationalError
 
 from order_pipeline.contract.config import Config, load_config
-from order_pipeline.demo.company import DEMO_KEY, DEMO_KEY_ENV, build_demo_company
+from order_pipeline.demo.company import DEMO_ENV, build_demo_company
 from order_pipeline.warehouse.engine import Warehouse, create_engine
 from order_pipeline.web.app import create_app
 
@@ -144,7 +144,8 @@ def demo_template(tmp_path_factory) -> Path:
 def demo_company(demo_template, tmp_path, monkeypatch) -> Path:
     """A private copy of the demo company (sources and config) in tmp_path."""
     target = copy_company(demo_template, tmp_path / "demo")
-    monkeypatch.setenv(DEMO_KEY_ENV, DEMO_KEY)
+    for name, value in DEMO_ENV.items():
+        monkeypatch.setenv(name, value)
     return target
 
 
@@ -167,7 +168,8 @@ def materialized_demo(demo_template, tmp_path_factory) -> Iterator[Materialized]
     home = tmp_path_factory.mktemp("materialized-dagster-home")
     with dg.instance_for_test(temp_dir=str(home), set_dagster_home=False) as instance:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setenv(DEMO_KEY_ENV, DEMO_KEY)
+            for name, value in DEMO_ENV.items():
+                mp.setenv(name, value)
             mp.setenv("DAGSTER_HOME", str(home))
             run_at(config, instance=instance)
         warehouse = Warehouse(warehouse_of(config))
@@ -181,7 +183,8 @@ def materialized_demo(demo_template, tmp_path_factory) -> Iterator[Materialized]
 def materialized_company(materialized_demo, tmp_path, monkeypatch) -> Path:
     """A private copy of the materialized demo company (sources, config and warehouse) in tmp_path."""
     target = copy_company(materialized_demo.root, tmp_path / "demo")
-    monkeypatch.setenv(DEMO_KEY_ENV, DEMO_KEY)
+    for name, value in DEMO_ENV.items():
+        monkeypatch.setenv(name, value)
     return target
 
 

@@ -11,16 +11,21 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from helpers import NOW, resolved
+from helpers import NOW, resolved, warehouse_of
 
 from order_pipeline.carrier import protocol as kuaidi100
 from order_pipeline.carrier import sandbox as carrier_sandbox
+from order_pipeline.carrier.receiver import in_process_deliver
 from order_pipeline.contract.canonical import SOURCE_ENTITIES
 from order_pipeline.contract.config import load_config
+from order_pipeline.contract.schema import carrier_subscriptions, raw_tracking
 from order_pipeline.demo.company import DEMO_CUSTOMER, DEMO_KEY, DEMO_KEY_ENV, DemoCompany, build_demo_company
 from order_pipeline.domain import carrier_states
 from order_pipeline.domain.validation import validate
 from order_pipeline.pipeline.loading import read_source
+from order_pipeline.pipeline.summary import summarize
+from order_pipeline.warehouse.engine import Warehouse
+from resources.carrier import SANDBOX_SCHEME
 
 LOCAL_NOW = "2026-11-25 10:00:00"  # NOW in Shanghai, as the sources write time
 ORDERS = 300
@@ -260,3 +265,26 @@ def test_rebuilding_replaces_the_earlier_demo_and_its_warehouse(tmp_path):
 def test_rejects_arguments_it_cannot_honour(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_demo_company(tmp_path, **kwargs)
+
+
+def test_the_demo_subscribes_its_unsigned_waybills_and_the_stand_ins_pushes_reach_the_receiver(materialized_company):
+    config = load_config(materialized_company / "order_pipeline.yaml")
+    engine = Warehouse(warehouse_of(config)).engine
+    sub, t = carrier_subscriptions, raw_tracking
+    with engine.connect() as conn:
+        states = dict(conn.execute(sa.select(sub.c.state, sa.func.count()).group_by(sub.c.state)).all())
+        unsigned = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(t)
+            .where(t.c.is_signed.is_(False), sa.func.coalesce(t.c.state, -1) != 3)
+        ).scalar_one()
+    # Every waybill still travelling after the first look is subscribed; none was refused.
+    assert set(states) == {"subscribed"} and 0 < states["subscribed"] >= unsigned
+
+    db = Path(config.carrier.endpoint.removeprefix(SANDBOX_SCHEME))
+    deliver = in_process_deliver(engine, config.carrier.push_salt.resolve() or "", lambda: NOW)
+    pushed = carrier_sandbox.push_updates(db, NOW, deliver)
+    assert pushed and all(p.delivered for p in pushed)
+    line = next(line for line in summarize(engine).splitlines() if line.startswith("快递100"))
+    assert f"last heard by push {len(pushed)}," in line and f"subscribed {states['subscribed']}" in line
+    engine.dispose()

@@ -26,6 +26,7 @@ and writes the ERP, finance and WMS tables from the plan, `carrier_events` the c
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +51,11 @@ CONFIG_TEMPLATE_FILE = "config_template.yaml"  # package data beside this module
 DEMO_CUSTOMER = "DEMO"
 DEMO_KEY = "demo-key"
 DEMO_KEY_ENV = "ORDER_PIPELINE_DEMO_KUAIDI100_KEY"
+DEMO_SALT = "demo-salt"
+DEMO_SALT_ENV = "ORDER_PIPELINE_DEMO_KUAIDI100_SALT"
+# The variables the demo config names for the stand-in's key and push salt, which are no secrets.
+DEMO_ENV = {DEMO_KEY_ENV: DEMO_KEY, DEMO_SALT_ENV: DEMO_SALT}
+DEMO_CALLBACK_URL = "http://127.0.0.1:8080/hooks/kuaidi100"
 
 LINK_SECRET_FILE = "secrets/link.key"
 DEMO_STAFF = ("ops", "demo-ops")  # the demo's ops board login
@@ -117,6 +123,12 @@ def build_demo_company(
     return DemoCompany(target / "erp.db", target / "finance.db", target / "wms.db", carrier_db, config_path, counts)
 
 
+def use_demo_secrets() -> None:
+    """Set the demo config's variables where they are unset; a real config names its own."""
+    for name, value in DEMO_ENV.items():
+        os.environ.setdefault(name, value)
+
+
 def _remove_earlier_demo(target: Path) -> None:
     """The databases an earlier build left in `target`, their journals, and the pipeline's warehouse.db."""
     target.mkdir(parents=True, exist_ok=True)
@@ -133,6 +145,8 @@ def _config_text(carrier_db: Path, max_polls: int) -> str:
         customer=DEMO_CUSTOMER,
         key_env=DEMO_KEY_ENV,
         key=DEMO_KEY,
+        salt_env=DEMO_SALT_ENV,
+        callback_url=DEMO_CALLBACK_URL,
         link_secret=LINK_SECRET_FILE,
         staff_user=DEMO_STAFF[0],
         staff_password=DEMO_STAFF[1],

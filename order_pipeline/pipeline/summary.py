@@ -7,7 +7,12 @@ from collections import Counter
 import sqlalchemy as sa
 
 from order_pipeline.contract.roles import ROLE_LABELS
-from order_pipeline.contract.schema import order_tracking_snapshot, pipeline_rejects
+from order_pipeline.contract.schema import (
+    carrier_subscriptions,
+    order_tracking_snapshot,
+    pipeline_rejects,
+    raw_tracking,
+)
 from order_pipeline.domain.stages import HAPPY_PATH, MISSING_LABELS, STAGE_LABELS
 
 
@@ -32,6 +37,12 @@ def summarize(engine: sa.Engine) -> str:
         ):
             for code in text.split(";"):
                 missing[code] += n
+        via = dict(conn.execute(sa.select(raw_tracking.c.via, sa.func.count()).group_by(raw_tracking.c.via)).all())
+        subscribed = dict(
+            conn.execute(
+                sa.select(carrier_subscriptions.c.state, sa.func.count()).group_by(carrier_subscriptions.c.state)
+            ).all()
+        )
         rejects = conn.execute(
             sa.select(r.c.source, r.c.reason, sa.func.count()).group_by(r.c.source, r.c.reason).order_by(r.c.source)
         ).all()
@@ -47,6 +58,12 @@ def summarize(engine: sa.Engine) -> str:
     lines += ["", "下一步负责人 whose turn it is:"]
     lines += [
         f"  {ROLE_LABELS.get(role, role):<6}{role:<17}{n:>7}" for role, n in sorted(roles.items(), key=lambda x: -x[1])
+    ]
+    states = ", ".join(f"{state} {n}" for state, n in sorted(subscribed.items())) or "none"
+    lines += [
+        "",
+        f"快递100 carrier: {sum(via.values())} waybills tracked, last heard by push {via.get('push', 0)}, "
+        f"by poll {via.get('poll', 0)}; subscriptions: {states}",
     ]
     lines += ["", f"拒收行 rejected source rows: {sum(n for *_, n in rejects)} (table pipeline_rejects)"]
     lines += [f"  {source:<13}{reason:<50}{n:>5}" for source, reason, n in rejects]
