@@ -13,6 +13,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 from helpers import (
+    ALL_PUBLIC_FIELDS,
     NOW,
     FakeClock,
     WebClient,
@@ -223,8 +224,8 @@ def make_client(tmp_path, clock, monkeypatch) -> Iterator[Callable[..., WebClien
     """A WebClient over a fresh test world; `web` overrides entries of the config's web section."""
     made: list[WebClient] = []
 
-    def make(web: dict | None = None, **client_kw) -> WebClient:
-        world = build_world(tmp_path / f"w{len(made)}", web)
+    def make(web: dict | None = None, public_fields: list[str] | None = ALL_PUBLIC_FIELDS, **client_kw) -> WebClient:
+        world = build_world(tmp_path / f"w{len(made)}", web, public_fields=public_fields)
         for k, v in world.env.items():
             monkeypatch.setenv(k, v)
         client = WebClient(create_app(world.config(), engine=world.engine, clock=clock), world, **client_kw)

@@ -55,6 +55,7 @@ from order_pipeline.contract.schema import (
     tracking_access_log,
     unified_orders,
 )
+from order_pipeline.contract.tracking_page import PUBLIC_FIELDS
 from order_pipeline.domain.links import make_token
 from order_pipeline.domain.passwords import hash_password
 from order_pipeline.domain.stages import NEXT_OWNER, STAGE_LABELS
@@ -389,6 +390,7 @@ SIGNER_NAME = "欧阳修"  # named by the carrier in a SO1003 event
 PUBLISHED_TABLES = (*PUBLISHED_ORDER_TABLES, order_alerts, pipeline_state, tracking_access_log)
 WEB_TABLES = (*PUBLISHED_TABLES, raw_tracking, raw_tracking_events, carrier_subscriptions)
 
+ALL_PUBLIC_FIELDS = list(PUBLIC_FIELDS)
 ORDER_IN_TRANSIT = "SO1001"
 ORDER_PAID = "SO1002"
 ORDER_EXCEPTION = "SO1003"
@@ -450,8 +452,14 @@ def staff_password_hash() -> str:
     return hash_password(STAFF_PASSWORD)
 
 
-def write_config(root: Path, warehouse_url: str, web: dict | None = None) -> Path:
-    """A config whose `web:` section is the defaults below updated by `web` (a None value removes the entry)."""
+def write_config(
+    root: Path, warehouse_url: str, web: dict | None = None, public_fields: list[str] | None = ALL_PUBLIC_FIELDS
+) -> Path:
+    """A config whose `web:` section is the defaults below updated by `web` (a None value removes the entry).
+
+    The tracking page shows `public_fields` (by default every field, so that every masking rule is seen);
+    None leaves the `tracking_page:` section out, for the page's own default.
+    """
     (root / "link.key").write_text(LINK_SECRET + "\n", encoding="utf-8")
     web_section: dict[str, Any] = {
         "base_url": "http://testserver",
@@ -470,6 +478,8 @@ def write_config(root: Path, warehouse_url: str, web: dict | None = None) -> Pat
         "carrier": {"push_salt_env": PUSH_SALT_ENV},
         "web": {k: v for k, v in web_section.items() if v is not None},
     }
+    if public_fields is not None:
+        doc["tracking_page"] = {"public_fields": list(public_fields)}
     path = root / "order_pipeline.yaml"
     path.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return path
@@ -677,6 +687,7 @@ def build_world(
     url: str | None = None,
     tables: tuple[sa.Table, ...] = WEB_TABLES,
     busy_timeout: float = SQLITE_BUSY_TIMEOUT,
+    public_fields: list[str] | None = ALL_PUBLIC_FIELDS,
 ) -> WebWorld:
     """A seeded warehouse (a SQLite file in `root` unless `url` names another) and a config pointing at it.
 
@@ -690,7 +701,7 @@ def build_world(
     finally:
         seeder.dispose()
     engine = make_engine(url, busy_timeout=busy_timeout)
-    return WebWorld(root, write_config(root, url, web), url, engine, env={PUSH_SALT_ENV: PUSH_SALT})
+    return WebWorld(root, write_config(root, url, web, public_fields), url, engine, env={PUSH_SALT_ENV: PUSH_SALT})
 
 
 def push_form(

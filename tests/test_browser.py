@@ -10,12 +10,14 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-from helpers import LINK_SECRET, ORDER_IN_TRANSIT, PHONE_TAIL, STAFF_PASSWORD, STAFF_USER, build_world
+from helpers import LINK_SECRET, ORDER_IN_TRANSIT, PHONE_TAIL, STAFF_PASSWORD, STAFF_USER, WAYBILL, build_world
 
 from order_pipeline.domain.links import make_token
 
@@ -57,10 +59,9 @@ def browser():
         b.close()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """The app under uvicorn in its own process, on a free loopback port."""
-    world = build_world(tmp_path_factory.mktemp("browser"))
+@contextmanager
+def serving(world) -> Iterator[str]:
+    """The app of `world` under uvicorn in its own process, on a free loopback port; yields its base URL."""
     # Listening before the server starts: the first request waits in the backlog until the server
     # accepts it, so nothing polls for readiness.
     sock = socket.socket()
@@ -104,6 +105,20 @@ def server(tmp_path_factory):
             proc.kill()
         log.close()
         world.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The page with every public field."""
+    with serving(build_world(tmp_path_factory.mktemp("browser"))) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def narrow_server(tmp_path_factory):
+    """The page with `tracking_page.public_fields: [stage]`."""
+    with serving(build_world(tmp_path_factory.mktemp("narrow"), public_fields=["stage"])) as base:
+        yield base
 
 
 def _link(base: str, order_no: str, expires: datetime) -> str:
@@ -171,3 +186,53 @@ def test_staff_login_search_by_phone_tail_and_open_order(server, browser):
         _shot(page, "ops-order")
     finally:
         context.close()
+
+
+def test_a_narrow_choice_of_fields_leaves_the_rest_out_of_the_dom(narrow_server, phone_page):
+    response = phone_page.goto(_link(narrow_server, ORDER_IN_TRANSIT, datetime.now(UTC) + timedelta(days=7)))
+    assert response.status == 200
+    assert phone_page.locator("p.status").inner_text() == "配送中"
+    assert phone_page.locator("ol.steps li").count() == 6
+    dom = phone_page.content()  # the live DOM, hidden elements included
+    for absent in (WAYBILL, "顺丰", "138****5678", "张*", "南山区", "299", "预计送达", "物流动态"):
+        assert absent not in dom, absent
+    assert phone_page.locator("ul.events, dl.kv").count() == 0
+    _shot(phone_page, "customer-stage-only")
+
+
+def test_a_wide_choice_of_fields_shows_them_all(server, phone_page):
+    phone_page.goto(_link(server, ORDER_IN_TRANSIT, datetime.now(UTC) + timedelta(days=7)))
+    text = phone_page.locator("body").inner_text()
+    for shown in (
+        "配送中",
+        "包裹正在运输途中",
+        "预计送达",
+        "顺丰速运",
+        WAYBILL,
+        "2 种，共 3 件",
+        "¥299.00",
+        "张*",
+        "138****5678",
+        "广东省深圳市南山区",
+    ):
+        assert shown in text, shown
+    assert phone_page.locator("ul.events li").count() == 3
+    assert phone_page.locator("ol.steps li").count() == 6
+
+
+def test_a_customer_without_the_message_finds_the_order_by_its_number_and_phone_tail(server, phone_page):
+    assert phone_page.goto(f"{server}/track").status == 200
+    phone_page.fill("#order_no", ORDER_IN_TRANSIT)
+    phone_page.fill("#tail", "0000")
+    phone_page.click("button[type=submit]")
+    phone_page.wait_for_url(f"{server}/track")
+    assert "订单号或手机号后四位不正确" in phone_page.locator("[role=alert]").inner_text()
+    assert phone_page.input_value("#tail") == ""  # nothing typed comes back
+    _shot(phone_page, "lookup-no-match")
+    phone_page.fill("#order_no", ORDER_IN_TRANSIT)
+    phone_page.fill("#tail", PHONE_TAIL)
+    phone_page.click("button[type=submit]")
+    phone_page.wait_for_url(f"**/order/{ORDER_IN_TRANSIT}?t=*")
+    assert phone_page.locator("ol.steps li.current").inner_text().startswith("配送中")
+    assert "138****5678" in phone_page.locator("body").inner_text()
+    _shot(phone_page, "lookup-found")

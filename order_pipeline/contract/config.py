@@ -23,6 +23,7 @@ from sqlalchemy.exc import NoSuchModuleError
 
 from order_pipeline.contract.canonical import SOURCE_ENTITIES
 from order_pipeline.contract.parsing import ConfigError, SectionParser
+from order_pipeline.contract.tracking_page import TrackingPageConfig, parse_tracking_page
 
 CONFIG_ENV = "ORDER_PIPELINE_CONFIG"
 DEFAULT_CONFIG = "order_pipeline.yaml"
@@ -93,6 +94,8 @@ class Config:
     sections: dict[str, Any] = field(default_factory=dict)  # rules, channels, web: parsed by their modules
     # How often each source is compared whole with its raw table (pipeline/reconcile.py).
     reconcile_every: timedelta = timedelta(hours=1)
+    # What the customer's tracking page shows (contract/tracking_page.py).
+    tracking_page: TrackingPageConfig = field(default_factory=TrackingPageConfig)
 
     @property
     def warehouse_entry(self) -> str:
@@ -113,6 +116,7 @@ TOP_LEVEL = {
     "channels",
     "alerts",
     "web",
+    "tracking_page",
 }
 
 
@@ -271,6 +275,7 @@ class _Parser(SectionParser):
             threshold,
             sections,
             reconcile_every=reconcile_every,
+            tracking_page=parse_tracking_page(self, doc.get("tracking_page")),
         )
 
     def sources(self, value, tz: str) -> dict[str, SourceConfig]:

@@ -22,6 +22,7 @@ from starlette.routing import Route
 from order_pipeline.contract.config import Config, ConfigError
 from order_pipeline.web import hooks
 from order_pipeline.web.context import WebContext, web_context
+from order_pipeline.web.customer import lookup as customer_lookup
 from order_pipeline.web.customer import page as customer
 from order_pipeline.web.db import make_engine
 from order_pipeline.web.ops import auth as ops_auth
@@ -64,6 +65,8 @@ async def health(request: Request) -> Response:
 
 ROUTES = [
     Route("/order/{order_no}", customer.order_page, methods=["GET"], name="order"),
+    Route("/track", customer_lookup.lookup_form, methods=["GET"], name="lookup_form"),
+    Route("/track", customer_lookup.lookup, methods=["POST"], name="lookup"),
     Route("/hooks/kuaidi100", hooks.kuaidi100_push, methods=["POST"], name="kuaidi100_push"),
     Route("/ops", ops_board.ops_root, methods=["GET"]),
     Route("/ops/", ops_board.overview, methods=["GET"], name="ops_overview"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -13,9 +13,15 @@ from starlette.requests import Request
 from order_pipeline.contract.config import Config
 from order_pipeline.web.rendering.pages import Pages
 from order_pipeline.web.security.audit import AccessLog
-from order_pipeline.web.security.lockout import Lockouts
+from order_pipeline.web.security.lockout import Lockouts, LockPolicy
 from order_pipeline.web.security.ratelimit import RateLimiter
 from order_pipeline.web.settings import WebSettings
+
+# The customer lookup form (customer/lookup.py): five wrong phone tails for one order number within
+# 15 minutes, from any addresses, lock that number's lookups for 15 minutes, doubling up to 4 hours.
+LOOKUP_LOCK = LockPolicy(
+    failures=5, within=timedelta(minutes=15), first_lock=timedelta(minutes=15), longest_lock=timedelta(hours=4)
+)
 
 
 @dataclass
@@ -30,6 +36,8 @@ class WebContext:
     order_limiter: RateLimiter = field(init=False)
     login_limiter: RateLimiter = field(init=False)
     lockouts: Lockouts = field(init=False)
+    lookup_limiter: RateLimiter = field(init=False)
+    lookup_lockouts: Lockouts = field(init=False)
     access_log: AccessLog = field(init=False)
     cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
 
@@ -39,6 +47,8 @@ class WebContext:
         self.order_limiter = RateLimiter(limits.per_order)
         self.login_limiter = RateLimiter(limits.login)
         self.lockouts = Lockouts()
+        self.lookup_limiter = RateLimiter(limits.lookup)
+        self.lookup_lockouts = Lockouts(LOOKUP_LOCK)
         self.access_log = AccessLog(self.engine, clock=self.clock)
 
     @property

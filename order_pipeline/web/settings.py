@@ -6,7 +6,7 @@
       link_ttl: 7d
       session_secret_env: OPS_SESSION_SECRET    # optional, see below
       session_ttl: 12h
-      rate_limits: {per_ip: 120/1m, per_order: 30/1m, login: 10/1m}
+      rate_limits: {per_ip: 120/1m, per_order: 30/1m, login: 10/1m, lookup: 20/1h}
       support_contact: 客服热线 400-800-1234
       trusted_proxies: 127.0.0.1                # whose X-Forwarded-For is believed
       staff:
@@ -50,7 +50,7 @@ FIELDS = {
     "support_contact",
     "trusted_proxies",
 }
-RATE_FIELDS = {"per_ip", "per_order", "login"}
+RATE_FIELDS = {"per_ip", "per_order", "login", "lookup"}
 STAFF_FIELDS = {"username", "password_hash"}
 _USERNAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 DEFAULT_SESSION_SECRET_ENV = "ORDER_PIPELINE_SESSION_SECRET"
@@ -67,6 +67,8 @@ class RateLimits:
     per_ip: Rate | None = Rate(120, timedelta(minutes=1))
     per_order: Rate | None = Rate(30, timedelta(minutes=1))
     login: Rate | None = Rate(10, timedelta(minutes=1))
+    # The customer's lookup form (order no + phone tail), per address: a customer needs it once or twice.
+    lookup: Rate | None = Rate(20, timedelta(hours=1))
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,10 @@ class _Parser(WebSectionParser):
         r = self.mapping(value, "rate_limits", RATE_FIELDS)
         d = RateLimits()
         return RateLimits(
-            *(self.rate(r.get(k, ...), f"rate_limits.{k}", getattr(d, k)) for k in ("per_ip", "per_order", "login"))
+            *(
+                self.rate(r.get(k, ...), f"rate_limits.{k}", getattr(d, k))
+                for k in ("per_ip", "per_order", "login", "lookup")
+            )
         )
 
     def staff(self, value) -> tuple[StaffUser, ...]:

@@ -98,7 +98,7 @@ async def order_page(request: Request) -> Response:
         if check is TokenCheck.INVALID:
             return visit.refuse(403, "forbidden")
         if check is TokenCheck.EXPIRED:
-            return visit.refuse(410, "expired", days=web.settings.link_ttl.days or 1)
+            return visit.refuse(410, "expired", lookup=True, days=web.settings.link_ttl.days or 1)
         wait = web.order_limiter.hit(visit.order_no, visit.now.timestamp())
         if wait:
             return visit.limited("order", wait)
@@ -115,6 +115,7 @@ async def order_page(request: Request) -> Response:
         events,
         lang=visit.lang,
         tz=web.tz,
+        fields=web.config.tracking_page.public_fields,
         support_contact=web.settings.support_contact,
         lang_switch_url=lang_switch_url(visit.order_no, visit.token, visit.lang),
     )

@@ -43,6 +43,10 @@ CUSTOMER_COLUMNS = [
         "customer_name",
         "customer_phone",
         "ship_address",
+        "amount",
+        "currency",
+        "line_count",
+        "total_qty",
         "ordered_at",
         "paid_at",
         "locked_at",
@@ -292,3 +296,9 @@ def watermarks(conn: Connection) -> list[dict]:
         .order_by(pipeline_state.c.key)
     )
     return _rows(conn.execute(q))
+
+
+def order_phone(conn: Connection, order_no: str) -> tuple[bool, str | None]:
+    """Whether the order is published, and its recipient's mobile (for the customer's lookup form only)."""
+    row = conn.execute(sa.select(snap.c.customer_phone).where(snap.c.order_no == order_no)).first()
+    return (row is not None, row[0] if row is not None else None)

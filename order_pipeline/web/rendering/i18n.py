@@ -78,6 +78,17 @@ TEXT = {
         "next.exception": "客服会跟进处理并尽快与您联系，您无需做任何操作。",
         "contact": "客服：{contact}",
         "colon": "：",
+        "items": "商品",
+        "items_value": "{lines} 种，共 {qty} 件",
+        "amount": "订单金额",
+        "lookup.title": "查询订单",
+        "lookup.intro": "没有收到查询短信？输入订单号和收件人手机号的后四位即可查看订单。",
+        "lookup.tail": "收件人手机号后四位",
+        "lookup.submit": "查询",
+        "lookup.no_match": "订单号或手机号后四位不正确，请核对后重试。",
+        "lookup.bad_input": "请输入订单号和手机号的后四位（4 位数字）。",
+        "lookup.switch_url": "/track?lang=en",
+        "lookup.again": "用订单号和手机号后四位重新查询",
     },
     "en": {
         "title": "Order tracking",
@@ -120,6 +131,19 @@ TEXT = {
         ),
         "contact": "Customer service: {contact}",
         "colon": ": ",
+        "items": "Items",
+        "items_value": "{lines} kinds, {qty} pieces",
+        "amount": "Order amount",
+        "lookup.title": "Find your order",
+        "lookup.intro": (
+            "No tracking message? Enter the order number and the last four digits of the recipient's mobile."
+        ),
+        "lookup.tail": "Last four digits of the recipient's mobile",
+        "lookup.submit": "Find",
+        "lookup.no_match": "The order number or the last four digits are not right. Please check them and try again.",
+        "lookup.bad_input": "Enter the order number and the last four digits (4 digits) of the mobile.",
+        "lookup.switch_url": "/track",
+        "lookup.again": "Find your order with its number and the last four digits of the mobile",
     },
 }
 

@@ -48,9 +48,10 @@ class Pages:
         headers: Mapping[str, str] | None = None,
         contact: str | None = None,
         wording: str | None = None,
+        lookup: bool = False,
         **values,
     ) -> HTMLResponse:
-        """An error page; `wording` picks a more specific text than the status's own."""
+        """An error page; `wording` picks a more specific text than the status's own, `lookup` links the lookup form."""
         title, message = ERRORS[lang].get(wording or status) or ERRORS[lang][500]
         context = {
             "lang": lang,
@@ -58,5 +59,7 @@ class Pages:
             "title": title,
             "message": message.format(**values) if values else message,
             "contact": TEXT[lang]["contact"].format(contact=contact) if contact else "",
+            "lookup_url": ("/track?lang=en" if lang == "en" else "/track") if lookup else "",
+            "lookup_text": TEXT[lang]["lookup.again"],
         }
         return self.html("error.html", context, status=status, headers=headers)

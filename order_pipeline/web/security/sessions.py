@@ -7,7 +7,7 @@ password ends every session made with the old one; a logout records the nonce
 (`revocations`), which ends that session on the server too. The CSRF token of a
 form is derived from the session's nonce, so it changes with every login. The
 login form itself is protected the same way with a nonce in a short-lived
-pre-login cookie.
+pre-login cookie, and so is the customer's lookup form (`/track`), with a cookie of its own.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ LOGIN_COOKIE = "ops_login"
 _SESSION = b"ops-session\x00"
 _CSRF = b"ops-csrf\x00"
 _LOGIN_CSRF = b"ops-login-csrf\x00"
+_LOOKUP_CSRF = b"track-lookup-csrf\x00"
 _PASSWORD = b"ops-password\x00"
 
 
@@ -89,6 +90,11 @@ def csrf_token(session: Session, secret: bytes) -> str:
 
 def login_csrf_token(login_nonce: str, secret: bytes) -> str:
     return _mac(secret, _LOGIN_CSRF, login_nonce)
+
+
+def lookup_csrf_token(form_nonce: str, secret: bytes) -> str:
+    """The CSRF token of the customer's lookup form, tied to the nonce in its own cookie."""
+    return _mac(secret, _LOOKUP_CSRF, form_nonce)
 
 
 def tokens_match(expected: str, given: str | None) -> bool:
