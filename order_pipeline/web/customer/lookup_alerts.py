@@ -1,26 +1,19 @@
 """An order number whose lookups were locked by wrong phone tails: one message to the team that hears of failures.
 
-Like a locked staff account (`ops.login_alerts`): the message goes into the alert queue, routed to the
-groups of `alerts.run_failures_to` (the data team by default), and the alert sensor sends it on its next
-evaluation. One message per lock, and only for an order that exists: an invented number has no customer
-to look after, and its bursts are in the access log.
+Queued by `security.burst_alerts`, like a locked staff account's. One message per lock, and only for an
+order that exists: an invented number has no customer to look after, and its bursts are in the access log.
 """
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Engine
 
-from order_pipeline.alerts import queue
 from order_pipeline.alerts.messages import MessageText
-from order_pipeline.alerts.settings import load_alert_settings
 from order_pipeline.contract.config import Config
-from order_pipeline.contract.schema import alert_queue
 from order_pipeline.domain.times import local_time
-
-log = logging.getLogger(__name__)
+from order_pipeline.web.security.burst_alerts import queue_burst
 
 LOOKUP_BURST = "customer_lookup_burst"
 # How long a dispatcher's claim on the message holds: a lock lasts four hours at most.
@@ -54,15 +47,13 @@ def queue_lookup_burst(
     engine: Engine, config: Config, order_no: str, failures: int, until: datetime, now: datetime
 ) -> int:
     """Queue the message of one lock; returns the queue rows written (0, logged, when it cannot be queued)."""
-    try:
-        settings = load_alert_settings(config)
-        msg = burst_message(order_no, failures, until, settings.timezone)
-        rows = queue.alert_rows(
-            LOOKUP_BURST, order_no, queue.NOTIFY, 0, settings.run_failures_to, msg, settings.route, now, HOLD
-        )
-        with engine.begin() as conn:
-            conn.execute(alert_queue.insert(), rows)
-        return len(rows)
-    except Exception:  # the lock itself holds; only the message is missing, and the audit has the burst
-        log.error("the alert of the locked lookups of order %s could not be queued", order_no, exc_info=True)
-        return 0
+    return queue_burst(
+        engine,
+        config,
+        LOOKUP_BURST,
+        order_no,
+        lambda tz: burst_message(order_no, failures, until, tz),
+        HOLD,
+        now,
+        f"the lookups of order {order_no}",
+    )

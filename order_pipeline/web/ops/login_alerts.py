@@ -1,25 +1,15 @@
-"""A staff account locked by repeated wrong passwords: one message to the team that hears of failures.
-
-The message goes into the alert queue (`alert_queue`) like any alert, routed to the groups of
-`alerts.run_failures_to` (the data team by default), and the alert sensor sends it on its next
-evaluation. One message per lock, so a long attack is a handful of messages, not one per guess.
-"""
+"""A staff account locked by repeated wrong passwords: its message, queued by `security.burst_alerts`."""
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Engine
 
-from order_pipeline.alerts import queue
 from order_pipeline.alerts.messages import MessageText
-from order_pipeline.alerts.settings import load_alert_settings
 from order_pipeline.contract.config import Config
-from order_pipeline.contract.schema import alert_queue
 from order_pipeline.domain.times import local_time
-
-log = logging.getLogger(__name__)
+from order_pipeline.web.security.burst_alerts import queue_burst
 
 LOGIN_BURST = "staff_login_burst"
 # How long a dispatcher's claim on the message holds: a lock lasts an hour at most.
@@ -44,17 +34,17 @@ def burst_message(username: str, failures: int, until: datetime, tz: str) -> Mes
     )
 
 
-def queue_login_burst(engine: Engine, config: Config, username: str, failures: int, until: datetime, now: datetime):
+def queue_login_burst(
+    engine: Engine, config: Config, username: str, failures: int, until: datetime, now: datetime
+) -> int:
     """Queue the message of one lock; returns the queue rows written (0, logged, when it cannot be queued)."""
-    try:
-        settings = load_alert_settings(config)
-        msg = burst_message(username, failures, until, settings.timezone)
-        rows = queue.alert_rows(
-            LOGIN_BURST, username, queue.NOTIFY, 0, settings.run_failures_to, msg, settings.route, now, HOLD
-        )
-        with engine.begin() as conn:
-            conn.execute(alert_queue.insert(), rows)
-        return len(rows)
-    except Exception:  # the lock itself holds; only the message is missing, and the audit has the burst
-        log.error("the alert of the locked staff account %s could not be queued", username, exc_info=True)
-        return 0
+    return queue_burst(
+        engine,
+        config,
+        LOGIN_BURST,
+        username,
+        lambda tz: burst_message(username, failures, until, tz),
+        HOLD,
+        now,
+        f"the staff account {username}",
+    )
