@@ -36,6 +36,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 from order_pipeline.alerts.channels.message import AlertMessage
 from order_pipeline.alerts.dispatch import Dispatcher, build_channels
 from order_pipeline.alerts.evaluation import Alerting
+from order_pipeline.carrier import sandbox as carrier_sandbox
 from order_pipeline.contract.canonical import SOURCE_ENTITIES
 from order_pipeline.contract.config import CarrierConfig, Config, Secret, load_config
 from order_pipeline.contract.schema import (
@@ -814,3 +815,29 @@ def answer_payload(state: str = "0", ischeck: str = "0", data: list[dict] | None
             },
         ],
     }
+
+
+def write_carrier_db(path: Path) -> Path:
+    """A Kuaidi100 stand-in database: YT1000001 signed, SF2000002 in transit with a predicted arrival,
+    ZT3000003 without a record yet."""
+    with closing(sqlite3.connect(path)) as conn, conn:
+        carrier_sandbox.create_schema(conn)
+        conn.executescript(carrier_sandbox.SUBSCRIPTION_SCHEMA)  # for the estimates
+        conn.executemany(
+            "INSERT INTO carrier_waybills VALUES (?, ?, ?, ?, ?)",
+            [
+                ("YT1000001", "yuantong", None, 3, 1),
+                ("SF2000002", "shunfeng", "5678", 0, 0),
+                ("ZT3000003", "zhongtong", "5678", 0, 0),
+            ],
+        )
+        conn.executemany(
+            "INSERT INTO carrier_events VALUES (?, ?, ?, ?, ?)",
+            [
+                ("YT1000001", "2026-11-23 08:00:00", "已揽收", "浙江,杭州市", "揽收"),
+                ("YT1000001", "2026-11-24 15:30:00", "已签收", "上海,上海市", "签收"),
+                ("SF2000002", "2026-11-24 09:00:00", "顺丰速运 已收取快件", "广东,深圳市", "揽收"),
+            ],
+        )
+        conn.execute("INSERT INTO carrier_estimates VALUES ('SF2000002', '2026-11-26 18:00:00')")
+    return path

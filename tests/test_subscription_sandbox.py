@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-from helpers import KEY, NOW, SALT, D, M
+from helpers import KEY, NOW, SALT, D, M, write_carrier_db
 
 from order_pipeline.carrier import protocol, sandbox
 from order_pipeline.carrier.receiver import in_process_deliver
@@ -25,28 +25,7 @@ PHONE = "13912345678"
 
 @pytest.fixture
 def carrier_db(tmp_path: Path) -> Path:
-    path = tmp_path / "carrier.db"
-    with closing(sqlite3.connect(path)) as conn, conn:
-        sandbox.create_schema(conn)
-        conn.executescript(sandbox.SUBSCRIPTION_SCHEMA)  # for the estimates
-        conn.executemany(
-            "INSERT INTO carrier_waybills VALUES (?, ?, ?, ?, ?)",
-            [
-                ("YT1000001", "yuantong", None, 3, 1),
-                ("SF2000002", "shunfeng", "5678", 0, 0),
-                ("ZT3000003", "zhongtong", "5678", 0, 0),
-            ],
-        )
-        conn.executemany(
-            "INSERT INTO carrier_events VALUES (?, ?, ?, ?, ?)",
-            [
-                ("YT1000001", "2026-11-23 08:00:00", "已揽收", "浙江,杭州市", "揽收"),
-                ("YT1000001", "2026-11-24 15:30:00", "已签收", "上海,上海市", "签收"),
-                ("SF2000002", "2026-11-24 09:00:00", "顺丰速运 已收取快件", "广东,深圳市", "揽收"),
-            ],
-        )
-        conn.execute("INSERT INTO carrier_estimates VALUES ('SF2000002', '2026-11-26 18:00:00')")
-    return path
+    return write_carrier_db(tmp_path / "carrier.db")
 
 
 def sub(db: Path, company: str, number: str, now: datetime = NOW, **kw) -> dict:

@@ -5,13 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sqlite3
+from contextlib import closing
 from datetime import timedelta
 
+import httpx
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from helpers import PUSH_SALT, PUSH_SALT_ENV, WAYBILL, push_form
+from helpers import KEY, NOW, PUSH_SALT, PUSH_SALT_ENV, WAYBILL, push_form, serve_app, write_carrier_db
 
+from order_pipeline.carrier import sandbox as carrier_sandbox
+from order_pipeline.carrier.subscription import subscribe_form
 from order_pipeline.contract.schema import carrier_subscriptions, raw_tracking, raw_tracking_events
 
 
@@ -152,3 +157,52 @@ def test_a_push_that_corrected_the_carrier_code_is_adopted(client):
     assert client.post("/hooks/kuaidi100", data=signed(change)).status_code == 200
     assert subscription(client)["carrier_code"] == "zhongtong"
     assert stored_tracking(client)[0]["carrier_code"] == "zhongtong"
+
+
+def test_the_stand_ins_pushes_over_http_to_the_running_receiver_leave_each_waybill_as_the_protocol_says(
+    client, tmp_path
+):
+    """Subscribed with the running server's address, the stand-in POSTs signed pushes to it."""
+    carrier_db = write_carrier_db(tmp_path / "carrier.db")
+    with serve_app(client.app) as port, httpx.Client(timeout=10) as http:
+        callback = f"http://127.0.0.1:{port}/hooks/kuaidi100"
+        for company, number in (("shunfeng", "SF2000002"), ("yuantong", "YT1000001"), ("zhongtong", "ZT3000003")):
+            form = subscribe_form(company, number, KEY, callback, PUSH_SALT, "13912345678", to="上海市浦东新区")
+            assert carrier_sandbox.subscribe(carrier_db, form, KEY, NOW)["returnCode"] == "200"
+        sent: list[dict[str, str]] = []
+
+        def deliver(url: str, form: dict[str, str]) -> bool:
+            sent.append(form)
+            return carrier_sandbox.http_deliver(http)(url, form)
+
+        first = carrier_sandbox.push_updates(carrier_db, NOW, deliver)
+        assert {(p.number, p.status, p.delivered) for p in first} == {
+            ("SF2000002", "polling", True),
+            ("YT1000001", "shutdown", True),
+        }
+        aborted = carrier_sandbox.push_updates(carrier_db, NOW + timedelta(days=3), deliver)
+        assert [(p.number, p.status, p.delivered) for p in aborted] == [("ZT3000003", "abort", True)]
+        # News, then a replay of the older first push: acknowledged, and the newer tracking stays.
+        with closing(sqlite3.connect(carrier_db)) as conn, conn:
+            conn.execute(
+                "INSERT INTO carrier_events VALUES ('SF2000002', '2026-11-25 08:00:00', '到达上海转运中心', NULL, NULL)"
+            )
+        (news,) = carrier_sandbox.push_updates(carrier_db, NOW + timedelta(days=3, minutes=1), deliver)
+        assert news.status == "polling" and news.delivered
+        replay = http.post(callback, data=next(f for f in sent if "SF2000002" in f["param"]))
+        assert replay.status_code == 200
+        # Signed with another salt: refused.
+        refused = http.post(callback, data=push_form("SF2000002", salt="someone-elses-salt"))
+        assert refused.status_code == 403 and refused.json()["result"] is False
+    rows = {r["waybill_no"]: r for r in stored_tracking(client)}
+    assert {w: r["via"] for w, r in rows.items()} == {"SF2000002": "push", "YT1000001": "push"}
+    assert rows["YT1000001"]["is_signed"] and rows["SF2000002"]["predicted_arrival"] is not None
+    assert rows["SF2000002"]["last_context"] == "到达上海转运中心"  # not rolled back by the replay
+    with client.world.engine.connect() as conn:
+        states = {r.waybill_no: r for r in conn.execute(sa.select(carrier_subscriptions))}
+    assert {w: r.state for w, r in states.items()} == {
+        "SF2000002": "subscribed",
+        "YT1000001": "finished",
+        "ZT3000003": "aborted",
+    }
+    assert states["ZT3000003"].message == "3天查询无记录"
