@@ -206,3 +206,26 @@ def test_the_stand_ins_pushes_over_http_to_the_running_receiver_leave_each_waybi
         "ZT3000003": "aborted",
     }
     assert states["ZT3000003"].message == "3天查询无记录"
+
+
+def test_a_corrected_carrier_code_and_an_updateall_push_over_http_reach_the_waybill(client, tmp_path):
+    """Subscribed under the wrong code, the stand-in aborts naming the right one, then pushes under it
+    with autoCheck 1; an `updateall` push is stored like any news."""
+    carrier_db = write_carrier_db(tmp_path / "carrier.db")
+    with serve_app(client.app) as port, httpx.Client(timeout=10) as http:
+        callback = f"http://127.0.0.1:{port}/hooks/kuaidi100"
+        form = subscribe_form("yunda", "YT1000001", KEY, callback, PUSH_SALT)  # the stand-in knows it as yuantong
+        assert carrier_sandbox.subscribe(carrier_db, form, KEY, NOW)["returnCode"] == "200"
+        deliver = carrier_sandbox.http_deliver(http)
+        (aborted,) = carrier_sandbox.push_updates(carrier_db, NOW + timedelta(days=3), deliver)
+        (corrected,) = carrier_sandbox.push_updates(carrier_db, NOW + timedelta(days=3, minutes=1), deliver)
+        assert (aborted.status, aborted.delivered) == ("abort", True)
+        assert (corrected.company, corrected.status, corrected.delivered) == ("yuantong", "shutdown", True)
+        assert http.post(callback, data=push_form("SF2000002", status="updateall")).status_code == 200
+    rows = {r["waybill_no"]: r for r in stored_tracking(client)}
+    assert rows["YT1000001"]["carrier_code"] == "yuantong" and rows["YT1000001"]["is_signed"]
+    assert rows["SF2000002"]["via"] == "push"
+    with client.world.engine.connect() as conn:
+        states = {r.waybill_no: r for r in conn.execute(sa.select(carrier_subscriptions))}
+    assert (states["YT1000001"].state, states["YT1000001"].carrier_code) == ("finished", "yuantong")
+    assert states["SF2000002"].state == "subscribed"
