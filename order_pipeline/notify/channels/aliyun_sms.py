@@ -161,7 +161,11 @@ class AliyunSms:
         self.name, self.sign_name = name, sign_name
         self._key_id, self._secret = access_key_id, access_key_secret
         self._endpoint = endpoint.rstrip("/")
-        self._timeout, self._transport, self._clock, self._nonce = timeout, transport, clock, nonce
+        self._clock, self._nonce = clock, nonce
+        self._http = httpx.Client(timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
 
     def __repr__(self) -> str:
         return f"AliyunSms(name={self.name!r}, endpoint={self._endpoint!r}, sign_name={self.sign_name!r})"
@@ -197,7 +201,7 @@ class AliyunSms:
         if reason:
             raise SendError(f"Aliyun SMS not sent: {reason}", failure=Failure.PERMANENT, code="invalid")
         to = mask_phone(msg.phone)
-        resp = exchange(f"Aliyun SMS to {to}", self.request(msg), self._timeout, self._transport)
+        resp = exchange(f"Aliyun SMS to {to}", self._http, self.request(msg))
         return _answer(resp, to)
 
 

@@ -75,6 +75,10 @@ class CustomerChannel(Protocol):
         """Send `msg` once; raises SendError saying which `Failure` it was."""
         ...
 
+    def close(self) -> None:
+        """Close the channel's connections."""
+        ...
+
 
 def sms_problem(msg: CustomerMessage, vendor: str, variable_max: int | None) -> str | None:
     """What stops `msg` going as an SMS: no mainland mobile, no template, a parameter longer than the vendor allows.
@@ -94,17 +98,16 @@ def sms_problem(msg: CustomerMessage, vendor: str, variable_max: int | None) -> 
     return None
 
 
-def exchange(
-    what: str, request: httpx.Request, timeout: float, transport: httpx.BaseTransport | None
-) -> httpx.Response:
-    """Send `request` once. No answer in time, or no connection, is a SendError worth another round;
-    `what` names the call in its text ("Aliyun SMS to 138****1234"), since the URL may carry a token."""
+def exchange(what: str, client: httpx.Client, request: httpx.Request) -> httpx.Response:
+    """Send `request` once through the channel's `client` (one per channel, so its connections are
+    reused across messages). No answer in time, or no connection, is a SendError worth another
+    round; `what` names the call in its text ("Aliyun SMS to 138****1234"), since the URL may carry a token."""
     try:
-        with httpx.Client(timeout=timeout, transport=transport) as client:
-            return client.send(request)
+        return client.send(request)
     except httpx.TimeoutException:
+        seconds = client.timeout.read
         raise SendError(
-            f"{what}: no answer within {timeout:g} s", failure=Failure.RETRY_LATER, code="timeout"
+            f"{what}: no answer within {seconds:g} s", failure=Failure.RETRY_LATER, code="timeout"
         ) from None
     except httpx.TransportError as e:
         host = request.url.host

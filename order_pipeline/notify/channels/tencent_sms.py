@@ -124,8 +124,12 @@ class TencentSms:
         self.name, self.sdk_app_id, self.sign_name, self.region = name, sdk_app_id, sign_name, region
         self._secret_id, self._secret_key = secret_id, secret_key
         self._endpoint = endpoint.rstrip("/")
-        self._timeout, self._transport, self._clock = timeout, transport, clock
+        self._clock = clock
+        self._http = httpx.Client(timeout=timeout, transport=transport)
         self.variable_max = variable_max
+
+    def close(self) -> None:
+        self._http.close()
 
     def __repr__(self) -> str:
         return f"TencentSms(name={self.name!r}, endpoint={self._endpoint!r}, sdk_app_id={self.sdk_app_id!r})"
@@ -164,7 +168,7 @@ class TencentSms:
         if reason:
             raise SendError(f"Tencent SMS not sent: {reason}", failure=Failure.PERMANENT, code="invalid")
         to = mask_phone(msg.phone)
-        resp = exchange(f"Tencent SMS to {to}", self.request(msg), self._timeout, self._transport)
+        resp = exchange(f"Tencent SMS to {to}", self._http, self.request(msg))
         return _answer(resp, to)
 
 

@@ -146,7 +146,11 @@ class WeChatTemplate:
         self.name, self.app_id, self.tokens = name, app_id, tokens
         self._secret = app_secret
         self._api = api.rstrip("/")
-        self._timeout, self._transport, self._clock = timeout, transport, clock
+        self._clock = clock
+        self._http = httpx.Client(timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
 
     def __repr__(self) -> str:
         return f"WeChatTemplate(name={self.name!r}, app_id={self.app_id!r})"
@@ -230,7 +234,7 @@ class WeChatTemplate:
         name the path, never the URL, which carries the token."""
         params = {"access_token": token} if token else None
         request = httpx.Request("POST", self._api + path, params=params, json=body)
-        resp = exchange(f"WeChat {path}", request, self._timeout, self._transport)
+        resp = exchange(f"WeChat {path}", self._http, request)
         if resp.status_code in (408, 429) or resp.status_code >= 500:
             raise SendError(
                 f"WeChat {path}: HTTP {resp.status_code}",
