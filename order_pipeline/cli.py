@@ -187,6 +187,7 @@ def _sandbox_pushes(config: Config, now: datetime) -> None:
     engine = Warehouse(config.warehouse_url.resolve() or "").engine
     deliver = in_process_deliver(engine, carrier.push_salt.resolve() or "", lambda: now)
     pushed = push_updates(Path(carrier.endpoint.removeprefix(SANDBOX_SCHEME)), now, deliver)
+    engine.dispose()
     stored = sum(p.delivered for p in pushed)
     click.echo(f"Kuaidi100 stand-in: {len(pushed)} pushes to {carrier.callback_url}, {stored} stored by the receiver")
 
