@@ -324,7 +324,7 @@ def test_the_alerting_creates_its_tables_in_an_empty_warehouse(tmp_path):
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     engine = Warehouse(url).engine  # no create_schema: the alert tables are the alerting's to create
     alerting, dispatcher = alerting_for(tmp_path, engine)
-    assert {"order_alerts", "alert_queue", "alert_deliveries", "alert_outbox", "tracking_link_sends"} <= set(
+    assert {"order_alerts", "alert_queue", "alert_deliveries", "alert_outbox"} <= set(
         sa.inspect(engine).get_table_names()
     )
     alerting.run_failed("order_pipeline", "order_pipeline", "run-1", "boom", NOW)

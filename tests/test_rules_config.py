@@ -161,7 +161,7 @@ def test_the_default_rules_notify_built_in_groups_that_have_labels():
         ({"alerts": {"escalate_to": ["ops_leed"]}}, "alerts.escalate_to", "unknown group or channel 'ops_leed'"),
         ({"freshness": {"carrier": "2 hours"}}, "freshness.carrier", "'2 hours' is not a duration"),
         ({"freshness": {"orders": "5m"}}, "freshness.orders", "source 'orders' is not configured"),
-        ({"alerts": {"tracking_links": {"channel": "sms"}}}, "alerts.tracking_links.channel", "unknown channel 'sms'"),
+        ({"alerts": {"tracking_links": {"channel": "outbox"}}}, "alerts.tracking_links", "no longer go through"),
     ],
 )
 def test_alert_section_mistakes_name_the_entry(tmp_path, sections, entry, problem):
@@ -182,4 +182,3 @@ def test_without_configuration_every_group_goes_to_the_outbox(tmp_path):
     for group in ("warehouse", "purchasing", "customer_service", "ops_lead", "data"):
         assert settings.route(group) == [("outbox", ())]
     assert [s.source for s in settings.freshness] == ["carrier"]  # sources come with their config
-    assert settings.tracking_links is not None and not settings.web_configured

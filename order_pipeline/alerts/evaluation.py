@@ -1,17 +1,17 @@
-"""Evaluate the rules, source freshness and new orders, and bring the ledger and the queue up to date.
+"""Evaluate the rules and source freshness, and bring the ledger and the queue up to date.
 
 `Alerting.evaluate(now)` is what the alert sensor and `order-pipeline run` call: one SELECT per
 rule over the published snapshot, the freshness of every source, then one transaction that
 updates `order_alerts` and queues the messages that are due (see `alerts.ledger` for the order
-of record and send), with each new order's tracking link (`notify.links`). Sending is the
-dispatcher's part (`alerts.dispatch`), which holds the channels.
+of record and send). Sending is the dispatcher's part (`alerts.dispatch`), which holds the
+channels. Customers are told by `notify`, not here.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import pandas as pd
@@ -25,27 +25,20 @@ from order_pipeline.alerts.messages import (
     rule_message,
     rule_summary,
     run_failure_message,
-    tracking_link_message,
 )
 from order_pipeline.alerts.rules.model import Rule
 from order_pipeline.alerts.rules.sql import evaluate as evaluate_rules
 from order_pipeline.alerts.settings import AlertSettings, load_alert_settings
 from order_pipeline.contract.config import Config
-from order_pipeline.contract.schema import pipeline_state, tracking_link_sends
-from order_pipeline.domain.links import customer_link
-from order_pipeline.domain.masking import mask_phone
+from order_pipeline.contract.schema import pipeline_state
 from order_pipeline.domain.times import aware_utc
-from order_pipeline.notify.links import LinkSettings, link_settings, orders_without_link
-from order_pipeline.warehouse.frames import insert_frame
 from order_pipeline.warehouse.state import PUBLISHED_BATCH
 
 log = logging.getLogger(__name__)
 
 FRESHNESS_RULE = "source_freshness"
 RUN_FAILURE_RULE = "run_failure"
-TRACKING_LINK = "tracking_link"
 ASSETS_PREFIX = "assets:"
-LINK_HOLD = timedelta(days=1)  # an in-doubt tracking link is sent again after a day at the earliest
 
 _schema_ready: set[str] = set()
 
@@ -61,12 +54,11 @@ class Evaluation:
     breaching: dict[str, int]  # rule id -> offending orders or SKUs now
     results: dict[str, ledger.SyncResult]  # rule id (or freshness key) -> ledger changes
     sources: list[SourceAge] = field(default_factory=list)
-    links_queued: int = 0
     next_due: datetime | None = None
 
     @property
     def queued(self) -> int:
-        return sum(sum(r.queued.values()) for r in self.results.values()) + self.links_queued
+        return sum(sum(r.queued.values()) for r in self.results.values())
 
 
 class Alerting:
@@ -75,7 +67,6 @@ class Alerting:
     def __init__(self, config: Config, engine: sa.Engine, settings: AlertSettings | None = None):
         self.config, self.engine = config, engine
         self.settings = settings or load_alert_settings(config)
-        self.links = self._link_settings()
         key = str(engine.url)
         if key not in _schema_ready:
             ledger.ensure_schema(engine)
@@ -179,11 +170,8 @@ class Alerting:
                     s.board_url,
                     scope_keys=[key],
                 )
-            links = self._queue_links(conn, now)
         dues = [r.next_due for r in results.values() if r.next_due]
-        return Evaluation(
-            now, {r: b.count for r, b in found.items()}, results, ages, links, min(dues) if dues else None
-        )
+        return Evaluation(now, {r: b.count for r, b in found.items()}, results, ages, min(dues) if dues else None)
 
     def queue_ready_at(self, now: datetime) -> datetime | None:
         """When a queued message can next go out (now, a retry time or an expiring claim); None: queue empty."""
@@ -249,41 +237,6 @@ class Alerting:
                 self.settings.board_url,
                 scope_keys=covered,
             )
-
-    # -- customer tracking links ----------------------------------------------------------------
-
-    def _link_settings(self) -> LinkSettings | None:
-        if self.settings.tracking_links is None:
-            return None
-        if not self.settings.web_configured:
-            log.info("customer tracking links are not sent: the config has no `web:` section (base_url, link secret)")
-            return None
-        return link_settings(self.config)
-
-    def _queue_links(self, conn: sa.Connection, now: datetime) -> int:
-        """Queue one tracking link for each new order that has none yet."""
-        tl = self.settings.tracking_links
-        if tl is None or self.links is None:
-            return 0
-        new = orders_without_link(conn, aware_utc(now) - tl.within)
-        if new.empty:
-            return 0
-        insert_frame(
-            conn,
-            tracking_link_sends,
-            pd.DataFrame({"order_no": new["order_no"], "channel": tl.channel, "queued_at": now}),
-        )
-        items = [
-            (
-                order_no,
-                tl.channel,
-                tracking_link_message(
-                    order_no, customer_link(self.links, order_no, now), mask_phone(phone), self.links.link_ttl
-                ),
-            )
-            for order_no, phone in zip(new["order_no"], new["customer_phone"], strict=True)
-        ]
-        return queue.queue_messages(conn, TRACKING_LINK, queue.LINK, items, now, LINK_HOLD)
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -87,7 +87,6 @@ def ensure_schema(engine: sa.Engine) -> None:
             order_alerts,
             alert_deliveries,
             alert_queue,
-            metadata.tables["tracking_link_sends"],
             metadata.tables["alert_outbox"],
         ],
     )

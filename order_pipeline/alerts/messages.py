@@ -196,11 +196,6 @@ def run_failure_message(job: str, run_id: str, error: str, kind: str = "notify")
     return summary, MessageText(title, summary, f"{summary}\nrun_id: {run_id}", "critical")
 
 
-def tracking_link_message(order_no: str, link: str, masked_phone: str, valid_for: timedelta) -> MessageText:
-    text = f"您的订单 {order_no} 已收到。查看配送进度：{link}（链接{waited_text(valid_for)}内有效，请勿转发）"
-    return MessageText(f"订单 {order_no} 物流查询链接", text, text, "info", (masked_phone,) if masked_phone else ())
-
-
 def _title(title: str, severity: str, kind: str, entity: Any) -> str:
     tag = KIND_LABELS.get(kind) or SEVERITY_LABELS.get(severity, severity)
     return f"【{tag}】{title}" + (f" {entity}" if entity else "")

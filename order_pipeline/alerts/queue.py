@@ -24,7 +24,7 @@ from order_pipeline.domain.times import utc
 from order_pipeline.warehouse.frames import IN_CHUNK, insert_frame
 
 PENDING, SENT, SUPERSEDED = "pending", "sent", "superseded"
-NOTIFY, ESCALATE, RESOLVE, LINK = "notify", "escalate", "resolve", "link"
+NOTIFY, ESCALATE, RESOLVE = "notify", "escalate", "resolve"
 MAX_RETRY_DELAY = timedelta(minutes=30)
 
 
@@ -122,7 +122,7 @@ def queue_messages(
     now: datetime,
     hold: timedelta,
 ) -> int:
-    """Queue messages that are not ledger alerts (customer tracking links): (entity, channel, message)."""
+    """Queue messages that are not ledger alerts (status digests): (entity, channel, message)."""
     if not items:
         return 0
     rows = [

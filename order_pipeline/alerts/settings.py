@@ -16,7 +16,6 @@
       groups:
         warehouse: {channels: [wecom_warehouse], mentions: [zhangsan]}
         ops_lead: {channels: [ops_mail]}
-      tracking_links: {channel: outbox, within: 24h}   # or `false`
     freshness:                         # newest source update older than this: the data owner hears
       owner: data
       orders: 5m
@@ -59,10 +58,8 @@ ALERTS_FIELDS = {
     "groups",
     "default_channels",
     "run_failures_to",
-    "tracking_links",
 }
 GROUP_FIELDS = {"channels", "mentions", "label"}
-LINK_FIELDS = {"channel", "within"}
 DEFAULT_BOARD_URL = "http://127.0.0.1:8080"
 
 # The seed's update SLA per source; `carrier` is the Kuaidi100 feed (raw_tracking).
@@ -97,12 +94,6 @@ class SourceSla:
 
 
 @dataclass(frozen=True)
-class TrackingLinks:
-    channel: str
-    within: timedelta  # orders placed this recently get a link; older ones are not new
-
-
-@dataclass(frozen=True)
 class AlertSettings:
     config_path: Path
     timezone: str
@@ -119,8 +110,6 @@ class AlertSettings:
     board_url: str = DEFAULT_BOARD_URL
     freshness: tuple[SourceSla, ...] = ()
     run_failures_to: tuple[str, ...] = ("data",)
-    tracking_links: TrackingLinks | None = None
-    web_configured: bool = False
 
     @property
     def channel_names(self) -> tuple[str, ...]:
@@ -161,6 +150,13 @@ class _Parser(SectionParser):
         sections = self.config.sections
         channel_specs = self.channels(sections.get("channels"))
         channel_names = {OUTBOX, *channel_specs}
+        if isinstance(sections.get("alerts"), dict) and "tracking_links" in sections["alerts"]:
+            self.fail(
+                "alerts.tracking_links",
+                "customers' tracking links no longer go through the staff channels",
+                "remove it: the `notifications:` section messages each new order's customer "
+                "(README, Customer messages)",
+            )
         a = self.mapping(sections.get("alerts"), "alerts", ALERTS_FIELDS)
         d = AlertSettings(self.path, self.config.timezone, (), {}, {})
         default_channels = self.listed(a, "default_channels", channel_names, "channels", d.default_channels)
@@ -194,8 +190,6 @@ class _Parser(SectionParser):
             board_url=board_url,
             freshness=self.freshness(sections.get("freshness"), targets),
             run_failures_to=self.listed(a, "run_failures_to", targets, "groups or channels", d.run_failures_to),
-            tracking_links=self.tracking_links(a.get("tracking_links", ...), channel_names, web is not None),
-            web_configured=web is not None,
         )
         rules = parse_rules(sections.get("rules"), self.path, targets)
         rules = tuple(
@@ -283,19 +277,3 @@ class _Parser(SectionParser):
                 entry += ".max_age"
             out.append(SourceSla(source, self.duration(spec, entry), this_owner))
         return tuple(out)
-
-    def tracking_links(self, value, channel_names: set[str], web: bool) -> TrackingLinks | None:
-        if value is False:
-            return None
-        if value is ... or value is True or value is None:
-            value = {}
-        spec = self.mapping(value, "alerts.tracking_links", LINK_FIELDS)
-        channel = spec.get("channel", OUTBOX)
-        if channel not in channel_names:
-            self.fail(
-                "alerts.tracking_links.channel",
-                f"unknown channel {channel!r}",
-                f"use one of: {', '.join(sorted(channel_names))}",
-            )
-        within = self.duration(spec.get("within", "24h"), "alerts.tracking_links.within")
-        return TrackingLinks(channel, within)

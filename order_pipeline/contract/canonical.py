@@ -57,6 +57,8 @@ ORDERS = Entity(
         _c("customer_name", "str"),
         _c("customer_phone", "str"),
         _c("customer_id_no", "str", required=False, nullable=True),
+        # The customer's openid under the company's WeChat Official Account, for template messages.
+        _c("customer_openid", "str", required=False, nullable=True),
         _c("ship_address", "str"),
         _c("amount", "float", non_negative=True),
         _c("currency", "str", required=False, nullable=True),

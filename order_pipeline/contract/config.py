@@ -117,6 +117,7 @@ TOP_LEVEL = {
     "alerts",
     "web",
     "tracking_page",
+    "notifications",
 }
 
 
@@ -264,7 +265,7 @@ class _Parser(SectionParser):
         pipe = self.mapping(doc.get("pipeline"), "pipeline", {"reject_threshold", "reconcile_every"})
         threshold = self.positive_int(pipe.get("reject_threshold", 100), "pipeline.reject_threshold")
         reconcile_every = self.duration(pipe.get("reconcile_every", "1h"), "pipeline.reconcile_every")
-        sections = {k: doc[k] for k in ("freshness", "rules", "channels", "alerts", "web") if k in doc}
+        sections = {k: doc[k] for k in ("freshness", "rules", "channels", "alerts", "web", "notifications") if k in doc}
         return Config(
             self.path,
             tz,

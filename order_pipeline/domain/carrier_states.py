@@ -94,3 +94,22 @@ def exception_reason(state: int, latest_context: str | None) -> str | None:
     if category(state) != "exception":
         return None
     return f"{label(state)}: {latest_context}" if latest_context else label(state)
+
+
+# Kuaidi100 carrier codes as a customer reads them: (Chinese, English).
+CARRIER_NAMES = {
+    "shunfeng": ("顺丰速运", "SF Express"),
+    "zhongtong": ("中通快递", "ZTO Express"),
+    "yuantong": ("圆通速递", "YTO Express"),
+    "yunda": ("韵达快递", "Yunda Express"),
+    "shentong": ("申通快递", "STO Express"),
+    "jtexpress": ("极兔速递", "J&T Express"),
+    "ems": ("EMS", "EMS"),
+    "youzhengguonei": ("邮政快递包裹", "China Post"),
+    "jd": ("京东物流", "JD Logistics"),
+    "debangwuliu": ("德邦快递", "Deppon"),
+    "debangkuaidi": ("德邦快递", "Deppon"),
+    "fengwang": ("丰网速运", "Fengwang"),
+    "baishiwuliu": ("百世快运", "Best Express"),
+    "danniao": ("丹鸟", "Danniao"),
+}

@@ -1,4 +1,4 @@
-"""The customer's tracking link: where it points, how it is signed, and which orders still need one.
+"""The customer's tracking link settings: where it points and how it is signed.
 
 The link settings live in the config's `web:` section (the page the link opens), but sending a
 link is the pipeline's business, not the web server's: both read them through `link_settings`.
@@ -11,16 +11,11 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-
-import pandas as pd
-import sqlalchemy as sa
 
 from order_pipeline.contract.config import Config
 from order_pipeline.contract.parsing import SectionParser
-from order_pipeline.contract.schema import order_tracking_snapshot, tracking_link_sends
-from order_pipeline.warehouse.frames import read_frame
 
 DEFAULT_LINK_SECRET_ENV = "ORDER_PIPELINE_LINK_SECRET"
 DEFAULT_BASE_URL = "http://127.0.0.1:8080"
@@ -99,16 +94,3 @@ def link_settings(config: Config) -> LinkSettings:
     """The link settings of `config`'s `web:` section; raises ConfigError naming the entry and the fix."""
     web = config.sections.get("web") or {}
     return WebSectionParser(config).link_settings(web if isinstance(web, dict) else {})
-
-
-def orders_without_link(conn: sa.Connection, placed_since: datetime) -> pd.DataFrame:
-    """Open orders placed since `placed_since` that were never sent a link: order_no, customer_phone."""
-    s, t = order_tracking_snapshot, tracking_link_sends
-    query = (
-        sa.select(s.c.order_no, s.c.customer_phone)
-        .where(s.c.status == "open")
-        .where(s.c.ordered_at >= sa.bindparam(None, placed_since, type_=sa.DateTime(timezone=True)))
-        .where(~sa.exists().where(t.c.order_no == s.c.order_no))
-        .order_by(s.c.order_no)
-    )
-    return read_frame(conn, query)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from order_pipeline.domain.carrier_states import CARRIER_NAMES
 from order_pipeline.domain.stages import HAPPY_PATH
 from order_pipeline.domain.stages import STAGE_LABELS as PIPELINE_STAGE_LABELS
 
@@ -23,23 +24,6 @@ STAGE_LABELS = {
         "cancelled": "Cancelled",
         "exception": "Delivery problem",
     },
-}
-
-CARRIERS = {
-    "shunfeng": ("顺丰速运", "SF Express"),
-    "zhongtong": ("中通快递", "ZTO Express"),
-    "yuantong": ("圆通速递", "YTO Express"),
-    "yunda": ("韵达快递", "Yunda Express"),
-    "shentong": ("申通快递", "STO Express"),
-    "jtexpress": ("极兔速递", "J&T Express"),
-    "ems": ("EMS", "EMS"),
-    "youzhengguonei": ("邮政快递包裹", "China Post"),
-    "jd": ("京东物流", "JD Logistics"),
-    "debangwuliu": ("德邦快递", "Deppon"),
-    "debangkuaidi": ("德邦快递", "Deppon"),
-    "fengwang": ("丰网速运", "Fengwang"),
-    "baishiwuliu": ("百世快运", "Best Express"),
-    "danniao": ("丹鸟", "Danniao"),
 }
 
 TEXT = {
@@ -194,5 +178,5 @@ def pick_lang(value: str | None) -> str:
 
 
 def carrier_name(code: str | None, lang: str) -> str:
-    names = CARRIERS.get((code or "").lower())
+    names = CARRIER_NAMES.get((code or "").lower())
     return (names[0] if lang == "zh" else names[1]) if names else (code or "")

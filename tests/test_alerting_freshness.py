@@ -1,8 +1,7 @@
-"""Alerts beyond the order rules: a stale source or carrier feed, and a tracking link for each new order."""
+"""Alerts beyond the order rules: a stale source or carrier feed."""
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 
 import sqlalchemy as sa
@@ -15,10 +14,8 @@ from helpers import (
     M,
     S,
     add_rows,
-    alerting_for,
     ledger_row,
     make_config,
-    order,
     outbox,
     publish_rows,
     resolved,
@@ -154,37 +151,3 @@ def test_a_rejected_row_is_not_the_newest_data_of_its_source(tmp_path):
     with warehouse.connect() as conn:
         [age] = source_ages(conn, slas[:1], NOW)
     assert (age.newest, age.stale) == (NOW - 30 * S, False)
-
-
-# --- customer tracking links ---------------------------------------------------------------------------------
-
-
-def test_each_new_order_gets_one_tracking_link(tmp_path, engine, monkeypatch):
-    monkeypatch.setenv("TEST_LINK_SECRET", "s" * 32)
-    publish_rows(
-        engine,
-        [
-            order("NEW-1", "ordered", ordered_at=NOW - H),
-            order("OLD-1", "ordered", ordered_at=NOW - 3 * D),
-            order("GONE-1", "cancelled", ordered_at=NOW - H),
-        ],
-    )
-    web = {"base_url": "https://track.example.com", "link_secret_env": "TEST_LINK_SECRET"}
-    alerting, dispatcher = alerting_for(tmp_path, engine, web=web)
-    ev, _ = tick(alerting, dispatcher, NOW)
-    assert ev.links_queued == 1
-    tick(alerting, dispatcher, NOW + M)
-    links = outbox(engine)
-    links = links[links["title"].str.contains("物流查询链接")]
-    assert len(links) == 1 and "NEW-1" in links["title"].iloc[0]
-    assert "https://track.example.com/order/NEW-1?t=" in links["body"].iloc[0]
-    assert links["recipient"].iloc[0] == "138****5678"  # the log and the outbox see a masked phone
-
-
-def test_without_a_web_section_links_are_skipped_and_logged(tmp_path, engine, caplog):
-    publish_rows(engine, [order("NEW-1", "ordered", ordered_at=NOW - H)])
-    with caplog.at_level(logging.INFO, logger="order_pipeline.alerts.evaluation"):
-        alerting, dispatcher = alerting_for(tmp_path, engine)
-    ev, _ = tick(alerting, dispatcher, NOW)
-    assert ev.links_queued == 0
-    assert "tracking links are not sent" in caplog.text
