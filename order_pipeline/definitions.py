@@ -10,7 +10,8 @@ How data moves: a sensor per source loads its raw asset when the source's newest
 `updated_at` moves; the carrier is polled on its own cadence (and for new parcels);
 `unified_orders` and the published tables follow by declarative automation (eager).
 The alert sensor evaluates the SLA rules and source freshness on the published snapshot
-and sends what is due; run failures alert the data team.
+and sends what is due; run failures alert the data team. `customer_notifications` follows the
+snapshot and messages the customers; the notification sensor sends what waited (quiet hours).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import dagster as dg
 from assets.carrier import RAW_TRACKING, carrier_tracking_asset
 from assets.checks import freshness_policies, rule_checks
 from assets.common import described, storage_kind
+from assets.notifications import CUSTOMER_NOTIFICATIONS, customer_notifications_asset, failure_rate_check
 from assets.published import EVENTS, PARCELS, SNAPSHOT, published_checks, published_tracking_tables
 from assets.sources import raw_source_asset
 from assets.subscriptions import CARRIER_SUBSCRIPTIONS, carrier_subscriptions_asset
@@ -32,15 +34,17 @@ from order_pipeline.contract.config import Config, Secret, find_config, load_con
 from order_pipeline.demo.company import use_demo_secrets
 from resources.alerting import AlertingResource
 from resources.carrier import Kuaidi100Client
+from resources.messaging import CustomerMessaging
 from resources.warehouse import PipelineClock, SourceConnection, SourceDatabases, WarehouseResource
 from sensors.alerts import alert_sensor, run_failure_sensor, run_success_sensor
 from sensors.automation import automation_sensor
 from sensors.carrier import carrier_poll_schedule, carrier_push_sensor
+from sensors.notifications import notification_sensor
 from sensors.sources import source_sensors
 
 PIPELINE_JOB = "order_pipeline"
 # Assets that follow their inputs as soon as those change.
-FOLLOWERS = {RAW_TRACKING, CARRIER_SUBSCRIPTIONS, UNIFIED_ORDERS, SNAPSHOT, PARCELS, EVENTS}
+FOLLOWERS = {RAW_TRACKING, CARRIER_SUBSCRIPTIONS, UNIFIED_ORDERS, SNAPSHOT, PARCELS, EVENTS, CUSTOMER_NOTIFICATIONS}
 
 
 def _setting(secret: Secret) -> str | dg.EnvVar:
@@ -85,6 +89,7 @@ def _resources(config: Config, now: str | None) -> dict[str, dg.ConfigurableReso
             retries=carrier.retries,
         ),
         "alerting": AlertingResource(warehouse=warehouse),
+        "messaging": CustomerMessaging(warehouse=warehouse),
     }
 
 
@@ -108,6 +113,7 @@ def build_definitions(config: Config, now: str | None = None) -> dg.Definitions:
         ),
         unified_orders_asset({name: sc.columns for name, sc in config.sources.items()}, carrier.transit_days),
         published_tracking_tables,
+        customer_notifications_asset(config),
     ]
     if carrier.callback_url:  # pushes need somewhere to go: without it, polling is the only path
         assets.append(carrier_subscriptions_asset(carrier.max_polls_per_run, carrier.max_consecutive_failures))
@@ -125,7 +131,11 @@ def build_definitions(config: Config, now: str | None = None) -> dg.Definitions:
     )
     return dg.Definitions(
         assets=assets,
-        asset_checks=[*published_checks(config.reject_threshold), *rule_checks(alerts.rules, config.timezone)],
+        asset_checks=[
+            *published_checks(config.reject_threshold),
+            *rule_checks(alerts.rules, config.timezone),
+            failure_rate_check(config),
+        ],
         jobs=[job],
         schedules=[carrier_poll_schedule(carrier.poll_interval, config.timezone)],
         sensors=[
@@ -135,6 +145,7 @@ def build_definitions(config: Config, now: str | None = None) -> dg.Definitions:
             alert_sensor(config),
             run_failure_sensor(config),
             run_success_sensor(config),
+            notification_sensor(config),
         ],
         resources=_resources(config, now),
     )

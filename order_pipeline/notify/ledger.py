@@ -215,3 +215,12 @@ def messages_for(conn: sa.Connection, order_no: str) -> list[dict]:
     cols = (n.c.created_at, n.c.sent_at, n.c.event, n.c.channel, n.c.status, n.c.reason, n.c.phone_masked)
     query = sa.select(n.c.id, *cols, n.c.attempts, n.c.requested_by).where(n.c.order_no == order_no)
     return [dict(r._mapping) for r in conn.execute(query.order_by(n.c.id.desc()).limit(50))]
+
+
+def status_counts(conn: sa.Connection, since: datetime | None = None) -> pd.DataFrame:
+    """Messages per event, channel and status (created since `since`): event, channel, status, messages."""
+    query = sa.select(n.c.event, sa.func.coalesce(n.c.channel, "-"), n.c.status, sa.func.count())
+    if since is not None:
+        query = query.where(n.c.created_at >= utc(since))
+    result = conn.execute(query.group_by(n.c.event, n.c.channel, n.c.status).order_by(n.c.event, n.c.status))
+    return pd.DataFrame(result.all(), columns=["event", "channel", "status", "messages"])

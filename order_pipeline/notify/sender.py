@@ -94,6 +94,10 @@ class Notifier:
     ):
         self.engine, self.settings, self.channels, self.links, self.key = engine, settings, channels, links, key
 
+    def close(self) -> None:
+        for channel in self.channels.values():
+            channel.close()
+
     # -- planning ------------------------------------------------------------------------------
 
     def plan(self, now: datetime, result: RoundResult) -> None:
