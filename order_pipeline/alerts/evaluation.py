@@ -18,6 +18,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from order_pipeline.alerts import ledger, queue
+from order_pipeline.alerts.digests import queue_digests
 from order_pipeline.alerts.freshness import SourceAge, source_ages
 from order_pipeline.alerts.messages import (
     MessageText,
@@ -55,10 +56,11 @@ class Evaluation:
     results: dict[str, ledger.SyncResult]  # rule id (or freshness key) -> ledger changes
     sources: list[SourceAge] = field(default_factory=list)
     next_due: datetime | None = None
+    digests_queued: int = 0  # status digests (alerts.digests)
 
     @property
     def queued(self) -> int:
-        return sum(sum(r.queued.values()) for r in self.results.values())
+        return sum(sum(r.queued.values()) for r in self.results.values()) + self.digests_queued
 
 
 class Alerting:
@@ -170,8 +172,16 @@ class Alerting:
                     s.board_url,
                     scope_keys=[key],
                 )
-        dues = [r.next_due for r in results.values() if r.next_due]
-        return Evaluation(now, {r: b.count for r, b in found.items()}, results, ages, min(dues) if dues else None)
+            digests = queue_digests(conn, s, s.board_url, now, tz)
+        dues = [r.next_due for r in results.values() if r.next_due] + [t for t in [digests.next_due] if t]
+        return Evaluation(
+            now,
+            {r: b.count for r, b in found.items()},
+            results,
+            ages,
+            min(dues) if dues else None,
+            digests_queued=digests.queued,
+        )
 
     def queue_ready_at(self, now: datetime) -> datetime | None:
         """When a queued message can next go out (now, a retry time or an expiring claim); None: queue empty."""

@@ -80,13 +80,14 @@ class SyncResult:
 
 
 def ensure_schema(engine: sa.Engine) -> None:
-    """Create the alert tables that are missing (the ledger, the queue, the attempts, the outbox)."""
+    """Create the alert tables that are missing (the ledger, the queue, the attempts, the outbox, the digests)."""
     metadata.create_all(
         engine,
         tables=[
             order_alerts,
             alert_deliveries,
             alert_queue,
+            metadata.tables["alert_digests"],
             metadata.tables["alert_outbox"],
         ],
     )

@@ -16,6 +16,10 @@
       groups:
         warehouse: {channels: [wecom_warehouse], mentions: [zhangsan]}
         ops_lead: {channels: [ops_mail]}
+      digests:                         # status digests per group (alerts.schedules); default none
+        warehouse: {at: ["09:00", "16:00"]}       # business time; quoted: YAML reads 16:00 as a number
+        finance: {every: 1h}
+        ops_lead: {at: ["18:00"], role: all}      # whose orders: the group's own role by default
     freshness:                         # newest source update older than this: the data owner hears
       owner: data
       orders: 5m
@@ -28,19 +32,22 @@ the log), which is what the demo uses.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import time, timedelta
 from pathlib import Path
 from typing import Any
 
 from order_pipeline.alerts.rules.model import Rule, with_defaults
 from order_pipeline.alerts.rules.parser import parse_rules
+from order_pipeline.alerts.schedules import ALL_ROLES, DAY, DigestSchedule
 from order_pipeline.contract.canonical import SOURCE_ENTITIES
 from order_pipeline.contract.config import Config
 from order_pipeline.contract.parsing import SectionParser
 from order_pipeline.contract.roles import ROLE_LABELS
 from order_pipeline.contract.schema import raw_table_name
+from order_pipeline.domain.stages import MISSING_FACTS, NEXT_OWNER
 
 OUTBOX = "outbox"
 CARRIER = "carrier"
@@ -58,8 +65,14 @@ ALERTS_FIELDS = {
     "groups",
     "default_channels",
     "run_failures_to",
+    "digests",
 }
 GROUP_FIELDS = {"channels", "mentions", "label"}
+DIGEST_FIELDS = {"at", "every", "role"}
+# The roles an order's `responsible_role` can be: whose orders a digest can cover.
+OWNER_ROLES = tuple(dict.fromkeys(r for r in (*NEXT_OWNER.values(), *(o for _, o in MISSING_FACTS.values())) if r))
+MIN_DIGEST_EVERY = timedelta(minutes=15)
+_CLOCK = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
 DEFAULT_BOARD_URL = "http://127.0.0.1:8080"
 
 # The seed's update SLA per source; `carrier` is the Kuaidi100 feed (raw_tracking).
@@ -110,6 +123,7 @@ class AlertSettings:
     board_url: str = DEFAULT_BOARD_URL
     freshness: tuple[SourceSla, ...] = ()
     run_failures_to: tuple[str, ...] = ("data",)
+    digests: tuple[DigestSchedule, ...] = ()
 
     @property
     def channel_names(self) -> tuple[str, ...]:
@@ -190,6 +204,7 @@ class _Parser(SectionParser):
             board_url=board_url,
             freshness=self.freshness(sections.get("freshness"), targets),
             run_failures_to=self.listed(a, "run_failures_to", targets, "groups or channels", d.run_failures_to),
+            digests=self.digests(a.get("digests"), {*BUILTIN_GROUPS, *groups}),
         )
         rules = parse_rules(sections.get("rules"), self.path, targets)
         rules = tuple(
@@ -277,3 +292,73 @@ class _Parser(SectionParser):
                 entry += ".max_age"
             out.append(SourceSla(source, self.duration(spec, entry), this_owner))
         return tuple(out)
+
+    def digests(self, value, groups: set[str]) -> tuple[DigestSchedule, ...]:
+        """`alerts.digests`: group -> {at: [times of day]} or {every: duration}, with an optional role."""
+        if value is None:
+            return ()
+        if not isinstance(value, dict):
+            self.fail(
+                "alerts.digests",
+                "must be a mapping of group name to its schedule",
+                'write e.g. `warehouse: {at: ["09:00", "16:00"]}`',
+            )
+        out = []
+        for key, spec in value.items():
+            name = str(key)
+            entry = f"alerts.digests.{name}"
+            if name not in groups:
+                self.fail(entry, f"unknown group {name!r}", f"use one of: {', '.join(sorted(groups))}")
+            spec = self.mapping(spec, entry, DIGEST_FIELDS)
+            if ("at" in spec) == ("every" in spec):
+                problem = "has both `at` and `every`" if "at" in spec else "says neither `at` nor `every`"
+                self.fail(entry, problem, 'write one of them, e.g. `{at: ["09:00", "16:00"]}` or `{every: 1h}`')
+            at, every = (), None
+            if "at" in spec:
+                at = self.times_of_day(spec["at"], f"{entry}.at")
+            else:
+                every = self.duration(spec["every"], f"{entry}.every")
+                if every < MIN_DIGEST_EVERY or DAY % every:
+                    self.fail(
+                        f"{entry}.every",
+                        f"{spec['every']!r} does not divide a day into periods of 15m or more",
+                        "write e.g. 30m, 1h, 2h, 4h, 12h or 1d",
+                    )
+            out.append(DigestSchedule(name, self.digest_role(spec.get("role"), name, entry), at, every))
+        return tuple(out)
+
+    def times_of_day(self, value, entry: str) -> tuple[time, ...]:
+        values = [value] if isinstance(value, str | int) and not isinstance(value, bool) else value
+        if not isinstance(values, list) or not values:
+            self.fail(entry, f"{value!r} is not a list of times of day", 'write e.g. `at: ["09:00", "16:00"]`')
+        times = []
+        for i, v in enumerate(values):
+            item = f"{entry}[{i}]"
+            if isinstance(v, int) and not isinstance(v, bool):
+                # YAML 1.1 reads an unquoted 16:00 as 960 (base 60); 09:00 stays text.
+                read = f" (YAML reads an unquoted {v // 60}:{v % 60:02d} as {v})" if 0 <= v < 1440 else ""
+                self.fail(item, f"{v!r} is a number, not a time of day{read}", 'quote each time, e.g. `at: ["16:00"]`')
+            m = _CLOCK.fullmatch(str(v).strip())
+            if m is None:
+                self.fail(item, f"{v!r} is not a time of day", 'write HH:MM on the 24-hour clock, quoted, e.g. "16:00"')
+            t = time(int(m.group(1)), int(m.group(2)))
+            if t in times:
+                self.fail(item, f"{v!r} is listed twice", "list each time once")
+            times.append(t)
+        return tuple(sorted(times))
+
+    def digest_role(self, value, group: str, entry: str) -> str | None:
+        """Whose orders the digest covers: `role:`, else the group's own name when orders can be owned by it."""
+        if value is None:
+            if group in OWNER_ROLES:
+                return group
+            self.fail(
+                f"{entry}.role",
+                f"no order is ever owned by {group!r}",
+                f"add `role:` with one of: {', '.join(OWNER_ROLES)} (or `{ALL_ROLES}` for every order)",
+            )
+        if value == ALL_ROLES:
+            return None
+        if value not in OWNER_ROLES:
+            self.fail(f"{entry}.role", f"unknown role {value!r}", f"use one of: {', '.join(OWNER_ROLES)}, {ALL_ROLES}")
+        return str(value)

@@ -402,6 +402,20 @@ customer_outbox = sa.Table(
     sa.Column("phone_masked", sa.Text),
 )
 
+# Status digests queued: one row per (group, period), inserted with the digest's queue rows, so a
+# rerun or a second evaluator in the same period queues nothing (alerts.digests). A period with no
+# changes has its row too: it was looked at, and the next digest counts from its end.
+alert_digests = sa.Table(
+    "alert_digests",
+    metadata,
+    sa.Column("group_name", sa.Text, primary_key=True),
+    sa.Column("period", sa.Text, primary_key=True),  # the period's key, "2026-12-04T09:00+08:00"
+    sa.Column("period_start", sa.DateTime(timezone=True), nullable=False),  # the window's end
+    sa.Column("window_start", sa.DateTime(timezone=True), nullable=False),  # changes after this were counted
+    sa.Column("orders", sa.Integer, nullable=False),  # orders whose stage moved in the window
+    sa.Column("queued_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 # The WeChat Official Account's access token, one row per account, shared by every process that sends
 # template messages: a token is fetched (stable_token) only when none here stays valid five more minutes.
 # A warehouse from before this table gets it at the next start (create_all adds missing tables).

@@ -15,6 +15,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from order_pipeline.alerts.digests import changed_between
 from order_pipeline.contract.schema import (
     order_alerts,
     order_tracking_events,
@@ -29,6 +30,9 @@ from order_pipeline.warehouse.state import NEWEST_UPDATE_PREFIX
 snap = order_tracking_snapshot
 parcels_t = order_tracking_parcels
 events_t = order_tracking_events
+
+# (since, until) of the `changed_since`/`changed_until` filter, either end open (None); None: no filter.
+Changed = tuple[datetime | None, datetime | None] | None
 
 MAX_EVENTS = 200
 SEARCH_LIMIT = 50
@@ -220,23 +224,28 @@ def search(conn: Connection, term: str) -> list[dict]:
     return _rows(conn.execute(q.limit(SEARCH_LIMIT)))
 
 
-def _filtered(stage: str | None, role: str | None):
+def _filtered(stage: str | None, role: str | None, changed: Changed = None):
     conds = []
     if stage:
         conds.append(snap.c.stage == stage)
     if role:
         conds.append(snap.c.responsible_role == role)
+    if changed and any(changed):
+        # A status digest's orders: those that reached a stage in (since, until], as the digest counted them.
+        conds.append(changed_between(*changed))
     return conds
 
 
-def list_orders(conn: Connection, stage: str | None, role: str | None) -> list[dict]:
-    q = sa.select(*LIST_COLUMNS).where(*_filtered(stage, role)).order_by(snap.c.waiting_since.asc())
+def list_orders(conn: Connection, stage: str | None, role: str | None, changed: Changed = None) -> list[dict]:
+    q = sa.select(*LIST_COLUMNS).where(*_filtered(stage, role, changed)).order_by(snap.c.waiting_since.asc())
     return _rows(conn.execute(q.limit(LIST_LIMIT)))
 
 
-def export_batches(engine: Engine, stage: str | None, role: str | None, batch: int = 2000) -> Iterator[Sequence]:
+def export_batches(
+    engine: Engine, stage: str | None, role: str | None, batch: int = 2000, changed: Changed = None
+) -> Iterator[Sequence]:
     """Rows of the filtered list in batches, read with a server-side cursor."""
-    q = sa.select(*EXPORT_COLUMNS).where(*_filtered(stage, role)).order_by(snap.c.order_no)
+    q = sa.select(*EXPORT_COLUMNS).where(*_filtered(stage, role, changed)).order_by(snap.c.order_no)
     with engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=batch).execute(q)
         yield from result.partitions()
