@@ -24,6 +24,7 @@ from order_pipeline.web import hooks
 from order_pipeline.web.context import WebContext, web_context
 from order_pipeline.web.customer import lookup as customer_lookup
 from order_pipeline.web.customer import page as customer
+from order_pipeline.web.customer import short_links
 from order_pipeline.web.db import make_engine
 from order_pipeline.web.ops import auth as ops_auth
 from order_pipeline.web.ops import board as ops_board
@@ -65,6 +66,7 @@ async def health(request: Request) -> Response:
 
 ROUTES = [
     Route("/order/{order_no}", customer.order_page, methods=["GET"], name="order"),
+    Route("/s/{code}", short_links.short_link, methods=["GET"], name="short_link"),
     Route("/track", customer_lookup.lookup_form, methods=["GET"], name="lookup_form"),
     Route("/track", customer_lookup.lookup, methods=["POST"], name="lookup"),
     Route("/hooks/kuaidi100", hooks.kuaidi100_push, methods=["POST"], name="kuaidi100_push"),
@@ -78,6 +80,7 @@ ROUTES = [
     Route("/ops/orders.csv", ops_board.export_csv, methods=["GET"], name="ops_export"),
     Route("/ops/order/{order_no}", ops_orders.order_view, methods=["GET"], name="ops_order"),
     Route("/ops/order/{order_no}/link", ops_orders.issue_link, methods=["POST"], name="ops_issue_link"),
+    Route("/ops/order/{order_no}/resend", ops_orders.resend_link, methods=["POST"], name="ops_resend"),
     Route("/healthz", health, methods=["GET"], name="health"),
 ]
 

@@ -1,4 +1,5 @@
-"""Staff search (order no, waybill no, phone) and the full order view."""
+"""Staff search (order no, waybill no, phone), the full order view and its actions: a fresh customer
+link to hand over, and a resend of the tracking link to the customer (`messages`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from order_pipeline.domain.times import local_time
 from order_pipeline.web.context import WebContext, web_context
 from order_pipeline.web.customer.page import valid_order_no
 from order_pipeline.web.db import reading
-from order_pipeline.web.ops import queries
+from order_pipeline.web.ops import messages, queries
 from order_pipeline.web.ops.auth import checked_form, staff_access, staff_only
 from order_pipeline.web.ops.page import ops_context
 from order_pipeline.web.ops.view import alert_rows, event_rows, list_rows, order_summary, parcel_rows, stage_blocks
@@ -64,13 +65,24 @@ async def search(request: Request, session: Session) -> Response:
     return web.pages.html("ops_search.html", context)
 
 
-def _order_page(web: WebContext, request: Request, session: Session, order_no: str, link: str = "") -> Response:
+def _order_page(
+    web: WebContext,
+    request: Request,
+    session: Session,
+    order_no: str,
+    link: str = "",
+    *,
+    outcome: str = "",
+    notice: str = "",
+    status: int = 200,
+) -> Response:
     with reading(web.engine) as conn:
         order = queries.staff_order(conn, order_no)
         parcels = queries.order_parcels(conn, order_no) if order else []
         events = queries.carrier_events(conn, order_no) if order else []
         alerts = queries.order_alerts_for(conn, order_no) if order else []
-    outcome = ("link_issued" if link else "ok") if order else "not_found"
+        sent = queries.order_messages(conn, order_no) if order else None
+    outcome = (outcome or ("link_issued" if link else "ok")) if order else "not_found"
     web.access_log.add(staff_access(web, request, session, order_no, outcome))
     if order is None:
         return web.pages.html(
@@ -89,8 +101,13 @@ def _order_page(web: WebContext, request: Request, session: Session, order_no: s
         alerts=alert_rows(alerts, web.tz),
         link=link,
         link_expires=local_time(now + web.settings.link_ttl, web.tz) if link else "",
+        has_ledger=sent is not None,
+        messages=messages.message_rows(sent or [], web.tz),
+        cancelled=messages.is_cancelled(order),
+        notice=notice,
+        notice_ok=status < 400,
     )
-    return web.pages.html("ops_order.html", context)
+    return web.pages.html("ops_order.html", context, status=status)
 
 
 @staff_only
@@ -99,7 +116,8 @@ async def order_view(request: Request, session: Session) -> Response:
     order_no = request.path_params["order_no"]
     if not valid_order_no(order_no):
         return web.pages.error(400)
-    return await run_in_threadpool(_order_page, web, request, session, order_no)
+    notice = messages.NOTICES.get(request.query_params.get("notice") or "", "")
+    return await run_in_threadpool(_order_page, web, request, session, order_no, notice=notice)
 
 
 @staff_only
@@ -113,3 +131,29 @@ async def issue_link(request: Request, session: Session) -> Response:
         return web.pages.error(400)
     link = customer_link(web.settings, order_no, web.clock())
     return await run_in_threadpool(_order_page, web, request, session, order_no, link)
+
+
+def _resend(web: WebContext, request: Request, session: Session, order_no: str) -> Response:
+    done = messages.queue_resend(web.engine, order_no, session.username, web.clock(), web.tz)
+    if done.outcome == "resend_queued":
+        web.access_log.add(staff_access(web, request, session, order_no, done.outcome))
+        return RedirectResponse(f"/ops/order/{quote(order_no, safe='')}?notice=resend_queued", status_code=303)
+    # Refused (or no such order): the order page again, saying why, audited with the refusal.
+    response = _order_page(
+        web, request, session, order_no, outcome=done.outcome, notice=done.notice, status=done.status
+    )
+    if done.retry_after:
+        response.headers["Retry-After"] = str(done.retry_after)
+    return response
+
+
+@staff_only
+async def resend_link(request: Request, session: Session) -> Response:
+    """Send the customer the tracking link again, e.g. after a message that failed or may not have gone out."""
+    web = web_context(request)
+    order_no = request.path_params["order_no"]
+    if await checked_form(request, session) is None:
+        return web.pages.error(403, wording="csrf")
+    if not valid_order_no(order_no):
+        return web.pages.error(400)
+    return await run_in_threadpool(_resend, web, request, session, order_no)

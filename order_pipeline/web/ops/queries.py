@@ -1,4 +1,6 @@
-"""Every SQL statement of the web app (SQLAlchemy Core), over the published tables only.
+"""Every SQL statement of the web app (SQLAlchemy Core): the published tables, the access log, and the
+customer-message ledger and short links (`order_pipeline.notify.ledger`), which a warehouse without the
+notifier does not have: those are asked for only once `has_table` says they exist.
 
 Customer and search paths use indexed equality lookups with a LIMIT, so they
 stay fast at a million orders: the snapshot's primary key, `phone_tail`, the
@@ -17,13 +19,18 @@ from sqlalchemy.engine import Connection, Engine
 
 from order_pipeline.alerts.digests import changed_between
 from order_pipeline.contract.schema import (
+    customer_notifications,
     order_alerts,
     order_tracking_events,
     order_tracking_parcels,
     order_tracking_snapshot,
     pipeline_state,
     tracking_access_log,
+    tracking_short_links,
 )
+from order_pipeline.domain.times import as_utc
+from order_pipeline.notify import ledger
+from order_pipeline.notify.events import RESEND
 from order_pipeline.pipeline.publish import published_stage_counts
 from order_pipeline.warehouse.state import NEWEST_UPDATE_PREFIX
 
@@ -311,3 +318,37 @@ def order_phone(conn: Connection, order_no: str) -> tuple[bool, str | None]:
     """Whether the order is published, and its recipient's mobile (for the customer's lookup form only)."""
     row = conn.execute(sa.select(snap.c.customer_phone).where(snap.c.order_no == order_no)).first()
     return (row is not None, row[0] if row is not None else None)
+
+
+def has_table(conn: Connection, table: sa.Table) -> bool:
+    """Whether the warehouse has `table` (the notifier's tables appear when it first runs)."""
+    return sa.inspect(conn).has_table(table.name)
+
+
+def order_messages(conn: Connection, order_no: str) -> list[dict] | None:
+    """The order's customer messages, newest first, numbers masked; None when there is no message ledger."""
+    if not has_table(conn, customer_notifications):
+        return None
+    return ledger.messages_for(conn, order_no)
+
+
+def last_resend(conn: Connection, order_no: str, since: datetime) -> dict | None:
+    """The order's newest staff resend recorded after `since` (created_at, requested_by), if any."""
+    n = customer_notifications
+    q = (
+        sa.select(n.c.created_at, n.c.requested_by)
+        .where(n.c.order_no == order_no, n.c.event == RESEND, n.c.created_at > since)
+        .order_by(n.c.created_at.desc())
+        .limit(1)
+    )
+    row = conn.execute(q).mappings().first()
+    return None if row is None else {"created_at": as_utc(row["created_at"]), "requested_by": row["requested_by"]}
+
+
+def short_link(conn: Connection, code: str) -> dict | None:
+    """The order and expiry behind an SMS short code (primary key lookup); None when unknown or no such table."""
+    if not has_table(conn, tracking_short_links):
+        return None
+    s = tracking_short_links
+    row = conn.execute(sa.select(s.c.order_no, s.c.expires_at).where(s.c.code == code)).mappings().first()
+    return None if row is None else {"order_no": row["order_no"], "expires_at": as_utc(row["expires_at"])}
