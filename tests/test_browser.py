@@ -20,6 +20,7 @@ import pytest
 from helpers import LINK_SECRET, ORDER_IN_TRANSIT, PHONE_TAIL, STAFF_PASSWORD, STAFF_USER, WAYBILL, build_world
 
 from order_pipeline.domain.links import make_token
+from order_pipeline.notify import ledger
 
 pytestmark = pytest.mark.browser
 
@@ -32,6 +33,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+SENT_AT = datetime(2026, 11, 24, 1, 0, tzinfo=UTC)  # 09:00 in Shanghai
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-output" / "screenshots"
 REPO = Path(__file__).resolve().parent.parent
 
@@ -109,8 +111,12 @@ def serving(world) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The page with every public field."""
-    with serving(build_world(tmp_path_factory.mktemp("browser"))) as base:
+    """The page with every public field; the order in transit has had one customer message."""
+    world = build_world(tmp_path_factory.mktemp("browser"))
+    ledger.ensure_schema(world.engine)
+    with world.engine.begin() as conn:
+        ledger.record(conn, [{"order_no": ORDER_IN_TRANSIT, "event": "shipped", "event_key": "shipped"}], SENT_AT)
+    with serving(world) as base:
         yield base
 
 
@@ -183,6 +189,8 @@ def test_staff_login_search_by_phone_tail_and_open_order(server, browser):
         page.wait_for_url(f"**/ops/order/{ORDER_IN_TRANSIT}")
         text = page.locator("main").inner_text()
         assert "13812345678" in text and "顺丰速运" in text
+        cells = page.locator("table.messages tr").nth(1).locator("td").all_inner_texts()
+        assert cells[:4] == ["2026-11-24 09:00", "已发货", "—", "待发送"]
         _shot(page, "ops-order")
     finally:
         context.close()
