@@ -22,6 +22,7 @@ from order_pipeline.contract.schema import customer_notifications
 from order_pipeline.domain.times import local_time, utc
 from order_pipeline.notify import ledger
 from order_pipeline.notify.events import EVENT_WORDS, RESEND
+from order_pipeline.web.db import reading
 from order_pipeline.web.ops import queries
 
 RESEND_EVERY = timedelta(minutes=10)
@@ -37,9 +38,10 @@ STATUS_WORDS = {
     ledger.IN_DOUBT: "可能已发送（待核实）",
 }
 # What a redirect back to the order page may ask it to say (`?notice=`): fixed texts, nothing echoed.
-NOTICES = {"resend_queued": "已加入发送队列：客户将收到新的查询链接（夜间免打扰时段除外）。"}
+NOTICES = {"resend_queued": "已加入发送队列：客户将收到新的查询链接（夜间免打扰时段内则在早上发出）。"}
 
-# One server process: the check and the insert of a resend are one step for every request it serves.
+# The app runs as one server process: this makes the check and the insert of a resend one step for
+# every request it serves (the ledger's unique key catches two within the same second in any case).
 _QUEUEING = threading.Lock()
 
 
@@ -82,18 +84,22 @@ class Resend:
 def queue_resend(engine: Engine, order_no: str, username: str, now: datetime, tz: str) -> Resend:
     """Record a resend of the order's tracking link for the sender, unless one is not allowed now."""
     now = utc(now)
-    with _QUEUEING, engine.begin() as conn:
-        order = queries.staff_order(conn, order_no)
+    with _QUEUEING:
+        with reading(engine) as conn:
+            order = queries.staff_order(conn, order_no)
+            ready = order is not None and queries.has_table(conn, customer_notifications)
+            last = queries.last_resend(conn, order_no, now - RESEND_EVERY) if ready else None
         if order is None:
             return Resend("not_found", 404)
         if is_cancelled(order):
             return Resend("resend_cancelled", 409, "此订单已取消，不再给客户发送消息。")
-        if not queries.has_table(conn, customer_notifications):
+        if not ready:
             return Resend("resend_unavailable", 409, "此仓库未启用客户消息，无法重发查询链接。")
-        last = queries.last_resend(conn, order_no, now - RESEND_EVERY)
         if last is None:
             row = {"order_no": order_no, "event": RESEND, "event_key": resend_key(now)}
-            if ledger.record(conn, [row], now, requested_by=username):
+            with engine.begin() as conn:  # a write transaction of its own, as short as can be
+                added = ledger.record(conn, [row], now, requested_by=username)
+            if added:
                 return Resend("resend_queued", 303)
             last = {"created_at": now, "requested_by": username}  # recorded this very second by another request
     again = last["created_at"] + RESEND_EVERY
