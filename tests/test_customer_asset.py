@@ -112,16 +112,23 @@ def test_the_sensor_runs_the_asset_when_a_held_message_falls_due(tmp_path, engin
         due = ledger.next_due(conn)
     assert due is not None and due > night
 
-    def tick(now):
+    def tick(now) -> dg.RunRequest | dg.SkipReason:
         with dg.build_sensor_context(resources=_resources(engine, now)) as context:
-            return sensor(context)
+            answer = sensor(context)
+        assert isinstance(answer, dg.RunRequest | dg.SkipReason)
+        return answer
+
+    def run_key(now) -> str | None:
+        answer = tick(now)
+        assert isinstance(answer, dg.RunRequest)
+        return answer.run_key
 
     assert isinstance(tick(due - M), dg.SkipReason)
     request = tick(due)
     assert isinstance(request, dg.RunRequest)
     assert request.asset_selection == [CUSTOMER_NOTIFICATIONS]
-    assert tick(due + M).run_key == request.run_key  # one run for one due time
-    assert tick(due + 10 * M).run_key != request.run_key  # still waiting ten minutes on: asked again
+    assert run_key(due + M) == request.run_key  # one run for one due time
+    assert run_key(due + 10 * M) != request.run_key  # still waiting ten minutes on: asked again
 
 
 def test_without_notifications_the_asset_is_there_and_says_it_is_off(tmp_path, engine):
@@ -133,4 +140,5 @@ def test_without_notifications_the_asset_is_there_and_says_it_is_off(tmp_path, e
     [mat] = result.asset_materializations_for_node("customer_notifications")
     assert mat.metadata["enabled"].value is False
     with dg.build_sensor_context(resources=_resources(engine, NOW + D)) as context:
-        assert "off" in str(notification_sensor(config)(context).skip_message)
+        answer = notification_sensor(config)(context)
+    assert isinstance(answer, dg.SkipReason) and "off" in str(answer.skip_message)

@@ -169,7 +169,8 @@ def test_stored_values_of_every_kind_fingerprint_like_the_validated_source_rows(
     sc = config.sources["orders"]
     with sqlite3.connect(tmp_path / "orders.db") as conn:
         conn.executemany(
-            "INSERT INTO orders VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO orders (order_no, customer_name, customer_phone, customer_id_no, ship_address, amount,"
+            " currency, ordered_at, promised_date, status, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     "SO1",
