@@ -7,48 +7,17 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import cast
-from zoneinfo import ZoneInfo
 
 import click
 import pandas as pd
 
-from order_pipeline.contract.config import CONFIG_ENV, Config, ConfigError, load_config
-from order_pipeline.demo.company import DEMO_KEY, DEMO_KEY_ENV, MIN_DAYS, MIN_ORDERS, use_demo_secrets
-from order_pipeline.domain.times import parse_instant
-
-
-def _now(value: str | None) -> datetime:
-    if not value:
-        return datetime.now(UTC).replace(microsecond=0)
-    try:
-        return parse_instant(value, "Asia/Shanghai")
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a time; write e.g. 2026-11-25T10:00:00+08:00") from None
-
-
-def _local(at: datetime, config: Config) -> str:
-    """A time as the business reads it: in the config's zone."""
-    return at.astimezone(ZoneInfo(config.timezone)).isoformat()
-
-
-def _config(path: str | None) -> Config:
-    from order_pipeline.definitions import alert_settings
-    from order_pipeline.notify.links import link_settings
-
-    # The demo config names this variable for the sandbox's key; a real config names its own.
-    use_demo_secrets()
-    try:
-        config = load_config(path)
-        # The sections other modules read, checked now: a mistake is one message, not a traceback later.
-        alert_settings(config)
-        if config.sections.get("web") is not None:
-            link_settings(config)
-    except ConfigError as e:
-        raise click.ClickException(str(e)) from None
-    return config
+from order_pipeline.cli_notify import notify, print_customer_messages
+from order_pipeline.cli_options import checked_config, config_option, local_time, now_option, pinned_now
+from order_pipeline.contract.config import CONFIG_ENV, Config, ConfigError
+from order_pipeline.demo.company import DEMO_KEY, DEMO_KEY_ENV, MIN_DAYS, MIN_ORDERS
 
 
 def _step(name: str, seconds: float) -> None:
@@ -96,10 +65,12 @@ def _dispatch(config: Config, now: datetime, *, show: int = 5) -> None:
     ev = alerting.evaluate(now)
     drained = dispatcher.drain(now)
     click.echo("")
-    click.echo(f"告警 alerts at {_local(now, config)}:")
+    click.echo(f"告警 alerts at {local_time(now, config)}:")
     for rule in alerting.settings.rules:
         click.echo(f"  {rule.id:<26}{ev.breaching.get(rule.id, 0):>6} now  {rule.title}")
-    stale = [f"{a.source} (newest {_local(a.newest, config) if a.newest else 'never'})" for a in ev.sources if a.stale]
+    stale = [
+        f"{a.source} (newest {local_time(a.newest, config) if a.newest else 'never'})" for a in ev.sources if a.stale
+    ]
     click.echo(f"  {'source_freshness':<26}{len(stale):>6} stale{': ' + ', '.join(stale) if stale else ''}")
     click.echo(
         f"  queued {ev.queued} messages, delivered {drained.delivered}, failed {drained.failed}, "
@@ -135,16 +106,6 @@ def main() -> None:
     """order-pipeline: one order lifecycle view across ERP, finance, WMS and carrier."""
 
 
-config_option = click.option(
-    "--config",
-    "config_path",
-    envvar=CONFIG_ENV,
-    type=click.Path(dir_okay=False),
-    help=f"Config file (default: ${CONFIG_ENV} or ./order_pipeline.yaml).",
-)
-now_option = click.option("--now", help="Pin the clock (ISO time; naive means Asia/Shanghai) for a reproducible run.")
-
-
 @main.command()
 @click.option("--dir", "target", default="data/demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--orders", default=5000, show_default=True, type=click.IntRange(min=MIN_ORDERS))
@@ -155,7 +116,7 @@ def demo(target: str, orders: int, days: int, seed: int, now: str | None) -> Non
     """Build the demo company, run the pipeline once and print what it found."""
     from order_pipeline.demo.company import build_demo_company
 
-    pinned = _now(now)
+    pinned = pinned_now(now)
     target_path = Path(target).resolve()
     click.echo(
         f"Building the demo company in {target_path}: {orders} orders over {days} days, now = {pinned.isoformat()}"
@@ -165,12 +126,13 @@ def demo(target: str, orders: int, days: int, seed: int, now: str | None) -> Non
         target_path, orders=orders, days=days, now=pinned, seed=seed, progress=lambda msg: click.echo(f"  … {msg}")
     )
     click.echo(f"  ✓ sources written in {time.perf_counter() - started:.1f} s")
-    config = _config(str(company.config_path))
+    config = checked_config(str(company.config_path))
     with _holding_warehouse(config, wait=0):
         _run(config, pinned, full_refresh=True)
         _sandbox_pushes(config, pinned)
         _summary(config)
         _dispatch(config, pinned)
+        print_customer_messages(config, pinned)
     click.echo(_demo_next_steps(config, pinned))
 
 
@@ -198,11 +160,11 @@ def _demo_next_steps(config: Config, pinned: datetime) -> str:
     return f"""
 Tables: {config.warehouse_url.resolve()}
   order_tracking_snapshot, order_tracking_parcels, order_tracking_events, pipeline_rejects,
-  order_alerts (ledger), alert_deliveries, alert_outbox
-Open alerts:           order-pipeline alerts --config {path} --now {_local(pinned, config)}
+  order_alerts (ledger), alert_deliveries, alert_outbox, customer_notifications (ledger), customer_outbox
+Open alerts:           order-pipeline alerts --config {path} --now {local_time(pinned, config)}
 Config: {path}
 Open the Dagster UI:   order-pipeline ui --config {path}
-Run again (incremental): order-pipeline run --config {path} --now {_local(pinned, config)}"""
+Run again (incremental): order-pipeline run --config {path} --now {local_time(pinned, config)}"""
 
 
 @main.command()
@@ -219,12 +181,13 @@ Run again (incremental): order-pipeline run --config {path} --now {_local(pinned
 def run(config_path: str | None, now: str | None, full_refresh: bool, wait: float) -> None:
     """Run the pipeline once (incremental by default), then evaluate every rule and freshness check and send
     the alerts."""
-    config = _config(config_path)
-    pinned = _now(now)
+    config = checked_config(config_path)
+    pinned = pinned_now(now)
     with _holding_warehouse(config, wait):
         _run(config, pinned if now else None, full_refresh)
         _summary(config)
         _dispatch(config, pinned)
+        print_customer_messages(config, pinned)
 
 
 @main.command()
@@ -243,7 +206,7 @@ def alerts(config_path: str | None, now: str | None, show_all: bool, rule_ids: t
     from order_pipeline.warehouse.engine import Warehouse
     from order_pipeline.warehouse.frames import read_frame
 
-    config = _config(config_path)
+    config = checked_config(config_path)
     engine = Warehouse(config.warehouse_url.resolve() or "").engine
     ensure_schema(engine)
     a = order_alerts
@@ -261,7 +224,7 @@ def alerts(config_path: str | None, now: str | None, show_all: bool, rule_ids: t
     if rows.empty:
         click.echo("No open alerts." if not show_all else "The ledger is empty.")
         return
-    at, tz = _now(now), config.timezone
+    at, tz = pinned_now(now), config.timezone
     click.echo(
         f"{len(rows)} {'alerts' if show_all else 'open alerts'} ({config.warehouse_url.resolve()}, table order_alerts)"
     )
@@ -288,7 +251,7 @@ def check(config_path: str | None) -> None:
     """Check that each source, the warehouse, the carrier endpoint and each channel can be reached."""
     from order_pipeline.reachability import check_all
 
-    config = _config(config_path)
+    config = checked_config(config_path)
     click.echo(f"Checking {config.path}")
     failing = 0
     for reach in check_all(config):
@@ -308,7 +271,7 @@ def check(config_path: str | None) -> None:
 @click.option("--port", default=3000, show_default=True)
 def ui(config_path: str | None, port: int) -> None:
     """Start `dagster dev` (webserver + daemon) on this config."""
-    config = _config(config_path)
+    config = checked_config(config_path)
     os.environ[CONFIG_ENV] = str(config.path)
     from order_pipeline.runner import dagster_home
 
@@ -341,7 +304,7 @@ def serve(config_path: str | None, host: str, port: int) -> None:
     """Serve the customer tracking page and the ops board (reads the published tables)."""
     from order_pipeline.web.server import serve as serve_web
 
-    config = _config(config_path)
+    config = checked_config(config_path)
     _web_settings(config)  # fail on a bad `web:` section before binding the port
     serve_web(config, host=host, port=port)
 
@@ -354,8 +317,8 @@ def link(config_path: str | None, now: str | None, order_no: str) -> None:
     """Print a signed, expiring tracking link for ORDER_NO."""
     from order_pipeline.domain.links import customer_link
 
-    config = _config(config_path)
-    click.echo(customer_link(_web_settings(config), order_no, _now(now)))
+    config = checked_config(config_path)
+    click.echo(customer_link(_web_settings(config), order_no, pinned_now(now)))
 
 
 @main.command("hash-password")
@@ -379,6 +342,8 @@ def carrier_sandbox(db: str, port: int) -> None:
 
     uvicorn.run(app(db, DEMO_CUSTOMER, os.environ.get(DEMO_KEY_ENV, DEMO_KEY)), host="127.0.0.1", port=port)
 
+
+main.add_command(notify)
 
 if __name__ == "__main__":
     sys.exit(main())
