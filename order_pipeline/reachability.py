@@ -21,6 +21,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from order_pipeline.alerts.channels.config import build_channel
 from order_pipeline.alerts.settings import load_alert_settings
 from order_pipeline.contract.config import Config, ConfigError, Secret, driver_url
+from order_pipeline.notify.channels.config import VENDOR_ENDPOINTS
+from order_pipeline.notify.settings import load_notify_settings
 from order_pipeline.sources.checks import check_source, first_line
 from resources.carrier import SANDBOX_SCHEME
 
@@ -43,6 +45,7 @@ def check_all(config: Config) -> Iterator[Reach]:
     if config.carrier.callback_url is not None:
         yield _attempt("carrier callback", lambda: _callback(config))
     yield from _channels(config)
+    yield from _customer_channels(config)
 
 
 def _attempt(part: str, probe: Callable[[], str]) -> Reach:
@@ -179,3 +182,30 @@ def _connect(host: str, port: int) -> str:
     with socket.create_connection((host, port), timeout=TIMEOUT_SECONDS):
         pass
     return f"{host}:{port} accepts connections"
+
+
+def _customer_channels(config: Config) -> Iterator[Reach]:
+    try:
+        settings = load_notify_settings(config)
+    except ConfigError as e:
+        yield Reach("customer channels", False, str(e))
+        return
+    for name, spec in settings.channels.items():
+        yield _attempt(f"customer channel {name}", lambda name=name, spec=spec: _customer_channel(config, name, spec))
+
+
+def _customer_channel(config: Config, name: str, spec: dict) -> str:
+    """The channel's secrets are set and its vendor accepts connections; nothing is sent."""
+    for setting, env in spec.items():
+        if setting.endswith("_env") and not os.environ.get(env):
+            raise ConfigError(
+                config.path,
+                f"notifications.channels.{name}.{setting}",
+                f"environment variable {env} is not set",
+                f"export {env}=... before starting",
+            )
+    endpoint = spec.get("endpoint") or spec.get("api") or VENDOR_ENDPOINTS.get(spec["type"])
+    if endpoint is None:
+        return "writes to the warehouse (table customer_outbox)"
+    url = urlsplit(str(endpoint))
+    return _connect(url.hostname or "", url.port or (443 if url.scheme == "https" else 80))

@@ -285,3 +285,36 @@ def test_check_says_whether_kuaidi100_can_push_to_the_callback_url(demo_company,
     (reach,) = [r for r in check_all(config) if r.part == "carrier callback"]
     assert not reach.ok and "is a private address: Kuaidi100 cannot push to it" in reach.detail
     assert "carrier.callback_url" in reach.detail and "Receiving pushes" in reach.detail
+
+
+def test_check_names_a_customer_channel_whose_secret_is_unset_and_connects_to_the_others(demo_company, monkeypatch):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    path = demo_company / "order_pipeline.yaml"
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    doc["notifications"]["channels"] |= {
+        "sms": {
+            "type": "aliyun_sms",
+            "access_key_id_env": "CHECK_ALIYUN_ID",
+            "access_key_secret_env": "CHECK_ALIYUN_SECRET",
+            "sign_name": "示例商城",
+            "endpoint": f"http://127.0.0.1:{listener.getsockname()[1]}",
+        },
+        "wechat": {"type": "wechat", "app_id": "wx0000000000000001", "app_secret_env": "CHECK_WECHAT_SECRET"},
+    }
+    doc["notifications"]["send"] = ["outbox"]  # the events' messages stay in the outbox: no template needed
+    write(path, doc)
+    monkeypatch.setenv("CHECK_ALIYUN_ID", "id")
+    monkeypatch.setenv("CHECK_ALIYUN_SECRET", "secret")
+    monkeypatch.delenv("CHECK_WECHAT_SECRET", raising=False)
+    try:
+        result = CliRunner().invoke(main, ["check", "--config", str(path)])
+    finally:
+        listener.close()
+    lines = report(result.output)
+    assert lines["customer channel outbox"].startswith("ok") and "customer_outbox" in lines["customer channel outbox"]
+    assert lines["customer channel sms"].startswith("ok") and "accepts connections" in lines["customer channel sms"]
+    wechat = lines["customer channel wechat"]
+    assert wechat.startswith("FAIL") and "notifications.channels.wechat.app_secret_env" in wechat
+    assert "CHECK_WECHAT_SECRET is not set" in wechat and result.exit_code != 0

@@ -439,8 +439,6 @@ def test_a_wechat_message_in_doubt_is_sent_again_and_wechat_keeps_it_one(tmp_pat
 
 
 def test_two_senders_at_once_send_each_message_once(tmp_path, engine):
-    if engine.dialect.name == "sqlite":
-        pytest.skip("SQLite serialises writers: the race needs PostgreSQL's concurrent transactions")
     publish_rows(engine, [new_order(f"SO-{i}") for i in range(40)])
     senders = [notifier(tmp_path, engine, daily_cap=100) for _ in range(2)]
     barrier = threading.Barrier(2)

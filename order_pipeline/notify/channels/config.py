@@ -18,6 +18,9 @@ from order_pipeline.notify.channels.tencent_sms import VARIABLE_MAX, TencentSms
 from order_pipeline.notify.channels.wechat import DEFAULT_API, WeChatTemplate
 from order_pipeline.notify.channels.wechat_tokens import TokenStore
 
+# Where each vendor answers unless a channel names its `endpoint` (`api` for WeChat).
+VENDOR_ENDPOINTS = {"aliyun_sms": ALIYUN_ENDPOINT, "tencent_sms": TENCENT_ENDPOINT, "wechat": DEFAULT_API}
+
 
 def _secret(spec: dict, setting: str, entry: str, config_path: Path) -> str:
     env = spec[setting]
