@@ -224,8 +224,15 @@ def make_client(tmp_path, clock, monkeypatch) -> Iterator[Callable[..., WebClien
     """A WebClient over a fresh test world; `web` overrides entries of the config's web section."""
     made: list[WebClient] = []
 
-    def make(web: dict | None = None, public_fields: list[str] | None = ALL_PUBLIC_FIELDS, **client_kw) -> WebClient:
-        world = build_world(tmp_path / f"w{len(made)}", web, public_fields=public_fields)
+    def make(
+        web: dict | None = None,
+        public_fields: list[str] | None = ALL_PUBLIC_FIELDS,
+        customer_messages: bool = True,
+        **client_kw,
+    ) -> WebClient:
+        world = build_world(
+            tmp_path / f"w{len(made)}", web, public_fields=public_fields, customer_messages=customer_messages
+        )
         for k, v in world.env.items():
             monkeypatch.setenv(k, v)
         client = WebClient(create_app(world.config(), engine=world.engine, clock=clock), world, **client_kw)

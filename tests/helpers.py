@@ -454,12 +454,17 @@ def staff_password_hash() -> str:
 
 
 def write_config(
-    root: Path, warehouse_url: str, web: dict | None = None, public_fields: list[str] | None = ALL_PUBLIC_FIELDS
+    root: Path,
+    warehouse_url: str,
+    web: dict | None = None,
+    public_fields: list[str] | None = ALL_PUBLIC_FIELDS,
+    customer_messages: bool = True,
 ) -> Path:
     """A config whose `web:` section is the defaults below updated by `web` (a None value removes the entry).
 
     The tracking page shows `public_fields` (by default every field, so that every masking rule is seen);
-    None leaves the `tracking_page:` section out, for the page's own default.
+    None leaves the `tracking_page:` section out, for the page's own default. With `customer_messages`
+    the company messages its customers (through the outbox), so staff may resend a link.
     """
     (root / "link.key").write_text(LINK_SECRET + "\n", encoding="utf-8")
     web_section: dict[str, Any] = {
@@ -481,6 +486,8 @@ def write_config(
     }
     if public_fields is not None:
         doc["tracking_page"] = {"public_fields": list(public_fields)}
+    if customer_messages:
+        doc["notifications"] = {"channels": {"outbox": {"type": "outbox"}}, "events": {"order_created": {}}}
     path = root / "order_pipeline.yaml"
     path.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return path
@@ -689,6 +696,7 @@ def build_world(
     tables: tuple[sa.Table, ...] = WEB_TABLES,
     busy_timeout: float = SQLITE_BUSY_TIMEOUT,
     public_fields: list[str] | None = ALL_PUBLIC_FIELDS,
+    customer_messages: bool = True,
 ) -> WebWorld:
     """A seeded warehouse (a SQLite file in `root` unless `url` names another) and a config pointing at it.
 
@@ -702,7 +710,8 @@ def build_world(
     finally:
         seeder.dispose()
     engine = make_engine(url, busy_timeout=busy_timeout)
-    return WebWorld(root, write_config(root, url, web, public_fields), url, engine, env={PUSH_SALT_ENV: PUSH_SALT})
+    config = write_config(root, url, web, public_fields, customer_messages)
+    return WebWorld(root, config, url, engine, env={PUSH_SALT_ENV: PUSH_SALT})
 
 
 def push_form(

@@ -161,9 +161,21 @@ def test_without_the_notifiers_tables_the_page_renders_and_a_resend_is_refused(c
     assert r.status_code == 200 and "暂无客户消息（此仓库未启用客户消息）" in r.text
     assert RESEND_BUTTON not in r.text
     r = resend(client, csrf=page_csrf(r.text))
-    assert r.status_code == 409 and "此仓库未启用客户消息，无法重发查询链接" in r.text
+    assert r.status_code == 409 and "客户消息未启用，无法重发查询链接" in r.text
     assert access_rows(client)[-1]["outcome"] == "resend_unavailable"
     assert not sa.inspect(client.world.engine).has_table(n.name)  # the web app does not create them
+
+
+def test_a_config_that_messages_no_customer_offers_no_resend(make_client):
+    client = make_client(customer_messages=False)
+    add_messages(client.world.engine)
+    login(client)
+    r = client.get(f"/ops/order/{ORDER_PAID}")
+    assert r.status_code == 200 and RESEND_BUTTON not in r.text
+    r = resend(client, csrf=page_csrf(r.text))
+    assert r.status_code == 409 and "客户消息未启用" in r.text
+    with client.world.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(n)).scalar() == 0
 
 
 # --- resend ------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from order_pipeline.contract.config import Config
 from order_pipeline.contract.parsing import parse_duration
 from order_pipeline.domain.passwords import parse_password_hash
 from order_pipeline.notify.links import DEFAULT_BASE_URL, WebSectionParser
+from order_pipeline.notify.settings import load_notify_settings
 from order_pipeline.web.security.ratelimit import Rate
 
 FIELDS = {
@@ -90,6 +91,7 @@ class WebSettings:
     support_contact: str | None = None
     trusted_proxies: str = "127.0.0.1"
     session_secret_derived: bool = False  # no session secret configured: derived from the link secret
+    customer_messages: bool = True  # the config has a `notifications:` section: staff may resend a link
 
     @property
     def secure_cookies(self) -> bool:
@@ -201,4 +203,5 @@ class _Parser(WebSectionParser):
             timezone=self.config.timezone,
             support_contact=None if contact is None else str(contact),
             trusted_proxies=str(proxies),
+            customer_messages=load_notify_settings(self.config).enabled,
         )

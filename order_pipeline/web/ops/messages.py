@@ -81,20 +81,23 @@ class Resend:
     retry_after: int = 0
 
 
-def queue_resend(engine: Engine, order_no: str, username: str, now: datetime, tz: str) -> Resend:
-    """Record a resend of the order's tracking link for the sender, unless one is not allowed now."""
+def queue_resend(
+    engine: Engine, order_no: str, username: str, now: datetime, tz: str, *, enabled: bool = True
+) -> Resend:
+    """Record a resend of the order's tracking link for the sender, unless one is not allowed now
+    (`enabled` False: the config sends no customer messages, so a resend would never go out)."""
     now = utc(now)
     with _QUEUEING:
         with reading(engine) as conn:
             order = queries.staff_order(conn, order_no)
-            ready = order is not None and queries.has_table(conn, customer_notifications)
+            ready = enabled and order is not None and queries.has_table(conn, customer_notifications)
             last = queries.last_resend(conn, order_no, now - RESEND_EVERY) if ready else None
         if order is None:
             return Resend("not_found", 404)
         if is_cancelled(order):
             return Resend("resend_cancelled", 409, "此订单已取消，不再给客户发送消息。")
         if not ready:
-            return Resend("resend_unavailable", 409, "此仓库未启用客户消息，无法重发查询链接。")
+            return Resend("resend_unavailable", 409, "客户消息未启用，无法重发查询链接。")
         if last is None:
             row = {"order_no": order_no, "event": RESEND, "event_key": resend_key(now)}
             with engine.begin() as conn:  # a write transaction of its own, as short as can be

@@ -101,7 +101,7 @@ def _order_page(
         alerts=alert_rows(alerts, web.tz),
         link=link,
         link_expires=local_time(now + web.settings.link_ttl, web.tz) if link else "",
-        has_ledger=sent is not None,
+        has_ledger=sent is not None and web.settings.customer_messages,
         messages=messages.message_rows(sent or [], web.tz),
         cancelled=messages.is_cancelled(order),
         notice=notice,
@@ -134,7 +134,9 @@ async def issue_link(request: Request, session: Session) -> Response:
 
 
 def _resend(web: WebContext, request: Request, session: Session, order_no: str) -> Response:
-    done = messages.queue_resend(web.engine, order_no, session.username, web.clock(), web.tz)
+    done = messages.queue_resend(
+        web.engine, order_no, session.username, web.clock(), web.tz, enabled=web.settings.customer_messages
+    )
     if done.outcome == "resend_queued":
         web.access_log.add(staff_access(web, request, session, order_no, done.outcome))
         return RedirectResponse(f"/ops/order/{quote(order_no, safe='')}?notice=resend_queued", status_code=303)
