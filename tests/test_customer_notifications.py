@@ -503,3 +503,22 @@ def test_a_real_channel_needs_a_template_and_its_fields_must_exist(tmp_path):
 def test_without_the_section_nothing_is_sent(tmp_path, engine):
     assert build_notifier(make_config(tmp_path, str(engine.url)), engine) is None
     assert ledger.next_due(engine.connect()) is None
+
+
+def test_a_claim_left_by_a_crash_wakes_the_next_round_in_time_for_wechat(tmp_path, engine, vendors):
+    wechat, _, transports = vendors
+    publish_rows(engine, [new_order()])
+    with_openid(engine, {"SO-1": "oFOLLOWER"})
+    inner = handler(wechat)
+
+    def send_then_die(request: httpx.Request) -> httpx.Response:
+        answer = inner(request)
+        if request.url.path.endswith("/template/send"):
+            raise Crash
+        return answer
+
+    n = notifier(tmp_path, engine, {**transports, "wechat": httpx.MockTransport(send_then_die)}, **WECHAT_SMS)
+    with pytest.raises(Crash):
+        n.run(NOW)
+    with engine.connect() as conn:
+        assert ledger.next_due(conn) == NOW + ledger.CLAIM_TIMEOUT

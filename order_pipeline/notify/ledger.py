@@ -134,9 +134,18 @@ def ready(conn: sa.Connection, now: datetime, limit: int) -> pd.DataFrame:
 
 
 def next_due(conn: sa.Connection) -> datetime | None:
-    """When the next waiting message falls due (a quiet-hours end, a retry), or None."""
-    t = conn.execute(sa.select(sa.func.min(n.c.due_at)).where(n.c.status.in_(WAITING))).scalar()
-    return None if t is None else utc(pd.Timestamp(t).to_pydatetime())
+    """When a round next has something to do, or None: a waiting message falls due (a quiet-hours
+    end, a retry), or a claim a crashed sender left is old enough for the sweep (soon enough, for
+    a WeChat message, to be sent again within WeChat's de-duplication window)."""
+    waiting = sa.select(sa.func.min(n.c.due_at)).where(n.c.status.in_(WAITING)).where(n.c.claim_token.is_(None))
+    claimed = sa.select(sa.func.min(n.c.claimed_at)).where(n.c.claim_token.is_not(None))
+    times = [conn.execute(waiting).scalar(), conn.execute(claimed).scalar()]
+    found = [
+        utc(pd.Timestamp(t).to_pydatetime()) + (CLAIM_TIMEOUT if i else timedelta(0))
+        for i, t in enumerate(times)
+        if t is not None
+    ]
+    return min(found) if found else None
 
 
 def claim(engine: sa.Engine, row_id: int, channel: str, now: datetime, token: str | None = None) -> str | None:
