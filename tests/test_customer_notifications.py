@@ -475,6 +475,11 @@ def test_two_senders_at_once_send_each_message_once(tmp_path, engine):
         ({"quiet_hours": "9pm-8am"}, "notifications.quiet_hours", "not a window"),
         ({"daily_cap": 0}, "notifications.daily_cap", "at least 1"),
         ({"link_url": "https://t.example.com/x"}, "notifications.link_url", "{order_no}"),
+        (
+            {"channels": {"sms": {**WECHAT_SMS["channels"]["sms"], "timeout": "soon"}}},
+            "notifications.channels.sms.timeout",
+            "not a duration",
+        ),
     ],
 )
 def test_a_mistake_fails_at_load_naming_the_entry(tmp_path, section, entry, problem):

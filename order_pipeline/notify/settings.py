@@ -220,6 +220,11 @@ class _Parser(SectionParser):
                     self.fail(f"{entry}.{setting}", "missing", f"write `{setting}: {example}`")
                 if setting.endswith("_env"):
                     self.env_name(spec[setting], f"{entry}.{setting}", example)
+            if "timeout" in spec:
+                self.duration(spec["timeout"], f"{entry}.timeout")
+            limit = spec.get("variable_max", 0)
+            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+                self.fail(f"{entry}.variable_max", f"{limit!r} is not a number of characters", "write 12, or null")
             out[str(name)] = dict(spec)
         return out
 
