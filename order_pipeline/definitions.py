@@ -124,10 +124,14 @@ def build_definitions(config: Config, now: str | None = None) -> dg.Definitions:
     with warnings.catch_warnings():  # code references are a beta API: the UI's link to each asset's source
         warnings.simplefilter("ignore", dg.BetaWarning)
         assets = dg.with_source_code_references(assets)
+    # A full run (the job, from the UI or a schedule) loads the sources side by side, a process each;
+    # the runs a change asks for are small and run their steps in one process, which saves a process
+    # start and a code import per step (about half of such a run).
     job = dg.define_asset_job(
         PIPELINE_JOB,
         selection=dg.AssetSelection.all(),
-        description="Extract every source, poll the carrier, unify and publish.",
+        description="Extract every source, poll the carrier, unify, publish and message the customers.",
+        executor_def=dg.multiprocess_executor,
     )
     return dg.Definitions(
         assets=assets,
@@ -148,6 +152,7 @@ def build_definitions(config: Config, now: str | None = None) -> dg.Definitions:
             notification_sensor(config),
         ],
         resources=_resources(config, now),
+        executor=dg.in_process_executor,
     )
 
 

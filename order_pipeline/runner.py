@@ -28,17 +28,26 @@ class RunOutcome:
     failures: list[str]
 
 
-# What a new instance home gets (deploy/dagster.yaml says the same for production): the project's
-# log lines reach each run's event log; the run queue starts one run at a time, since runs write the
-# same warehouse (a run from the CLI takes the warehouse's run lock instead: it does not pass through
-# the queue); and a failed source run is run again by Dagster's daemon (`order-pipeline ui`) before
-# the source's sensor asks for a new one.
+# What a new instance home gets (deploy/dagster.yaml says the same for production, and why): the
+# project's log lines reach each run's event log; the run queue starts one run at a time, a second
+# after it was asked for, since runs write the same warehouse (a run from the CLI takes the
+# warehouse's run lock instead: it does not pass through the queue); sensors tick on threads; and
+# a failed source run is run again by Dagster's daemon (`order-pipeline ui`) before the source's
+# sensor asks for a new one.
 INSTANCE_YAML = f"""python_logs:
   managed_python_loggers: [order_pipeline]
   python_log_level: INFO
 concurrency:
   runs:
     max_concurrent_runs: 1
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
+sensors:
+  use_threads: true
+  num_workers: 4
 run_retries:
   enabled: true
   max_retries: {MAX_RETRIES}

@@ -1,8 +1,10 @@
 """The carrier feed: a poll schedule on its own SLA, and pushed answers made visible to automation.
 
 Kuaidi100 pushes land in `raw_tracking` through the web hook, outside any Dagster run. The push
-sensor notices them (the newest push batch moved) and records a materialization of
-`raw_tracking`, so `unified_orders` follows a push exactly as it follows a poll.
+sensor notices them (the newest push batch moved), records a materialization of `raw_tracking`
+for the UI and lineage, and asks for the downstream run itself (unified, published, customer
+messages), rather than leaving it to the next automation tick. A push run still waiting in the
+queue will read every push stored before it starts, so while one waits no other is asked for.
 """
 
 from __future__ import annotations
@@ -15,6 +17,11 @@ import sqlalchemy as sa
 from assets.carrier import RAW_TRACKING
 from order_pipeline.contract.schema import BATCH, raw_tracking
 from resources.warehouse import WarehouseResource
+from sensors.sources import DOWNSTREAM
+
+TRIGGER_TAG = "order_pipeline/trigger"
+PUSH_TRIGGER = "carrier_push"
+_WAITING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]
 
 POLL_SCHEDULE = "carrier_poll"
 PUSH_SENSOR = "carrier_push_received"
@@ -36,18 +43,20 @@ def carrier_poll_schedule(interval: timedelta, timezone: str) -> dg.ScheduleDefi
         name=POLL_SCHEDULE,
         cron_schedule=poll_cron(interval),
         execution_timezone=timezone,
-        target=[RAW_TRACKING],
+        target=[RAW_TRACKING, *DOWNSTREAM],  # one run: the poll and what follows it
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description=f"Polls Kuaidi100 for the waybills not heard of for {interval} (the carrier's update SLA).",
     )
 
 
-def carrier_push_sensor(interval: int = 30) -> dg.SensorDefinition:
+def carrier_push_sensor(interval: int = 5) -> dg.SensorDefinition:
     @dg.sensor(
         name=PUSH_SENSOR,
+        target=list(DOWNSTREAM),
         minimum_interval_seconds=interval,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Records a raw_tracking materialization when Kuaidi100 pushed new answers, so automation follows.",
+        description="Records a raw_tracking materialization when Kuaidi100 pushed new answers, and runs what "
+        "follows it.",
     )
     def _sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource):
         with warehouse.engine.connect() as conn:
@@ -58,7 +67,22 @@ def carrier_push_sensor(interval: int = 30) -> dg.SensorDefinition:
             return dg.SkipReason("no Kuaidi100 push received yet")
         if context.cursor and int(context.cursor) >= int(newest):
             return dg.SkipReason(f"no Kuaidi100 push since batch {context.cursor}")
+        waiting = context.instance.get_runs(
+            filters=dg.RunsFilter(tags={TRIGGER_TAG: PUSH_TRIGGER}, statuses=_WAITING), limit=1
+        )
+        requests = (
+            []
+            if waiting
+            else [
+                dg.RunRequest(
+                    run_key=f"carrier-push-batch-{newest}",
+                    asset_selection=list(DOWNSTREAM),
+                    tags={TRIGGER_TAG: PUSH_TRIGGER},
+                )
+            ]
+        )
         return dg.SensorResult(
+            run_requests=requests,
             asset_events=[dg.AssetMaterialization(RAW_TRACKING, metadata={"via": "push", "batch": int(newest)})],
             cursor=str(newest),
         )

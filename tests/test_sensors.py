@@ -54,8 +54,8 @@ from order_pipeline.warehouse.state import high_water_mark_key, reconciled_key, 
 from resources.alerting import AlertingResource
 from resources.warehouse import PipelineClock, SourceConnection, SourceDatabases, WarehouseResource
 from sensors.alerts import AlertCursor, alert_sensor, run_failure_sensor, run_success_sensor
-from sensors.carrier import carrier_push_sensor, poll_cron
-from sensors.sources import MAX_RETRIES, source_change_sensor
+from sensors.carrier import PUSH_TRIGGER, TRIGGER_TAG, carrier_push_sensor, poll_cron
+from sensors.sources import DOWNSTREAM, MAX_RETRIES, source_change_sensor
 
 
 @pytest.fixture(autouse=True)
@@ -140,7 +140,7 @@ def test_source_sensor_requests_a_load_only_when_the_watermark_moves(tmp_path, i
     first = tick(None)
     [request] = first.run_requests or []
     assert request.run_key == "orders:2026-11-25 09:59:30"
-    assert request.asset_selection == [dg.AssetKey("raw_orders"), dg.AssetKey("raw_order_lines")]
+    assert request.asset_selection == [dg.AssetKey("raw_orders"), dg.AssetKey("raw_order_lines"), *DOWNSTREAM]
     assert first.cursor == "orders:2026-11-25 09:59:30"
     assert skip_message(tick(first.cursor)) == "waiting for the run of orders:2026-11-25 09:59:30"
 
@@ -516,7 +516,7 @@ def test_a_run_failed_outside_its_steps_alerts_with_the_error_its_engine_event_h
 # --- the carrier -----------------------------------------------------------------------------------------
 
 
-def test_a_kuaidi100_push_is_recorded_as_a_raw_tracking_update(engine, instance):
+def test_a_kuaidi100_push_is_recorded_and_runs_what_follows_it_once_per_queue(engine, instance):
     sensor = carrier_push_sensor()
     res = {"warehouse": WarehouseResource(url=str(engine.url))}
     first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=res))
@@ -526,8 +526,20 @@ def test_a_kuaidi100_push_is_recorded_as_a_raw_tracking_update(engine, instance)
     pushed = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=res))
     [event] = pushed.asset_events
     assert event.asset_key == dg.AssetKey("raw_tracking") and pushed.cursor == "7"
+    [request] = pushed.run_requests
+    assert request.asset_selection == list(DOWNSTREAM) and request.tags[TRIGGER_TAG] == PUSH_TRIGGER
     again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=pushed.cursor, resources=res))
     assert not again.asset_events and "since batch 7" in skip_message(again)
+    # A push run still queued reads every push stored before it starts: no second run is asked for.
+    instance.add_run(
+        dg.DagsterRun(
+            job_name="__ASSET_JOB", run_id="queued-push-run", status=dg.DagsterRunStatus.NOT_STARTED, tags=request.tags
+        )
+    )
+    with engine.begin() as conn:
+        conn.execute(raw_tracking.insert().values(waybill_no="SF2", is_signed=False, via="push", **{BATCH: 8}))
+    later = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor="7", resources=res))
+    assert later.cursor == "8" and len(later.asset_events) == 1 and later.run_requests == []
 
 
 @pytest.mark.parametrize(
