@@ -136,12 +136,17 @@ class Notifier:
 
     def send_ready(self, now: datetime, result: RoundResult) -> None:
         round_ = _Round(self, now, result)
+        # A row is tried once per round: one that is still ready after its try (another sender
+        # changed it under us) is left for the next round rather than tried in a loop.
+        seen: set[int] = set()
         while True:
             with self.engine.connect() as conn:
                 rows = ledger.ready(conn, now, BATCH)
+                rows = rows[~rows["id"].isin(seen)]
                 if rows.empty:
                     return
                 orders = _orders(conn, rows["order_no"].unique().tolist())
+            seen.update(int(i) for i in rows["id"])
             round_.send_batch(rows, orders)
 
 
