@@ -249,6 +249,28 @@ def test_no_second_load_while_one_is_in_flight_or_about_to_be_retried(tmp_path, 
         assert f"Dagster retries run {failed.run_id}" in skip_message(watch.tick())
 
 
+def test_a_change_that_lands_while_its_run_is_in_flight_is_loaded_by_the_next_run(tmp_path, instance, monkeypatch):
+    watch = InventoryWatch(tmp_path, instance)
+    watch.stock("A", 10, "2026-11-25 10:00:00")
+    [first] = watch.tick().run_requests or []
+    real = source_assets.load_source
+
+    def read_then_change(*args, **kwargs):
+        result = real(*args, **kwargs)
+        watch.stock("B", 1, "2026-11-25 10:00:01")  # commits after the run read the source
+        return result
+
+    with monkeypatch.context() as m:
+        m.setattr(source_assets, "load_source", read_then_change)
+        assert watch.run(first).success
+    assert watch.on_hand() == {"A": 10}
+    [second] = watch.tick().run_requests or []
+    assert second.tags["order_pipeline/watermark"] == "2026-11-25 10:00:01"
+    assert watch.run(second).success
+    assert watch.on_hand() == {"A": 10, "B": 1}
+    assert "no new rows in inventory since 2026-11-25 10:00:01" in skip_message(watch.tick())
+
+
 def test_a_source_is_reconciled_every_hour_even_when_it_does_not_move(tmp_path, instance):
     watch = InventoryWatch(tmp_path, instance)
     watch.stock("A", 10, "2026-11-25 10:00:00")
