@@ -391,6 +391,7 @@ def test_the_stand_in_refuses_force_refreshes_past_twenty_a_day(store, sandbox, 
 
 
 def test_end_to_end_against_the_served_stand_in(store, sandbox, clock):
+    """One channel over HTTP: a token per process while it lasts, one forced refresh when WeChat ends it early."""
     sandbox.refusing.add("oFollower_0002")
     with serve_app(app(sandbox)) as port:
         ch = WeChatTemplate(APP_ID, APP_SECRET, store, api=f"http://127.0.0.1:{port}", clock=clock)
@@ -421,8 +422,9 @@ def test_end_to_end_against_the_served_stand_in(store, sandbox, clock):
         assert (failure_of(ch, unknown).failure, failure_of(ch, unknown).code) == (Failure.PERMANENT, "40037")
 
         sandbox.whitelisted = False
-        store.put(APP_ID, "gone", NOW, NOW - 3 * H)  # nothing valid cached: a fetch is needed
-        error = failure_of(ch)
+        store.put(APP_ID, "gone", NOW, NOW - 3 * H)  # nothing valid cached: a new process must fetch one
+        other = WeChatTemplate(APP_ID, APP_SECRET, store, api=f"http://127.0.0.1:{port}", clock=clock)
+        error = failure_of(other)
         assert error.failure == Failure.PERMANENT and "IP whitelist" in str(error)
         assert len(sandbox.accepted) == 4
 
@@ -448,3 +450,16 @@ def test_stand_in_refuses_what_wechat_refuses(sandbox):
         "access_token": forced["access_token"],
         "expires_in": 7200,
     }
+
+
+def test_a_channel_reads_the_shared_token_once_and_keeps_it_while_it_lasts(store, sandbox, clock, monkeypatch):
+    reads = []
+    real_get = store.get
+    monkeypatch.setattr(store, "get", lambda *a, **k: reads.append(1) or real_get(*a, **k))
+    ch = channel(store, httpx.MockTransport(handler(sandbox)), clock)
+    for i in range(5):
+        ch.send(CustomerMessage(f"SO-{i}:link", TEMPLATE, MSG.params, openid=OPENID))
+    assert (sandbox.token_calls, len(reads), len(sandbox.accepted)) == (1, 1, 5)
+    clock.advance(2 * 3600 - 4 * 60)  # within five minutes of its expiry: read (and fetched) again
+    ch.send(CustomerMessage("SO-9:link", TEMPLATE, MSG.params, openid=OPENID))
+    assert (sandbox.token_calls, len(reads)) == (2, 2)

@@ -22,7 +22,7 @@ import httpx
 
 from order_pipeline.domain.http_retry import retry_after
 from order_pipeline.notify.channels.message import CustomerMessage, Failure, SendError, Sent, exchange
-from order_pipeline.notify.channels.wechat_tokens import TokenStore
+from order_pipeline.notify.channels.wechat_tokens import MARGIN, CachedToken, TokenStore
 
 DEFAULT_API = "https://api.weixin.qq.com"
 DEFAULT_TIMEOUT = 10.0
@@ -148,6 +148,7 @@ class WeChatTemplate:
         self._api = api.rstrip("/")
         self._clock = clock
         self._http = httpx.Client(timeout=timeout, transport=transport)
+        self._held: CachedToken | None = None
 
     def close(self) -> None:
         self._http.close()
@@ -194,16 +195,24 @@ class WeChatTemplate:
     # --- the token ------------------------------------------------------------------------------
 
     def _token(self, now: datetime) -> str:
+        # The token last read or fetched is used while it stays valid: a token another process
+        # force-refreshed meanwhile is refused once (40001), and `_replacement` reads the store then.
+        held = self._held
+        if held is not None and held.expires_at - now >= MARGIN:
+            return held.value
         cached = self.tokens.get(self.app_id, now)
         if cached is not None:
+            self._held = cached
             return cached.value
         return self._fetch(now, force=False)
 
     def _replacement(self, stale: str, now: datetime, refusal: dict[str, Any]) -> str:
         """A token to try instead of `stale`, which WeChat refused: one another process stored since,
         else a forced refresh, if this process wins the claim to it."""
+        self._held = None
         cached = self.tokens.get(self.app_id, now, margin=timedelta(0))
         if cached is not None and cached.value != stale:
+            self._held = cached
             return cached.value
         if not self.tokens.claim_forced_refresh(self.app_id, stale, now):
             raise self._error(
@@ -217,7 +226,9 @@ class WeChatTemplate:
         token, expires_in = answer.get("access_token"), answer.get("expires_in")
         if not isinstance(token, str) or not token or not isinstance(expires_in, int | float):
             raise self._token_error(answer)
-        self.tokens.put(self.app_id, token, now + timedelta(seconds=expires_in), now)
+        expires_at = now + timedelta(seconds=expires_in)
+        self.tokens.put(self.app_id, token, expires_at, now)
+        self._held = CachedToken(token, expires_at, now)
         return token
 
     def _token_error(self, answer: dict[str, Any]) -> SendError:

@@ -42,6 +42,8 @@ class AliyunSandbox:
     keyword_blocked: set[str] = field(default_factory=set)  # numbers answered isv.BLACK_KEY_CONTROL_LIMIT
     accepted: list[dict[str, Any]] = field(default_factory=list)
     nonces: set[str] = field(default_factory=set)
+    # When each (signature, template, number) was accepted: the daily cap counts them without a scan.
+    sent_at: dict[tuple[str, str, str], list[datetime]] = field(default_factory=dict)
 
     def answer(self, method: str, path: str, query: str, headers: dict[str, str], body: bytes) -> tuple[int, dict]:
         """Aliyun's HTTP status and JSON answer to one request; `headers` with lower-case names."""
@@ -120,16 +122,12 @@ class AliyunSandbox:
         if phone in self.keyword_blocked:
             return _ok_shape("isv.BLACK_KEY_CONTROL_LIMIT", "黑名单管控")
         now = self.clock()
-        same = [
-            m
-            for m in self.accepted
-            if (m["SignName"], m["TemplateCode"], m["PhoneNumbers"]) == (sign, template, phone)
-            and now - m["at"] < timedelta(days=1)
-        ]
-        if len(same) >= self.daily_cap:
+        times = self.sent_at.setdefault((str(sign), str(template), phone), [])
+        if sum(now - t < timedelta(days=1) for t in times) >= self.daily_cap:
             return _ok_shape("isv.BUSINESS_LIMIT_CONTROL", f"触发天级流控Permits:{self.daily_cap}")
         biz_id = f"{len(self.accepted) + 900000000000000000}^0"
         self.accepted.append({**params, "TemplateParam": variables, "BizId": biz_id, "at": now})
+        times.append(now)
         return 200, {"Code": "OK", "Message": "OK", "BizId": biz_id, "RequestId": _request_id()}
 
 

@@ -42,6 +42,7 @@ class TencentSandbox:
     flow_controlled: set[str] = field(default_factory=set)  # 11-digit numbers answered LimitExceeded.*
     blacklisted: set[str] = field(default_factory=set)  # 11-digit numbers on the do-not-disturb list
     accepted: list[dict[str, Any]] = field(default_factory=list)
+    sent_at: dict[tuple[str, str], list[datetime]] = field(default_factory=dict)  # (number, template): times
 
     def answer(self, headers: dict[str, str], body: bytes) -> dict[str, Any]:
         """Tencent's JSON answer to one POST; `headers` with lower-case names."""
@@ -121,15 +122,12 @@ class TencentSandbox:
         if mobile in self.flow_controlled:
             return {**status, "Code": "LimitExceeded.DeliveryFrequencyLimit", "Message": "frequency limit"}
         now, template = self.clock(), request["TemplateId"]
-        same = [
-            m
-            for m in self.accepted
-            if (m["mobile"], m["TemplateId"]) == (mobile, template) and now - m["at"] < timedelta(days=1)
-        ]
-        if len(same) >= self.daily_cap:
+        times = self.sent_at.setdefault((mobile, template), [])
+        if sum(now - t < timedelta(days=1) for t in times) >= self.daily_cap:
             return {**status, "Code": "LimitExceeded.PhoneNumberDailyLimit", "Message": "daily limit"}
         serial = f"2433:{len(self.accepted) + 1:018d}"
         self.accepted.append({**request, "mobile": mobile, "SerialNo": serial, "at": now})
+        times.append(now)
         return {**status, "SerialNo": serial, "Fee": 1, "Code": "Ok", "Message": "send success"}
 
 

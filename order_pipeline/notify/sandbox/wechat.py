@@ -78,6 +78,7 @@ class WeChatSandbox:
         self.token_calls = 0
         self.forced: dict[date, int] = {}  # China day → force refreshes granted
         self.accepted: list[Accepted] = []
+        self._by_client_id: dict[tuple[str, str], Accepted] = {}  # (openid, client_msg_id): the newest accepted
         self._lock = threading.Lock()
         self._next_msgid = 3_000_000_001
         self._issued = 0
@@ -155,11 +156,12 @@ class WeChatSandbox:
                 return {"errcode": 0, "errmsg": "ok", "msgid": earlier.msgid}
             msgid, self._next_msgid = self._next_msgid, self._next_msgid + 1
             url = body.get("url")
-            self.accepted.append(
-                Accepted(
-                    msgid, touser, str(template_id), url if isinstance(url, str) else None, data, client_msg_id, now
-                )
+            accepted = Accepted(
+                msgid, touser, str(template_id), url if isinstance(url, str) else None, data, client_msg_id, now
             )
+            self.accepted.append(accepted)
+            if client_msg_id:
+                self._by_client_id[(touser, str(client_msg_id))] = accepted
             return {"errcode": 0, "errmsg": "ok", "msgid": msgid}
 
     @staticmethod
@@ -179,14 +181,8 @@ class WeChatSandbox:
     def _duplicate(self, touser: str, client_msg_id: Any, now: datetime) -> Accepted | None:
         if not client_msg_id:
             return None
-        return next(
-            (
-                a
-                for a in reversed(self.accepted)
-                if a.touser == touser and a.client_msg_id == client_msg_id and now - a.at < CLIENT_MSG_TTL
-            ),
-            None,
-        )
+        earlier = self._by_client_id.get((touser, str(client_msg_id)))
+        return earlier if earlier is not None and now - earlier.at < CLIENT_MSG_TTL else None
 
 
 def _json(raw: bytes) -> Any:
