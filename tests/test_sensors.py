@@ -548,7 +548,7 @@ def test_a_kuaidi100_push_is_recorded_and_runs_what_follows_it_once_per_queue(en
     pushed = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=res))
     [event] = pushed.asset_events
     assert event.asset_key == dg.AssetKey("raw_tracking") and pushed.cursor == "7"
-    [request] = pushed.run_requests
+    [request] = pushed.run_requests or []
     assert request.asset_selection == list(DOWNSTREAM) and request.tags[TRIGGER_TAG] == PUSH_TRIGGER
     again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=pushed.cursor, resources=res))
     assert not again.asset_events and "since batch 7" in skip_message(again)
