@@ -148,13 +148,14 @@ def next_due(conn: sa.Connection) -> datetime | None:
     return min(found) if found else None
 
 
-def claim(engine: sa.Engine, row_id: int, channel: str, now: datetime, token: str | None = None) -> str | None:
+def claim(conn: sa.Connection, row_id: int, channel: str, now: datetime, token: str | None = None) -> str | None:
     """Claim a row for sending through `channel`, committed before the send; the token, or None
-    when another sender has it. A sender moving to the next channel claims again with its token."""
+    when another sender has it. A sender moving to the next channel claims again with its token.
+    `conn` is the sender's own connection, outside any transaction: each call commits its own."""
     now = utc(now)
     new = token or uuid.uuid4().hex
     owner = n.c.claim_token.is_(None) if token is None else n.c.claim_token == token
-    with engine.begin() as conn:
+    with conn.begin():
         won = conn.execute(
             n.update()
             .where(n.c.id == row_id)
@@ -165,10 +166,11 @@ def claim(engine: sa.Engine, row_id: int, channel: str, now: datetime, token: st
     return new if won else None
 
 
-def finish(engine: sa.Engine, row_id: int, token: str | None, **values) -> None:
-    """Record a row's outcome and release its claim (token None: a row that was never claimed)."""
+def finish(conn: sa.Connection, row_id: int, token: str | None, **values) -> None:
+    """Record a row's outcome and release its claim (token None: a row that was never claimed),
+    in a transaction of its own on the sender's connection."""
     owner = n.c.claim_token.is_(None) if token is None else n.c.claim_token == token
-    with engine.begin() as conn:
+    with conn.begin():
         conn.execute(n.update().where(n.c.id == row_id).where(owner).values(claim_token=None, **values))
 
 

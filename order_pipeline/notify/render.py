@@ -39,8 +39,8 @@ class Link:
 class Links:
     """Signed tracking links, and the short codes an SMS carries in their place."""
 
-    def __init__(self, engine: sa.Engine, signing: LinkSigning, url_template: str | None = None):
-        self.engine, self.signing = engine, signing
+    def __init__(self, signing: LinkSigning, url_template: str | None = None):
+        self.signing = signing
         self.url_template = url_template or signing.base_url.rstrip("/") + "/order/{order_no}"
 
     def link(self, order_no: str, now: datetime) -> Link:
@@ -48,10 +48,12 @@ class Links:
         token = make_token(order_no, expires, self.signing.link_secret)
         return Link(f"{self.url_template.format(order_no=quote(order_no, safe=''))}?t={token}", expires)
 
-    def short_code(self, order_no: str, expires_at: datetime) -> str:
-        """A code for `/s/{code}`, stored before the message goes, valid as long as the link."""
+    @staticmethod
+    def short_code(conn: sa.Connection, order_no: str, expires_at: datetime) -> str:
+        """A code for `/s/{code}`, committed on `conn` (outside a transaction) before the message goes,
+        valid as long as the link."""
         code = "".join(secrets.choice(_ALPHABET) for _ in range(SHORT_CODE_LEN))
-        with self.engine.begin() as conn:
+        with conn.begin():
             conn.execute(tracking_short_links.insert().values(code=code, order_no=order_no, expires_at=expires_at))
         return code
 

@@ -34,4 +34,4 @@ def build_notifier(
         for name, spec in settings.channels.items()
     }
     key = phone_key(settings.phone_hash_key_env, signing.link_secret, str(config.path))
-    return Notifier(engine, settings, channels, Links(engine, signing, settings.link_url), key)
+    return Notifier(engine, settings, channels, Links(signing, settings.link_url), key)

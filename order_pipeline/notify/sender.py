@@ -135,7 +135,11 @@ class Notifier:
         return result
 
     def send_ready(self, now: datetime, result: RoundResult) -> None:
-        round_ = _Round(self, now, result)
+        with self.engine.connect() as writer:
+            self._send_ready(_Round(self, writer, now, result))
+
+    def _send_ready(self, round_: _Round) -> None:
+        now = round_.now
         # A row is tried once per round: one that is still ready after its try (another sender
         # changed it under us) is left for the next round rather than tried in a loop.
         seen: set[int] = set()
@@ -153,6 +157,7 @@ class Notifier:
 @dataclass
 class _Round:
     notifier: Notifier
+    writer: sa.Connection  # claims, outcomes and short codes, each committed in its own transaction
     now: datetime
     result: RoundResult
     failures_in_a_row: Counter = field(default_factory=Counter)  # channel -> retryable failures
@@ -176,7 +181,7 @@ class _Round:
         return day_start(self.now, self.notifier.settings.timezone)
 
     def _finish(self, row, token: str | None, status: str, channel: str | None = None, **values) -> None:
-        ledger.finish(self.notifier.engine, int(row.id), token, status=status, **values)
+        ledger.finish(self.writer, int(row.id), token, status=status, **values)
         self.result.outcomes[(row.event, channel or "-", status)] += 1
 
     def send_row(self, row, order: dict | None, phone_hash: str | None, blocked: bool) -> None:
@@ -204,7 +209,12 @@ class _Round:
         n, now = self.notifier, self.now
         link = n.links.link(row.order_no, now)
         values = fields(
-            order, row.event, link, now, n.settings.timezone, lambda: n.links.short_code(row.order_no, link.expires_at)
+            order,
+            row.event,
+            link,
+            now,
+            n.settings.timezone,
+            lambda: n.links.short_code(self.writer, row.order_no, link.expires_at),
         )
         token, problems = None, []
         for name in ev.send:
@@ -220,7 +230,7 @@ class _Round:
             if problem:
                 problems.append(f"{name}: {problem}")
                 continue
-            token = ledger.claim(n.engine, int(row.id), name, now, token)
+            token = ledger.claim(self.writer, int(row.id), name, now, token)
             if token is None:
                 return  # another sender has it
             try:
@@ -255,12 +265,12 @@ class _Round:
         self._finish(row, token, status, reason="; ".join(problems)[:500], attempts=attempts, **who)
 
     def _failed(self, row, token: str, name: str, e: SendError, who: dict) -> None:
-        n, now = self.notifier, self.now
+        now = self.now
         attempts = int(row.attempts) + 1
         if e.failure == Failure.OPTED_OUT:
-            with n.engine.begin() as conn:
+            with self.writer.begin():
                 if who["phone_hash"]:
-                    suppress_hash(conn, who["phone_hash"], who["phone_masked"] or "", name, e.code, now)
+                    suppress_hash(self.writer, who["phone_hash"], who["phone_masked"] or "", name, e.code, now)
             return self._finish(
                 row, token, ledger.SUPPRESSED, name, reason=str(e)[:500], error_code=e.code, attempts=attempts, **who
             )
