@@ -418,10 +418,8 @@ def test_an_sms_in_doubt_after_a_crash_is_never_sent_again_by_itself(tmp_path, e
     assert len(aliyun.accepted) == 1
 
 
-def test_a_wechat_message_in_doubt_is_sent_again_and_wechat_keeps_it_one(tmp_path, engine, vendors):
-    wechat, _, transports = vendors
-    publish_rows(engine, [new_order()])
-    with_openid(engine, {"SO-1": "oFOLLOWER"})
+def sends_then_dies(wechat: WeChatSandbox) -> httpx.MockTransport:
+    """WeChat takes the message, and the sender dies before it hears the answer."""
     inner = handler(wechat)
 
     def send_then_die(request: httpx.Request) -> httpx.Response:
@@ -430,7 +428,14 @@ def test_a_wechat_message_in_doubt_is_sent_again_and_wechat_keeps_it_one(tmp_pat
             raise Crash
         return answer
 
-    n = notifier(tmp_path, engine, {**transports, "wechat": httpx.MockTransport(send_then_die)}, **WECHAT_SMS)
+    return httpx.MockTransport(send_then_die)
+
+
+def test_a_wechat_message_in_doubt_is_sent_again_and_wechat_keeps_it_one(tmp_path, engine, vendors):
+    wechat, _, transports = vendors
+    publish_rows(engine, [new_order()])
+    with_openid(engine, {"SO-1": "oFOLLOWER"})
+    n = notifier(tmp_path, engine, {**transports, "wechat": sends_then_dies(wechat)}, **WECHAT_SMS)
     with pytest.raises(Crash):
         n.run(NOW)
     result = notifier(tmp_path, engine, transports, **WECHAT_SMS).run(NOW + 3 * M)
@@ -514,15 +519,7 @@ def test_a_claim_left_by_a_crash_wakes_the_next_round_in_time_for_wechat(tmp_pat
     wechat, _, transports = vendors
     publish_rows(engine, [new_order()])
     with_openid(engine, {"SO-1": "oFOLLOWER"})
-    inner = handler(wechat)
-
-    def send_then_die(request: httpx.Request) -> httpx.Response:
-        answer = inner(request)
-        if request.url.path.endswith("/template/send"):
-            raise Crash
-        return answer
-
-    n = notifier(tmp_path, engine, {**transports, "wechat": httpx.MockTransport(send_then_die)}, **WECHAT_SMS)
+    n = notifier(tmp_path, engine, {**transports, "wechat": sends_then_dies(wechat)}, **WECHAT_SMS)
     with pytest.raises(Crash):
         n.run(NOW)
     with engine.connect() as conn:

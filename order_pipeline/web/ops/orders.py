@@ -120,15 +120,24 @@ async def order_view(request: Request, session: Session) -> Response:
     return await run_in_threadpool(_order_page, web, request, session, order_no, notice=notice)
 
 
-@staff_only
-async def issue_link(request: Request, session: Session) -> Response:
-    """A fresh customer link, e.g. for a customer on the phone whose link has expired."""
+async def _order_action(request: Request, session: Session) -> tuple[WebContext, str] | Response:
+    """A staff action's form checked (CSRF) and its order number well formed, or the refusal."""
     web = web_context(request)
     order_no = request.path_params["order_no"]
     if await checked_form(request, session) is None:
         return web.pages.error(403, wording="csrf")
     if not valid_order_no(order_no):
         return web.pages.error(400)
+    return web, order_no
+
+
+@staff_only
+async def issue_link(request: Request, session: Session) -> Response:
+    """A fresh customer link, e.g. for a customer on the phone whose link has expired."""
+    checked = await _order_action(request, session)
+    if isinstance(checked, Response):
+        return checked
+    web, order_no = checked
     link = customer_link(web.settings, order_no, web.clock())
     return await run_in_threadpool(_order_page, web, request, session, order_no, link)
 
@@ -152,10 +161,8 @@ def _resend(web: WebContext, request: Request, session: Session, order_no: str) 
 @staff_only
 async def resend_link(request: Request, session: Session) -> Response:
     """Send the customer the tracking link again, e.g. after a message that failed or may not have gone out."""
-    web = web_context(request)
-    order_no = request.path_params["order_no"]
-    if await checked_form(request, session) is None:
-        return web.pages.error(403, wording="csrf")
-    if not valid_order_no(order_no):
-        return web.pages.error(400)
+    checked = await _order_action(request, session)
+    if isinstance(checked, Response):
+        return checked
+    web, order_no = checked
     return await run_in_threadpool(_resend, web, request, session, order_no)
