@@ -70,6 +70,19 @@ def test_the_demo_definitions_load_and_validate(config, monkeypatch):
     dg.Definitions.validate_loadable(definitions.defs())
 
 
+def test_a_full_run_loads_side_by_side_and_a_change_run_in_one_process(config):
+    defs = build_definitions(config)
+    repo = defs.get_repository_def()
+    assert repo.get_job("order_pipeline").executor_def.name == "multiprocess"
+    sensor = repo.get_sensor_def("orders_source_changed")
+    assert sensor.minimum_interval_seconds == 5
+    job = repo.get_job(sensor.job_name)  # the sensor's run: the load and what follows it, in one process
+    assert job.executor_def.name == "in_process"
+    targeted = {k.to_user_string() for k in job.asset_layer.executable_asset_keys}
+    assert {"raw_orders", "raw_order_lines", "unified_orders", "order_tracking_snapshot"} <= targeted
+    assert "customer_notifications" in targeted and "raw_payments" not in targeted
+
+
 def with_channels(config, channels: dict):
     return type(config)(**{**config.__dict__, "sections": {**config.sections, "channels": channels}})
 
