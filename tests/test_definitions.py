@@ -76,6 +76,7 @@ def test_a_full_run_loads_side_by_side_and_a_change_run_in_one_process(config):
     assert repo.get_job("order_pipeline").executor_def.name == "multiprocess"
     sensor = repo.get_sensor_def("orders_source_changed")
     assert sensor.minimum_interval_seconds == 5
+    assert sensor.job_name is not None
     job = repo.get_job(sensor.job_name)  # the sensor's run: the load and what follows it, in one process
     assert job.executor_def.name == "in_process"
     targeted = {k.to_user_string() for k in job.asset_layer.executable_asset_keys}
