@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import sqlalchemy as sa
 from dagster._core.definitions.run_request import InstigatorType
-from dagster._core.scheduler.instigation import InstigatorState, InstigatorTick, TickStatus
+from dagster._core.scheduler.instigation import InstigatorState, InstigatorTick
 from latency_changes import RAW_ASSET, Change
 
 AUTOMATION_SENSOR = "follow_sources"  # sensors/automation.py
@@ -153,19 +153,23 @@ def hops(
     t0, at = change.committed, {}
     states = sensor_states(instance)
     state = states.get(sensor)
+    raw = _materializations(instance, RAW_ASSET[change.kind], t0)
+    if raw:
+        at["raw"] = raw[0].timestamp
+    # The tick that requested the load, or (a push) the one that recorded the materialization itself:
+    # Dagster counts a tick that only reports asset events as skipped.
     seen = [
         t
         for t in (ticks(instance, state, t0 - 120) if state else [])
-        if t.status == TickStatus.SUCCESS and t.end_timestamp and t.end_timestamp >= t0
+        if t.end_timestamp is not None
+        and t.end_timestamp >= t0
+        and (t.run_ids or ("raw" in at and t.timestamp - 0.5 <= at["raw"] <= t.end_timestamp + 0.5))
     ]
     if seen:
         at["tick"] = seen[0].end_timestamp
         run = _run(instance, seen[0].run_ids[0] if seen[0].run_ids else None)
         if run is not None:
             at["submitted"], at["started"] = _epoch(run.create_timestamp), _epoch(run.start_time)
-    raw = _materializations(instance, RAW_ASSET[change.kind], t0)
-    if raw:
-        at["raw"] = raw[0].timestamp
     unified = _materializations(instance, "unified_orders", at.get("raw") or t0)
     if unified:
         at["unified"] = unified[0].timestamp
