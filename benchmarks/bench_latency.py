@@ -25,8 +25,10 @@ sampled over `--idle-seconds`: the CPU time of each process tree (utime+stime fr
 daemon's children included) and the duration of every sensor tick in the window. Sensors are
 evaluated in the code server, so its CPU is printed beside the daemon's. Then `--trials` changes
 (latency_changes.py: a payment, a reservation, a shipment, a carrier push, a new order, in turn),
-each after the last one's runs finished, each chosen to make an SLA rule of the default rules fire
-or resolve (a resolution sends a note), so each reaches the webhook. Each hop is read afterwards
+each after the last one's runs finished and a random pause within the automation sensor's
+observed tick interval (so a change does not always come just after its tick), each chosen to
+make an SLA rule of the default rules fire or resolve (a resolution sends a note), so each
+reaches the webhook. Each hop is read afterwards
 from the instance and the warehouse, in seconds after the commit:
 
   tick       end of the first tick of the change's sensor after the commit that requested a run
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import signal
 import socket
@@ -319,6 +322,9 @@ def main() -> None:
         for i in range(args.trials):
             kind = KINDS[i % len(KINDS)]
             probe.wait_quiet(instance, topology.check)
+            # wait_quiet returns just after an automation tick: a change made then would always wait a
+            # whole interval for the next one. Real changes come at any moment of the sensors' cycles.
+            time.sleep(random.uniform(0, probe.tick_gap(instance, probe.AUTOMATION_SENSOR)))
             change = company.make(kind)
             print(f"trial {i + 1}: {kind} {change.order_no}: {change.detail}", flush=True)
             run_trial(change, receiver, warehouse, topology)

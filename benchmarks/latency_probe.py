@@ -7,6 +7,7 @@ sensor has looked again since the last run ended", whatever its interval is.
 
 from __future__ import annotations
 
+import itertools
 import os
 import statistics
 import time
@@ -105,6 +106,14 @@ def wait_quiet(instance: dg.DagsterInstance, check: Callable[[], None], timeout:
                 return
         time.sleep(0.5)
     print(f"  (runs still in flight after {timeout:.0f} s; going on)", flush=True)
+
+
+def tick_gap(instance: dg.DagsterInstance, sensor: str) -> float:
+    """The median time between the sensor's last ticks: its interval as the daemon runs it."""
+    state = sensor_states(instance).get(sensor)
+    starts = [t.timestamp for t in ticks(instance, state, time.time() - 3600)][-6:] if state else []
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    return statistics.median(gaps) if gaps else 0.0
 
 
 def wait_idle(instance: dg.DagsterInstance, since: float, settle: float, check: Callable[[], None]) -> None:
