@@ -33,11 +33,11 @@ import sqlalchemy as sa
 KINDS = ("payment", "reservation", "shipment", "push", "order")
 # The sensor that should see each change, and the raw asset its load lands in.
 SENSOR = {
-    "payment": "payments_source_changed",
-    "reservation": "reservations_source_changed",
-    "shipment": "shipments_source_changed",
+    "payment": "source_changes",
+    "reservation": "source_changes",
+    "shipment": "source_changes",
     "push": "carrier_push_received",
-    "order": "orders_source_changed",
+    "order": "source_changes",
 }
 RAW_ASSET = {
     "payment": "raw_payments",

@@ -20,6 +20,7 @@ import warnings
 
 import dagster as dg
 
+from assets.alerts import ORDER_ALERTS, order_alerts_asset
 from assets.carrier import RAW_TRACKING, carrier_tracking_asset
 from assets.checks import freshness_policies, rule_checks
 from assets.common import described, storage_kind
@@ -44,7 +45,16 @@ from sensors.sources import source_sensors
 
 PIPELINE_JOB = "order_pipeline"
 # Assets that follow their inputs as soon as those change.
-FOLLOWERS = {RAW_TRACKING, CARRIER_SUBSCRIPTIONS, UNIFIED_ORDERS, SNAPSHOT, PARCELS, EVENTS, CUSTOMER_NOTIFICATIONS}
+FOLLOWERS = {
+    RAW_TRACKING,
+    CARRIER_SUBSCRIPTIONS,
+    UNIFIED_ORDERS,
+    SNAPSHOT,
+    PARCELS,
+    EVENTS,
+    CUSTOMER_NOTIFICATIONS,
+    ORDER_ALERTS,
+}
 
 
 def _setting(secret: Secret) -> str | dg.EnvVar:
@@ -114,6 +124,7 @@ def build_definitions(config: Config, now: str | None = None) -> dg.Definitions:
         unified_orders_asset({name: sc.columns for name, sc in config.sources.items()}, carrier.transit_days),
         published_tracking_tables,
         customer_notifications_asset(config),
+        order_alerts_asset(config),
     ]
     if carrier.callback_url:  # pushes need somewhere to go: without it, polling is the only path
         assets.append(carrier_subscriptions_asset(carrier.max_polls_per_run, carrier.max_consecutive_failures))
@@ -127,9 +138,11 @@ def build_definitions(config: Config, now: str | None = None) -> dg.Definitions:
     # A full run (the job, from the UI or a schedule) loads the sources side by side, a process each;
     # the runs a change asks for are small and run their steps in one process, which saves a process
     # start and a code import per step (about half of such a run).
+    # The job leaves the alerts to whoever runs it: `order-pipeline run` evaluates and sends them
+    # itself (printing what went out), a run from the UI leaves them to the alert sensor.
     job = dg.define_asset_job(
         PIPELINE_JOB,
-        selection=dg.AssetSelection.all(),
+        selection=dg.AssetSelection.all() - dg.AssetSelection.assets(ORDER_ALERTS),
         description="Extract every source, poll the carrier, unify, publish and message the customers.",
         executor_def=dg.multiprocess_executor,
     )

@@ -26,8 +26,9 @@ from resources.warehouse import PipelineClock
 ALERT_SENSOR = "alert_dispatch"
 RUN_FAILURE_SENSOR = "run_failure_alerts"
 RUN_SUCCESS_SENSOR = "run_success_resolves_alerts"
-# An idle tick reads one row of pipeline_state: the alert follows the publish within 5 s.
-INTERVAL_SECONDS = 5
+# A change's run evaluates and sends its alerts itself (assets.alerts); the sensor is for what time
+# brings: rules that become true by waiting, cool-downs, escalations, retries.
+INTERVAL_SECONDS = 30
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ def test_definitions_load_while_sources_are_down_and_secrets_unset(broken, monke
     monkeypatch.setenv(CONFIG_ENV, str(broken))
     defs = definitions.defs()
     dg.Definitions.validate_loadable(defs)
-    assert {"orders_source_changed", "alert_dispatch"} <= {s.name for s in defs.get_repository_def().sensor_defs}
+    assert {"source_changes", "alert_dispatch"} <= {s.name for s in defs.get_repository_def().sensor_defs}
 
 
 def test_check_reports_each_part_and_fails_when_one_is_unreachable(broken):

@@ -39,17 +39,13 @@ def test_the_demo_definitions_load_and_validate(config, monkeypatch):
     repo = defs.get_repository_def()
     sensors = {s.name for s in repo.sensor_defs}
     assert {
-        "orders_source_changed",
-        "payments_source_changed",
-        "inventory_source_changed",
-        "reservations_source_changed",
-        "shipments_source_changed",
+        "source_changes",
         "carrier_push_received",
         "follow_sources",
         "alert_dispatch",
         "run_failure_alerts",
     } <= sensors
-    assert "order_lines_source_changed" not in sensors  # lines ride along with orders
+    assert not any(name.endswith("_source_changed") for name in sensors)  # one sensor watches every source
     assert [s.name for s in repo.schedule_defs] == ["carrier_poll"]
     assert repo.get_schedule_def("carrier_poll").cron_schedule == "0 */2 * * *"
 
@@ -74,14 +70,14 @@ def test_a_full_run_loads_side_by_side_and_a_change_run_in_one_process(config):
     defs = build_definitions(config)
     repo = defs.get_repository_def()
     assert repo.get_job("order_pipeline").executor_def.name == "multiprocess"
-    sensor = repo.get_sensor_def("orders_source_changed")
+    sensor = repo.get_sensor_def("source_changes")
     assert sensor.minimum_interval_seconds == 5
     assert sensor.job_name is not None
     job = repo.get_job(sensor.job_name)  # the sensor's run: the load and what follows it, in one process
     assert job.executor_def.name == "in_process"
     targeted = {k.to_user_string() for k in job.asset_layer.executable_asset_keys}
     assert {"raw_orders", "raw_order_lines", "unified_orders", "order_tracking_snapshot"} <= targeted
-    assert "customer_notifications" in targeted and "raw_payments" not in targeted
+    assert {"customer_notifications", "order_alerts", "raw_payments"} <= targeted  # each source's run is its own
 
 
 def with_channels(config, channels: dict):
@@ -176,3 +172,23 @@ def test_the_projects_log_lines_reach_the_run_event_log(config, tmp_path, monkey
     assert any("VACUUM after the rebuild failed: disk full" in m for m in logged)
     shipped = Path(__file__).resolve().parent.parent / "deploy" / "dagster.yaml"
     assert yaml.safe_load(shipped.read_text())["python_logs"] == yaml.safe_load(runner.INSTANCE_YAML)["python_logs"]
+
+
+def test_a_change_run_sends_its_alerts_itself_and_the_full_job_leaves_them_to_its_caller(config, monkeypatch):
+    from assets.alerts import ORDER_ALERTS
+
+    defs = build_definitions(config, now=NOW.isoformat())
+    repo = defs.get_repository_def()
+    assert ORDER_ALERTS not in repo.get_job("order_pipeline").asset_layer.executable_asset_keys
+    run_pipeline(config, dg.DagsterInstance.ephemeral(), now=NOW.isoformat(), full_refresh=True)
+    engine = WarehouseResource(url=warehouse_of(config)).engine
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(order_alerts)).scalar() == 0
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(asset_selection=[ORDER_ALERTS])
+    [mat] = result.asset_materializations_for_node("order_alerts")
+    meta = {k: int(v.value) for k, v in mat.metadata.items()}  # pyright: ignore[reportArgumentType]  # all counts
+    with engine.connect() as conn:
+        opened = conn.execute(sa.select(sa.func.count()).select_from(order_alerts)).scalar_one()
+        sent = conn.execute(sa.select(sa.func.count()).select_from(alert_outbox)).scalar_one()
+    assert opened == sum(v for k, v in meta.items() if k.startswith("breaching_")) + meta["stale_sources"] > 0
+    assert meta["delivered"] == meta["queued"] > 0 and sent > 0

@@ -3,6 +3,7 @@ cool-down, escalation, resolution, a crash between send and record), run failure
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import sys
 from datetime import datetime, timedelta
@@ -55,7 +56,7 @@ from resources.alerting import AlertingResource
 from resources.warehouse import PipelineClock, SourceConnection, SourceDatabases, WarehouseResource
 from sensors.alerts import AlertCursor, alert_sensor, run_failure_sensor, run_success_sensor
 from sensors.carrier import PUSH_TRIGGER, TRIGGER_TAG, carrier_push_sensor, poll_cron
-from sensors.sources import DOWNSTREAM, MAX_RETRIES, source_change_sensor
+from sensors.sources import DOWNSTREAM, MAX_RETRIES, Watched, source_change_sensor, source_changes_sensor
 
 
 @pytest.fixture(autouse=True)
@@ -141,18 +142,55 @@ def test_source_sensor_requests_a_load_only_when_the_watermark_moves(tmp_path, i
     [request] = first.run_requests or []
     assert request.run_key == "orders:2026-11-25 09:59:30"
     assert request.asset_selection == [dg.AssetKey("raw_orders"), dg.AssetKey("raw_order_lines"), *DOWNSTREAM]
-    assert first.cursor == "orders:2026-11-25 09:59:30"
-    assert skip_message(tick(first.cursor)) == "waiting for the run of orders:2026-11-25 09:59:30"
+    assert json.loads(first.cursor or "") == {"orders": "orders:2026-11-25 09:59:30"}
+    assert skip_message(tick(first.cursor)) == "orders: waiting for the run of orders:2026-11-25 09:59:30"
 
     loaded("2026-11-25 09:59:30")
     same = tick(first.cursor)
     assert not same.run_requests
-    assert same.skip_message == "no new rows in orders since 2026-11-25 09:59:30"
+    assert same.skip_message == "orders: no new rows in orders since 2026-11-25 09:59:30"
 
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE T_SAL_ORDER SET FModifyDate = '2026-11-25 10:00:05' WHERE FBillNo = 'SO1'")
     moved = tick(same.cursor or first.cursor)
     assert [r.run_key for r in moved.run_requests or []] == ["orders:2026-11-25 10:00:05"]
+
+
+def test_one_sensor_watches_every_source_and_one_it_cannot_read_holds_up_no_other(tmp_path, instance):
+    path = erp(tmp_path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO T_SAL_ORDER VALUES ('SO1', '2026-11-25 09:58:00')")
+    payments = SourceConfig(
+        "payments", Secret(value=f"sqlite:///{tmp_path / 'gone.db'}"), "收款单", None, {"updated_at": "修改时间"}, TZ
+    )
+    sensor = source_changes_sensor([Watched(orders_source(path)), Watched(payments)])
+    warehouse = Warehouse(f"sqlite:///{tmp_path / 'warehouse.db'}")
+    warehouse.create_schema()
+    res = {
+        "sources": SourceDatabases(
+            sources={
+                "orders": SourceConnection(url=f"sqlite:///{path}"),
+                "payments": SourceConnection(url=f"sqlite:///{tmp_path / 'gone.db'}"),
+            }
+        ),
+        "warehouse": WarehouseResource(url=str(warehouse.engine.url)),
+        "clock": PipelineClock(now_at=NOW.isoformat()),
+    }
+
+    def tick(cursor=None):
+        return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor, resources=res))
+
+    first = tick()
+    [request] = first.run_requests or []  # the orders' load goes ahead; the unreadable payments wait
+    assert request.tags["order_pipeline/source"] == "orders"
+    with pytest.raises(Exception, match="no such table"):  # nothing to ask for: the tick fails, the UI shows it
+        tick(first.cursor)
+    with sqlite3.connect(tmp_path / "gone.db") as conn:
+        conn.execute("CREATE TABLE 收款单 (修改时间 TEXT)")
+        conn.execute("INSERT INTO 收款单 VALUES ('2026-11-25 09:00:00')")
+    back = tick(first.cursor)
+    assert [r.tags["order_pipeline/source"] for r in back.run_requests or []] == ["payments"]
+    assert set(json.loads(back.cursor or "")) == {"orders", "payments"}
 
 
 class InventoryWatch:
@@ -224,7 +262,7 @@ def test_a_change_whose_load_failed_is_requested_again(tmp_path, instance, monke
     assert watch.run(again).success and watch.on_hand() == {"A": 10.0}
     idle = watch.tick()
     assert not idle.run_requests
-    assert skip_message(idle) == "no new rows in inventory since 2026-11-25 10:00:00"
+    assert skip_message(idle) == "inventory: no new rows in inventory since 2026-11-25 10:00:00"
 
 
 def test_no_second_load_while_one_is_in_flight_or_about_to_be_retried(tmp_path, monkeypatch):
@@ -280,7 +318,7 @@ def test_a_source_is_reconciled_every_hour_even_when_it_does_not_move(tmp_path, 
     with sqlite3.connect(watch.db) as conn:  # before the mark: MAX(updated_at) does not move
         conn.execute("UPDATE inventory SET on_hand = 12, updated_at = '2026-11-25 09:00:00' WHERE sku = 'B'")
     watch.at(NOW + 59 * M)
-    assert skip_message(watch.tick()) == "no new rows in inventory since 2026-11-25 10:00:00"
+    assert skip_message(watch.tick()) == "inventory: no new rows in inventory since 2026-11-25 10:00:00"
 
     watch.at(NOW + H)
     [due] = watch.tick().run_requests or []
@@ -289,7 +327,7 @@ def test_a_source_is_reconciled_every_hour_even_when_it_does_not_move(tmp_path, 
     assert result.success and watch.on_hand() == {"A": 10.0, "B": 12.0}
     [materialized] = result.asset_materializations_for_node("raw_inventory")
     assert materialized.metadata["reconciled_rows"].value == 1
-    assert skip_message(watch.tick()) == "no new rows in inventory since 2026-11-25 10:00:00"
+    assert skip_message(watch.tick()) == "inventory: no new rows in inventory since 2026-11-25 10:00:00"
 
 
 def test_the_instances_the_project_sets_up_retry_failed_runs(tmp_path, monkeypatch):
