@@ -29,8 +29,8 @@ class RunOutcome:
 
 
 # What a new instance home gets (deploy/dagster.yaml says the same for production, and why): the
-# project's log lines reach each run's event log; the run queue starts one run at a time, a second
-# after it was asked for, since runs write the same warehouse (a run from the CLI takes the
+# project's log lines reach each run's event log; the run queue starts one run at a time, within 2 s
+# of its request, since runs write the same warehouse (a run from the CLI takes the
 # warehouse's run lock instead: it does not pass through the queue); sensors tick on threads; and
 # a failed source run is run again by Dagster's daemon (`order-pipeline ui`) before the source's
 # sensor asks for a new one.
@@ -44,7 +44,7 @@ run_coordinator:
   module: dagster.core.run_coordinator
   class: QueuedRunCoordinator
   config:
-    dequeue_interval_seconds: 1
+    dequeue_interval_seconds: 2
 sensors:
   use_threads: true
   num_workers: 4
