@@ -35,6 +35,7 @@ from helpers import (
 from sqlalchemy import event as sa_event
 
 from assets import sources as source_assets
+from assets.alerts import order_alerts_asset
 from assets.sources import raw_source_asset
 from order_pipeline import runner
 from order_pipeline.alerts import queue as alert_queue_ops
@@ -395,6 +396,20 @@ def test_alert_sensor_dedups_resends_escalates_and_resolves_across_ticks(ticks, 
     ticks(NOW + 4 * H + M)
     ticks(NOW + 5 * H)
     assert len(outbox(engine)) == count
+
+
+def test_two_changes_in_consecutive_runs_and_the_sensor_after_them_send_one_alert(tmp_path, ticks, engine):
+    """A change's run sends its alert (order_alerts); the next change's run and the sensor's tick see
+    the same open alert in the ledger and send nothing more."""
+    config = make_config(tmp_path, str(engine.url), **GROUPS)
+    asset = order_alerts_asset(config)
+    publish_rows(engine, [paid_order(), order("SO-2", "ordered")])
+    assert dg.materialize([asset], resources=resources(str(engine.url), NOW)).success
+    assert outbox(engine)["channel"].tolist() == ["wh_box"]
+    publish_rows(engine, [paid_order(), order("SO-2", "paid", paid_at=NOW)], batch=2, now=NOW + M)
+    assert dg.materialize([asset], resources=resources(str(engine.url), NOW + M)).success
+    ticks(NOW + M + 5 * S)
+    assert len(outbox(engine)) == 1 and ledger_row(engine)["notified_at"] is not None
 
 
 def test_a_crash_between_send_and_record_across_ticks(ticks, engine, monkeypatch):
