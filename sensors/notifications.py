@@ -25,7 +25,7 @@ def notification_sensor(config: Config) -> dg.SensorDefinition:
 
     @dg.sensor(
         name=NOTIFY_SENSOR,
-        asset_selection=[CUSTOMER_NOTIFICATIONS],
+        target=[CUSTOMER_NOTIFICATIONS],
         minimum_interval_seconds=INTERVAL_SECONDS,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Sends customer messages held for quiet hours or waiting for a retry, when they fall due.",

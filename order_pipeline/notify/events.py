@@ -21,6 +21,7 @@ from typing import Protocol
 import pandas as pd
 
 from order_pipeline.domain.times import as_utc, zone
+from order_pipeline.notify.ledger import WAITING
 
 ORDER_CREATED, SHIPPED, OUT_FOR_DELIVERY, DELIVERED = "order_created", "shipped", "out_for_delivery", "delivered"
 EXCEPTION, DELAYED, LINK_RENEWED, RESEND = "exception", "delayed", "link_renewed", "resend"
@@ -46,8 +47,6 @@ TROUBLE_WORDS = {
     "清关异常": "包裹清关遇到问题，我们正在处理",
 }
 DEFAULT_TROUBLE = "包裹配送遇到问题，我们正在处理"
-# Statuses after which an event is settled: it is not planned again.
-WAITING = ("pending", "held")
 STAGES_SHIPPED = ("shipped", "in_transit")
 
 
