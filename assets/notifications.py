@@ -9,7 +9,6 @@ from datetime import timedelta
 from typing import Any
 
 import dagster as dg
-import sqlalchemy as sa
 
 from assets.published import SNAPSHOT
 from order_pipeline.contract.config import Config
@@ -80,7 +79,7 @@ def failure_rate_check(config: Config) -> dg.AssetChecksDefinition:
     )
     def customer_message_failure_rate(warehouse: WarehouseResource, clock: PipelineClock) -> dg.AssetCheckResult:
         with warehouse.engine.connect() as conn:
-            if not sa.inspect(conn).has_table(ledger.n.name):
+            if not ledger.exists(conn):
                 return dg.AssetCheckResult(passed=True, metadata={"messages": 0})
             counts = ledger.status_counts(conn, clock.now() - CHECK_WINDOW)
         per_status = counts.groupby("status")["messages"].sum()

@@ -44,7 +44,8 @@ import sqlalchemy as sa
 import uvicorn
 
 from order_pipeline.contract.config import CarrierConfig, Config, Secret
-from order_pipeline.contract.schema import BATCH, RAW_TABLES, customer_notifications, order_tracking_snapshot
+from order_pipeline.contract.customer_schema import customer_notifications
+from order_pipeline.contract.schema import BATCH, RAW_TABLES, order_tracking_snapshot
 from order_pipeline.domain.stages import NEXT_OWNER, STAGE_LABELS
 from order_pipeline.domain.times import parse_instant
 from order_pipeline.notify import ledger

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 
 import click
-import sqlalchemy as sa
 
 from order_pipeline.cli_options import checked_config, config_option, local_time, now_option, pinned_now
 from order_pipeline.contract.config import Config
@@ -44,7 +43,7 @@ def print_customer_messages(config: Config, now: datetime) -> None:
         return
     engine = Warehouse(config.warehouse_url.resolve() or "").engine
     with engine.connect() as conn:
-        if not sa.inspect(conn).has_table(ledger.n.name):
+        if not ledger.exists(conn):
             return
         counts = ledger.status_counts(conn)
         due = ledger.next_due(conn)

@@ -8,7 +8,6 @@ message is somehow still waiting.
 """
 
 import dagster as dg
-import sqlalchemy as sa
 
 from assets.notifications import CUSTOMER_NOTIFICATIONS
 from order_pipeline.contract.config import Config
@@ -35,7 +34,7 @@ def notification_sensor(config: Config) -> dg.SensorDefinition:
             return dg.SkipReason("customer messages are off: the config has no `notifications:` section")
         now = clock.now()
         with warehouse.engine.connect() as conn:
-            if not sa.inspect(conn).has_table(ledger.n.name):
+            if not ledger.exists(conn):
                 return dg.SkipReason("no customer message recorded yet")
             due = ledger.next_due(conn)
         if due is None:

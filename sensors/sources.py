@@ -2,8 +2,8 @@
 
 A tick runs one `SELECT MAX(<updated-at column>)` against each source (an index lookup when the
 column is indexed, as the config asks) and reads the high-water mark the last load stored in the
-warehouse. When they differ, the sensor asks for a run of that source's raw asset, unless one is in flight
-(`order_pipeline.sources.watch` decides). A failed load stored no mark, so the next tick asks
+warehouse. When they differ, the sensor asks for a run of that source's raw asset, unless one is
+in flight (`order_pipeline.sources.watch` decides). A failed load stored no mark, so the next tick asks
 again; Dagster's run retries (`dagster/max_retries`) re-run it first. Run keys name the value
 and the failed run they follow, so a restarted daemon never launches the same load twice.
 Every `reconcile_every` the sensor also asks for a run that compares the whole source with its

@@ -9,7 +9,8 @@ from helpers import NOW, D, H, M, make_config, materialization_metadata, order, 
 
 from assets.notifications import CUSTOMER_NOTIFICATIONS, customer_notifications_asset, failure_rate_check
 from order_pipeline.contract.config import load_config
-from order_pipeline.contract.schema import customer_notifications, customer_outbox, pipeline_state
+from order_pipeline.contract.customer_schema import customer_notifications, customer_outbox
+from order_pipeline.contract.schema import pipeline_state
 from order_pipeline.definitions import build_definitions
 from order_pipeline.notify import ledger
 from order_pipeline.notify.sender import CURSOR

@@ -12,8 +12,9 @@ import pytest
 import sqlalchemy as sa
 from helpers import NOW, D, H, M, make_config, order, publish_rows
 
+from order_pipeline.contract.customer_schema import customer_notifications, customer_outbox, customer_suppressions
 from order_pipeline.contract.parsing import ConfigError
-from order_pipeline.contract.schema import RAW_TABLES, customer_notifications, customer_outbox, customer_suppressions
+from order_pipeline.contract.schema import RAW_TABLES
 from order_pipeline.domain.links import TokenCheck, verify_token
 from order_pipeline.notify import ledger
 from order_pipeline.notify.phones import suppress

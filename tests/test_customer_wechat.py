@@ -9,7 +9,8 @@ import httpx
 import pytest
 from helpers import NOW, FakeClock, H, M, S, mock, serve_app
 
-from order_pipeline.contract.schema import metadata, wechat_access_tokens
+from order_pipeline.contract.customer_schema import wechat_access_tokens
+from order_pipeline.contract.schema import metadata
 from order_pipeline.notify.channels.message import CustomerMessage, Failure, SendError, Sent
 from order_pipeline.notify.channels.wechat import SEND_PATH, TOKEN_PATH, WeChatTemplate, keyword_problem
 from order_pipeline.notify.channels.wechat_tokens import CachedToken, TokenStore

@@ -26,7 +26,8 @@ from helpers import (
     page_csrf,
 )
 
-from order_pipeline.contract.schema import customer_notifications, order_tracking_snapshot
+from order_pipeline.contract.customer_schema import customer_notifications
+from order_pipeline.contract.schema import order_tracking_snapshot
 from order_pipeline.notify import ledger
 from order_pipeline.web.app import create_app
 

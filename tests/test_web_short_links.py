@@ -22,7 +22,7 @@ from helpers import (
     build_world,
 )
 
-from order_pipeline.contract.schema import tracking_short_links
+from order_pipeline.contract.customer_schema import tracking_short_links
 from order_pipeline.domain.links import make_token
 from order_pipeline.notify import ledger
 from order_pipeline.web.app import create_app

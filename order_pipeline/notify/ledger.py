@@ -28,15 +28,14 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from order_pipeline.contract.schema import (
+from order_pipeline.contract.customer_schema import (
     customer_notifications,
     customer_outbox,
     customer_suppressions,
-    metadata,
-    order_tracking_snapshot,
     tracking_short_links,
     wechat_access_tokens,
 )
+from order_pipeline.contract.schema import metadata, order_tracking_snapshot
 from order_pipeline.domain.times import utc
 from order_pipeline.warehouse.frames import IN_CHUNK, read_frame, read_keyed
 
@@ -60,6 +59,11 @@ n = customer_notifications
 
 def ensure_schema(engine: sa.Engine) -> None:
     metadata.create_all(engine, tables=list(TABLES))
+
+
+def exists(conn: sa.Connection) -> bool:
+    """The warehouse has the ledger: a notifier ran here (the sensor, the check and the CLI only read)."""
+    return sa.inspect(conn).has_table(n.name)
 
 
 def _insert(conn: sa.Connection, table: sa.Table):

@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from order_pipeline.contract.customer_schema import customer_suppressions
 from order_pipeline.contract.parsing import ConfigError
-from order_pipeline.contract.schema import customer_suppressions
 from order_pipeline.domain.masking import mask_phone
 from order_pipeline.domain.times import utc
 from order_pipeline.notify.channels.message import mainland_mobile

@@ -17,7 +17,7 @@ from urllib.parse import quote
 import pandas as pd
 import sqlalchemy as sa
 
-from order_pipeline.contract.schema import tracking_short_links
+from order_pipeline.contract.customer_schema import tracking_short_links
 from order_pipeline.domain.carrier_states import CARRIER_NAMES
 from order_pipeline.domain.links import LinkSigning, make_token
 from order_pipeline.domain.times import as_utc, utc, zone

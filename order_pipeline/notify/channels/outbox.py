@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from order_pipeline.contract.schema import customer_outbox
+from order_pipeline.contract.customer_schema import customer_outbox
 from order_pipeline.domain.masking import mask_phone
 from order_pipeline.notify.channels.message import CustomerMessage, Sent
 

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from order_pipeline.contract.schema import wechat_access_tokens
+from order_pipeline.contract.customer_schema import wechat_access_tokens
 from order_pipeline.domain.times import aware_utc, utc
 
 # WeChat renews the token in normal mode five minutes before it expires; one that close is fetched again.

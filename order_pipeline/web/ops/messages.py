@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Engine
 
-from order_pipeline.contract.schema import customer_notifications
+from order_pipeline.contract.customer_schema import customer_notifications
 from order_pipeline.domain.times import local_time, utc
 from order_pipeline.notify import ledger
 from order_pipeline.notify.events import EVENT_WORDS, RESEND

@@ -18,15 +18,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from order_pipeline.alerts.digests import changed_between
+from order_pipeline.contract.customer_schema import customer_notifications, tracking_short_links
 from order_pipeline.contract.schema import (
-    customer_notifications,
     order_alerts,
     order_tracking_events,
     order_tracking_parcels,
     order_tracking_snapshot,
     pipeline_state,
     tracking_access_log,
-    tracking_short_links,
 )
 from order_pipeline.domain.times import as_utc
 from order_pipeline.notify import ledger
