@@ -40,6 +40,7 @@ from resources.warehouse import PipelineClock, SourceConnection, SourceDatabases
 from sensors.alerts import alert_sensor, run_failure_sensor, run_success_sensor
 from sensors.automation import automation_sensor
 from sensors.carrier import carrier_poll_schedule, carrier_push_sensor
+from sensors.jobs import named_jobs
 from sensors.notifications import notification_sensor
 from sensors.sources import source_sensors
 
@@ -153,7 +154,7 @@ def build_definitions(config: Config, now: str | None = None) -> dg.Definitions:
             *rule_checks(alerts.rules, config.timezone),
             failure_rate_check(config),
         ],
-        jobs=[job],
+        jobs=[job, *named_jobs()],
         schedules=[carrier_poll_schedule(carrier.poll_interval, config.timezone)],
         sensors=[
             *source_sensors(config.sources, reconcile_every=config.reconcile_every),

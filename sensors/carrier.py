@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from assets.carrier import RAW_TRACKING
 from order_pipeline.contract.schema import BATCH, raw_tracking
 from resources.warehouse import WarehouseResource
-from sensors.sources import DOWNSTREAM
+from sensors.jobs import CARRIER_POLL_JOB, CARRIER_PUSH_JOB, DOWNSTREAM
 
 TRIGGER_TAG = "order_pipeline/trigger"
 PUSH_TRIGGER = "carrier_push"
@@ -43,7 +43,7 @@ def carrier_poll_schedule(interval: timedelta, timezone: str) -> dg.ScheduleDefi
         name=POLL_SCHEDULE,
         cron_schedule=poll_cron(interval),
         execution_timezone=timezone,
-        target=[RAW_TRACKING, *DOWNSTREAM],  # one run: the poll and what follows it
+        job_name=CARRIER_POLL_JOB,  # one run: the poll and what follows it
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description=f"Polls Kuaidi100 for the waybills not heard of for {interval} (the carrier's update SLA).",
     )
@@ -57,7 +57,7 @@ PUSH_INTERVAL_SECONDS = 10
 def carrier_push_sensor(interval: int = PUSH_INTERVAL_SECONDS) -> dg.SensorDefinition:
     @dg.sensor(
         name=PUSH_SENSOR,
-        target=list(DOWNSTREAM),
+        job_name=CARRIER_PUSH_JOB,
         minimum_interval_seconds=interval,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Records a raw_tracking materialization when Kuaidi100 pushed new answers, and runs what "

@@ -14,6 +14,7 @@ from order_pipeline.contract.config import Config
 from order_pipeline.notify import ledger
 from order_pipeline.notify.settings import load_notify_settings
 from resources.warehouse import PipelineClock, WarehouseResource
+from sensors.jobs import CUSTOMER_MESSAGES_JOB
 
 NOTIFY_SENSOR = "customer_messages_due"
 INTERVAL_SECONDS = 60
@@ -24,7 +25,7 @@ def notification_sensor(config: Config) -> dg.SensorDefinition:
 
     @dg.sensor(
         name=NOTIFY_SENSOR,
-        target=[CUSTOMER_NOTIFICATIONS],
+        job_name=CUSTOMER_MESSAGES_JOB,
         minimum_interval_seconds=INTERVAL_SECONDS,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Sends customer messages held for quiet hours or waiting for a retry, when they fall due.",

@@ -24,11 +24,7 @@ from datetime import datetime, timedelta
 import dagster as dg
 import sqlalchemy as sa
 
-from assets.alerts import ORDER_ALERTS
 from assets.common import raw_asset_key
-from assets.notifications import CUSTOMER_NOTIFICATIONS
-from assets.published import EVENTS, PARCELS, SNAPSHOT
-from assets.unified import UNIFIED_ORDERS
 from order_pipeline.contract.canonical import SOURCE_ENTITIES
 from order_pipeline.contract.config import SourceConfig
 from order_pipeline.contract.schema import raw_table_name
@@ -36,6 +32,7 @@ from order_pipeline.sources.checks import first_line
 from order_pipeline.sources.watch import LastRun, Load, RunState, next_load, reconcile_due
 from order_pipeline.warehouse.state import get_state, high_water_mark_key, reconciled_key
 from resources.warehouse import PipelineClock, SourceDatabases, WarehouseResource
+from sensors.jobs import DOWNSTREAM, SOURCE_CHANGE_JOB
 
 # The daemon's floor: a source's change is seen within 5 s. An idle tick is one MAX() on the source
 # (an index lookup) and one row of the warehouse.
@@ -50,8 +47,6 @@ MAX_RETRIES = 3
 MAX_RETRIES_TAG = "dagster/max_retries"
 WILL_RETRY_TAG = "dagster/will_retry"  # set by Dagster on a failed run it is going to retry
 _FAILED = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
-# What a source change flows into, materialized in the same run as the load.
-DOWNSTREAM = (UNIFIED_ORDERS, SNAPSHOT, PARCELS, EVENTS, CUSTOMER_NOTIFICATIONS, ORDER_ALERTS)
 
 
 def sensor_name(entity: str) -> str:
@@ -163,7 +158,7 @@ def source_changes_sensor(
 
     @dg.sensor(
         name=name,
-        target=[*(k for w in watched for k in w.keys), *DOWNSTREAM],
+        job_name=SOURCE_CHANGE_JOB,
         minimum_interval_seconds=interval,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Loads a source, and what follows it, when its newest updated_at moved: {described}.",

@@ -80,6 +80,24 @@ def test_a_full_run_loads_side_by_side_and_a_change_run_in_one_process(config):
     assert {"customer_notifications", "order_alerts", "raw_payments"} <= targeted  # each source's run is its own
 
 
+def test_the_sensors_and_schedules_launch_named_jobs(config):
+    repo = build_definitions(config).get_repository_def()
+    launched = {s.name: s.job_name for s in repo.sensor_defs if s.targets}
+    launched |= {s.name: s.job_name for s in repo.schedule_defs}
+    assert launched == {
+        "source_changes": "source_change",
+        "carrier_push_received": "carrier_push",
+        "customer_messages_due": "customer_messages",
+        "carrier_poll": "carrier_poll",
+    }
+    for name in launched.values():
+        assert repo.get_job(name).description, name
+    # A change run of one source selects that source's assets; a push run, only what follows a push.
+    assert "raw_tracking" not in {
+        k.to_user_string() for k in repo.get_job("carrier_push").asset_layer.selected_asset_keys
+    }
+
+
 def with_channels(config, channels: dict):
     return type(config)(**{**config.__dict__, "sections": {**config.sections, "channels": channels}})
 

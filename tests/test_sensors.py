@@ -57,7 +57,8 @@ from resources.alerting import AlertingResource
 from resources.warehouse import PipelineClock, SourceConnection, SourceDatabases, WarehouseResource
 from sensors.alerts import AlertCursor, alert_sensor, run_failure_sensor, run_success_sensor
 from sensors.carrier import PUSH_TRIGGER, TRIGGER_TAG, carrier_push_sensor, poll_cron
-from sensors.sources import DOWNSTREAM, MAX_RETRIES, Watched, source_change_sensor, source_changes_sensor
+from sensors.jobs import DOWNSTREAM
+from sensors.sources import MAX_RETRIES, Watched, source_change_sensor, source_changes_sensor
 
 
 @pytest.fixture(autouse=True)
