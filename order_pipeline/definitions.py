@@ -23,14 +23,16 @@ import dagster as dg
 from assets.alerts import ORDER_ALERTS, order_alerts_asset
 from assets.carrier import RAW_TRACKING, carrier_tracking_asset
 from assets.checks import freshness_policies, rule_checks
-from assets.common import described, storage_kind
+from assets.common import OWNERS, described, storage_kind
 from assets.notifications import CUSTOMER_NOTIFICATIONS, customer_notifications_asset, failure_rate_check
 from assets.published import EVENTS, PARCELS, SNAPSHOT, published_checks, published_tracking_tables
+from assets.source_checks import reachable_check_key, source_reachable_checks
 from assets.sources import raw_source_asset
 from assets.subscriptions import CARRIER_SUBSCRIPTIONS, carrier_subscriptions_asset
 from assets.unified import UNIFIED_ORDERS, unified_orders_asset
 from order_pipeline.alerts.channels.config import validate_channel
 from order_pipeline.alerts.settings import AlertSettings, load_alert_settings
+from order_pipeline.contract.canonical import SOURCE_ENTITIES
 from order_pipeline.contract.config import Config, Secret, find_config, load_config
 from order_pipeline.demo.company import use_demo_secrets
 from resources.alerting import AlertingResource
@@ -63,17 +65,23 @@ def _setting(secret: Secret) -> str | dg.EnvVar:
     return dg.EnvVar(secret.env) if secret.env else (secret.value or "")
 
 
-def _policies(freshness: dict[dg.AssetKey, dg.FreshnessPolicy]):
-    """One cross-cutting policy: followers run eagerly, raw assets carry their source's freshness SLA."""
+def _policies(freshness: dict[dg.AssetKey, dg.FreshnessPolicy], owners: dict[dg.AssetKey, list[str]]):
+    """The cross-cutting attributes: followers run eagerly, raw assets and the snapshot carry the
+    cadence the pipeline looks at them on, and a raw asset's source owners own it with the data team."""
 
     def apply(spec: dg.AssetSpec) -> dg.AssetSpec:
         if spec.key in FOLLOWERS:
             spec = spec.replace_attributes(automation_condition=dg.AutomationCondition.eager())
         if spec.key in freshness:
             spec = spec.replace_attributes(freshness_policy=freshness[spec.key])
-        return spec
+        return spec.replace_attributes(owners=[*OWNERS, *(o for o in owners.get(spec.key, ()) if o not in OWNERS)])
 
     return apply
+
+
+def _source_owners(alerts: AlertSettings) -> dict[dg.AssetKey, list[str]]:
+    """Who is told when a source goes stale (its `freshness:` owner groups) owns its raw asset too."""
+    return {dg.AssetKey(s.asset_key): [f"team:{group}" for group in s.owner] for s in alerts.freshness}
 
 
 def _resources(config: Config, now: str | None) -> dict[str, dg.ConfigurableResource]:
@@ -117,6 +125,7 @@ def build_definitions(config: Config, now: str | None = None) -> dg.Definitions:
     """The definitions of `config`; `now` pins the clock (ISO time) for a reproducible run."""
     carrier = config.carrier
     alerts = alert_settings(config)
+    watched = [sc for sc in config.sources.values() if SOURCE_ENTITIES[sc.entity].watermark is not None]
     assets = [raw_source_asset(sc, config.path, config.reconcile_every) for sc in config.sources.values()]
     assets += [
         carrier_tracking_asset(
@@ -129,10 +138,11 @@ def build_definitions(config: Config, now: str | None = None) -> dg.Definitions:
     ]
     if carrier.callback_url:  # pushes need somewhere to go: without it, polling is the only path
         assets.append(carrier_subscriptions_asset(carrier.max_polls_per_run, carrier.max_consecutive_failures))
-    assets = dg.map_asset_specs(_policies(freshness_policies(alerts.freshness)), assets)
     # Only the URL's scheme is kept, to name the tables' kind.
     storage = storage_kind(config.warehouse_url.resolve())
     assets = dg.map_asset_specs(lambda spec: described(spec, storage), assets)
+    freshness = freshness_policies(list(config.sources), config.reconcile_every, carrier.poll_interval)
+    assets = dg.map_asset_specs(_policies(freshness, _source_owners(alerts)), assets)
     with warnings.catch_warnings():  # code references are a beta API: the UI's link to each asset's source
         warnings.simplefilter("ignore", dg.BetaWarning)
         assets = dg.with_source_code_references(assets)
@@ -153,11 +163,12 @@ def build_definitions(config: Config, now: str | None = None) -> dg.Definitions:
             *published_checks(config.reject_threshold),
             *rule_checks(alerts.rules, config.timezone),
             failure_rate_check(config),
+            *source_reachable_checks(watched),
         ],
-        jobs=[job, *named_jobs()],
+        jobs=[job, *named_jobs([reachable_check_key(sc.entity) for sc in watched])],
         schedules=[carrier_poll_schedule(carrier.poll_interval, config.timezone)],
         sensors=[
-            *source_sensors(config.sources, reconcile_every=config.reconcile_every),
+            *source_sensors(config.sources, reconcile_every=config.reconcile_every, config=config),
             carrier_push_sensor(),
             automation_sensor(),
             alert_sensor(config),

@@ -18,10 +18,11 @@ from datetime import datetime
 import dagster as dg
 
 from order_pipeline.alerts.dispatch import DrainResult
-from order_pipeline.alerts.evaluation import Evaluation, run_entity
+from order_pipeline.alerts.evaluation import Evaluation, run_entity, run_label
 from order_pipeline.contract.config import Config
 from resources.alerting import AlertingResource
 from resources.warehouse import PipelineClock
+from sensors.sources import SOURCE_TAG
 
 ALERT_SENSOR = "alert_dispatch"
 RUN_FAILURE_SENSOR = "run_failure_alerts"
@@ -142,13 +143,15 @@ def run_failure_sensor(config: Config) -> dg.SensorDefinition:
         now = clock.now()
         alerts, dispatcher = alerting.runtime(config)
         run = context.dagster_run
-        keys = sorted(k.to_user_string() for k in (run.asset_selection or ()))
-        label = (
-            run.job_name
-            if not keys or not run.job_name.startswith("__")
-            else keys[0] + (f" 等{len(keys)}个资产" if len(keys) > 1 else "")
+        keys = [k.to_user_string() for k in (run.asset_selection or ())]
+        source = run.tags.get(SOURCE_TAG)
+        alerts.run_failed(
+            run_entity(run.job_name, keys, source),
+            run_label(run.job_name, keys, source),
+            run.run_id,
+            _failure_text(context),
+            now,
         )
-        alerts.run_failed(run_entity(run.job_name, keys), label, run.run_id, _failure_text(context), now)
         drained = dispatcher.drain(now)
         context.log.info(f"run {run.run_id} failed: alerted, {drained.delivered} delivered, {drained.failed} failed")
 
@@ -168,7 +171,8 @@ def run_success_sensor(config: Config) -> dg.SensorDefinition:
         now = clock.now()
         alerts, dispatcher = alerting.runtime(config)
         run = context.dagster_run
-        result = alerts.run_succeeded(run.job_name, [k.to_user_string() for k in (run.asset_selection or ())], now)
+        keys = [k.to_user_string() for k in (run.asset_selection or ())]
+        result = alerts.run_succeeded(run.job_name, keys, now, run.tags.get(SOURCE_TAG))
         if result.resolved:
             dispatcher.drain(now)
 

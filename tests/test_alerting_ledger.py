@@ -31,6 +31,7 @@ from helpers import (
 from order_pipeline.alerts import ledger as alert_ledger
 from order_pipeline.alerts import queue as alert_queue_ops
 from order_pipeline.alerts.channels.outbox import OutboxChannel
+from order_pipeline.alerts.evaluation import run_entity, run_label
 from order_pipeline.contract.schema import alert_queue
 from order_pipeline.warehouse.engine import Warehouse
 
@@ -318,6 +319,19 @@ def test_a_failed_run_alerts_the_data_team_once_and_a_success_resolves_it(tmp_pa
     dispatcher.drain(NOW + 10 * M)
     assert ledger_row(engine, "run_failure", failed)["resolved_at"] is not None
     assert outbox(engine)["title"].iloc[-1].startswith("【已恢复】")
+
+
+def test_each_sources_change_runs_fail_and_recover_on_their_own(tmp_path, engine):
+    alerting, dispatcher = alerting_for(tmp_path, engine)
+    keys = ["raw_orders", "raw_order_lines", "unified_orders"]
+    failed = run_entity("source_change", keys, "orders")
+    alerting.run_failed(failed, run_label("source_change", keys, "orders"), "run-1", "cannot reach ERP", NOW)
+    dispatcher.drain(NOW)
+    assert outbox(engine)["title"].iloc[0].endswith("source_change（orders）")
+    alerting.run_succeeded("source_change", ["raw_payments", "unified_orders"], NOW + 5 * M, "payments")
+    assert ledger_row(engine, "run_failure", failed)["resolved_at"] is None  # another source's run
+    alerting.run_succeeded("source_change", keys, NOW + 8 * M, "orders")
+    assert ledger_row(engine, "run_failure", failed)["resolved_at"] is not None
 
 
 def test_the_alerting_creates_its_tables_in_an_empty_warehouse(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import dagster as dg
 import pandas as pd
 import pytest
@@ -66,6 +68,44 @@ def test_the_demo_definitions_load_and_validate(config, monkeypatch):
     dg.Definitions.validate_loadable(definitions.defs())
 
 
+def window(graph, key: str) -> timedelta:
+    policy = graph.get(dg.AssetKey(key)).freshness_policy
+    assert policy is not None, key
+    return policy.fail_window.to_timedelta()
+
+
+def test_freshness_in_the_ui_means_the_pipeline_looked_not_that_the_source_moved(config):
+    graph = build_definitions(config).resolve_asset_graph()
+    # A quiet source is reconciled every hour (a run that materializes its raw asset): red means no look for that long.
+    assert config.reconcile_every == timedelta(hours=1) and config.carrier.poll_interval == timedelta(hours=2)
+    for key in ("raw_orders", "raw_order_lines", "raw_payments", "raw_inventory"):
+        assert window(graph, key) == timedelta(hours=1, minutes=15), key
+    assert window(graph, "raw_tracking") == timedelta(hours=2, minutes=15)
+    assert window(graph, "order_tracking_snapshot") == timedelta(hours=1, minutes=15)  # what the apps read
+    # Each watched source has a check its sensor reports: can the pipeline read it? Runs leave it out.
+    checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
+    assert ("raw_orders", "source_reachable") in checks and ("raw_order_lines", "source_reachable") not in checks
+    repo = build_definitions(config).get_repository_def()
+    steps = {node.name for node in repo.get_job("source_change").nodes}
+    assert "source_reachable" not in steps and {"raw_orders", "sla_rules"} <= steps
+
+
+def test_sla_checks_say_they_are_business_slas_not_data_quality(config):
+    graph = build_definitions(config).resolve_asset_graph()
+    for key in graph.asset_check_keys:
+        if key.name.startswith("sla_"):
+            assert (graph.get_check_spec(key).description or "").startswith("Business SLA, not data quality"), key
+
+
+def test_a_source_is_owned_by_the_data_team_and_by_whoever_hears_when_it_goes_stale(config):
+    freshness = {"inventory": {"max_age": "30m", "owner": "warehouse"}}
+    owned = type(config)(**{**config.__dict__, "sections": {**config.sections, "freshness": freshness}})
+    graph = build_definitions(owned).resolve_asset_graph()
+    assert graph.get(dg.AssetKey("raw_inventory")).owners == ["team:data", "team:warehouse"]
+    assert graph.get(dg.AssetKey("raw_orders")).owners == ["team:data"]
+    assert graph.get(dg.AssetKey("order_tracking_snapshot")).owners == ["team:data"]
+
+
 def test_a_full_run_loads_side_by_side_and_a_change_run_in_one_process(config):
     defs = build_definitions(config)
     repo = defs.get_repository_def()
@@ -91,7 +131,7 @@ def test_the_sensors_and_schedules_launch_named_jobs(config):
         "carrier_poll": "carrier_poll",
     }
     for name in launched.values():
-        assert repo.get_job(name).description, name
+        assert name and repo.get_job(name).description, name
     # A change run of one source selects that source's assets; a push run, only what follows a push.
     assert "raw_tracking" not in {
         k.to_user_string() for k in repo.get_job("carrier_push").asset_layer.selected_asset_keys

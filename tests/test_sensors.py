@@ -124,10 +124,12 @@ def test_source_sensor_requests_a_load_only_when_the_watermark_moves(tmp_path, i
         "sources": SourceDatabases(sources={"orders": SourceConnection(url=f"sqlite:///{path}")}),
         "warehouse": WarehouseResource(url=str(warehouse.engine.url)),
         "clock": PipelineClock(now_at=NOW.isoformat()),
+        "alerting": AlertingResource(warehouse=WarehouseResource(url=str(warehouse.engine.url))),
     }
 
     def tick(cursor):
-        return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor, resources=res))
+        with dg.build_sensor_context(instance=instance, cursor=cursor, resources=res) as context:
+            return sensor.evaluate_tick(context)
 
     def loaded(mark: str) -> None:  # what a successful first load of raw_orders leaves behind
         with warehouse.engine.begin() as conn:
@@ -144,13 +146,13 @@ def test_source_sensor_requests_a_load_only_when_the_watermark_moves(tmp_path, i
     [request] = first.run_requests or []
     assert request.run_key == "orders:2026-11-25 09:59:30"
     assert request.asset_selection == [dg.AssetKey("raw_orders"), dg.AssetKey("raw_order_lines"), *DOWNSTREAM]
-    assert json.loads(first.cursor or "") == {"orders": "orders:2026-11-25 09:59:30"}
+    assert json.loads(first.cursor or "")["asked"] == {"orders": "orders:2026-11-25 09:59:30"}
     assert skip_message(tick(first.cursor)) == "orders: waiting for the run of orders:2026-11-25 09:59:30"
 
     loaded("2026-11-25 09:59:30")
     same = tick(first.cursor)
     assert not same.run_requests
-    assert same.skip_message == "orders: no new rows in orders since 2026-11-25 09:59:30"
+    assert same.skip_message == "orders: no new rows in orders since 2026-11-25 09:59:30 (Asia/Shanghai)"
 
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE T_SAL_ORDER SET FModifyDate = '2026-11-25 10:00:05' WHERE FBillNo = 'SO1'")
@@ -165,9 +167,10 @@ def test_one_sensor_watches_every_source_and_one_it_cannot_read_holds_up_no_othe
     payments = SourceConfig(
         "payments", Secret(value=f"sqlite:///{tmp_path / 'gone.db'}"), "收款单", None, {"updated_at": "修改时间"}, TZ
     )
-    sensor = source_changes_sensor([Watched(orders_source(path)), Watched(payments)])
     warehouse = Warehouse(f"sqlite:///{tmp_path / 'warehouse.db'}")
     warehouse.create_schema()
+    config = make_config(tmp_path, str(warehouse.engine.url), **GROUPS)
+    sensor = source_changes_sensor([Watched(orders_source(path)), Watched(payments)], config=config)
     res = {
         "sources": SourceDatabases(
             sources={
@@ -176,23 +179,86 @@ def test_one_sensor_watches_every_source_and_one_it_cannot_read_holds_up_no_othe
             }
         ),
         "warehouse": WarehouseResource(url=str(warehouse.engine.url)),
-        "clock": PipelineClock(now_at=NOW.isoformat()),
+        "alerting": AlertingResource(warehouse=WarehouseResource(url=str(warehouse.engine.url))),
     }
 
-    def tick(cursor=None):
-        return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor, resources=res))
+    def tick(cursor, at):
+        with dg.build_sensor_context(
+            instance=instance, cursor=cursor, resources={**res, "clock": PipelineClock(now_at=at.isoformat())}
+        ) as context:
+            return sensor.evaluate_tick(context)
 
-    first = tick()
+    def checks(data) -> list[tuple[str, bool]]:
+        return [
+            (e.asset_key.to_user_string(), e.passed)
+            for e in data.asset_events
+            if isinstance(e, dg.AssetCheckEvaluation)
+        ]
+
+    first = tick(None, NOW)
     [request] = first.run_requests or []  # the orders' load goes ahead; the unreadable payments wait
     assert request.tags["order_pipeline/source"] == "orders"
-    with pytest.raises(Exception, match="no such table"):  # nothing to ask for: the tick fails, the UI shows it
-        tick(first.cursor)
+    assert checks(first) == [("raw_payments", False)]  # its raw asset turns red at once
+    [failed] = [e for e in first.asset_events if isinstance(e, dg.AssetCheckEvaluation)]
+    assert failed.severity == dg.AssetCheckSeverity.ERROR and "no such table" in str(failed.metadata["error"].value)
+    assert outbox(warehouse.engine).empty  # not yet an alert: a blip passes unnoticed
+
+    still = tick(first.cursor, NOW + timedelta(seconds=55))
+    assert "payments: cannot be read (" in skip_message(still) and not checks(still)
+    assert outbox(warehouse.engine).empty
+    down = tick(still.cursor, NOW + timedelta(minutes=1))  # unreadable for a minute: the data team hears
+    sent = outbox(warehouse.engine)
+    assert sent["channel"].tolist() == ["data_box"]
+    assert "数据源无法连接 payments" in sent["title"].iloc[0] and "no such table" in sent["body"].iloc[0]
+    for minutes in (2, 30, 119):  # once per cool-down (2 h)
+        down = tick(down.cursor, NOW + timedelta(minutes=minutes))
+    assert len(outbox(warehouse.engine)) == 1
+    down = tick(down.cursor, NOW + timedelta(hours=2, minutes=1))
+    assert len(outbox(warehouse.engine)) == 2
+
     with sqlite3.connect(tmp_path / "gone.db") as conn:
         conn.execute("CREATE TABLE 收款单 (修改时间 TEXT)")
         conn.execute("INSERT INTO 收款单 VALUES ('2026-11-25 09:00:00')")
-    back = tick(first.cursor)
+    back = tick(down.cursor, NOW + timedelta(hours=2, minutes=2))
     assert [r.tags["order_pipeline/source"] for r in back.run_requests or []] == ["payments"]
-    assert set(json.loads(back.cursor or "")) == {"orders", "payments"}
+    assert checks(back) == [("raw_payments", True)]
+    resolved = outbox(warehouse.engine).iloc[-1]
+    assert resolved["title"] == "【已恢复】数据源无法连接 payments" and "又能读取了" in resolved["body"]
+    assert set(json.loads(back.cursor or "")["asked"]) == {"orders", "payments"}
+    quiet = tick(back.cursor, NOW + timedelta(hours=2, minutes=3))
+    assert len(outbox(warehouse.engine)) == 3 and not checks(quiet)
+
+
+def test_a_quiet_source_is_recorded_as_checked_every_few_minutes_not_every_tick(tmp_path, instance):
+    path = erp(tmp_path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO T_SAL_ORDER VALUES ('SO1', '2026-11-25 09:58:00')")
+    warehouse = Warehouse(f"sqlite:///{tmp_path / 'warehouse.db'}")
+    warehouse.create_schema()
+    with warehouse.engine.begin() as conn:  # loaded up to its newest row and reconciled just now
+        set_state(conn, high_water_mark_key("orders"), "2026-11-25 09:58:00", NOW)
+        set_state(conn, reconciled_key("orders"), NOW.isoformat(), NOW)
+    sensor = source_change_sensor(orders_source(path))
+    res = {
+        "sources": SourceDatabases(sources={"orders": SourceConnection(url=f"sqlite:///{path}")}),
+        "warehouse": WarehouseResource(url=str(warehouse.engine.url)),
+        "alerting": AlertingResource(warehouse=WarehouseResource(url=str(warehouse.engine.url))),
+    }
+    cursor, observed = None, []
+    for seconds in range(0, 11 * 60, 5):  # eleven minutes of ticks
+        at = NOW + timedelta(seconds=seconds)
+        with dg.build_sensor_context(
+            instance=instance, cursor=cursor, resources={**res, "clock": PipelineClock(now_at=at.isoformat())}
+        ) as context:
+            data = sensor.evaluate_tick(context)
+        assert not data.run_requests
+        cursor = data.cursor
+        observed += [(seconds, e) for e in data.asset_events if isinstance(e, dg.AssetObservation)]
+    assert [s for s, _ in observed] == [0, 300, 600]
+    first = observed[0][1]
+    assert first.asset_key == dg.AssetKey("raw_orders") and first.metadata["checked"].value == "unchanged"
+    assert first.metadata["source_timezone"].value == TZ
+    assert first.metadata["newest_source_update"].value == "2026-11-25 09:58:00"
 
 
 class InventoryWatch:
@@ -213,6 +279,7 @@ class InventoryWatch:
             "sources": SourceDatabases(sources={"inventory": SourceConnection(url=resolved(self.sc.url))}),
             "warehouse": WarehouseResource(url=warehouse_of(config)),
             "clock": PipelineClock(now_at=NOW.isoformat()),
+            "alerting": AlertingResource(warehouse=WarehouseResource(url=warehouse_of(config))),
         }
 
     def stock(self, sku: str, on_hand: float, updated_at: str) -> None:
@@ -220,8 +287,8 @@ class InventoryWatch:
             conn.execute("INSERT OR REPLACE INTO inventory VALUES (?, ?, 0, 5, ?)", (sku, on_hand, updated_at))
 
     def tick(self):
-        context = dg.build_sensor_context(instance=self.instance, cursor=self.cursor, resources=self.resources)
-        data = self.sensor.evaluate_tick(context)
+        with dg.build_sensor_context(instance=self.instance, cursor=self.cursor, resources=self.resources) as context:
+            data = self.sensor.evaluate_tick(context)
         self.cursor = data.cursor or self.cursor
         return data
 
@@ -264,7 +331,7 @@ def test_a_change_whose_load_failed_is_requested_again(tmp_path, instance, monke
     assert watch.run(again).success and watch.on_hand() == {"A": 10.0}
     idle = watch.tick()
     assert not idle.run_requests
-    assert skip_message(idle) == "inventory: no new rows in inventory since 2026-11-25 10:00:00"
+    assert skip_message(idle) == "inventory: no new rows in inventory since 2026-11-25 10:00:00 (Asia/Shanghai)"
 
 
 def test_no_second_load_while_one_is_in_flight_or_about_to_be_retried(tmp_path, monkeypatch):
@@ -320,7 +387,7 @@ def test_a_source_is_reconciled_every_hour_even_when_it_does_not_move(tmp_path, 
     with sqlite3.connect(watch.db) as conn:  # before the mark: MAX(updated_at) does not move
         conn.execute("UPDATE inventory SET on_hand = 12, updated_at = '2026-11-25 09:00:00' WHERE sku = 'B'")
     watch.at(NOW + 59 * M)
-    assert skip_message(watch.tick()) == "inventory: no new rows in inventory since 2026-11-25 10:00:00"
+    assert skip_message(watch.tick()) == "inventory: no new rows in inventory since 2026-11-25 10:00:00 (Asia/Shanghai)"
 
     watch.at(NOW + H)
     [due] = watch.tick().run_requests or []
@@ -329,7 +396,7 @@ def test_a_source_is_reconciled_every_hour_even_when_it_does_not_move(tmp_path, 
     assert result.success and watch.on_hand() == {"A": 10.0, "B": 12.0}
     [materialized] = result.asset_materializations_for_node("raw_inventory")
     assert materialized.metadata["reconciled_rows"].value == 1
-    assert skip_message(watch.tick()) == "inventory: no new rows in inventory since 2026-11-25 10:00:00"
+    assert skip_message(watch.tick()) == "inventory: no new rows in inventory since 2026-11-25 10:00:00 (Asia/Shanghai)"
 
 
 def test_the_instances_the_project_sets_up_retry_failed_runs(tmp_path, monkeypatch):

@@ -23,9 +23,11 @@ from order_pipeline.alerts.freshness import SourceAge, source_ages
 from order_pipeline.alerts.messages import (
     MessageText,
     freshness_message,
+    freshness_recovered,
     rule_message,
     rule_summary,
     run_failure_message,
+    unreachable_message,
 )
 from order_pipeline.alerts.rules.model import Rule
 from order_pipeline.alerts.rules.sql import evaluate as evaluate_rules
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 FRESHNESS_RULE = "source_freshness"
 RUN_FAILURE_RULE = "run_failure"
+UNREACHABLE_RULE = "source_unreachable"
 ASSETS_PREFIX = "assets:"
 
 _schema_ready: set[str] = set()
@@ -94,19 +97,33 @@ class Alerting:
             rule.risk,
         )
 
-    def freshness_spec(self, owner: tuple[str, ...]) -> ledger.AlertSpec:
-        s = self.settings
+    def freshness_spec(self, age: SourceAge) -> ledger.AlertSpec:
+        s, tz = self.settings, self.config.timezone
         return ledger.AlertSpec(
             FRESHNESS_RULE,
             "source",
             "数据源不新鲜",
             "warning",
-            owner,
+            age.sla.owner,
             s.cooldown,
             s.escalate_to,
             s.escalate_after,
             s.max_escalations,
             s.resolve_note,
+            resolved_text=lambda row: (age.source, freshness_recovered(age.source, age.sla.asset_key, age.newest, tz)),
+        )
+
+    def unreachable_spec(self) -> ledger.AlertSpec:
+        s = self.settings
+        return ledger.AlertSpec(
+            UNREACHABLE_RULE,
+            "source",
+            "数据源无法连接",
+            "critical",
+            s.run_failures_to,
+            s.cooldown,
+            resolve_note=s.resolve_note,
+            resolved_text=lambda row: (row["entity_key"], f"数据源 {row['entity_key']} 又能读取了。"),
         )
 
     def run_spec(self) -> ledger.AlertSpec:
@@ -119,6 +136,7 @@ class Alerting:
             s.run_failures_to,
             s.cooldown,
             resolve_note=s.resolve_note,
+            resolved_text=lambda row: (row["details"].get("job", row["entity_key"]), "后来的运行成功了。"),
         )
 
     # -- evaluation ---------------------------------------------------------------------------
@@ -164,7 +182,7 @@ class Alerting:
                 )
                 results[f"{FRESHNESS_RULE}:{age.source}"] = ledger.sync(
                     conn,
-                    self.freshness_spec(age.sla.owner),
+                    self.freshness_spec(age),
                     rows,
                     now,
                     self._freshness_render(age, now),
@@ -224,16 +242,18 @@ class Alerting:
                 scope_keys=[entity],
             )
 
-    def run_succeeded(self, job: str, asset_keys: list[str] | None, now: datetime) -> ledger.SyncResult:
-        """A later successful run resolves the failure alerts it covers: the same job, or for asset
-        runs every failure whose assets it materialized again."""
-        done = set(asset_keys or ())
+    def run_succeeded(
+        self, job: str, asset_keys: list[str] | None, now: datetime, source: str | None = None
+    ) -> ledger.SyncResult:
+        """A later successful run resolves the failure alerts it covers: the same job (and source), or
+        for asset runs every failure whose assets it materialized again."""
+        done, entity = set(asset_keys or ()), run_entity(job, asset_keys, source)
         with self.engine.connect() as conn:
             open_keys = ledger.open_alerts(conn, [RUN_FAILURE_RULE])["entity_key"].tolist()
         covered = [
             k
             for k in open_keys
-            if k == job or (k.startswith(ASSETS_PREFIX) and set(k[len(ASSETS_PREFIX) :].split(",")) <= done)
+            if k in (job, entity) or (k.startswith(ASSETS_PREFIX) and set(k[len(ASSETS_PREFIX) :].split(",")) <= done)
         ]
         empty = pd.DataFrame(columns=["entity_key", "order_no"])
         with self.engine.begin() as conn:
@@ -248,6 +268,29 @@ class Alerting:
                 scope_keys=covered,
             )
 
+    # -- sources the pipeline cannot read -------------------------------------------------------
+
+    def sources_unreachable(self, failing: dict[str, tuple[datetime, str]], now: datetime) -> ledger.SyncResult:
+        """The watched sources the source sensor cannot read (source -> (since when, the error)), all
+        of them: one open alert per source, re-sent after the cool-down, resolved once it reads again."""
+        now = aware_utc(now)
+        rows = pd.DataFrame(
+            [
+                {"entity_key": src, "order_no": None, "since": since, "error": err}
+                for src, (since, err) in failing.items()
+            ],
+            columns=["entity_key", "order_no", "since", "error"],
+        )
+        tz = self.config.timezone
+
+        def render(row: dict, kind: str, first_seen: Any) -> tuple[str, MessageText]:
+            return unreachable_message(row["entity_key"], row["since"], row["error"], now, tz, kind)
+
+        with self.engine.begin() as conn:
+            return ledger.sync(
+                conn, self.unreachable_spec(), rows, now, render, self.settings.route, self.settings.board_url
+            )
+
     # -- reading ------------------------------------------------------------------------------
 
     def open_alerts(self) -> pd.DataFrame:
@@ -255,8 +298,21 @@ class Alerting:
             return ledger.open_alerts(conn)
 
 
-def run_entity(job_name: str, asset_keys: list[str] | None) -> str:
-    """The ledger key of a run: its job, or for ad-hoc asset runs the assets it was to materialize."""
+def run_entity(job_name: str, asset_keys: list[str] | None, source: str | None = None) -> str:
+    """The ledger key of a run: its job, with the source for a source's change run (each source's
+    runs fail and recover on their own), or for ad-hoc asset runs the assets it was to materialize."""
+    if source:
+        return f"{job_name}:{source}"
     if asset_keys and job_name.startswith("__"):
         return ASSETS_PREFIX + ",".join(sorted(asset_keys))
+    return job_name
+
+
+def run_label(job_name: str, asset_keys: list[str] | None, source: str | None = None) -> str:
+    """How an alert names a run: its job (and source), or an ad-hoc run's first asset and how many."""
+    if source:
+        return f"{job_name}（{source}）"
+    if asset_keys and job_name.startswith("__"):
+        keys = sorted(asset_keys)
+        return keys[0] + (f" 等{len(keys)}个资产" if len(keys) > 1 else "")
     return job_name

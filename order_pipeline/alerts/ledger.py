@@ -64,6 +64,9 @@ class AlertSpec:
     max_escalations: int = 0
     resolve_note: bool = True
     risk: str | None = None
+    # The resolution's (name in the title, what recovered) from the alert's ledger row (its `details`
+    # parsed); None: the entity key and the summary the alert was raised with.
+    resolved_text: Callable[[dict], tuple[str, str]] | None = None
 
 
 @dataclass
@@ -185,6 +188,7 @@ def _open_rows(conn: sa.Connection, rule_id: str) -> pd.DataFrame:
             a.c.order_no,
             a.c.title,
             a.c.message,
+            a.c.details,
             a.c.first_seen,
             a.c.notified_at,
             a.c.queued_at,
@@ -206,7 +210,10 @@ def _resolve(ctx: _Sync, cleared: pd.DataFrame, board_url: str) -> None:
         told = cleared[cleared["notified_at"].notna()]
         for r in told.to_dict("records"):
             title = r["title"] or spec.title
-            msg = resolved_message(title, r["entity_key"], r["message"], r["first_seen"], now, r["order_no"], board_url)
+            name, summary = r["entity_key"], r["message"]
+            if spec.resolved_text is not None:
+                name, summary = spec.resolved_text({**r, "details": json.loads(r["details"] or "{}")})
+            msg = resolved_message(title, name, summary, r["first_seen"], now, r["order_no"], board_url)
             targets = spec.notify + (spec.escalate_to if r["escalation_level"] else ())
             ctx.enqueue(r["entity_key"], RESOLVE, 0, targets, msg)
 

@@ -189,6 +189,27 @@ def freshness_message(
     return summary, MessageText(title, summary, summary, severity)
 
 
+def freshness_recovered(source: str, asset_key: str, newest: Any, tz: str) -> str:
+    since = as_utc(newest)
+    latest = f"（最新 {short_time(since, tz)}）" if since is not None else ""
+    return f"数据源 {source}（{asset_key}）又有新数据了{latest}。"
+
+
+def unreachable_message(
+    source: str, since: Any, error: str, now: datetime, tz: str, kind: str = "notify"
+) -> tuple[str, MessageText]:
+    """A source the pipeline cannot read: since when, and the error in the source's own words."""
+    first = (error or "").strip().splitlines()[0][:300] if error else "未知错误"
+    started = as_utc(since)
+    lasted = waited_text(None if started is None else pd.Timestamp(now) - started)
+    summary = (
+        f"数据源 {source} 已 {lasted} 无法读取（自 {short_time(started, tz)} 起）：{first}。"
+        "在恢复之前，它的新数据不会进入流水线。"
+    )
+    title = _title("数据源无法连接", "critical", kind, source)
+    return summary, MessageText(title, summary, summary, "critical")
+
+
 def run_failure_message(job: str, run_id: str, error: str, kind: str = "notify") -> tuple[str, MessageText]:
     first = (error or "").strip().splitlines()[0][:300] if error else "未知错误"
     summary = f"Dagster 运行失败：{job}（run {run_id[:8]}）：{first}"

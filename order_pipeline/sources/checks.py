@@ -12,8 +12,22 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
+from order_pipeline.contract.canonical import SOURCE_ENTITIES
 from order_pipeline.contract.config import ConfigError, SourceConfig
 from order_pipeline.sources.engines import source_engine
+
+
+def newest_update(engine: sa.Engine, sc: SourceConfig) -> str | None:
+    """The source's newest value of its watermark column, as text (None: the source is empty).
+
+    What the source sensor asks each tick: one `SELECT MAX(...)`, an index lookup when the column
+    is indexed, as the config asks."""
+    entity = SOURCE_ENTITIES[sc.entity]
+    assert entity.watermark is not None  # only a source with an updated-at column is watched
+    column = engine.dialect.identifier_preparer.quote(sc.columns[entity.watermark])
+    with engine.connect() as conn:
+        value = conn.execute(sa.text(f"SELECT MAX({column}) FROM {sc.selectable()}")).scalar()
+    return None if value is None else str(value)
 
 
 def source_url(config_file: Path, sc: SourceConfig) -> str:
