@@ -57,7 +57,10 @@ def test_a_stale_source_alerts_the_data_owner_and_resolves_when_fresh(tmp_path, 
         set_state(conn, "watermark:inventory", (NOW + M).isoformat(), NOW + M)
     tick(alerting, dispatcher, NOW + 2 * M)
     assert ledger_row(engine, "source_freshness", "raw_inventory")["resolved_at"] is not None
-    assert outbox(engine)["title"].iloc[-1].startswith("【已恢复】")
+    resolved_note = outbox(engine).iloc[-1]
+    assert resolved_note["title"] == "【已恢复】数据源不新鲜 inventory"
+    assert "又有新数据了（最新 11-25 10:01）" in resolved_note["body"]  # what recovered, in business time
+    assert "没有新数据" not in resolved_note["body"]  # not the stale alert's words
 
 
 def test_the_carrier_feed_is_stale_only_while_a_parcel_waits_for_an_answer(engine):
