@@ -20,8 +20,12 @@ ALERTS_GROUP = "alerts"
 
 
 def evaluation_metadata(ev: Evaluation, drained: DrainResult) -> dict[str, int]:
-    """What an evaluation found and sent, as numbers the UI plots: per rule, and in all."""
+    """What an evaluation found, queued and sent, as numbers the UI plots: per rule, per channel, in all."""
     meta = {f"breaching_{rule}": n for rule, n in sorted(ev.breaching.items())}
+    meta |= {f"queued_{rule}": sum(r.queued.values()) for rule, r in sorted(ev.results.items()) if ":" not in rule}
+    for sent in drained.sent:
+        key = f"{'delivered' if sent.ok else 'failed'}_{sent.channel}"
+        meta[key] = meta.get(key, 0) + sent.alerts
     meta |= {
         "stale_sources": sum(a.stale for a in ev.sources),
         "queued": ev.queued,

@@ -17,6 +17,7 @@ from datetime import datetime
 
 import dagster as dg
 
+from assets.alerts import ORDER_ALERTS, evaluation_metadata
 from order_pipeline.alerts.dispatch import DrainResult
 from order_pipeline.alerts.evaluation import Evaluation, run_entity, run_label
 from order_pipeline.contract.config import Config
@@ -89,7 +90,12 @@ def alert_sensor(config: Config, interval: int = INTERVAL_SECONDS) -> dg.SensorD
                 due = min(due, t)
         context.update_cursor(AlertCursor(batch, now, due).dump())
         context.log.info(describe(ev, drained))
-        return dg.SkipReason(describe(ev, drained))
+        # No run to show for it: the tick records what it evaluated, queued and sent on order_alerts,
+        # so the asset's history has every evaluation, whichever made it, and its counts plot.
+        observed = dg.AssetObservation(
+            ORDER_ALERTS, description=f"{ALERT_SENSOR} tick", metadata=evaluation_metadata(ev, drained)
+        )
+        return dg.SensorResult(skip_reason=describe(ev, drained), asset_events=[observed])
 
     return alert_dispatch
 

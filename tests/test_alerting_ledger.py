@@ -318,7 +318,9 @@ def test_a_failed_run_alerts_the_data_team_once_and_a_success_resolves_it(tmp_pa
     alerting.run_succeeded("__ASSET_JOB", ["raw_orders", "raw_order_lines", "unified_orders"], NOW + 10 * M)
     dispatcher.drain(NOW + 10 * M)
     assert ledger_row(engine, "run_failure", failed)["resolved_at"] is not None
-    assert outbox(engine)["title"].iloc[-1] == "【已恢复】流水线运行失败 raw_order_lines 等2个资产"  # not the ledger key
+    assert (
+        outbox(engine)["title"].iloc[-1] == "【已恢复】流水线运行失败 raw_order_lines 等2个资产"
+    )  # not the ledger key
 
 
 def test_each_sources_change_runs_fail_and_recover_on_their_own(tmp_path, engine):

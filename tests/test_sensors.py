@@ -441,11 +441,16 @@ def test_alert_sensor_dedups_resends_escalates_and_resolves_across_ticks(ticks, 
     first = ticks(NOW)
     assert "paid_not_locked 1" in first.skip_message and not first.run_requests
     assert outbox(engine)["channel"].tolist() == ["wh_box"]
+    # The tick launched no run, so it records what it did on order_alerts: the history shows it, the counts plot.
+    [observed] = first.asset_events
+    assert observed.asset_key == dg.AssetKey("order_alerts")
+    counts = {k: v.value for k, v in observed.metadata.items()}
+    assert counts["queued_paid_not_locked"] == 1 and counts["delivered_wh_box"] == 1 and counts["delivered"] == 1
     cursor = AlertCursor.parse(ticks.cursor)
     assert cursor.batch is not None and cursor.batch.startswith("1@") and cursor.due_at == NOW + timedelta(minutes=5)
 
     idle = ticks(NOW + 30 * S)
-    assert idle.skip_message.startswith("snapshot unchanged")
+    assert idle.skip_message.startswith("snapshot unchanged") and not idle.asset_events
     for minutes in (5, 60, 119):  # re-evaluated, but within the cool-down: nothing sent
         ticks(NOW + minutes * M)
     assert len(outbox(engine)) == 1
